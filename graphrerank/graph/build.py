@@ -1,0 +1,300 @@
+"""kNN graphs as PyG ``Data``: edge selection, symmetrisation, weights and normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .._checks import check_features, check_in, check_int, check_real
+from ..typing import KNNResult, TensorLike
+from .knn import knn_search
+
+__all__ = [
+    "EdgeRescorer",
+    "edge_weights",
+    "knn_graph",
+    "normalize_adjacency",
+    "symmetrize",
+]
+
+#: ``rescore(rows, candidates, scores) -> new_scores``: re-scores the candidate neighbours of a
+#: batch of nodes. ``rows`` is ``(B,)`` node ids, ``candidates`` and ``scores`` are ``(B, m)``
+#: (candidate ids, -1 for padding, and their first-stage scores, best first). It returns
+#: ``(B, m)`` new scores, higher is better; ``-inf`` drops a candidate.
+EdgeRescorer = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+Symmetrize = Literal["mutual", "union", "min", "max"]
+Normalize = Literal["sym", "row"]
+
+
+def edge_weights(scores: Tensor, gamma: float | None) -> Tensor:
+    r"""Turn similarities into edge weights :math:`w = \max(s, 0)^\gamma`.
+
+    ``gamma=None`` keeps the raw scores (no clamping), e.g. for negative L2 distances.
+    """
+    if gamma is None:
+        return scores
+    return scores.clamp(min=0).pow(gamma)
+
+
+def _keys(edge_index: Tensor, num_nodes: int) -> Tensor:
+    # key of A[dst, src] in row-major order
+    return edge_index[1] * num_nodes + edge_index[0]
+
+
+def _sort_edges(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    order = _keys(edge_index, num_nodes).argsort()
+    return edge_index[:, order], edge_weight[order]
+
+
+def symmetrize(
+    edge_index: Tensor,
+    edge_weight: Tensor,
+    num_nodes: int,
+    how: Symmetrize,
+) -> tuple[Tensor, Tensor]:
+    r"""Make a directed weighted graph undirected.
+
+    With :math:`\mathbf{A}_{ij}` the weight of edge :math:`j \to i` (0 where absent):
+
+    * ``"mutual"``: keep :math:`j \to i` only if :math:`i \to j` exists too, with its own weight
+      (the reference diffusion graphs; symmetric whenever the similarity is),
+    * ``"min"``: :math:`\min(\mathbf{A}, \mathbf{A}^\top)` over mutual pairs (always symmetric),
+    * ``"union"``: :math:`\mathbf{A} + \mathbf{A}^\top` (a pair found from both sides sums both),
+    * ``"max"``: :math:`\max(\mathbf{A}, \mathbf{A}^\top)`.
+
+    Args:
+        edge_index: :math:`(2, E)` edges ``[source, target]`` without duplicates.
+        edge_weight: :math:`(E,)` weights.
+        num_nodes: Number of nodes.
+        how: One of ``"mutual"``, ``"min"``, ``"union"``, ``"max"``.
+
+    Returns:
+        ``(edge_index, edge_weight)`` sorted by target, then source.
+
+    Example:
+        >>> ei = torch.tensor([[1, 0, 2], [0, 1, 0]])  # 1->0, 0->1, 2->0
+        >>> w = torch.tensor([0.5, 0.3, 0.2])
+        >>> symmetrize(ei, w, 3, "min")
+        (tensor([[1, 0],
+                [0, 1]]), tensor([0.3000, 0.3000]))
+        >>> symmetrize(ei, w, 3, "union")[1]
+        tensor([0.8000, 0.2000, 0.8000, 0.2000])
+    """
+    check_in(how, "symmetrize", ("mutual", "union", "min", "max"))
+    n = num_nodes
+    if how in ("union", "max"):
+        both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+        w = torch.cat([edge_weight, edge_weight])
+        keys = _keys(both, n)
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        out = torch.zeros(uniq.numel(), dtype=w.dtype, device=w.device)
+        if how == "union":
+            out.index_add_(0, inv, w)
+        else:
+            out = out.fill_(float("-inf")).scatter_reduce_(0, inv, w, reduce="amax")
+        ei = torch.stack([uniq % n, torch.div(uniq, n, rounding_mode="floor")])
+        return ei, out
+    keys = _keys(edge_index, n)
+    skeys, perm = keys.sort()
+    rev = edge_index[0] * n + edge_index[1]
+    pos = torch.searchsorted(skeys, rev).clamp_(max=max(skeys.numel() - 1, 0))
+    found = skeys[pos] == rev if skeys.numel() else torch.zeros_like(rev, dtype=torch.bool)
+    ei, w = edge_index[:, found], edge_weight[found]
+    if how == "min":
+        w = torch.minimum(w, edge_weight[perm[pos[found]]])
+    return _sort_edges(ei, w, n)
+
+
+_symmetrize = symmetrize  # knn_graph's argument of the same name shadows the function
+
+
+def normalize_adjacency(
+    edge_index: Tensor,
+    edge_weight: Tensor,
+    num_nodes: int,
+    how: Normalize,
+) -> Tensor:
+    r"""Normalise edge weights by node degree, with a zero-degree guard.
+
+    With :math:`d_i = \sum_j \mathbf{A}_{ij}` (the summed weight of edges into node :math:`i`):
+
+    * ``"sym"``: :math:`\mathbf{S} = \mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}`,
+    * ``"row"``: :math:`\mathbf{P} = \mathbf{D}^{-1}\mathbf{A}` (rows sum to one),
+
+    where :math:`d_i^{-1/2}` and :math:`d_i^{-1}` are taken as 0 for isolated nodes
+    (:math:`d_i = 0`), so they neither send nor receive anything.
+
+    Returns:
+        The normalised :math:`(E,)` weights.
+
+    Example:
+        >>> ei = torch.tensor([[1, 0], [0, 1]])
+        >>> normalize_adjacency(ei, torch.tensor([2.0, 2.0]), 3, "sym")
+        tensor([1., 1.])
+    """
+    check_in(how, "normalize", ("sym", "row"))
+    src, dst = edge_index
+    deg = torch.zeros(num_nodes, dtype=edge_weight.dtype, device=edge_weight.device)
+    deg.index_add_(0, dst, edge_weight)
+    if how == "row":
+        inv = deg.reciprocal().masked_fill_(deg == 0, 0)
+        return edge_weight * inv[dst]
+    inv = deg.rsqrt().masked_fill_(deg <= 0, 0)
+    return inv[dst] * edge_weight * inv[src]
+
+
+def knn_graph(
+    x: TensorLike,
+    k: int,
+    *,
+    metric: Literal["ip", "l2"] = "ip",
+    k_includes_self: bool = True,
+    loop: bool = False,
+    symmetrize: Symmetrize | None = None,
+    gamma: float | None = 1.0,
+    normalize: Normalize | None = None,
+    rescore: EdgeRescorer | None = None,
+    num_candidates: int | None = None,
+    rescore_batch_size: int = 1024,
+    candidates: KNNResult | tuple[Tensor, Tensor] | None = None,
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+) -> Data:
+    r"""Build the k-nearest-neighbour graph of ``x`` as a PyG :class:`~torch_geometric.data.Data`.
+
+    Every node :math:`i` receives an edge :math:`j \to i` from each of its nearest neighbours
+    :math:`j` (``edge_index[0]`` is the neighbour, ``edge_index[1]`` the centre, PyG's
+    ``source_to_target`` flow), weighted
+
+    .. math::
+        w_{ij} = \max(s_{ij}, 0)^{\gamma},
+
+    then optionally symmetrised (:func:`symmetrize`) and normalised
+    (:func:`normalize_adjacency`). The adjacency :math:`\mathbf{A}_{ij} = w_{ij}` is thus the
+    operator that aggregates neighbours into the centre: :math:`(\mathbf{A}\mathbf{X})_i =
+    \sum_j w_{ij}\mathbf{x}_j`.
+
+    The steps, in order:
+
+    1. candidates: ``num_candidates`` nearest items of each node (default ``k``, or ``k + 1`` when
+       ``k_includes_self=False``), or the given ``candidates``;
+    2. re-scoring: ``rescore(rows, candidates, scores)`` in batches of ``rescore_batch_size``
+       rows, then candidates are re-sorted by the new score (the hook of R-DiP and learned
+       re-rankers);
+    3. selection: the node itself is dropped wherever it appears, and the best ``k - 1``
+       (``k_includes_self=True``: the reference diffusion codes count the item itself among its
+       ``k``) or ``k`` other candidates are kept;
+    4. weights ``max(s, 0) ** gamma`` (``gamma=None``: raw scores);
+    5. symmetrisation ``"mutual"``, ``"min"``, ``"union"``, ``"max"`` or none;
+    6. self-loops (``loop=True``) with the weight of the pair :math:`(i, i)`;
+    7. normalisation ``"sym"`` or ``"row"`` or none.
+
+    Args:
+        x: Node descriptors :math:`(N, D)`.
+        k: Neighbours per node (see ``k_includes_self``).
+        metric: ``"ip"`` or ``"l2"`` as in :func:`~graphrerank.graph.knn_search`.
+        k_includes_self: Whether the node itself counts as one of its ``k`` neighbours.
+        loop: Add a self-loop to every node.
+        symmetrize: ``None`` (directed), ``"mutual"``, ``"min"``, ``"union"`` or ``"max"``.
+        gamma: Similarity exponent; ``None`` for raw scores.
+        normalize: ``None``, ``"sym"`` or ``"row"``.
+        rescore: Optional :data:`EdgeRescorer`.
+        num_candidates: Candidates per node before re-scoring (``>= k``).
+        rescore_batch_size: Rows per ``rescore`` call.
+        candidates: A precomputed ``(scores, indices)`` :math:`(N, m)` kNN of ``x`` in itself
+            (e.g. from an approximate :class:`~graphrerank.graph.KNNIndex`), used instead of an
+            exact search.
+        backend: kNN backend for the candidate search.
+
+    Returns:
+        ``Data(edge_index (2, E), edge_weight (E,), num_nodes=N)`` with edges sorted by target,
+        then source, on the device of ``x``.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+        >>> g = knn_graph(x, k=2, symmetrize="mutual", backend="torch")
+        >>> g.edge_index  # 2's nearest is 1, but 1's is 0: not mutual
+        tensor([[1, 0],
+                [0, 1]])
+        >>> g.edge_weight
+        tensor([0.8000, 0.8000])
+    """
+    x = check_features(x, "x")
+    n = x.shape[0]
+    k = check_int(k, "k", low=1)
+    if symmetrize is not None:
+        check_in(symmetrize, "symmetrize", ("mutual", "union", "min", "max"))
+    if normalize is not None:
+        check_in(normalize, "normalize", ("sym", "row"))
+    if gamma is not None:
+        gamma = check_real(gamma, "gamma", low=0)
+    k_others = k - 1 if k_includes_self else k
+    if k_others > n - 1:
+        limit = n if k_includes_self else n - 1
+        raise ValueError(
+            f"k={k} is too large for {n} node(s): at most {limit} with "
+            f"k_includes_self={k_includes_self}"
+        )
+    if candidates is None:
+        m = k if k_includes_self else k + 1
+        if num_candidates is not None:
+            m = check_int(num_candidates, "num_candidates", low=m, high=n)
+        scores, idx = knn_search(x, x, min(m, n), metric=metric, backend=backend)
+    else:
+        scores, idx = candidates
+        if scores.shape != idx.shape or scores.dim() != 2 or scores.shape[0] != n:
+            raise ValueError(
+                f"candidates must be (scores, indices) of shape ({n}, m), got "
+                f"{tuple(scores.shape)} and {tuple(idx.shape)}"
+            )
+        if idx.device != x.device or scores.device != x.device:
+            raise ValueError(f"candidates are on {idx.device} but x is on {x.device}")
+        if scores.shape[1] < k_others:
+            raise ValueError(f"candidates hold {scores.shape[1]} per node, fewer than k={k}")
+        scores, idx = scores.to(x.dtype), idx.long()
+    rows = torch.arange(n, device=x.device)
+    if rescore is not None:
+        scores, idx = _rescore(
+            rescore, rows, idx, scores, check_int(rescore_batch_size, "rescore_batch_size", low=1)
+        )
+    valid = (idx >= 0) & (idx != rows[:, None]) & (scores > float("-inf"))
+    rank = valid.cumsum(1) - 1
+    keep = valid & (rank < k_others)
+    src = idx[keep]
+    dst = rows[:, None].expand_as(idx)[keep]
+    edge_index = torch.stack([src, dst])
+    weight = edge_weights(scores[keep], gamma)
+    if symmetrize is not None:
+        edge_index, weight = _symmetrize(edge_index, weight, n, symmetrize)
+    if loop:
+        if metric == "ip":
+            self_score = (x * x).sum(1)
+        else:
+            self_score = torch.zeros(n, dtype=x.dtype, device=x.device)
+        edge_index = torch.cat([edge_index, torch.stack([rows, rows])], dim=1)
+        weight = torch.cat([weight, edge_weights(self_score, gamma)])
+    edge_index, weight = _sort_edges(edge_index, weight, n)
+    if normalize is not None:
+        weight = normalize_adjacency(edge_index, weight, n, normalize)
+    return Data(edge_index=edge_index, edge_weight=weight, num_nodes=n)
+
+
+def _rescore(rescore, rows, idx, scores, batch):
+    new = torch.empty_like(scores)
+    for s in range(0, rows.numel(), batch):
+        out = rescore(rows[s : s + batch], idx[s : s + batch], scores[s : s + batch])
+        if not isinstance(out, Tensor) or out.shape != scores[s : s + batch].shape:
+            raise ValueError(
+                f"rescore must return a tensor of shape {tuple(scores[s : s + batch].shape)}, "
+                f"got {getattr(out, 'shape', type(out).__name__)}"
+            )
+        if bool(torch.isnan(out).any()):
+            raise ValueError(f"rescore returned NaN scores for rows {s}..{s + out.shape[0] - 1}")
+        new[s : s + batch] = out.to(device=scores.device, dtype=scores.dtype)
+    new = new.masked_fill(idx < 0, float("-inf"))
+    order = new.argsort(dim=1, descending=True, stable=True)
+    return new.gather(1, order), idx.gather(1, order)

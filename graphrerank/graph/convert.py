@@ -1,0 +1,57 @@
+"""Conversions of graphs to and from ``torch.sparse`` and ``scipy.sparse`` matrices."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.utils import (
+    from_scipy_sparse_matrix,
+    to_scipy_sparse_matrix,
+    to_torch_csr_tensor,
+)
+
+__all__ = ["from_scipy", "to_scipy", "to_torch_csr"]
+
+
+def _parts(graph: Data) -> tuple[Tensor, Tensor, int]:
+    ei = graph.edge_index
+    w = getattr(graph, "edge_weight", None)
+    if w is None:
+        w = torch.ones(ei.shape[1], device=ei.device)
+    return ei, w, int(graph.num_nodes)
+
+
+def to_torch_csr(graph: Data) -> Tensor:
+    r"""The adjacency :math:`\mathbf{A}` as a ``torch.sparse_csr`` :math:`(N, N)` tensor.
+
+    :math:`\mathbf{A}_{ij}` is the weight of edge :math:`j \to i` (row = target), so
+    ``A @ X`` sums each node's incoming neighbours, as PyG's message passing does.
+
+    Example:
+        >>> g = Data(edge_index=torch.tensor([[1], [0]]), edge_weight=torch.tensor([0.5]), num_nodes=2)
+        >>> to_torch_csr(g).to_dense()
+        tensor([[0.0000, 0.5000],
+                [0.0000, 0.0000]])
+    """
+    ei, w, n = _parts(graph)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+        return to_torch_csr_tensor(ei.flip(0), w, size=(n, n))
+
+
+def to_scipy(graph: Data):
+    r"""The adjacency :math:`\mathbf{A}` (row = target) as a ``scipy.sparse.csr_matrix``."""
+    ei, w, n = _parts(graph)
+    return to_scipy_sparse_matrix(ei.flip(0).cpu(), w.detach().cpu(), n).tocsr()
+
+
+def from_scipy(matrix) -> Data:
+    r"""A graph from a square ``scipy.sparse`` adjacency with :math:`\mathbf{A}_{ij}` the weight
+    of edge :math:`j \to i`."""
+    if matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {matrix.shape}")
+    ei, w = from_scipy_sparse_matrix(matrix)
+    return Data(edge_index=ei.flip(0), edge_weight=w, num_nodes=matrix.shape[0])

@@ -1,0 +1,178 @@
+"""The re-ranker contract shared by every method."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Any, ClassVar, Self
+
+import torch
+from torch import Tensor
+
+from .._checks import check_features, check_k, check_same_device
+from ..typing import RerankResult, TensorLike
+
+__all__ = ["NotFittedError", "Reranker"]
+
+
+class NotFittedError(RuntimeError):
+    """A re-ranker was used before :meth:`Reranker.fit`."""
+
+
+class Reranker(abc.ABC):
+    r"""Base class of all re-rankers: ``fit(database)`` once, then ``rerank(queries, k)``.
+
+    The contract (checked for every re-ranker by one shared test):
+
+    * settings are keyword-only constructor arguments, stored as given, validated by :meth:`fit`;
+      :meth:`get_params` / :meth:`set_params` read and change them;
+    * :meth:`fit` takes the database :math:`(N, D)` (numpy or torch), stores fitted state in
+      attributes ending with ``_`` and returns ``self``; fitting again discards the old state;
+    * :meth:`rerank` returns a :class:`~graphrerank.typing.RerankResult` ``(scores, indices)``
+      of shape :math:`(Q, k)`, best first, on the database's device;
+    * ``rerank(None)`` is the all-vs-all case: every database item queries the database (its
+      own entry stays in the ranking; drop it when scoring, e.g. with
+      ``class_map(..., leave_one_out=True)``). A transductive method then builds one graph
+      over the :math:`N` items, not :math:`2N`.
+
+    Class attributes declare what a method needs:
+
+    * ``transductive``: it needs all queries at once (its result for one query depends on the
+      other queries); an inductive method gives each query the same result whatever batch it
+      comes in.
+    * ``needs_query_similarity``: it compares queries with queries, so queries and database
+      must come from the same encoder; such methods refuse ``rerank(..., asymmetric=True)``.
+    """
+
+    transductive: ClassVar[bool] = False
+    needs_query_similarity: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {n: sig.parameters[n].default for n in cls._param_names()}
+
+    def get_params(self) -> dict[str, Any]:
+        """The settings, as passed to the constructor."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change settings; takes effect at the next :meth:`fit`."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"{type(self).__name__} has no setting {name!r}; valid: {sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = self._defaults()
+        changed = []
+        for name, value in self.get_params().items():
+            default = defaults[name]
+            if value is not default and value != default:
+                changed.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _validate_params(self) -> None:  # noqa: B027 - optional hook
+        """Validate the settings (subclasses raise ``ValueError`` naming the setting)."""
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        """Settings that suit a tiny database (about 40 items) in the shared contract tests."""
+        return {}
+
+    # ------------------------------------------------------------------ fitted state
+    def _fitted_attributes(self) -> list[str]:
+        return [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "database_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(database) first"
+            )
+
+    @property
+    def n_database_(self) -> int:
+        """Number of database items (after :meth:`fit`)."""
+        self._check_fitted()
+        return int(self.database_.shape[0])
+
+    @property
+    def device_(self) -> torch.device:
+        """Device of the fitted database; results are returned there."""
+        self._check_fitted()
+        return self.database_.device
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, database: TensorLike, /) -> Self:
+        """Fit on the database descriptors :math:`(N, D)` and return ``self``."""
+        self._validate_params()
+        db = check_features(database, "database")
+        for attr in self._fitted_attributes():
+            delattr(self, attr)
+        self.database_ = db
+        self._fit(db)
+        return self
+
+    def rerank(
+        self,
+        queries: TensorLike | None = None,
+        k: int = 100,
+        *,
+        asymmetric: bool = False,
+    ) -> RerankResult:
+        """Rank the database for each query.
+
+        Args:
+            queries: Query descriptors :math:`(Q, D)` on the database's device, or ``None`` for
+                all-vs-all (every database item is a query, :math:`Q = N`).
+            k: Length of each ranked list, ``1 <= k <= N``.
+            asymmetric: Declare that queries come from another encoder than the database
+                (e.g. a small query network distilled from the database network). Methods that
+                compare queries with each other refuse it.
+
+        Returns:
+            ``(scores, indices)``, each :math:`(Q, k)`, best first.
+        """
+        self._check_fitted()
+        if asymmetric and self.needs_query_similarity:
+            raise ValueError(
+                f"{type(self).__name__} compares queries with queries and with the database in "
+                "one space, so it needs queries and database from the same encoder; it cannot "
+                "be used with asymmetric=True"
+            )
+        if queries is None:
+            if asymmetric:
+                raise ValueError("asymmetric=True needs explicit queries, got queries=None")
+            q = None
+        else:
+            q = check_features(queries, "queries", dim=self.database_.shape[1])
+            check_same_device(database=self.database_, queries=q)
+            if q.dtype != self.database_.dtype:
+                q = q.to(self.database_.dtype)
+        k = check_k(k, self.n_database_)
+        return self._rerank(q, k)
+
+    def fit_rerank(
+        self, database: TensorLike, queries: TensorLike | None = None, k: int = 100, **kwargs: Any
+    ) -> RerankResult:
+        """``fit(database).rerank(queries, k, **kwargs)``."""
+        return self.fit(database).rerank(queries, k, **kwargs)
+
+    # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
+    def _fit(self, database: Tensor) -> None:
+        """Build the fitted state from the validated database (``self.database_`` is set)."""
+
+    @abc.abstractmethod
+    def _rerank(self, queries: Tensor | None, k: int) -> RerankResult:
+        """Rank for validated queries (``None``: all-vs-all) and a valid ``k``."""

@@ -1,0 +1,58 @@
+"""The first-stage baseline: plain nearest-neighbour search."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from .._checks import check_in
+from ..graph import KNNIndex
+from ..typing import RerankResult
+from .base import Reranker
+
+__all__ = ["KNN"]
+
+
+class KNN(Reranker):
+    r"""Plain k-nearest-neighbour ranking, the baseline every re-ranker is compared with.
+
+    .. math::
+        \text{score}(q, x_j) = \mathbf{q}^\top \mathbf{x}_j \quad (\text{"ip"})
+        \quad\text{or}\quad -\lVert \mathbf{q} - \mathbf{x}_j \rVert_2^2 \quad (\text{"l2"}).
+
+    Args:
+        metric: ``"ip"`` (cosine for L2-normalised descriptors) or ``"l2"``.
+        backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+
+    Shapes:
+        - **fit:** database :math:`(N, D)`
+        - **rerank:** queries :math:`(Q, D)` or ``None`` :math:`\to` scores, indices :math:`(Q, k)`
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+        >>> KNN(backend="torch").fit(x).rerank(k=2).indices
+        tensor([[0, 2],
+                [1, 2],
+                [2, 1]])
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: Literal["ip", "l2"] = "ip",
+        backend: Literal["auto", "faiss", "torch"] = "auto",
+    ) -> None:
+        self.metric = metric
+        self.backend = backend
+
+    def _validate_params(self) -> None:
+        check_in(self.metric, "metric", ("ip", "l2"))
+        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+
+    def _fit(self, database: Tensor) -> None:
+        self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)
+
+    def _rerank(self, queries: Tensor | None, k: int) -> RerankResult:
+        q = self.database_ if queries is None else queries
+        return RerankResult(*self.index_.search(q, k))
