@@ -130,7 +130,9 @@ class KNNIndex:
     @property
     def is_trained(self) -> bool:
         """Whether the index can take vectors (flat and HNSW always can)."""
-        return (self._index is not None and bool(self._index.is_trained)) or self._vectors is not None
+        return (
+            self._index is not None and bool(self._index.is_trained)
+        ) or self._vectors is not None
 
     def __repr__(self) -> str:
         return (
