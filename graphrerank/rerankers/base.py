@@ -42,10 +42,13 @@ class Reranker(abc.ABC):
       comes in.
     * ``needs_query_similarity``: it compares queries with queries, so queries and database
       must come from the same encoder; such methods refuse ``rerank(..., asymmetric=True)``.
+    * ``accepts_initial``: it re-ranks a given candidate list (``rerank(..., initial=...)``),
+      e.g. the shortlist of an earlier stage, instead of searching the database itself.
     """
 
     transductive: ClassVar[bool] = False
     needs_query_similarity: ClassVar[bool] = False
+    accepts_initial: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -129,6 +132,7 @@ class Reranker(abc.ABC):
         k: int = 100,
         *,
         asymmetric: bool = False,
+        initial: RerankResult | tuple[Tensor, Tensor] | None = None,
     ) -> RerankResult:
         """Rank the database for each query.
 
@@ -160,7 +164,37 @@ class Reranker(abc.ABC):
             if q.dtype != self.database_.dtype:
                 q = q.to(self.database_.dtype)
         k = check_k(k, self.n_database_)
-        return self._rerank(q, k)
+        if initial is None:
+            return self._rerank(q, k)
+        if not self.accepts_initial:
+            raise ValueError(
+                f"{type(self).__name__} ranks the whole database itself and takes no initial "
+                "ranking; use it as the first stage"
+            )
+        nq = self.n_database_ if q is None else q.shape[0]
+        return self._rerank(q, k, initial=self._check_initial(initial, nq))
+
+    def _check_initial(self, initial, num_queries: int) -> RerankResult:
+        try:
+            scores, indices = initial
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"initial must be a (scores, indices) pair, got {type(initial).__name__}"
+            ) from None
+        if not isinstance(scores, Tensor) or not isinstance(indices, Tensor):
+            raise TypeError("initial scores and indices must be tensors")
+        if scores.dim() != 2 or scores.shape != indices.shape or scores.shape[0] != num_queries:
+            raise ValueError(
+                f"initial must hold ({num_queries}, M) scores and indices, got "
+                f"{tuple(scores.shape)} and {tuple(indices.shape)}"
+            )
+        check_same_device(database=self.database_, initial=indices)
+        if indices.dtype != torch.int64:
+            raise TypeError(f"initial indices must be int64, got {indices.dtype}")
+        n = self.n_database_
+        if bool(((indices < -1) | (indices >= n)).any()):
+            raise ValueError(f"initial indices must lie in [-1, {n - 1}] (the fitted database)")
+        return RerankResult(scores.to(self.database_.dtype), indices)
 
     def fit_rerank(
         self, database: TensorLike, queries: TensorLike | None = None, k: int = 100, **kwargs: Any
@@ -174,5 +208,8 @@ class Reranker(abc.ABC):
         """Build the fitted state from the validated database (``self.database_`` is set)."""
 
     @abc.abstractmethod
-    def _rerank(self, queries: Tensor | None, k: int) -> RerankResult:
-        """Rank for validated queries (``None``: all-vs-all) and a valid ``k``."""
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
+        """Rank for validated queries (``None``: all-vs-all), a valid ``k`` and, for
+        ``accepts_initial`` methods, a validated ``initial`` ranking."""

@@ -53,6 +53,8 @@ class KNN(Reranker):
     def _fit(self, database: Tensor) -> None:
         self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)
 
-    def _rerank(self, queries: Tensor | None, k: int) -> RerankResult:
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
         q = self.database_ if queries is None else queries
         return RerankResult(*self.index_.search(q, k))

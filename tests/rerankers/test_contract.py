@@ -157,3 +157,21 @@ def test_mixed_devices_raise(cls):
     r = _make(cls).fit(x)
     with pytest.raises(ValueError, match="queries is on cuda"):
         r.rerank(q.cuda(), k=3)
+
+
+def test_initial_ranking(cls):
+    q, x = _data()
+    r = _make(cls).fit(x)
+    first = r.rerank(q, k=10) if not cls.accepts_initial else None
+    if first is None:
+        from graphrerank.graph import knn_search
+
+        first = knn_search(q, x, 20, backend="torch")
+    if cls.accepts_initial:
+        out = r.rerank(q, k=10, initial=first)
+        assert out.indices.shape == (6, 10)
+        with pytest.raises(ValueError, match="initial must hold"):
+            r.rerank(q, k=10, initial=(first[0][:2], first[1][:2]))
+    else:
+        with pytest.raises(ValueError, match="takes no initial ranking"):
+            r.rerank(q, k=10, initial=first)
