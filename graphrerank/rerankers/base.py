@@ -196,6 +196,29 @@ class Reranker(abc.ABC):
             raise ValueError(f"initial indices must lie in [-1, {n - 1}] (the fitted database)")
         return RerankResult(scores.to(self.database_.dtype), indices)
 
+    def score_candidates(self, rows: Tensor, candidates: Tensor, scores: Tensor) -> Tensor:
+        """Re-score database items against each other: the edge re-scoring hook of
+        :func:`~graphrerank.graph.knn_graph` (R-DiP rebuilds its graph with it).
+
+        Database item ``rows[b]`` is taken as a query (all-vs-all setting) and each of its
+        candidate database items ``candidates[b, j]`` gets this method's score.
+
+        Args:
+            rows: :math:`(B,)` database indices.
+            candidates: :math:`(B, m)` database indices, ``-1`` for padding.
+            scores: :math:`(B, m)` first-stage scores of those pairs.
+
+        Returns:
+            :math:`(B, m)` new scores, higher is better, ``-inf`` at padding.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot re-score candidate pairs")
+
+    def as_rescorer(self):
+        """The fitted re-ranker as an :data:`~graphrerank.graph.EdgeRescorer` over its own
+        database (see :meth:`score_candidates`)."""
+        self._check_fitted()
+        return self.score_candidates
+
     def fit_rerank(
         self, database: TensorLike, queries: TensorLike | None = None, k: int = 100, **kwargs: Any
     ) -> RerankResult:

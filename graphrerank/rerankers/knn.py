@@ -58,3 +58,15 @@ class KNN(Reranker):
     ) -> RerankResult:
         q = self.database_ if queries is None else queries
         return RerankResult(*self.index_.search(q, k))
+
+    def score_candidates(self, rows: Tensor, candidates: Tensor, scores: Tensor) -> Tensor:
+        """The plain similarity of each (row, candidate) pair (an identity re-scorer)."""
+        self._check_fitted()
+        x = self.database_
+        cand = x[candidates.clamp(min=0)]
+        q = x[rows]
+        if self.metric == "ip":
+            s = (cand * q[:, None, :]).sum(-1)
+        else:
+            s = -(cand - q[:, None, :]).pow(2).sum(-1)
+        return s.masked_fill(candidates < 0, float("-inf"))

@@ -210,3 +210,15 @@ def test_bad_arguments():
         knn_graph(x, 3, normalize="col")
     with pytest.raises(ValueError, match="gamma must be >= 0"):
         knn_graph(x, 3, gamma=-1)
+
+
+def test_knn_rescorer_is_identity():
+    from graphrerank import KNN
+
+    x = _x(50)
+    plain = knn_graph(x, 5, symmetrize="mutual", gamma=3.0, backend="torch")
+    hooked = knn_graph(
+        x, 5, symmetrize="mutual", gamma=3.0, rescore=KNN().fit(x).as_rescorer(), backend="torch"
+    )
+    assert torch.equal(plain.edge_index, hooked.edge_index)
+    torch.testing.assert_close(plain.edge_weight, hooked.edge_weight)

@@ -175,3 +175,21 @@ def test_initial_ranking(cls):
     else:
         with pytest.raises(ValueError, match="takes no initial ranking"):
             r.rerank(q, k=10, initial=first)
+
+
+def test_score_candidates_shape_when_supported(cls):
+    q, x = _data()
+    r = _make(cls).fit(x)
+    rows = torch.tensor([0, 5, 9])
+    from graphrerank.graph import knn_search
+
+    cand = knn_search(x[rows], x, 8, backend="torch")
+    idx = cand.indices.clone()
+    idx[0, -1] = -1
+    try:
+        out = r.as_rescorer()(rows, idx, cand.scores)
+    except NotImplementedError:
+        return
+    assert out.shape == (3, 8)
+    assert torch.isinf(out[0, -1]) and out[0, -1] < 0
+    assert torch.isfinite(out[idx >= 0]).all()
