@@ -44,6 +44,9 @@ class Reranker(abc.ABC):
       must come from the same encoder; such methods refuse ``rerank(..., asymmetric=True)``.
     * ``accepts_initial``: it re-ranks a given candidate list (``rerank(..., initial=...)``),
       e.g. the shortlist of an earlier stage, instead of searching the database itself.
+
+    A method whose declaration depends on a setting overrides the attribute with a property;
+    read these attributes from an instance.
     """
 
     transductive: ClassVar[bool] = False

@@ -111,14 +111,14 @@ def test_inductive_rerankers_are_batch_invariant(cls):
     full = r.rerank(q, k=8)
     one_by_one = [r.rerank(q[i : i + 1], k=8) for i in range(q.shape[0])]
     same = all(torch.equal(full.indices[i], o.indices[0]) for i, o in enumerate(one_by_one))
-    if not cls.transductive:
+    if not r.transductive:
         assert same, f"{cls.__name__} declares itself inductive but depends on the query batch"
 
 
 def test_asymmetric_declaration(cls):
     q, x = _data()
     r = _make(cls).fit(x)
-    if cls.needs_query_similarity:
+    if r.needs_query_similarity:
         with pytest.raises(ValueError, match="same encoder"):
             r.rerank(q, k=3, asymmetric=True)
     else:
@@ -162,12 +162,12 @@ def test_mixed_devices_raise(cls):
 def test_initial_ranking(cls):
     q, x = _data()
     r = _make(cls).fit(x)
-    first = r.rerank(q, k=10) if not cls.accepts_initial else None
+    first = r.rerank(q, k=10) if not r.accepts_initial else None
     if first is None:
         from graphrerank.graph import knn_search
 
         first = knn_search(q, x, 20, backend="torch")
-    if cls.accepts_initial:
+    if r.accepts_initial:
         out = r.rerank(q, k=10, initial=first)
         assert out.indices.shape == (6, 10)
         with pytest.raises(ValueError, match="initial must hold"):
