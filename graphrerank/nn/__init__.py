@@ -1,5 +1,6 @@
 """PyG ``MessagePassing`` layers that propagate over kNN graphs (fused sparse aggregation)."""
 
+from .expansion import ExpansionPropagation, bipartite_adjacency
 from .propagate import WeightedPropagation, adjacency
 
-__all__ = ["WeightedPropagation", "adjacency"]
+__all__ = ["ExpansionPropagation", "WeightedPropagation", "adjacency", "bipartite_adjacency"]
