@@ -4,6 +4,7 @@ Nothing here downloads anything: readers take files the user placed.
 """
 
 from .base import RetrievalDataset
+from .reid import Market1501, ReIDFeatures, load_reid_result, parse_reid_filename
 from .revisitop import (
     REVISITOP_URL,
     RevisitopBenchmark,
@@ -18,13 +19,17 @@ from .revisitop import (
 
 __all__ = [
     "REVISITOP_URL",
+    "Market1501",
     "ROxford5k",
     "RParis6k",
+    "ReIDFeatures",
     "RetrievalDataset",
     "RevisitopBenchmark",
     "RevisitopGroundTruth",
     "RevisitopR1M",
     "UnsafePickleError",
     "load_features",
+    "load_reid_result",
     "load_revisitop_gnd",
+    "parse_reid_filename",
 ]
