@@ -1,9 +1,12 @@
 """Readers for the formats retrieval users have, and datasets to try re-rankers on.
 
-Nothing here downloads anything: readers take files the user placed.
+Nothing here downloads anything: readers take files the user placed, and
+:func:`load_digits_retrieval` needs no file at all.
 """
 
 from .base import RetrievalDataset
+from .corel import LocalDescriptorSet, load_corel1k, load_corel1k_local
+from .digits import load_digits_retrieval
 from .reid import Market1501, ReIDFeatures, load_reid_result, parse_reid_filename
 from .revisitop import (
     REVISITOP_URL,
@@ -19,6 +22,7 @@ from .revisitop import (
 
 __all__ = [
     "REVISITOP_URL",
+    "LocalDescriptorSet",
     "Market1501",
     "ROxford5k",
     "RParis6k",
@@ -28,6 +32,9 @@ __all__ = [
     "RevisitopGroundTruth",
     "RevisitopR1M",
     "UnsafePickleError",
+    "load_corel1k",
+    "load_corel1k_local",
+    "load_digits_retrieval",
     "load_features",
     "load_reid_result",
     "load_revisitop_gnd",
