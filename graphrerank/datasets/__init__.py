@@ -1,7 +1,7 @@
 """Readers for the formats retrieval users have, and datasets to try re-rankers on.
 
 Nothing here downloads anything: readers take files the user placed, and
-:func:`load_digits_retrieval` needs no file at all.
+:func:`load_digits_retrieval` and :func:`make_retrieval_dataset` need no file at all.
 """
 
 from .base import RetrievalDataset
@@ -19,6 +19,7 @@ from .revisitop import (
     load_features,
     load_revisitop_gnd,
 )
+from .synthetic import make_retrieval_dataset
 
 __all__ = [
     "REVISITOP_URL",
@@ -38,5 +39,6 @@ __all__ = [
     "load_features",
     "load_reid_result",
     "load_revisitop_gnd",
+    "make_retrieval_dataset",
     "parse_reid_filename",
 ]
