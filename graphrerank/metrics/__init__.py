@@ -6,5 +6,24 @@ numpy arrays or torch tensors on any device.
 """
 
 from .ap import INTERPOLATIONS, average_precision, hits_from_relevance, rank_by_scores
+from .revisited import (
+    PROTOCOLS,
+    ProtocolResult,
+    RevisitedResult,
+    ranks_from_cirtorch,
+    relevance_from_gnd,
+    revisited_map,
+)
 
-__all__ = ["INTERPOLATIONS", "average_precision", "hits_from_relevance", "rank_by_scores"]
+__all__ = [
+    "INTERPOLATIONS",
+    "PROTOCOLS",
+    "ProtocolResult",
+    "RevisitedResult",
+    "average_precision",
+    "hits_from_relevance",
+    "rank_by_scores",
+    "ranks_from_cirtorch",
+    "relevance_from_gnd",
+    "revisited_map",
+]

@@ -198,31 +198,53 @@ def rank_by_scores(scores: TensorLike, k: int | None = None) -> Tensor:
 
 
 # ---------------------------------------------------------------------- internals
-class _Ranks(NamedTuple):
-    positive: Tensor  # (Q, K) bool
-    rank: Tensor  # (Q, K) int32, 1-based rank with junk removed (meaningful where not junk)
+class _Positives(NamedTuple):
+    """The retrieved positives of a batch of ranked lists, junk removed (all 1-based).
+
+    ``query``, ``rank``, ``nth`` have one entry per retrieved positive, in rank order within
+    each query; ``count``, ``first`` and ``last`` one per query.
+    """
+
+    query: Tensor  # (M,) int64, the row
+    rank: Tensor  # (M,) int64, rank in the list without junk
+    nth: Tensor  # (M,) int64, index among the retrieved positives of the row
+    count: Tensor  # (Q,) int64, retrieved positives per row
+    first: Tensor  # (Q,) int64, rank of the first positive; a value > K where there is none
+    last: Tensor  # (Q,) int64, rank of the last positive; 0 where there is none
 
 
-def _ranks(hits: Tensor) -> _Ranks:
-    return _Ranks(hits == 1, (hits >= 0).cumsum(1, dtype=torch.int32))
+def _positives(hits: Tensor) -> _Positives:
+    """Locate the retrieved positives: two passes over ``hits`` (Q, K), the rest is O(M)."""
+    nq, k = hits.shape
+    rank_all = (hits >= 0).cumsum(1, dtype=torch.int32)
+    query, col = (hits == 1).nonzero(as_tuple=True)  # row-major: rank order within a row
+    rank = rank_all[query, col].long()
+    count = torch.bincount(query, minlength=nq)
+    start = count.cumsum(0) - count
+    nth = torch.arange(query.shape[0], device=hits.device) - start[query] + 1
+    first = torch.full((nq,), k + 1, dtype=torch.long, device=hits.device)
+    first.scatter_reduce_(0, query, rank, reduce="amin")
+    last = torch.zeros(nq, dtype=torch.long, device=hits.device)
+    last.scatter_reduce_(0, query, rank, reduce="amax")
+    return _Positives(query, rank, nth, count, first, last)
 
 
-def _average_precision(hits: Tensor, num_positives: Tensor, interpolation: str) -> Tensor:
+def _average_precision(
+    hits: Tensor, num_positives: Tensor, interpolation: str, pos: _Positives | None = None
+) -> Tensor:
     """AP without validation: ``hits`` (Q, K) with values in {-1, 0, 1}.
 
-    Only the retrieved positives are visited (float work is O(number of positives), not
-    O(Q K)); each contributes its precision to its query's sum.
+    Only the retrieved positives are visited (the float work is O(number of positives), not
+    O(Q K)); each adds its precision to its query's sum.
     """
-    positive, rank = _ranks(hits)
-    nth = positive.cumsum(1, dtype=torch.int32)  # 1-based index of each positive
-    q, col = positive.nonzero(as_tuple=True)
-    r = rank[q, col].double()  # 1-based rank of the positive, junk removed
-    j = nth[q, col].double()  # 1-based index among the positives
+    if pos is None:
+        pos = _positives(hits)
+    r, j = pos.rank.double(), pos.nth.double()
     prec = j / r
     if interpolation == "trapezoid":
         before = torch.where(r > 1, (j - 1) / (r - 1).clamp(min=1), torch.ones_like(r))
         prec = (before + prec) / 2
     total = torch.zeros(hits.shape[0], dtype=torch.float64, device=hits.device)
-    total.index_add_(0, q, prec)
+    total.index_add_(0, pos.query, prec)
     p = num_positives.to(total.dtype)
     return torch.where(p > 0, total / p.clamp(min=1), torch.full_like(total, float("nan")))
