@@ -6,6 +6,7 @@ numpy arrays or torch tensors on any device.
 """
 
 from .ap import INTERPOLATIONS, average_precision, hits_from_relevance, rank_by_scores
+from .reid import ReIDResult, reid_metrics
 from .revisited import (
     PROTOCOLS,
     ProtocolResult,
@@ -19,11 +20,13 @@ __all__ = [
     "INTERPOLATIONS",
     "PROTOCOLS",
     "ProtocolResult",
+    "ReIDResult",
     "RevisitedResult",
     "average_precision",
     "hits_from_relevance",
     "rank_by_scores",
     "ranks_from_cirtorch",
+    "reid_metrics",
     "relevance_from_gnd",
     "revisited_map",
 ]
