@@ -29,7 +29,7 @@ from torch import Tensor
 from .._checks import as_tensor, check_in, check_int
 from ..typing import TensorLike
 from ._validate import _is_integer, check_ks, check_ranking
-from .ap import _average_precision, _positives, hits_from_relevance
+from .ap import _average_precision, _positives
 
 __all__ = [
     "PROTOCOLS",
@@ -183,28 +183,42 @@ def relevance_from_gnd(
     check_in(protocol, "protocol", tuple(PROTOCOLS))
     gnd, _ = _gnd_list(gnd)
     num_database = check_int(num_database, "num_database", low=1)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    codes = _gnd_codes(gnd, num_database, device)
+    return _relevance_of_codes(codes, protocol)
+
+
+#: Bit of each ground-truth list in the per-image codes of :func:`_gnd_codes`.
+_BITS = {"easy": 1, "hard": 2, "junk": 4}
+
+
+def _relevance_of_codes(codes: Tensor, protocol: str) -> Tensor:
+    """Relevance (int8 1 / 0 / -1) of codes under ``protocol``; a positive bit wins over junk."""
     pos_keys, junk_keys = PROTOCOLS[protocol]
-    rows: dict[int, list[np.ndarray]] = {-1: [], 1: []}
-    qs: dict[int, list[np.ndarray]] = {-1: [], 1: []}
-    for i, q in enumerate(gnd):
-        for value, keys in ((-1, junk_keys), (1, pos_keys)):
-            for key in keys:
-                a = _gnd_indices(q, key, i)
-                if a.size and (a.min() < 0 or a.max() >= num_database):
-                    bad = a[(a < 0) | (a >= num_database)][0]
-                    raise ValueError(
-                        f"gnd[{i}][{key!r}] contains {bad}, out of range for num_database="
-                        f"{num_database}"
-                    )
-                rows[value].append(a)
-                qs[value].append(np.full(a.size, i, dtype=np.int64))
-    rel = torch.zeros(len(gnd), num_database, dtype=torch.int8, device=device)
-    for value in (-1, 1):  # positives written last: they win over junk
-        if rows[value]:
-            r = torch.from_numpy(np.concatenate(qs[value])).to(rel.device)
-            c = torch.from_numpy(np.concatenate(rows[value])).to(rel.device)
-            rel[r, c] = value
-    return rel
+    pos = (codes & sum(_BITS[k] for k in pos_keys)) != 0
+    junk = (codes & sum(_BITS[k] for k in junk_keys)) != 0
+    return pos.to(torch.int8) - (junk & ~pos).to(torch.int8)
+
+
+def _gnd_codes(gnd: Sequence[Mapping[str, Any]], num_database: int, device: torch.device) -> Tensor:
+    """``(Q, N)`` uint8: for each query and image, the OR of the bits of the lists holding it."""
+    codes = torch.zeros(len(gnd), num_database, dtype=torch.uint8, device=device)
+    for key, bit in _BITS.items():
+        rows, cols = [], []
+        for i, q in enumerate(gnd):
+            a = _gnd_indices(q, key, i)
+            if a.size and (a.min() < 0 or a.max() >= num_database):
+                bad = a[(a < 0) | (a >= num_database)][0]
+                raise ValueError(
+                    f"gnd[{i}][{key!r}] contains {bad}, out of range for num_database="
+                    f"{num_database}"
+                )
+            rows.append(np.full(a.size, i, dtype=np.int64))
+            cols.append(a)
+        r = torch.from_numpy(np.concatenate(rows)).to(device)
+        c = torch.from_numpy(np.concatenate(cols)).to(device)
+        codes[r, c] |= bit  # repeated indices write the same value
+    return codes
 
 
 def ranks_from_cirtorch(ranks: TensorLike) -> Tensor:
@@ -317,18 +331,13 @@ def revisited_map(
         num_database = max(int(idx.max()), _gnd_max(gnd)) + 1
     num_database = check_int(num_database, "num_database", low=1)
     idx = check_ranking(idx, "indices", num_items=num_database)
+    # One pass over the ground truth and one gather serve the three protocols.
+    codes = _gnd_codes(gnd, num_database, idx.device)
+    ranked = codes.gather(1, idx.clamp(min=0))
     results = {}
-    for protocol, (pos_keys, _) in PROTOCOLS.items():
-        rel = relevance_from_gnd(gnd, num_database, protocol, device=idx.device)  # type: ignore[arg-type]
-        num_pos = torch.tensor(
-            [
-                len(np.unique(np.concatenate([_gnd_indices(q, k, i) for k in pos_keys])))
-                for i, q in enumerate(gnd)
-            ],
-            dtype=torch.long,
-            device=idx.device,
-        )
-        hits = hits_from_relevance(idx, rel)
+    for protocol in PROTOCOLS:
+        num_pos = (_relevance_of_codes(codes, protocol) == 1).sum(1)
+        hits = _relevance_of_codes(ranked, protocol).masked_fill_(idx < 0, -1)
         results[protocol] = _protocol_scores(hits, num_pos, kappas)
     return RevisitedResult(**results, kappas=kappas)
 
