@@ -6,6 +6,7 @@ numpy arrays or torch tensors on any device.
 """
 
 from .ap import INTERPOLATIONS, average_precision, hits_from_relevance, rank_by_scores
+from .classes import class_average_precision, class_map, recall_at_k
 from .reid import ReIDResult, reid_metrics
 from .revisited import (
     PROTOCOLS,
@@ -23,9 +24,12 @@ __all__ = [
     "ReIDResult",
     "RevisitedResult",
     "average_precision",
+    "class_average_precision",
+    "class_map",
     "hits_from_relevance",
     "rank_by_scores",
     "ranks_from_cirtorch",
+    "recall_at_k",
     "reid_metrics",
     "relevance_from_gnd",
     "revisited_map",
