@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,7 +26,7 @@ def _class_hits(
     indices: Any, database_labels: Any, query_labels: Any, leave_one_out: bool
 ) -> tuple[Tensor, Tensor]:
     """Validated ``(hits (Q, K) int8, num_positives (Q,))``."""
-    if not isinstance(leave_one_out, bool):
+    if not isinstance(leave_one_out, (bool, np.bool_)):
         raise TypeError(f"leave_one_out must be True or False, got {leave_one_out!r}")
     db = check_labels(database_labels, "database_labels")
     n = db.shape[0]
@@ -41,6 +42,7 @@ def _class_hits(
         q = db
     else:
         q = check_labels(query_labels, "query_labels", length=nq, what="indices (rows)")
+    leave_one_out = bool(leave_one_out)
     if leave_one_out and nq != n:
         raise ValueError(
             f"leave_one_out=True needs query i to be database item i, so indices needs {n} rows "

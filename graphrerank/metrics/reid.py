@@ -17,11 +17,11 @@ __all__ = ["ReIDResult", "reid_metrics"]
 
 @dataclass(frozen=True)
 class ReIDResult:
-    """Re-ID scores; every value is a fraction in [0, 1] (NaN when no query is valid).
+    r"""Re-ID scores; every value is a fraction in [0, 1] (NaN when no query is valid).
 
     Attributes:
         map: Mean average precision over the valid queries.
-        cmc: :math:`(\\text{max\\_rank},)` float64, ``cmc[r]``: fraction of valid queries whose
+        cmc: :math:`(\text{max\_rank},)` float64, ``cmc[r]``: fraction of valid queries whose
             first positive is within the first ``r + 1`` ranks.
         rank1: ``cmc[0]``, Rank-1 accuracy.
         rank5: Rank-5 accuracy.

@@ -43,6 +43,11 @@ def test_leave_one_out_hand_worked():
     assert class_map(INDICES, LABELS, leave_one_out=True) == pytest.approx(19 / 30)
 
 
+def test_leave_one_out_accepts_numpy_bool():
+    ap = class_average_precision(INDICES.numpy(), LABELS.numpy(), leave_one_out=np.bool_(True))
+    assert ap.tolist() == pytest.approx(LOO_AP)
+
+
 def test_without_leave_one_out_counts_the_query():
     ap = class_average_precision(INDICES, LABELS)
     assert ap[0].item() == pytest.approx(34 / 45)
