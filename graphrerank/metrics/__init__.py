@@ -2,7 +2,8 @@
 
 Every metric takes rankings as ``(Q, K)`` database indices, one row per query, best first
 (``-1`` for padding), as returned by :meth:`graphrerank.rerankers.Reranker.rerank`, and accepts
-numpy arrays or torch tensors on any device.
+numpy arrays or torch tensors on any device (numpy inputs follow the device of the tensors
+they are scored with; tensors on two different devices are refused).
 """
 
 from .ap import INTERPOLATIONS, average_precision, hits_from_relevance, rank_by_scores

@@ -67,6 +67,12 @@ def check_labels(x: Any, name: str, *, length: int | None = None, what: str = ""
     return t.long()
 
 
+def follow(original: Any, t: Tensor, device: torch.device) -> Tensor:
+    """Move ``t`` to ``device`` when it came from numpy or a list (host data has no device of
+    its own); a tensor given by the caller stays where it is, and a mismatch is reported."""
+    return t if isinstance(original, Tensor) else t.to(device)
+
+
 def check_ks(ks: Any, name: str) -> tuple[int, ...]:
     """Validate a non-empty sequence of positive integer cut-offs (kept in the given order)."""
     if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):

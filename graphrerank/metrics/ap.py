@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._checks import as_tensor, check_in, check_int, check_same_device
 from ..typing import TensorLike
-from ._validate import _is_integer, check_ranking
+from ._validate import _is_integer, check_ranking, follow
 
 __all__ = ["INTERPOLATIONS", "average_precision", "hits_from_relevance", "rank_by_scores"]
 
@@ -98,6 +98,7 @@ def average_precision(
         )
     if not _is_integer(p):
         raise TypeError(f"num_positives must hold integer counts, got dtype {p.dtype}")
+    p = follow(num_positives, p, h.device)
     check_same_device(hits=h, num_positives=p)
     retrieved = (h == 1).sum(1)
     short = p < retrieved
@@ -152,6 +153,10 @@ def hits_from_relevance(indices: TensorLike, relevance: TensorLike) -> Tensor:
         raise ValueError(
             f"indices has {idx.shape[0]} rows (queries) but relevance has {rel.shape[0]}"
         )
+    if isinstance(relevance, Tensor):
+        idx = follow(indices, idx, rel.device)
+    else:
+        rel = follow(relevance, rel, idx.device)
     check_same_device(indices=idx, relevance=rel)
     out = rel.gather(1, idx.clamp(min=0)).to(torch.int8)
     return out.masked_fill_(idx < 0, -1)

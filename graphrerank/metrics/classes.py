@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._checks import check_in, check_same_device
 from ..typing import TensorLike
-from ._validate import check_ks, check_labels, check_ranking
+from ._validate import check_ks, check_labels, check_ranking, follow
 from .ap import INTERPOLATIONS, Interpolation, _average_precision, _positives
 
 __all__ = ["class_average_precision", "class_map", "recall_at_k"]
@@ -31,6 +31,7 @@ def _class_hits(
     db = check_labels(database_labels, "database_labels")
     n = db.shape[0]
     idx = check_ranking(indices, "indices", num_items=n)
+    db = follow(database_labels, db, idx.device)
     nq = idx.shape[0]
     if query_labels is None:
         if nq != n:
@@ -42,6 +43,7 @@ def _class_hits(
         q = db
     else:
         q = check_labels(query_labels, "query_labels", length=nq, what="indices (rows)")
+        q = follow(query_labels, q, idx.device)
     leave_one_out = bool(leave_one_out)
     if leave_one_out and nq != n:
         raise ValueError(

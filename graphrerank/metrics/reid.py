@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._checks import check_in, check_int, check_same_device
 from ..typing import TensorLike
-from ._validate import check_labels, check_ranking
+from ._validate import check_labels, check_ranking, follow
 from .ap import INTERPOLATIONS, Interpolation, _average_precision, _positives
 
 __all__ = ["ReIDResult", "reid_metrics"]
@@ -120,6 +120,8 @@ def reid_metrics(
     nq = idx.shape[0]
     q_ids = check_labels(query_ids, "query_ids", length=nq, what="indices (rows)")
     q_cams = check_labels(query_cams, "query_cams", length=nq, what="indices (rows)")
+    g_ids, g_cams = follow(gallery_ids, g_ids, idx.device), follow(gallery_cams, g_cams, idx.device)
+    q_ids, q_cams = follow(query_ids, q_ids, idx.device), follow(query_cams, q_cams, idx.device)
     check_same_device(
         indices=idx, query_ids=q_ids, query_cams=q_cams, gallery_ids=g_ids, gallery_cams=g_cams
     )

@@ -137,6 +137,11 @@ def test_on_device(device):
         got = average_precision(hits, num_pos, interpolation=interpolation)
         assert got.device.type == device
         assert_close(got.cpu(), torch.tensor([c[col] for c in HAND], dtype=torch.float64))
+    # Host inputs (list, numpy) follow the device of the tensor they are used with.
+    got = average_precision(hits, [int(p) for p in num_pos], interpolation="step")
+    assert got.device.type == device
+    rel = np.array([[0, 1, -1]])
+    assert hits_from_relevance(torch.tensor([[1, 2]], device=device), rel).device.type == device
     scores = torch.tensor([[0.1, 0.3, 0.2]], device=device)
     idx = rank_by_scores(scores)
     assert idx.device.type == device

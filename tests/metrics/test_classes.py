@@ -155,6 +155,9 @@ def test_on_device(device):
     torch.testing.assert_close(ap.cpu(), torch.tensor(LOO_AP, dtype=torch.float64))
     got = recall_at_k(INDICES.to(device), LABELS.to(device), ks=(1, 4), leave_one_out=True)
     assert got == pytest.approx({1: 2 / 5, 4: 1.0})
+    # numpy labels follow the device of the ranking.
+    ap = class_average_precision(INDICES.to(device), LABELS.numpy(), LABELS.numpy())
+    assert ap.device.type == device
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,11 @@ def test_on_device(device):
     assert r.map == pytest.approx(3 / 4)
     assert r.minp == pytest.approx(3 / 4)
     assert r.cmc.cpu().tolist() == [0.5, 1.0, 1.0, 1.0]
+    # numpy labels follow the device of the ranking.
+    labels = (Q_IDS.numpy(), Q_CAMS.numpy(), G_IDS.numpy(), G_CAMS.numpy())
+    r = reid_metrics(INDICES.to(device), *labels, max_rank=4)
+    assert r.cmc.device.type == device
+    assert r.map == pytest.approx(3 / 4)
 
 
 @pytest.mark.parametrize(
