@@ -53,7 +53,9 @@ class Pipeline(Reranker):
     (``stages_``); the given re-rankers are left untouched.
 
     Args:
-        stages: The re-rankers, first to last (positional).
+        stages: The re-rankers, first to last (may be passed by position). ``None``: the usual
+            chain ``[DatabaseAugmentation(), AlphaQueryExpansion()]`` (DBA offline, then αQE
+            against the augmented database).
         depth: Length of the ranking handed to a stage that takes an ``initial`` ranking
             (``None``: :math:`\max(k, M)` where that stage has a shortlist length :math:`M`,
             else :math:`k`; never less than :math:`k`; capped at :math:`N`).
@@ -88,13 +90,28 @@ class Pipeline(Reranker):
 
     _positional_settings = ("stages",)
 
-    def __init__(self, stages: Sequence[Reranker] = (), *, depth: int | None = None) -> None:
+    def __init__(
+        self, stages: Sequence[Reranker] | None = None, *, depth: int | None = None
+    ) -> None:
         self.stages = stages
         self.depth = depth
 
     # ------------------------------------------------------------------ declarations
+    def _stages(self) -> list[Reranker]:
+        if self.stages is None:
+            from .expansion import AlphaQueryExpansion, DatabaseAugmentation
+
+            return [DatabaseAugmentation(), AlphaQueryExpansion()]
+        return list(self.stages)
+
     def _declared(self) -> list[Reranker]:
-        return list(getattr(self, "stages_", None) or self.stages)
+        fitted = getattr(self, "stages_", None)
+        if fitted is not None:
+            return fitted
+        try:
+            return self._stages()
+        except TypeError:
+            return []
 
     @property
     def transductive(self) -> bool:  # type: ignore[override]
@@ -110,7 +127,10 @@ class Pipeline(Reranker):
         return bool(stages) and stages[0].accepts_initial
 
     def __repr__(self) -> str:
-        inner = ", ".join(repr(s) for s in self.stages)
+        try:
+            inner = ", ".join(repr(s) for s in self._stages())
+        except TypeError:
+            inner = repr(self.stages)
         extra = "" if self.depth is None else f", depth={self.depth!r}"
         return f"{type(self).__name__}([{inner}]{extra})"
 
@@ -129,13 +149,16 @@ class Pipeline(Reranker):
 
     # ------------------------------------------------------------------ fit / rerank
     def _validate_params(self) -> None:
-        if isinstance(self.stages, Reranker) or not isinstance(self.stages, Sequence):
+        if self.stages is not None and (
+            isinstance(self.stages, Reranker) or not isinstance(self.stages, Sequence)
+        ):
             raise TypeError(
                 f"stages must be a list of re-rankers, got {type(self.stages).__name__}"
             )
-        if len(self.stages) == 0:
+        stages = self._stages()
+        if len(stages) == 0:
             raise ValueError("stages must hold at least one re-ranker, got none")
-        for i, s in enumerate(self.stages):
+        for i, s in enumerate(stages):
             if not isinstance(s, Reranker):
                 what = s.__name__ if isinstance(s, type) else type(s).__name__
                 raise TypeError(
@@ -148,10 +171,11 @@ class Pipeline(Reranker):
     def _fit(self, database: Tensor) -> None:
         fitted: list[Reranker] = []
         db = database
-        for i, stage in enumerate(self.stages):
+        stages = self._stages()
+        for i, stage in enumerate(stages):
             stage = _clone(stage).fit(db)
             fitted.append(stage)
-            if i + 1 < len(self.stages):
+            if i + 1 < len(stages):
                 db = stage.transform_database()
                 if db.shape[0] != database.shape[0]:
                     raise ValueError(

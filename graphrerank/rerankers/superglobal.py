@@ -9,8 +9,6 @@ from torch import Tensor
 
 from .._checks import check_in, check_int, check_normalized, check_real
 from ..graph import KNNIndex
-from ..nn.expansion import bipartite_adjacency
-from ..nn.propagate import WeightedPropagation
 from ..typing import RerankResult, TensorLike
 from .base import Reranker
 
@@ -19,6 +17,10 @@ __all__ = ["SuperGlobal", "superglobal_rerank"]
 Backend = Literal["auto", "faiss", "torch"]
 
 _DEFAULT_BLOCK_BYTES = 256 * 2**20
+# How much of each first-stage list the all-vs-all case reads (speed only, not results).
+_ALL_VS_ALL_DEPTH = 64
+# Up to this many shortlists' worth of database, one product with the database beats gathering.
+_GATHER_RATIO = 8
 
 
 class SuperGlobal(Reranker):
@@ -37,19 +39,33 @@ class SuperGlobal(Reranker):
            s_{ij}\, \mathbf{x}_j}{1 + \beta \sum_{j \in \mathcal{N}_K(i)} s_{ij}},
            \qquad s_{ij} = \mathbf{x}_i^\top \mathbf{x}_j,
 
-       not re-normalised (one hop of row-normalised message passing from the database to the
-       shortlist, :class:`~graphrerank.nn.WeightedPropagation`), and scored
-       :math:`a_i = \mathbf{q}^\top \tilde{\mathbf{x}}_i`.
+       not re-normalised, and scored :math:`a_i = \mathbf{q}^\top \tilde{\mathbf{x}}_i`.
+       With :math:`\mathbf{P}` the row-normalised weights of this neighbour graph over the
+       shortlist, :math:`\mathbf{a} = \mathbf{P}(\mathbf{X}_M \mathbf{q})`: one hop of
+       message passing of the query's similarities, which is how it is computed (the
+       reference forms every :math:`\tilde{\mathbf{x}}_i`, :math:`M (K + 1) D` numbers per
+       query; here only the :math:`K + 1` that step 2 needs are formed).
     2. Query-side refinement: :math:`\tilde{\mathbf{q}}` is the elementwise maximum of the
        refined descriptors of the :math:`K + 1` best items by :math:`a` (the query itself is not
-       included), and :math:`b_i = \tilde{\mathbf{q}}^\top \tilde{\mathbf{x}}_i`.
+       included), and :math:`b_i = \tilde{\mathbf{q}}^\top \tilde{\mathbf{x}}_i`, i.e.
+       :math:`\mathbf{b} = \mathbf{P}(\mathbf{X}_M \tilde{\mathbf{q}})`.
     3. The shortlist is sorted by :math:`(a_i + b_i) / 2`; items after the :math:`M`-th keep
        their first-stage order, their first-stage scores lowered by one constant where needed
        so that none exceeds the last shortlist score.
 
-    Inductive (no database graph): new queries need nothing but their shortlist. Queries are
-    processed in blocks (``block_bytes`` bounds the :math:`B \times M \times (M + D)` working
-    set), with no loop over single queries. It re-ranks a given first-stage ranking
+    Inductive (no database graph needed): new queries need nothing but their shortlist.
+    Queries are processed in blocks (``block_bytes`` bounds the working set), with no loop over
+    single queries.
+
+    Finding each shortlisted item's :math:`K` neighbours within the shortlist costs an
+    :math:`M \times M \times D` product per query (what the reference computes). Where every
+    database item's own nearest-neighbour list is at hand, the neighbours are read from it
+    instead, exactly (the first :math:`K` listed items that lie in the shortlist; items whose
+    list holds fewer fall back to the product): always in the all-vs-all case, whose
+    first-stage lists are those lists (their first 64 entries are read), and for every query
+    with ``database_neighbors=L``, which
+    computes :math:`L`-long lists at :meth:`fit` (worth it when :math:`Q M^2 > N^2`, many
+    queries against a moderate database). It re-ranks a given first-stage ranking
     (``rerank(..., initial=...)``, e.g. from an approximate index or an earlier stage of a
     :class:`~graphrerank.rerankers.Pipeline`; its first :math:`\min(M, m)` entries are the
     shortlist), else its own exact search.
@@ -59,6 +75,9 @@ class SuperGlobal(Reranker):
         K: Neighbours :math:`K` in both refinements (9 in the reference; :math:`K + 1` with the
             item itself).
         beta: Weight :math:`\beta` of the neighbours in the database-side refinement (0.15).
+        database_neighbors: Length :math:`L` of the database items' nearest-neighbour lists
+            computed at :meth:`fit` (``None``: none; an exact search of the database in
+            itself, :math:`N^2 D`). It changes speed, not results (up to ties).
         backend: kNN backend of the first-stage search, ``"auto"``, ``"faiss"`` or ``"torch"``.
         block_bytes: Upper bound of the per-block working memory, in bytes.
 
@@ -95,12 +114,14 @@ class SuperGlobal(Reranker):
         M: int = 400,
         K: int = 9,
         beta: float = 0.15,
+        database_neighbors: int | None = None,
         backend: Backend = "auto",
         block_bytes: int = _DEFAULT_BLOCK_BYTES,
     ) -> None:
         self.M = M
         self.K = K
         self.beta = beta
+        self.database_neighbors = database_neighbors
         self.backend = backend
         self.block_bytes = block_bytes
 
@@ -113,6 +134,8 @@ class SuperGlobal(Reranker):
         check_int(self.M, "M", low=1)
         check_int(self.K, "K", low=0)
         check_real(self.beta, "beta", low=0)
+        if self.database_neighbors is not None:
+            check_int(self.database_neighbors, "database_neighbors", low=1)
         check_in(self.backend, "backend", ("auto", "faiss", "torch"))
         check_int(self.block_bytes, "block_bytes", low=1)
 
@@ -123,62 +146,195 @@ class SuperGlobal(Reranker):
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database")
         self.index_ = KNNIndex(metric="ip", backend=self.backend).add(database)
+        if self.database_neighbors is not None:
+            depth = min(int(self.database_neighbors), database.shape[0])
+            s, i = self.index_.search(database, depth)
+            self.neighbor_lists_ = (i, s.to(database.dtype))
 
     # ------------------------------------------------------------------ core
-    def _block_size(self, m: int, d: int, elem: int) -> int:
-        per_query = m * (m + 3 * d + 4 * (self.K + 1)) * elem
+    def _block_size(self, m: int, lists: tuple[Tensor, Tensor] | None) -> int:
+        x = self.database_
+        d, elem = x.shape[1], x.element_size()
+        kk = self.K + 1
+        per_query = (m + kk * kk) * d * elem + m * kk * 40
+        if lists is None:
+            per_query += m * m * (elem + 9)
+        else:
+            per_query += m * lists[0].shape[1] * 32 + 4 * (x.shape[0] + 1)
         return max(1, self.block_bytes // max(per_query, 1))
 
-    def _refine(self, q: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores ``a`` and final scores ``(a + b) / 2`` of a shortlist block.
-
-        ``q`` :math:`(B, D)`, ``idx`` :math:`(B, m)` database ids (``-1``: none); both outputs
-        are :math:`(B, m)`, aligned with ``idx``, ``-inf`` at padding.
-        """
-        x = self.database_
-        bsz, m = idx.shape
-        valid = idx >= 0
-        safe = idx.clamp(min=0)
-        xm = x[safe]  # (B, m, D)
-        # Similarities within the shortlist; the item itself first, padding never chosen.
+    @staticmethod
+    def _dense_neighbours(xm: Tensor, valid: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+        r"""Each shortlisted item's ``kk`` nearest within the shortlist (itself first) from the
+        :math:`B \times M \times M` similarities."""
         g = torch.bmm(xm, xm.transpose(1, 2))
         g.masked_fill_(~valid[:, None, :], float("-inf"))
         g.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+        return g.topk(kk, dim=2)
+
+    def _listed_neighbours(
+        self,
+        idx: Tensor,
+        valid: Tensor,
+        kk: int,
+        lists: tuple[Tensor, Tensor],
+        xm: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The same from each item's precomputed nearest-neighbour list in the database.
+
+        Item :math:`j`'s list holds its :math:`L` nearest database items, best first; the first
+        ``kk - 1`` of them that lie in the shortlist are its nearest within the shortlist as
+        long as the list holds that many (any shortlisted item not listed is farther than all
+        listed ones). Items whose list holds too few fall back to exact similarities with
+        their shortlist, computed for those items only.
+        """
+        n = self.database_.shape[0]
+        bsz, m = idx.shape
+        dev = idx.device
+        li, ls = lists
+        safe = idx.clamp(min=0)
+        # Position of every database item in each query's shortlist (-1: not in it).
+        pos = torch.full((bsz, n + 1), -1, dtype=torch.int32, device=dev)
+        ar = torch.arange(m, device=dev, dtype=torch.int32)
+        pos.scatter_(1, torch.where(valid, idx, n), ar.expand(bsz, m))
+        pos[:, n] = -1
+        cand = li[safe]  # (B, m, L) database ids; lists never hold -1 (exact search)
+        p = pos.gather(1, cand.view(bsz, -1)).view(cand.shape)
+        del pos, cand
+        ok = (p >= 0).logical_and_(p != ar[None, :, None]).logical_and_(valid[:, :, None])
+        count = ok.sum(-1, dtype=torch.int32)
+        # Rank of each usable entry; the first kk - 1 go to columns 1 .. kk-1, the rest to kk.
+        rank = ok.to(torch.int16).cumsum(-1, dtype=torch.int16)
+        dest = rank.masked_fill_(~ok, kk).clamp_(max=kk).long()
+        del rank, ok
+        top_j = torch.zeros(bsz, m, kk + 1, dtype=torch.int32, device=dev)
+        top_j.scatter_(2, dest, p)
+        dtype = self.database_.dtype
+        top_s = torch.full((bsz, m, kk + 1), float("-inf"), dtype=dtype, device=dev)
+        top_s.scatter_(2, dest, ls[safe].to(dtype))
+        del dest, p
+        top_j, top_s = top_j[..., :kk].long(), top_s[..., :kk].contiguous()
+        top_j[..., 0] = ar
+        top_s[..., 0] = float("inf")
+        # Items whose list holds fewer shortlisted items than the shortlist could give.
+        need = (valid.sum(1, keepdim=True, dtype=torch.int32) - 1).clamp(max=kk - 1)
+        short = valid & (count < need)
+        if bool(short.any()):
+            self._fill_exact(idx, xm, valid, short, top_s, top_j)
+        return top_s, top_j
+
+    def _fill_exact(
+        self,
+        idx: Tensor,
+        xm: Tensor | None,
+        valid: Tensor,
+        short: Tensor,
+        top_s: Tensor,
+        top_j: Tensor,
+    ) -> None:
+        """Exact within-shortlist neighbours of the items marked ``short``, in place: one
+        product of those items with their query's shortlist, padded per query."""
+        x = self.database_
+        dev = idx.device
+        kk = top_s.shape[2]
+        qs = short.any(1).nonzero().flatten()
+        cnt = short[qs].sum(1)
+        fmax = int(cnt.max())
+        # Positions of each query's short items first, padded to fmax.
+        rows = short[qs].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :fmax]
+        real = torch.arange(fmax, device=dev)[None, :] < cnt[:, None]
+        m, d = idx.shape[1], x.shape[1]
+        chunk = max(1, self.block_bytes // max((m * d + fmax * m) * x.element_size() * 2, 1))
+        for s in range(0, qs.numel(), chunk):
+            qb, rb = qs[s : s + chunk], rows[s : s + chunk]
+            xq = x[idx[qb].clamp(min=0)] if xm is None else xm[qb]
+            xf = xq.gather(1, rb[:, :, None].expand(-1, -1, d))  # (c, fmax, D)
+            g = torch.bmm(xf, xq.transpose(1, 2))  # (c, fmax, m)
+            del xq, xf
+            g.masked_fill_(~valid[qb][:, None, :], float("-inf"))
+            g.scatter_(2, rb[:, :, None], float("inf"))
+            gs, gj = g.topk(kk, dim=2)
+            ok = real[s : s + chunk]
+            b = qb[:, None].expand_as(rb)[ok]
+            top_s[b, rb[ok]] = gs[ok]
+            top_j[b, rb[ok]] = gj[ok]
+
+    def _refine(
+        self, q: Tensor, idx: Tensor, lists: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        r"""Scores ``a`` and final scores ``(a + b) / 2`` of a shortlist block.
+
+        ``q`` :math:`(B, D)`, ``idx`` :math:`(B, m)` database ids (``-1``: none); both outputs
+        are :math:`(B, m)`, aligned with ``idx``, ``-inf`` at padding. ``lists``: the database
+        items' nearest-neighbour lists ``(indices, scores)`` :math:`(N, L)`, or ``None`` for
+        the exact :math:`M \times M` similarities.
+
+        With :math:`P` the row-normalised weights of the shortlist's neighbour graph,
+        :math:`\tilde{\mathbf{x}}_i = \sum_j P_{ij}\mathbf{x}_j`, so
+        :math:`a = P(\mathbf{X}_M\mathbf{q})` and :math:`b = P(\mathbf{X}_M\tilde{\mathbf{q}})`:
+        the similarities propagate over the graph instead of the descriptors, and only the
+        :math:`K + 1` refined descriptors that :math:`\tilde{\mathbf{q}}` needs are formed.
+        """
+        x = self.database_
+        bsz, m = idx.shape
+        d = x.shape[1]
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
         kk = min(self.K + 1, m)
-        top_s, top_j = g.topk(kk, dim=2)  # (B, m, kk)
-        del g
+        # Similarities with the shortlist come from gathering its descriptors, or, for a
+        # database of a few shortlists' size, from one product with the whole database.
+        via_database = lists is not None and x.shape[0] <= _GATHER_RATIO * m
+        xm = None if via_database else x[safe]  # (B, m, D)
+        if lists is None:
+            top_s, top_j = self._dense_neighbours(xm, valid, kk)
+        else:
+            top_s, top_j = self._listed_neighbours(idx, valid, kk, lists, xm)
         absent = (top_s == float("-inf")) | ~valid[:, :, None]
         w = top_s.mul_(self.beta)
         w[..., 0] = 1.0
         w.masked_fill_(absent, 0.0)
-        w = w / w.sum(-1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)
-        # x~ = row-normalised aggregation over database items: one fused sparse product.
-        nbr = safe.gather(1, top_j.flatten(1)).view(bsz, m, kk).masked_fill_(absent, -1)
-        nbr = nbr.view(bsz * m, kk)
-        adj = bipartite_adjacency(nbr, w.view(bsz * m, kk), x.shape[0])
-        xt = WeightedPropagation()(x, adj).view(bsz, m, -1)
-        a = torch.bmm(xt, q[:, :, None]).squeeze(2).masked_fill_(~valid, float("-inf"))
-        # Query-side refinement: max over the refined top-(K+1) by a.
-        top_a = a.topk(kk, dim=1).indices
-        sel = xt.gather(1, top_a[:, :, None].expand(-1, -1, xt.shape[2]))
+        w = w / w.sum(-1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)  # P, (B, m, kk)
+        del top_s, absent
+        flat_j = top_j.flatten(1)
+
+        def propagate(v: Tensor) -> Tensor:  # P (X_M v) for a (B, D) block of vectors
+            if xm is None:
+                s = (v @ x.T).gather(1, safe)
+            else:
+                s = torch.bmm(xm, v[:, :, None]).squeeze(2)
+            return (w * s.gather(1, flat_j).view(bsz, m, kk)).sum(-1)
+
+        a = propagate(q).masked_fill_(~valid, float("-inf"))
+        # Query-side refinement: elementwise max of the refined top-(K+1) by a.
+        top_a = a.topk(kk, dim=1).indices  # (B, kk)
+        wt = w.gather(1, top_a[:, :, None].expand(-1, -1, kk))
+        jt = top_j.gather(1, top_a[:, :, None].expand(-1, -1, kk))
+        xsel = x[safe.gather(1, jt.view(bsz, kk * kk))].view(bsz, kk, kk, d)
+        xt_top = (wt[..., None] * xsel).sum(2)  # (B, kk, D)
         ok = valid.gather(1, top_a)
-        qt = sel.masked_fill(~ok[:, :, None], float("-inf")).amax(1)
-        qt = qt.masked_fill(~torch.isfinite(qt), 0.0)
-        b = torch.bmm(xt, qt[:, :, None]).squeeze(2)
-        final = ((a + b) / 2).masked_fill_(~valid, float("-inf"))
+        qt = xt_top.masked_fill_(~ok[:, :, None], float("-inf")).amax(1)
+        qt = qt.masked_fill_(~torch.isfinite(qt), 0.0)
+        final = ((a + propagate(qt)) / 2).masked_fill_(~valid, float("-inf"))
         return a, final
 
-    def _rerank_initial(self, q: Tensor, scores: Tensor, idx: Tensor, k: int) -> RerankResult:
+    def _rerank_initial(
+        self,
+        q: Tensor,
+        scores: Tensor,
+        idx: Tensor,
+        k: int,
+        lists: tuple[Tensor, Tensor] | None = None,
+    ) -> RerankResult:
         nq, m = idx.shape
         ms = min(int(self.M), m)
         out_k = min(k, m)
         out_s = torch.empty(nq, out_k, dtype=scores.dtype, device=scores.device)
         out_i = torch.empty(nq, out_k, dtype=torch.long, device=idx.device)
-        bs = self._block_size(ms, self.database_.shape[1], self.database_.element_size())
+        bs = self._block_size(ms, lists)
         for s in range(0, nq, bs):
             e = min(nq, s + bs)
             head = idx[s:e, :ms]
-            a, final = self._refine(q[s:e], head)
+            a, final = self._refine(q[s:e], head, lists)
             # As the reference: sort by a, then (stably) by the final score.
             pre = a.argsort(dim=1, descending=True, stable=True)
             f = final.gather(1, pre)
@@ -210,10 +366,15 @@ class SuperGlobal(Reranker):
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
         q = self.database_ if queries is None else check_normalized(queries, "queries")
+        lists = getattr(self, "neighbor_lists_", None)
         if initial is None:
             m = min(max(k, int(self.M)), self.n_database_)
             initial = RerankResult(*self.index_.search(q, m))
-        return self._rerank_initial(q, initial.scores, initial.indices, k)
+            if queries is None and lists is None:
+                # All-vs-all: the first-stage lists are the database items' own lists.
+                depth = min(int(self.M), m, _ALL_VS_ALL_DEPTH)
+                lists = (initial.indices[:, :depth], initial.scores[:, :depth])
+        return self._rerank_initial(q, initial.scores, initial.indices, k, lists)
 
     def score_candidates(self, rows: Tensor, candidates: Tensor, scores: Tensor) -> Tensor:
         """SuperGlobal scores of each database item ``rows[b]`` (as a query) against its
@@ -228,10 +389,11 @@ class SuperGlobal(Reranker):
         b, m = candidates.shape
         ms = min(int(self.M), m)
         out = torch.empty(b, m, dtype=x.dtype, device=x.device)
-        bs = self._block_size(ms, x.shape[1], x.element_size())
+        lists = getattr(self, "neighbor_lists_", None)
+        bs = self._block_size(ms, lists)
         for s in range(0, b, bs):
             e = min(b, s + bs)
-            _, final = self._refine(x[rows[s:e]], candidates[s:e, :ms])
+            _, final = self._refine(x[rows[s:e]], candidates[s:e, :ms], lists)
             out[s:e, :ms] = final
             out[s:e, ms:] = self._tail(scores[s:e, ms:], candidates[s:e, ms:], final)[0]
         return out.masked_fill(candidates < 0, float("-inf"))
