@@ -126,6 +126,7 @@ class ExpansionPropagation(WeightedPropagation):
         edge_weight: Tensor | None = None,
     ) -> Tensor:
         src, dst = x if isinstance(x, tuple) else (x, x)
+        size = (src.shape[0], dst.shape[0])
         if edge_index.layout != torch.strided:
             adj = adjacency(edge_index)
             if tuple(adj.shape) != (dst.shape[0], src.shape[0]):
@@ -133,17 +134,12 @@ class ExpansionPropagation(WeightedPropagation):
                     f"adjacency must be ({dst.shape[0]}, {src.shape[0]}) (targets, sources), "
                     f"got {tuple(adj.shape)}"
                 )
-            adj = _map_values(adj, self._weights)
-            agg = self.propagate(adj, x=(src, dst))
+            edge_index, edge_weight, size = _map_values(adj, self._weights), None, None
+        elif edge_weight is None:
+            raise ValueError("edge_weight (the edges' similarities) is required")
         else:
-            if edge_weight is None:
-                raise ValueError("edge_weight (the edges' similarities) is required")
-            agg = self.propagate(
-                edge_index,
-                x=(src, dst),
-                edge_weight=self._weights(edge_weight),
-                size=(src.shape[0], dst.shape[0]),
-            )
+            edge_weight = self._weights(edge_weight)
+        agg = self.propagate(edge_index, x=(src, dst), edge_weight=edge_weight, size=size)
         out = dst + agg
         if self.normalize == "l2":
             out = torch.nn.functional.normalize(out, dim=1)

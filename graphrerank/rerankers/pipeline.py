@@ -37,16 +37,20 @@ class Pipeline(Reranker):
     The last stage's ranking is the result. Rows of every stage's database stay the rows of
     the fitted database, so indices always refer to it.
 
-    **All-vs-all** (``rerank(None)``): the :math:`N` items are the queries. Until a stage
-    transforms queries, every stage runs ``rerank(None)`` on its own fitted database (so after
-    DBA, the original item :math:`i` queries the augmented database, as
-    ``DatabaseAugmentation.rerank(None)`` does). Once query expansion has turned the items into
-    expanded items :math:`\{\mathbf{x}'_i\}`, an inductive later stage ranks them as explicit
-    queries against its database, while a *transductive* later stage (one graph over queries
-    and database) is fitted on the expanded items and run all-vs-all, so its graph keeps
-    :math:`N` nodes rather than :math:`2N` near-duplicates: for such a stage query expansion
-    acts as database augmentation with the query-expansion weights (the expanded item keeps
-    its own entry among its :math:`k` neighbours, as in ``AlphaQueryExpansion.rerank(None)``).
+    **All-vs-all** (``rerank(None)``): the :math:`N` items are the queries, row :math:`i` of
+    every ranking is item :math:`i`, and each stage sees the items as the single method would:
+
+    * a stage whose database still is the items runs ``rerank(None)``;
+    * after database augmentation, an inductive stage ranks the original items as explicit
+      queries against the augmented database (as ``DatabaseAugmentation.rerank(None)`` does);
+      after query expansion, it ranks the expanded items (as
+      ``AlphaQueryExpansion.rerank(None)`` does, each item keeping its own entry among its
+      :math:`k` neighbours);
+    * a *transductive* stage (one graph over queries and database) never receives the items
+      as extra queries, which would give :math:`2N` nodes of near-duplicates: after query
+      expansion it is fitted on the expanded items and run all-vs-all, so that query expansion
+      acts as database augmentation for it; otherwise it runs ``rerank(None)`` on its fitted
+      (possibly augmented) database.
 
     Declarations: a pipeline is ``transductive`` or ``needs_query_similarity`` when any stage
     is, and ``accepts_initial`` when its first stage does. Stages are copied at :meth:`fit`
@@ -196,14 +200,18 @@ class Pipeline(Reranker):
     ) -> RerankResult:
         stages = self.stages_
         all_vs_all = queries is None
-        q = queries
+        q = queries  # the query side; None: each stage's own database items
+        db_changed = False  # an earlier stage handed over a transformed database
         ranking = initial
         for i, stage in enumerate(stages):
-            refit = all_vs_all and q is not None and stage.transductive
-            if refit:
-                # One graph over the N transformed items, not 2N.
-                stage = _clone(stage).fit(q)
-            run_q = None if refit else q
+            run_q = q
+            if all_vs_all and stage.transductive:
+                if q is not None:
+                    # One graph over the N transformed items, not 2N.
+                    stage = _clone(stage).fit(q)
+                run_q = None
+            elif all_vs_all and q is None and db_changed:
+                run_q = self.database_  # the original items query the transformed database
             init = ranking if stage.accepts_initial else None
             if i + 1 == len(stages):
                 return stage.rerank(run_q, k, initial=init)
@@ -214,7 +222,9 @@ class Pipeline(Reranker):
                 else None
             )
             new_q = stage.transform_queries(run_q)
-            q = q if (refit and new_q is None) else new_q
+            if new_q is not None or run_q is not None or not all_vs_all:
+                q = new_q if new_q is not None else run_q
+            db_changed = db_changed or stage.transform_database() is not stage.database_
         raise AssertionError("unreachable")  # pragma: no cover
 
     def transform_database(self) -> Tensor:

@@ -63,9 +63,10 @@ class SuperGlobal(Reranker):
     instead, exactly (the first :math:`K` listed items that lie in the shortlist; items whose
     list holds fewer fall back to the product): always in the all-vs-all case, whose
     first-stage lists are those lists (their first 64 entries are read), and for every query
-    with ``database_neighbors=L``, which
-    computes :math:`L`-long lists at :meth:`fit` (worth it when :math:`Q M^2 > N^2`, many
-    queries against a moderate database). It re-ranks a given first-stage ranking
+    with ``database_neighbors=L``, which computes :math:`L`-long lists at :meth:`fit` (worth
+    it when :math:`Q M^2 > N^2`: many queries against a moderate database).
+
+    It re-ranks a given first-stage ranking
     (``rerank(..., initial=...)``, e.g. from an approximate index or an earlier stage of a
     :class:`~graphrerank.rerankers.Pipeline`; its first :math:`\min(M, m)` entries are the
     shortlist), else its own exact search.
@@ -87,7 +88,8 @@ class SuperGlobal(Reranker):
           :math:`\to` scores, indices :math:`(Q, k)`
 
     Raises:
-        ValueError: the database is not L2-normalised, or a setting is out of range.
+        ValueError: descriptors are not L2-normalised, a setting is out of range, or an
+            ``initial`` ranking lists an item twice.
 
     Asymmetric queries are accepted: the refinements compare database items with each other
     and the query only with database items.
@@ -360,13 +362,20 @@ class SuperGlobal(Reranker):
         first = scores[:, :1]
         shift = (first - lowest).clamp(min=0)
         shift = shift.masked_fill(~torch.isfinite(shift), 0.0)
-        return (scores - shift).masked_fill(idx < 0, float("-inf")), idx
+        tail = torch.minimum(scores - shift, lowest)  # the minimum only absorbs rounding
+        return tail.masked_fill(idx < 0, float("-inf")), idx
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
         q = self.database_ if queries is None else check_normalized(queries, "queries")
         lists = getattr(self, "neighbor_lists_", None)
+        if initial is not None:
+            srt = initial.indices.sort(dim=1).values
+            rep = ((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(1)
+            if bool(rep.any()):
+                row = int(rep.nonzero()[0])
+                raise ValueError(f"initial repeats a database item in row {row}")
         if initial is None:
             m = min(max(k, int(self.M)), self.n_database_)
             initial = RerankResult(*self.index_.search(q, m))
