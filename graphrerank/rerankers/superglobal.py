@@ -234,22 +234,39 @@ class SuperGlobal(Reranker):
         top_s: Tensor,
         top_j: Tensor,
     ) -> None:
-        """Exact within-shortlist neighbours of the items marked ``short``, in place: one
-        product of those items with their query's shortlist, padded per query."""
+        """Exact within-shortlist neighbours of the items marked ``short``, in place.
+
+        With the shortlists' descriptors ``xm`` at hand, one product of those items with their
+        query's shortlist, padded per query; without (a small database), one product of
+        those items with the database, read at the shortlist.
+        """
         x = self.database_
         dev = idx.device
         kk = top_s.shape[2]
+        m, d, elem = idx.shape[1], x.shape[1], x.element_size()
+        if xm is None:
+            b, j = short.nonzero(as_tuple=True)
+            chunk = max(1, self.block_bytes // max((x.shape[0] + 2 * m) * elem * 2, 1))
+            for s in range(0, b.numel(), chunk):
+                bb, jj = b[s : s + chunk], j[s : s + chunk]
+                sl = idx[bb].clamp(min=0)
+                g = (x[sl.gather(1, jj[:, None]).squeeze(1)] @ x.T).gather(1, sl)  # (c, m)
+                g.masked_fill_(~valid[bb], float("-inf"))
+                g[torch.arange(bb.numel(), device=dev), jj] = float("inf")
+                gs, gj = g.topk(kk, dim=1)
+                top_s[bb, jj] = gs
+                top_j[bb, jj] = gj
+            return
         qs = short.any(1).nonzero().flatten()
         cnt = short[qs].sum(1)
         fmax = int(cnt.max())
         # Positions of each query's short items first, padded to fmax.
         rows = short[qs].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :fmax]
         real = torch.arange(fmax, device=dev)[None, :] < cnt[:, None]
-        m, d = idx.shape[1], x.shape[1]
-        chunk = max(1, self.block_bytes // max((m * d + fmax * m) * x.element_size() * 2, 1))
+        chunk = max(1, self.block_bytes // max((fmax * d + fmax * m) * elem * 2, 1))
         for s in range(0, qs.numel(), chunk):
             qb, rb = qs[s : s + chunk], rows[s : s + chunk]
-            xq = x[idx[qb].clamp(min=0)] if xm is None else xm[qb]
+            xq = xm[qb]
             xf = xq.gather(1, rb[:, :, None].expand(-1, -1, d))  # (c, fmax, D)
             g = torch.bmm(xf, xq.transpose(1, 2))  # (c, fmax, m)
             del xq, xf
@@ -311,8 +328,8 @@ class SuperGlobal(Reranker):
         top_a = a.topk(kk, dim=1).indices  # (B, kk)
         wt = w.gather(1, top_a[:, :, None].expand(-1, -1, kk))
         jt = top_j.gather(1, top_a[:, :, None].expand(-1, -1, kk))
-        xsel = x[safe.gather(1, jt.view(bsz, kk * kk))].view(bsz, kk, kk, d)
-        xt_top = (wt[..., None] * xsel).sum(2)  # (B, kk, D)
+        xsel = x[safe.gather(1, jt.view(bsz, kk * kk))].view(bsz * kk, kk, d)
+        xt_top = torch.bmm(wt.reshape(bsz * kk, 1, kk), xsel).view(bsz, kk, d)
         ok = valid.gather(1, top_a)
         qt = xt_top.masked_fill_(~ok[:, :, None], float("-inf")).amax(1)
         qt = qt.masked_fill_(~torch.isfinite(qt), 0.0)
