@@ -44,7 +44,7 @@ class _QueryExpansion(Reranker):
         check_in(self.backend, "backend", ("auto", "faiss", "torch"))
 
     def _fit(self, database: Tensor) -> None:
-        check_normalized(database, "database")
+        check_normalized(database, "database", offer_option=False)
         if self.k > database.shape[0]:
             raise ValueError(
                 f"k={self.k} is larger than the database, which holds {database.shape[0]} item(s)"
@@ -63,7 +63,11 @@ class _QueryExpansion(Reranker):
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
-        q = self.database_ if queries is None else check_normalized(queries, "queries")
+        q = (
+            self.database_
+            if queries is None
+            else check_normalized(queries, "queries", offer_option=False)
+        )
         return RerankResult(*self.index_.search(self._expand(q), k))
 
     def transform_queries(self, queries: Tensor | None) -> Tensor:
@@ -74,7 +78,8 @@ class _QueryExpansion(Reranker):
             return self._expand(self.database_)
         q = check_features(queries, "queries", dim=self.database_.shape[1])
         _same_device(database=self.database_, queries=q)
-        return self._expand(check_normalized(q.to(self.database_.dtype), "queries"))
+        q = check_normalized(q.to(self.database_.dtype), "queries", offer_option=False)
+        return self._expand(q)
 
 
 class AverageQueryExpansion(_QueryExpansion):
@@ -302,7 +307,7 @@ class DatabaseAugmentation(Reranker):
         return {"k": 3}
 
     def _fit(self, database: Tensor) -> None:
-        check_normalized(database, "database")
+        check_normalized(database, "database", offer_option=False)
         n = database.shape[0]
         if self.k > n - 1:
             raise ValueError(

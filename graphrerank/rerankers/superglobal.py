@@ -146,7 +146,7 @@ class SuperGlobal(Reranker):
         return {"M": 20, "K": 3}
 
     def _fit(self, database: Tensor) -> None:
-        check_normalized(database, "database")
+        check_normalized(database, "database", offer_option=False)
         self.index_ = KNNIndex(metric="ip", backend=self.backend).add(database)
         if self.database_neighbors is not None:
             depth = min(int(self.database_neighbors), database.shape[0])
@@ -385,7 +385,11 @@ class SuperGlobal(Reranker):
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
-        q = self.database_ if queries is None else check_normalized(queries, "queries")
+        q = (
+            self.database_
+            if queries is None
+            else check_normalized(queries, "queries", offer_option=False)
+        )
         lists = getattr(self, "neighbor_lists_", None)
         if initial is not None:
             srt = initial.indices.sort(dim=1).values

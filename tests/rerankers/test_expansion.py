@@ -177,8 +177,9 @@ def test_unnormalised_descriptors_are_refused():
         with pytest.raises(ValueError, match=r"database must be L2-normalised.*row \d+ has norm 2"):
             cls().fit(2 * x)
     r = AlphaQueryExpansion().fit(x)
-    with pytest.raises(ValueError, match="queries must be L2-normalised"):
+    with pytest.raises(ValueError, match="queries must be L2-normalised") as err:
         r.rerank(3 * q, k=3)
+    assert "normalize=True" not in str(err.value), "these classes have no such option"
     with pytest.raises(ValueError, match="queries must be L2-normalised"):
         r.transform_queries(3 * q)
 
@@ -209,3 +210,14 @@ def test_transform_before_fit_raises():
         AlphaQueryExpansion().transform_queries(None)
     with pytest.raises(NotFittedError, match="call fit"):
         DatabaseAugmentation().transform_database()
+
+
+def test_normalisation_is_checked_in_blocks_of_rows():
+    from graphrerank._checks import check_normalized
+
+    x = torch.zeros(5, 2**22)  # blocks of 2 rows: the last row sits in the third block
+    x[:, 0] = 1.0
+    assert check_normalized(x, "x") is x
+    x[4, 1] = 1.0
+    with pytest.raises(ValueError, match=r"row 4 has norm 1.41421.*or pass normalize=True"):
+        check_normalized(x, "x")
