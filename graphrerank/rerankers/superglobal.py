@@ -187,8 +187,9 @@ class SuperGlobal(Reranker):
         Item :math:`j`'s list holds its :math:`L` nearest database items, best first; the first
         ``kk - 1`` of them that lie in the shortlist are its nearest within the shortlist as
         long as the list holds that many (any shortlisted item not listed is farther than all
-        listed ones). Items whose list holds too few fall back to exact similarities with
-        their shortlist, computed for those items only.
+        listed ones). The lists are read in two passes, the head of every list and then the
+        whole list of the items the head did not settle; items whose list holds too few fall
+        back to exact similarities with their shortlist, computed for those items only.
         """
         n = self.database_.shape[0]
         bsz, m = idx.shape
@@ -199,30 +200,39 @@ class SuperGlobal(Reranker):
         pos = torch.full((bsz, n + 1), -1, dtype=torch.int32, device=dev)
         ar = torch.arange(m, device=dev, dtype=torch.int32)
         pos.scatter_(1, torch.where(valid, idx, n), ar.expand(bsz, m))
-        pos[:, n] = -1
-        cand = li[safe]  # (B, m, L) database ids; lists never hold -1 (exact search)
-        p = pos.gather(1, cand.view(bsz, -1)).view(cand.shape)
-        del pos, cand
-        ok = (p >= 0).logical_and_(p != ar[None, :, None]).logical_and_(valid[:, :, None])
-        count = ok.sum(-1, dtype=torch.int32)
-        # Rank of each usable entry; the first kk - 1 go to columns 1 .. kk-1, the rest to kk.
-        rank = ok.to(torch.int16).cumsum(-1, dtype=torch.int16)
-        dest = rank.masked_fill_(~ok, kk).clamp_(max=kk).long()
-        del rank, ok
-        top_j = torch.zeros(bsz, m, kk + 1, dtype=torch.int32, device=dev)
-        top_j.scatter_(2, dest, p)
+        pos = pos.view(-1)
         dtype = self.database_.dtype
-        top_s = torch.full((bsz, m, kk + 1), float("-inf"), dtype=dtype, device=dev)
-        top_s.scatter_(2, dest, ls[safe].to(dtype))
-        del dest, p
-        top_j, top_s = top_j[..., :kk].long(), top_s[..., :kk].contiguous()
-        top_j[..., 0] = ar
-        top_s[..., 0] = float("inf")
-        # Items whose list holds fewer shortlisted items than the shortlist could give.
-        need = (valid.sum(1, keepdim=True, dtype=torch.int32) - 1).clamp(max=kk - 1)
-        short = valid & (count < need)
-        if bool(short.any()):
-            self._fill_exact(idx, xm, valid, short, top_s, top_j)
+        top_j = torch.zeros(bsz * m, kk, dtype=torch.long, device=dev)
+        top_s = torch.full((bsz * m, kk), float("-inf"), dtype=dtype, device=dev)
+        top_j[:, 0] = ar.repeat(bsz)
+        top_s[:, 0] = float("inf")
+        need = (valid.sum(1, dtype=torch.int32) - 1).clamp(max=kk - 1)  # per query
+        rows = valid.flatten().nonzero().flatten()  # (R,) flat (query, position) rows
+        head = min(li.shape[1], 2 * kk + 2)
+        for cols in (head, li.shape[1]) if head < li.shape[1] else (head,):
+            if rows.numel() == 0:
+                break
+            qrow = torch.div(rows, m, rounding_mode="floor")
+            item = safe.view(-1)[rows]
+            cand = li[item, :cols]  # (R, cols) database ids; lists never hold -1
+            p = pos[qrow[:, None] * (n + 1) + cand]  # (R, cols) positions in the shortlist
+            ok = (p >= 0).logical_and_(p != (rows % m)[:, None].to(torch.int32))
+            count = ok.sum(1, dtype=torch.int32)
+            # The first kk - 1 usable entries go to columns 1 .. kk-1, the rest to column kk.
+            dest = ok.to(torch.int16).cumsum(1, dtype=torch.int16)
+            dest = dest.masked_fill_(~ok, kk).clamp_(max=kk).long()
+            js = torch.zeros(rows.numel(), kk + 1, dtype=torch.long, device=dev)
+            js.scatter_(1, dest, p.long())
+            ss = torch.full((rows.numel(), kk + 1), float("-inf"), dtype=dtype, device=dev)
+            ss.scatter_(1, dest, ls[item, :cols].to(dtype))
+            top_j[rows, 1:] = js[:, 1:kk]
+            top_s[rows, 1:] = ss[:, 1:kk]
+            rows = rows[count < need[qrow]]  # not settled by this pass
+        top_j, top_s = top_j.view(bsz, m, kk), top_s.view(bsz, m, kk)
+        if rows.numel():
+            short = torch.zeros(bsz * m, dtype=torch.bool, device=dev)
+            short[rows] = True
+            self._fill_exact(idx, xm, valid, short.view(bsz, m), top_s, top_j)
         return top_s, top_j
 
     def _fill_exact(
