@@ -61,8 +61,9 @@ class Pipeline(Reranker):
             chain ``[DatabaseAugmentation(), AlphaQueryExpansion()]`` (DBA offline, then αQE
             against the augmented database).
         depth: Length of the ranking handed to a stage that takes an ``initial`` ranking
-            (``None``: :math:`\max(k, M)` where that stage has a shortlist length :math:`M`,
-            else :math:`k`; never less than :math:`k`; capped at :math:`N`).
+            (``None``: :math:`\max(k, M)` where that stage declares a shortlist length
+            :math:`M` as its ``shortlist_size`` attribute, as SuperGlobal does, else :math:`k`;
+            never less than :math:`k`; capped at :math:`N`).
 
     Shapes:
         - **fit:** database :math:`(N, D)`

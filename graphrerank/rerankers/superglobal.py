@@ -66,10 +66,9 @@ class SuperGlobal(Reranker):
     with ``database_neighbors=L``, which computes :math:`L`-long lists at :meth:`fit` (worth
     it when :math:`Q M^2 > N^2`: many queries against a moderate database).
 
-    It re-ranks a given first-stage ranking
-    (``rerank(..., initial=...)``, e.g. from an approximate index or an earlier stage of a
-    :class:`~graphrerank.rerankers.Pipeline`; its first :math:`\min(M, m)` entries are the
-    shortlist), else its own exact search.
+    It re-ranks a given first-stage ranking (``rerank(..., initial=...)``, e.g. from an
+    approximate index or an earlier stage of a :class:`~graphrerank.rerankers.Pipeline`; its
+    first :math:`\min(M, m)` entries are the shortlist), else its own exact search.
 
     Args:
         M: Shortlist length :math:`M` (400 in the reference).
