@@ -1,3 +1,44 @@
-"""Readers for the formats retrieval users have, and datasets to try re-rankers on."""
+"""Readers for the formats retrieval users have, and datasets to try re-rankers on.
 
-__all__: list[str] = []
+Nothing here downloads anything: readers take files the user placed, and
+:func:`load_digits_retrieval` and :func:`make_retrieval_dataset` need no file at all.
+"""
+
+from .base import RetrievalDataset
+from .corel import LocalDescriptorSet, load_corel1k, load_corel1k_local
+from .digits import load_digits_retrieval
+from .reid import Market1501, ReIDFeatures, load_reid_result, parse_reid_filename
+from .revisitop import (
+    REVISITOP_URL,
+    RevisitopBenchmark,
+    RevisitopGroundTruth,
+    RevisitopR1M,
+    ROxford5k,
+    RParis6k,
+    UnsafePickleError,
+    load_features,
+    load_revisitop_gnd,
+)
+from .synthetic import make_retrieval_dataset
+
+__all__ = [
+    "REVISITOP_URL",
+    "LocalDescriptorSet",
+    "Market1501",
+    "ROxford5k",
+    "RParis6k",
+    "ReIDFeatures",
+    "RetrievalDataset",
+    "RevisitopBenchmark",
+    "RevisitopGroundTruth",
+    "RevisitopR1M",
+    "UnsafePickleError",
+    "load_corel1k",
+    "load_corel1k_local",
+    "load_digits_retrieval",
+    "load_features",
+    "load_reid_result",
+    "load_revisitop_gnd",
+    "make_retrieval_dataset",
+    "parse_reid_filename",
+]

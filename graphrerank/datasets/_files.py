@@ -1,0 +1,152 @@
+"""Private helpers shared by the readers: file checks, pickle-free numpy and MATLAB reading."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_float_matrix",
+    "existing_file",
+    "int_vector",
+    "read_mat",
+    "read_npy",
+    "read_npz",
+    "str_array",
+]
+
+PathLike = str | os.PathLike
+
+
+def existing_file(path: PathLike, what: str) -> Path:
+    """``Path(path)``, or a FileNotFoundError naming ``what`` and the path."""
+    p = Path(path)
+    if not p.is_file():
+        where = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {str(p)!r} {where}")
+    return p
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _magic(path: Path, n: int = 6) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _pickle_refused(path: Path, what: str) -> ValueError:
+    return ValueError(
+        f"{str(path)!r} holds {what} of Python objects, which need pickle to read; graphrerank "
+        "never unpickles data files: save numeric arrays instead"
+    )
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """Read a ``.npy`` file without pickle."""
+    if _magic(path) != _NPY_MAGIC:
+        raise ValueError(f"{str(path)!r} is not a .npy file (it lacks the numpy header)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise _pickle_refused(path, "an array") from None
+        raise ValueError(f"{str(path)!r} is not a readable .npy file: {err}") from None
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable .npy file (truncated?): {err}") from None
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of a ``.npz`` archive without pickle."""
+    if _magic(path, 4) not in _ZIP_MAGIC:
+        raise ValueError(f"{str(path)!r} is not a .npz archive (it is not a zip file)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise _pickle_refused(path, "arrays") from None
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive: {err}") from None
+    except Exception as err:  # zipfile, zlib and OS errors on a torn archive
+        raise ValueError(
+            f"{str(path)!r} is not a readable .npz archive (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}"
+        ) from None
+
+
+def read_mat(path: Path) -> dict[str, Any]:
+    """The variables of a MATLAB (v4 to v7) ``.mat`` file, without the ``__header__`` entries."""
+    from scipy.io import loadmat
+
+    try:
+        raw = loadmat(path)
+    except NotImplementedError:
+        raise ValueError(
+            f"{str(path)!r} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it "
+            "in MATLAB with save(..., '-v7'), or read the arrays with h5py and pass .npy files"
+        ) from None
+    except Exception as err:  # scipy raises many types on corrupt input
+        raise ValueError(
+            f"{str(path)!r} is not a readable MATLAB .mat file (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    return {k: v for k, v in raw.items() if not k.startswith("__")}
+
+
+def as_float_matrix(arr: Any, where: str, *, transpose: bool = False) -> Tensor:
+    """Check that ``arr`` is a 2-D real numeric array and return it as a float32 tensor."""
+    if isinstance(arr, Tensor):
+        arr = arr.detach().cpu().numpy()
+    arr = np.asarray(arr)
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{where} must hold real numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{where} must be a 2-D array, got shape {arr.shape}")
+    if transpose:
+        arr = arr.T
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{where} is empty: shape {arr.shape}")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        raise ValueError(
+            f"{where} contains NaN or infinite values in {rows.size} row(s), first row {rows[0]}"
+        )
+    return torch.from_numpy(out)
+
+
+def int_vector(arr: Any, where: str) -> Tensor:
+    """A 1-D (or ``(1, n)`` / ``(n, 1)`` MATLAB-style) integer array as an int64 tensor."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"{where} must be a vector of integers, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+            raise ValueError(f"{where} must hold whole numbers, got non-integral values")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{where} must hold integers, got dtype {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def str_array(values: Any, where: str) -> np.ndarray:
+    """A sequence of names as a 1-D numpy array of ``str`` (bytes are decoded as UTF-8)."""
+    if isinstance(values, np.ndarray):
+        values = values.reshape(-1).tolist() if values.ndim <= 1 else None
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{where} must be a list of names, got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", errors="replace")
+        if not isinstance(v, str):
+            raise ValueError(f"{where}[{i}] must be a name (str), got {type(v).__name__}")
+        out.append(v)
+    return np.asarray(out, dtype=str) if out else np.empty(0, dtype=str)
