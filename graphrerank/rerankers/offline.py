@@ -29,13 +29,15 @@ from ..graph import EdgeRescorer, KNNIndex, knn_graph, symmetrize
 from ..typing import KNNResult, RerankResult
 from .base import Reranker
 
-__all__ = ["RDiP", "OfflineDiffusion"]
+__all__ = ["OfflineDiffusion", "RDiP"]
 
 _FORMAT = "graphrerank.OfflineDiffusion"
 _VERSION = 1
 
 #: Candidate entries (queries x non-zero scores) handled at once when ranking.
 _RANK_ENTRIES = 2**23
+#: Largest (Q + N) x (Q + N) transductive matrix scored densely.
+_DENSE_ENTRIES = 2**25
 
 
 # ---------------------------------------------------------------------------- sparse helpers
@@ -208,9 +210,30 @@ def _rank(
     return RerankResult(s_val, s_idx)
 
 
+def _rank_dense(
+    scores: Tensor, k: int, queries: Tensor, database: Tensor, ties: str
+) -> RerankResult:
+    """:func:`_rank` for dense ``(B, N)`` scores and long lists (``k`` near ``N``): two stable
+    sorts, by the secondary key, then by score."""
+    if ties == "index":
+        order = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    else:
+        sec = queries @ database.T
+        order = torch.sort(sec, dim=1, descending=True, stable=True).indices
+    by_score = torch.sort(scores.gather(1, order), dim=1, descending=True, stable=True)
+    idx = order.gather(1, by_score.indices[:, :k])
+    return RerankResult(by_score.values[:, :k], idx)
+
+
+def _dense_ranking(k: int, n: int) -> bool:
+    return 4 * k >= n
+
+
 def _rank_csr(
     F: Tensor, k: int, queries: Tensor, database: Tensor, index: KNNIndex, ties: str
 ) -> RerankResult:
+    if _dense_ranking(k, F.shape[1]):
+        return _rank_dense(F.to_dense(), k, queries, database, ties)
     idx, val = _padded(F)
     return _rank(idx, val, k, queries, database, index, ties)
 
@@ -508,8 +531,12 @@ class OfflineDiffusion(_OfflineBase):
         >>> x = torch.nn.functional.normalize(torch.tensor(
         ...     [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.1, 1.0], [0.2, 1.0], [0.3, 1.0]]), dim=1)
         >>> r = OfflineDiffusion(kd=3, kq=2, truncation=4).fit(x)
-        >>> r.rerank(x[:1], k=6).indices
-        tensor([[0, 1, 2, 5, 4, 3]])
+        >>> out = r.rerank(x[:1], k=6)
+        >>> out.indices  # 1, the centre of the query's cluster, first; the other cluster
+        ...              # scores 0 and keeps its first-stage order
+        tensor([[1, 0, 2, 5, 4, 3]])
+        >>> out.scores[0, 3:]
+        tensor([0., 0., 0.])
         >>> r.C_.shape
         torch.Size([6, 6])
     """
@@ -578,10 +605,27 @@ class OfflineDiffusion(_OfflineBase):
             C = self._offline(both, _search_index(both, self.search, self.backend))
         F = _l2_rows(C)
         nq = q.shape[0]
-        Fq = _csr_rows(F, 0, nq)
-        Fdb = F if queries is None else _csr_rows(F, nq, nq + n)
-        FdbT = _transpose(Fdb)
+        total = F.shape[0]
         out_s, out_i = [], []
+        if total * total <= _DENSE_ENTRIES:
+            # small problems: cosines by one dense product (BLAS beats sparse-sparse here)
+            Fd = F.to_dense()
+            Fq, Fdb = Fd[:nq], (Fd if queries is None else Fd[nq:])
+            bs = max(1, _RANK_ENTRIES // (2 * n))
+            cols = torch.arange(n, device=Fd.device)
+            for s in range(0, nq, bs):
+                e = min(nq, s + bs)
+                scores = Fq[s:e] @ Fdb.T
+                if _dense_ranking(k, n):
+                    r = _rank_dense(scores, k, q[s:e], self.x_, self.ties)
+                else:
+                    idx = cols.expand(e - s, n)
+                    r = _rank(idx, scores, k, q[s:e], self.x_, self.index_, self.ties)
+                out_s.append(r.scores)
+                out_i.append(r.indices)
+            return RerankResult(torch.cat(out_s), torch.cat(out_i))
+        Fq = _csr_rows(F, 0, nq)
+        FdbT = _transpose(F if queries is None else _csr_rows(F, nq, nq + n))
         bs = max(1, _RANK_ENTRIES // (2 * n))
         for s in range(0, nq, bs):
             e = min(nq, s + bs)
