@@ -36,7 +36,9 @@ __all__ = [
 
 #: Gathered matrix entries per CG block, and lookup-table entries, when ``block_size`` is auto.
 _BLOCK_ENTRIES = 2**21
-_TABLE_ENTRIES = 2**25
+_TABLE_ENTRIES = 2**26
+#: Rows checked or searched at once (bounds temporaries of size rows x T).
+_CHECK_ROWS = 2**14
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -91,9 +93,13 @@ def self_first(indices: Tensor, truncation: int) -> Tensor:
                 [ 1,  0,  2],
                 [ 2, -1, -1]])
     """
-    n, m = indices.shape
     truncation = check_int(truncation, "truncation", low=1)
-    rows = torch.arange(n, device=indices.device)[:, None]
+    rows = torch.arange(indices.shape[0], device=indices.device)[:, None]
+    return _self_first_rows(indices, rows, truncation)
+
+
+def _self_first_rows(indices: Tensor, rows: Tensor, truncation: int) -> Tensor:
+    n, m = indices.shape
     idx = indices.masked_fill(indices == rows, -1)
     # drop repeated ids within a row (keep the first occurrence)
     if m > 1:
@@ -105,7 +111,7 @@ def self_first(indices: Tensor, truncation: int) -> Tensor:
     key = (idx < 0).to(torch.int8)
     order = key.sort(dim=1, stable=True).indices
     idx = idx.gather(1, order)
-    out = torch.cat([rows, idx], dim=1)[:, :truncation]
+    out = torch.cat([rows.expand(n, 1), idx], dim=1)[:, :truncation]
     if out.shape[1] < truncation:
         pad = out.new_full((n, truncation - out.shape[1]), -1)
         out = torch.cat([out, pad], dim=1)
@@ -257,13 +263,16 @@ def late_truncation(
         raise ValueError(f"lists must be ({n}, T), got shape {tuple(lists.shape)}")
     if lists.device != laplacian.device:
         raise ValueError(f"lists are on {lists.device} but laplacian is on {laplacian.device}")
-    lists = lists.long()
-    if bool(((lists < -1) | (lists >= n)).any()):
+    if lists.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"lists must be int32 or int64, got {lists.dtype}")
+    if n and (int(lists.min()) < -1 or int(lists.max()) >= n):
         raise ValueError(f"lists must hold node ids in [0, {n - 1}] or -1")
     nodes = torch.arange(n, device=lists.device)
-    if not bool((lists == nodes[:, None]).any(dim=1).all()):
-        bad = int((~(lists == nodes[:, None]).any(dim=1)).nonzero()[0])
-        raise ValueError(f"every node must be in its own truncation list; node {bad} is not")
+    for s in range(0, n, _CHECK_ROWS):  # in chunks: no (N, T) temporaries
+        has_self = (lists[s : s + _CHECK_ROWS] == nodes[s : s + _CHECK_ROWS, None]).any(dim=1)
+        if not bool(has_self.all()):
+            bad = s + int((~has_self).nonzero()[0])
+            raise ValueError(f"every node must be in its own truncation list; node {bad} is not")
     tol = check_real(tol, "tol", low=0)
     max_iter = check_int(max_iter, "max_iter", low=0)
     t = lists.shape[1]
@@ -283,7 +292,7 @@ def late_truncation(
     with Progress(n, "offline diffusion", show=show, callback=callback) as bar:
         for s in range(0, n, block_size):
             e = min(n, s + block_size)
-            ids, c = _solve_block(rows, table, nodes[s:e], lists[s:e], tol, max_iter)
+            ids, c = _solve_block(rows, table, nodes[s:e], lists[s:e].long(), tol, max_iter)
             keep = (ids >= 0) & (c != 0)
             cnt = keep.sum(1)
             m = int(cnt.sum())
@@ -294,7 +303,7 @@ def late_truncation(
             bar.update(e - s)
     crow_c = torch.zeros(n + 1, dtype=index_dtype, device=lists.device)
     crow_c[1:] = counts.cumsum(0)
-    if fill < 0.9 * n * t:  # give back the unused tail
+    if fill < 0.5 * n * t:  # give back the unused tail (a copy at most half the buffer)
         out_col, out_val = out_col[:fill].clone(), out_val[:fill].clone()
     else:
         out_col, out_val = out_col[:fill], out_val[:fill]
@@ -327,6 +336,31 @@ def _search_index(x: Tensor, search: str, backend: str) -> KNNIndex:
     ):
         kind = "ivf"
     return KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss").add(x)
+
+
+def _lists_and_candidates(
+    x: Tensor, index: KNNIndex, truncation: int, num_candidates: int
+) -> tuple[Tensor, KNNResult]:
+    """One kNN search of the database in itself, in chunks of rows, giving the truncation
+    lists (int32 when the ids fit, node first) and the ``num_candidates`` best neighbours of
+    each node for the graph; memory stays ``N x (T + num_candidates)`` numbers."""
+    n = x.shape[0]
+    t = min(truncation, n)
+    kc = min(num_candidates, n)
+    m = max(t, kc)
+    itype = torch.int32 if n < 2**31 - 1 else torch.int64
+    lists = torch.empty(n, t, dtype=itype, device=x.device)
+    cs = torch.empty(n, kc, dtype=x.dtype, device=x.device)
+    ci = torch.empty(n, kc, dtype=torch.long, device=x.device)
+    for s in range(0, n, _CHECK_ROWS):
+        knn = index.search(x[s : s + _CHECK_ROWS], m)
+        idx = knn.indices
+        # self_first needs the node ids of these rows
+        rows = torch.arange(s, s + idx.shape[0], device=idx.device)[:, None]
+        lists[s : s + idx.shape[0]] = _self_first_rows(idx, rows, t).to(itype)
+        cs[s : s + idx.shape[0]] = knn.scores[:, :kc]
+        ci[s : s + idx.shape[0]] = idx[:, :kc]
+    return lists, KNNResult(cs, ci)
 
 
 def _mutual_graph(knn: KNNResult, x: Tensor, kd: int, gamma: float) -> Data:
@@ -420,11 +454,10 @@ def offline_diffusion(
     gamma = check_real(gamma, "gamma", low=0)
     check_in(search, "search", ("auto", "exact", "ivf"))
     if graph is None or lists is None:
-        knn = _search_index(x, search, backend).search(x, min(n, max(kd, truncation)))
-        if graph is None:
-            graph = _mutual_graph(knn, x, kd, gamma)
-        if lists is None:
-            lists = self_first(knn.indices, min(truncation, n))
+        index = _search_index(x, search, backend)
+        lst, cand = _lists_and_candidates(x, index, truncation, kd)
+        graph = _mutual_graph(cand, x, kd, gamma) if graph is None else graph
+        lists = lst if lists is None else lists
     return late_truncation(
         _laplacian_alpha(graph, alpha),
         lists,

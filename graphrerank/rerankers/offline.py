@@ -19,11 +19,11 @@ from .._progress import ProgressCallback
 from ..diffusion.offline import (
     _csr,
     _laplacian_alpha,
+    _lists_and_candidates,
     _mutual_graph,
     _search_index,
     late_truncation,
     offline_diffusion_scores,
-    self_first,
 )
 from ..graph import EdgeRescorer, KNNIndex, knn_graph, symmetrize
 from ..typing import KNNResult, RerankResult
@@ -60,22 +60,20 @@ def _row_ids(A: Tensor) -> Tensor:
 
 
 def _padded(A: Tensor) -> tuple[Tensor, Tensor]:
-    """A CSR matrix as ``(indices, values)`` of shape ``(rows, max row nnz)``, ``-1`` padding;
-    exact zeros are dropped."""
-    rows = _row_ids(A)
-    col = A.col_indices().long()
-    val = A.values()
-    keep = val != 0
-    rows, col, val = rows[keep], col[keep], val[keep]
-    counts = torch.bincount(rows, minlength=A.shape[0])
-    m = int(counts.max()) if counts.numel() else 0
-    start = counts.cumsum(0) - counts
-    pos = torch.arange(rows.numel(), device=rows.device) - start.index_select(0, rows)
-    idx = torch.full((A.shape[0], max(m, 1)), -1, dtype=torch.long, device=rows.device)
-    out = torch.zeros(A.shape[0], max(m, 1), dtype=val.dtype, device=rows.device)
-    idx[rows, pos] = col
-    out[rows, pos] = val
-    return idx, out
+    """A CSR matrix as ``(indices, values)`` of shape ``(rows, max row nnz)``, ``-1`` padding
+    (stored zeros are kept; the ranking treats them as absent)."""
+    crow = A.crow_indices().long()
+    counts = crow[1:] - crow[:-1]
+    b = A.shape[0]
+    m = max(1, int(counts.max())) if b else 1
+    nnz = A.col_indices().numel()
+    rows = torch.repeat_interleave(torch.arange(b, device=crow.device), counts, output_size=nnz)
+    dest = torch.arange(nnz, device=crow.device) + (rows * m - crow[:-1].index_select(0, rows))
+    idx = torch.full((b, m), -1, dtype=torch.long, device=crow.device)
+    val = torch.zeros(b, m, dtype=A.values().dtype, device=crow.device)
+    idx.view(-1).index_copy_(0, dest, A.col_indices().long())
+    val.view(-1).index_copy_(0, dest, A.values())
+    return idx, val
 
 
 def _l2_rows(A: Tensor) -> Tensor:
@@ -125,6 +123,17 @@ def _rank(
     device, dtype = cand_idx.device, cand_val.dtype
     sec_dtype = torch.float64 if ties == "index" else dtype
     valid = (cand_idx >= 0) & (cand_val != 0)
+    if m >= k:
+        # fast path: k positive scores per query, no equal scores among the best k or at the
+        # boundary (the usual case) -> a plain top-k
+        pos_val = cand_val.masked_fill(~valid | (cand_val <= 0), float("-inf"))
+        top = pos_val.topk(k, dim=1)
+        v = top.values
+        if bool((v[:, -1] > 0).all()):
+            ties_inside = bool((v[:, 1:] == v[:, :-1]).any())
+            at_edge = (pos_val == v[:, -1:]).sum(1) > 1
+            if not ties_inside and not bool(at_edge.any()):
+                return RerankResult(v, cand_idx.gather(1, top.indices))
     cand_idx = cand_idx.masked_fill(~valid, -1)
     npos = (valid & (cand_val > 0)).sum(1)
     nnz = valid.sum(1)
@@ -293,11 +302,8 @@ class _OfflineBase(Reranker):
             raise ValueError(
                 f"{self._kd_name()}={self._kd()} is larger than the database ({n} items)"
             )
-        t = min(self.truncation, n)
-        m = min(n, max(t, self._num_candidates()))
-        knn = index.search(x, m)
-        graph = self._graph(x, knn)
-        lists = self_first(knn.indices, t)
+        lists, cand = _lists_and_candidates(x, index, self.truncation, self._num_candidates())
+        graph = self._graph(x, cand)
         return late_truncation(
             _laplacian_alpha(graph, self.alpha),
             lists,
@@ -334,11 +340,18 @@ class _OfflineBase(Reranker):
         for s in range(0, q.shape[0], bs):
             qb = q[s : s + bs]
             knn = self._query_knn(qb, queries is None)
-            F = offline_diffusion_scores(self.C_, knn, self.gamma)
-            r = _rank_csr(F, k, qb, self.x_, self.index_, self.ties)
+            r = self._online(knn, k, qb)
             out_s.append(r.scores)
             out_i.append(r.indices)
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
+
+    def _online(self, knn: KNNResult, k: int, q: Tensor) -> RerankResult:
+        n = self.n_database_
+        if _dense_ranking(k, n):
+            F = offline_diffusion_scores(self.C_, knn, self.gamma)
+            return _rank_dense(F.to_dense(), k, q, self.x_, self.ties)
+        F = offline_diffusion_scores(self.C_, knn, self.gamma)
+        return _rank_csr(F, k, q, self.x_, self.index_, self.ties)
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -868,8 +881,7 @@ class RDiP(_OfflineBase):
             new = self.rescore_(rows, ci, cs).to(cs.dtype).masked_fill(ci < 0, float("-inf"))
             top = new.topk(kq, dim=1)
             knn = KNNResult(top.values, ci.gather(1, top.indices))
-            F = offline_diffusion_scores(self.C_, knn, self.gamma)
-            r = _rank_csr(F, k, q, self.x_, self.index_, self.ties)
+            r = self._online(knn, k, q)
             out_s.append(r.scores)
             out_i.append(r.indices)
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
