@@ -677,12 +677,16 @@ class RDiP(_OfflineBase):
       (no mutual filter: :math:`\max` or :math:`a_{ij} + a_{ji}`) are the alternatives.
     * ``edge_weights="rescored"``: :math:`w(s') = \max(s', 0)^\gamma` (:math:`\gamma` applied
       after re-scoring, as offline diffusion weights its similarities);
-      ``"rescored_raw"``: :math:`\max(s', 0)`; ``"base"``: the re-scorer only selects the
-      edges, weights are :math:`\max(s, 0)^\gamma` of the base similarity.
+      ``"rescored_raw"``: :math:`\max(s', 0)`; ``"rescored_distance"``:
+      :math:`\max(1 + s', 0)^\gamma`, for re-scorers that return minus a distance in
+      :math:`[0, 1]` (k-reciprocal's :math:`-d^*`), whose similarity is :math:`1 - d^*`;
+      ``"base"``: the re-scorer only selects the edges, weights are
+      :math:`\max(s, 0)^\gamma` of the base similarity.
     * ``query_scores="base"``: the query side :math:`\mathbf{y}` uses base similarities, so
       the online step is exactly offline diffusion's (the paper's stated cost). ``"rescored"``
-      re-scores the query's neighbours too (:math:`\max(s', 0)^\gamma`; all-vs-all always,
-      new queries only when ``rescorer`` is a re-ranker, through its ``rerank``).
+      re-scores the query's neighbours too (weights as for the edges, :math:`\gamma` power of
+      the re-scored similarity; all-vs-all always, new queries only when ``rescorer`` is a
+      re-ranker, through its ``rerank``).
     * ``truncation=1000``: as offline diffusion; truncation lists use the base similarity.
 
     ``k_m`` and ``k_d`` have no published defaults; ``k_d=50`` matches offline diffusion's
@@ -701,7 +705,8 @@ class RDiP(_OfflineBase):
         alpha: :math:`\alpha` (reference 0.99).
         gamma: :math:`\gamma` (reference 3).
         symmetrize: ``"min"``, ``"mutual"``, ``"max"`` or ``"union"`` (see above).
-        edge_weights: ``"rescored"``, ``"rescored_raw"`` or ``"base"`` (see above).
+        edge_weights: ``"rescored"``, ``"rescored_raw"``, ``"rescored_distance"`` or
+            ``"base"`` (see above).
         query_scores: ``"base"`` or ``"rescored"`` (see above).
         ties: Order of items with equal scores, ``"similarity"`` or ``"index"``, as in
             :class:`OfflineDiffusion`.
@@ -743,7 +748,7 @@ class RDiP(_OfflineBase):
         alpha: float = 0.99,
         gamma: float = 3.0,
         symmetrize: Literal["min", "mutual", "max", "union"] = "min",
-        edge_weights: Literal["rescored", "rescored_raw", "base"] = "rescored",
+        edge_weights: Literal["rescored", "rescored_raw", "rescored_distance", "base"] = "rescored",
         query_scores: Literal["base", "rescored"] = "base",
         ties: Literal["similarity", "index"] = "similarity",
         tol: float = 1e-6,
@@ -783,7 +788,11 @@ class RDiP(_OfflineBase):
         k_d = check_int(self.k_d, "k_d", low=1)
         check_int(self.k_m, "k_m", low=k_d)
         check_in(self.symmetrize, "symmetrize", ("min", "mutual", "max", "union"))
-        check_in(self.edge_weights, "edge_weights", ("rescored", "rescored_raw", "base"))
+        check_in(
+            self.edge_weights,
+            "edge_weights",
+            ("rescored", "rescored_raw", "rescored_distance", "base"),
+        )
         check_in(self.query_scores, "query_scores", ("base", "rescored"))
         check_int(self.rescore_batch_size, "rescore_batch_size", low=1)
         r = self.rescorer
@@ -815,7 +824,7 @@ class RDiP(_OfflineBase):
         n = x.shape[0]
         km = min(self.k_m, n)
         cand = KNNResult(knn.scores[:, :km], knn.indices[:, :km])
-        weight_gamma = self.gamma if self.edge_weights != "rescored_raw" else None
+        weight_gamma = self.gamma if self.edge_weights in ("rescored", "base") else None
         g = knn_graph(
             x,
             self.k_d,
@@ -828,6 +837,8 @@ class RDiP(_OfflineBase):
         w = g.edge_weight
         if self.edge_weights == "rescored_raw":
             w = w.clamp(min=0)
+        elif self.edge_weights == "rescored_distance":
+            w = (1 + w).clamp(min=0).pow(self.gamma)
         elif self.edge_weights == "base":
             src, dst = g.edge_index
             s = (x.index_select(0, src) * x.index_select(0, dst)).sum(1)
@@ -861,7 +872,12 @@ class RDiP(_OfflineBase):
                 "query_scores='rescored' scores new queries with the rescorer's rerank(), so "
                 "rescorer must be a Reranker (a callable only re-scores database pairs)"
             )
-        return KNNResult(*self.rescorer_.rerank(q, kq))
+        scores, idx = self.rescorer_.rerank(q, kq)
+        return KNNResult(self._similarity(scores), idx)
+
+    def _similarity(self, rescored: Tensor) -> Tensor:
+        """Re-scored query-side scores as the similarities the query weights are made of."""
+        return 1 + rescored if self.edge_weights == "rescored_distance" else rescored
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -880,7 +896,7 @@ class RDiP(_OfflineBase):
             rows = torch.arange(s, e, device=q.device)
             new = self.rescore_(rows, ci, cs).to(cs.dtype).masked_fill(ci < 0, float("-inf"))
             top = new.topk(kq, dim=1)
-            knn = KNNResult(top.values, ci.gather(1, top.indices))
+            knn = KNNResult(self._similarity(top.values), ci.gather(1, top.indices))
             r = self._online(knn, k, q)
             out_s.append(r.scores)
             out_i.append(r.indices)
