@@ -118,11 +118,11 @@ def _self_first_rows(indices: Tensor, rows: Tensor, truncation: int) -> Tensor:
     return out
 
 
-def _flatnonzero(mask: Tensor) -> Tensor:
-    """Flat indices of the true entries (numpy's is several times faster on a CPU)."""
-    if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.reshape(-1).nonzero().squeeze(1)
+def _flatnonzero(x: Tensor) -> Tensor:
+    """Flat indices of the non-zero entries (numpy's is several times faster on a CPU)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(x.numpy()))
+    return x.reshape(-1).nonzero().squeeze(1)
 
 
 class _Rows:
@@ -159,7 +159,7 @@ def _solve_block(
 
     The sub-blocks are gathered from the padded rows of ``L`` for the members of each
     :math:`T_i`, their global columns mapped to local positions through ``table`` (a
-    ``(B, N + 1)`` lookup, -1 outside the lists), and stacked into one block-diagonal CSR
+    ``(B, N + 1)`` lookup, 0 outside the lists), and stacked into one block-diagonal CSR
     operator whose rows and columns follow the sorted global ids of each list.
     """
     b, t = lists.shape
@@ -170,23 +170,19 @@ def _solve_block(
     member = torch.where(valid, ids, n).reshape(-1)
     base = torch.arange(b, device=device)[:, None] * (n + 1)
     slots = (base + torch.where(valid, ids, n)).reshape(-1)
-    # table[(block b, global id)] = position in the stacked system (b * t + rank), else -1
-    pos = torch.arange(b * t, dtype=torch.int32, device=device)
-    table.index_copy_(0, slots, pos.masked_fill(~valid.reshape(-1), -1))
+    # table[(block b, global id)] = 1 + position in the stacked system (b * t + rank), else 0
+    pos = torch.arange(1, b * t + 1, dtype=torch.int32, device=device)
+    table.index_copy_(0, slots, pos.masked_fill(~valid.reshape(-1), 0))
     key = rows.cols.index_select(0, member)  # (b * t, width) global columns, n = padding
     key += base.repeat_interleave(t, dim=0).to(torch.int32)
-    loc = table.index_select(0, key.view(-1)).view(b * t, width)
-    table.index_fill_(0, slots, -1)
-    inside = loc >= 0
-    counts = inside.sum(1, dtype=torch.int32)
-    nz = _flatnonzero(inside)
-    c = loc.view(-1).index_select(0, nz)
-    # the kept entries' positions in the padded rows of L: nz + (member - row) * width
-    r = torch.repeat_interleave(torch.arange(b * t, device=device), counts, output_size=nz.numel())
-    shift = (member - torch.arange(b * t, device=device)) * width
-    v = rows.vals.view(-1).index_select(0, nz + shift.index_select(0, r))
+    loc = table.index_select(0, key.view(-1))
+    table.index_fill_(0, slots, 0)
+    inside = loc > 0
+    nz = _flatnonzero(inside)  # entries inside the lists, row by row, columns ascending
+    c = loc.index_select(0, nz) - 1
+    v = rows.vals.index_select(0, member).view(-1).index_select(0, nz)
     bcrow = torch.zeros(b * t + 1, dtype=torch.int32, device=device)
-    bcrow[1:] = counts.cumsum(0, dtype=torch.int32)
+    bcrow[1:] = inside.view(b * t, width).sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)
     M = _csr(bcrow, c, v, (b * t, b * t))
     self_pos = (ids == nodes[:, None]).to(torch.int8).argmax(dim=1)
     rhs = torch.zeros(b, t, dtype=v.dtype, device=device)
@@ -282,7 +278,9 @@ def late_truncation(
         block_size = max(1, min(n, _BLOCK_ENTRIES // (t * rows.width), _TABLE_ENTRIES // (n + 1)))
     else:
         block_size = check_int(block_size, "block_size", low=1)
-    table = torch.full((min(block_size, n) * (n + 1),), -1, dtype=torch.int32, device=lists.device)
+    # int32 lookup keys: a block's table must stay below 2**31 entries
+    block_size = max(1, min(block_size, (2**31 - 1) // (n + 1)))
+    table = torch.zeros(min(block_size, n) * (n + 1), dtype=torch.int32, device=lists.device)
     index_dtype = torch.int32 if n * t < 2**31 - 1 else torch.int64
     out_col = torch.empty(n * t, dtype=index_dtype, device=lists.device)
     out_val = torch.empty(n * t, dtype=val.dtype, device=lists.device)
