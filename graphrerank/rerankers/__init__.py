@@ -1,5 +1,6 @@
 """Re-rankers: estimators with ``fit(database)`` and ``rerank(queries, k)``."""
 
+from ..diffusion.offline import offline_diffusion_rerank, rdip_rerank
 from .base import NotFittedError, Reranker
 from .expansion import (
     AlphaQueryExpansion,
@@ -10,6 +11,7 @@ from .expansion import (
     database_augmentation,
 )
 from .knn import KNN
+from .offline import OfflineDiffusion, RDiP
 from .pipeline import Pipeline
 from .superglobal import SuperGlobal, superglobal_rerank
 
@@ -20,18 +22,24 @@ __all__ = [
     "AverageQueryExpansion",
     "DatabaseAugmentation",
     "NotFittedError",
+    "OfflineDiffusion",
     "Pipeline",
+    "RDiP",
     "Reranker",
     "SuperGlobal",
     "alpha_query_expansion",
     "average_query_expansion",
     "database_augmentation",
+    "offline_diffusion_rerank",
+    "rdip_rerank",
     "superglobal_rerank",
 ]
 
 #: Every public re-ranker class; the shared contract test and the demo iterate over it.
 RERANKERS: tuple[type[Reranker], ...] = (
     KNN,
+    OfflineDiffusion,
+    RDiP,
     AverageQueryExpansion,
     AlphaQueryExpansion,
     DatabaseAugmentation,
