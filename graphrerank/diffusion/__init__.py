@@ -1,5 +1,50 @@
-"""Diffusion as sparse linear systems solved by batched conjugate gradients."""
+"""Diffusion as sparse linear systems solved by batched conjugate gradients.
+
+Online diffusion (:func:`diffusion_operator`, :func:`query_vector`, :func:`diffuse`), early
+truncation (:func:`truncated_diffuse`), regional pooling (:func:`gmp_weights`,
+:func:`pool_regions`) and fast spectral ranking (:func:`spectral_embedding`). The one-call
+re-rankers :func:`diffusion_rerank`, :func:`regional_diffusion_rerank` and :func:`fsr_rerank`
+are re-exported from :mod:`graphrerank.rerankers`.
+"""
 
 from .cg import CGResult, conjugate_gradient
+from .online import diffuse, diffusion_operator, query_entries, query_vector
+from .regional import gmp_weights, pool_regions
+from .spectral import DENSE_EIGEN_LIMIT, spectral_embedding, spectral_filter
+from .truncation import truncated_diffuse, truncated_operator
 
-__all__ = ["CGResult", "conjugate_gradient"]
+__all__ = [
+    "DENSE_EIGEN_LIMIT",
+    "CGResult",
+    "conjugate_gradient",
+    "diffuse",
+    "diffusion_operator",
+    "diffusion_rerank",
+    "fsr_rerank",
+    "gmp_weights",
+    "pool_regions",
+    "query_entries",
+    "query_vector",
+    "regional_diffusion_rerank",
+    "spectral_embedding",
+    "spectral_filter",
+    "truncated_diffuse",
+    "truncated_operator",
+]
+
+_RERANK_TWINS = {
+    "diffusion_rerank": "diffusion",
+    "regional_diffusion_rerank": "diffusion",
+    "fsr_rerank": "spectral",
+}
+
+
+def __getattr__(name: str):
+    # The one-call re-rankers live in graphrerank.rerankers (which imports this package), so
+    # they are looked up on first use rather than imported here.
+    if name in _RERANK_TWINS:
+        import importlib
+
+        module = importlib.import_module(f"graphrerank.rerankers.{_RERANK_TWINS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
