@@ -11,7 +11,7 @@ from .cg import CGResult, conjugate_gradient
 from .online import diffuse, diffusion_operator, query_entries, query_vector
 from .regional import gmp_weights, pool_regions
 from .spectral import DENSE_EIGEN_LIMIT, spectral_embedding, spectral_filter
-from .truncation import truncated_diffuse, truncated_operator
+from .truncation import truncated_diffuse, truncated_normalized, truncated_operator
 
 __all__ = [
     "DENSE_EIGEN_LIMIT",
@@ -29,6 +29,7 @@ __all__ = [
     "spectral_embedding",
     "spectral_filter",
     "truncated_diffuse",
+    "truncated_normalized",
     "truncated_operator",
 ]
 

@@ -75,8 +75,8 @@ def gmp_weights(
         mask[img, pos] = True
         gram = padded @ padded.transpose(1, 2)
         # (V^T V + lam I) on real regions, identity on padding (whose weight is then 0)
-        eye = torch.eye(r, dtype=torch.float64, device=device)
-        gram = gram + torch.where(mask[:, :, None], lam, 1.0) * eye
+        diag = torch.full((hi - lo, r), lam, dtype=torch.float64, device=device)
+        gram = gram + torch.diag_embed(diag.masked_fill_(~mask, 1.0))
         rhs = mask.to(torch.float64)[:, :, None]
         b = torch.linalg.solve(gram, rhs)[:, :, 0]
         out[order[sel]] = b[img, pos].to(dtype)

@@ -133,6 +133,25 @@ class MultiVectorReranker(Reranker):
         n = self.database_.shape[0]
         return self.database_, torch.arange(n, device=self.database_.device), n
 
+    #: With ``batch_size=None``, queries are batched so that one block of per-query scores
+    #: holds about this many entries (64 MiB in float32).
+    AUTO_BATCH_ENTRIES = 2**24
+
+    def _batch_size(self, nodes_per_query: int) -> int:
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return max(1, self.AUTO_BATCH_ENTRIES // max(1, nodes_per_query))
+
+    def _batches(self, qv: Tensor, qid: Tensor, nq: int, nodes_per_query: int):
+        """Yield ``(qv_b, qid_b, lo, nb)``: the vectors of queries ``lo .. lo + nb - 1`` with
+        their query numbers relative to ``lo``."""
+        size = self._batch_size(nodes_per_query)
+        starts = torch.arange(0, nq + size, size, device=qid.device)
+        bounds = torch.searchsorted(qid, starts).tolist()
+        for b, lo in enumerate(range(0, nq, size)):
+            nb = min(size, nq - lo)
+            yield qv[bounds[b] : bounds[b + 1]], qid[bounds[b] : bounds[b + 1]] - lo, lo, nb
+
     @abc.abstractmethod
     def _search(self, qv: Tensor, qid: Tensor, nq: int, k: int) -> RerankResult:
         """Rank for query vectors ``qv`` :math:`(M, D)` of queries ``qid`` :math:`(M,)` (sorted,

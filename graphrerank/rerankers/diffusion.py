@@ -94,7 +94,9 @@ class Diffusion(MultiVectorReranker):
         symmetrize: ``"mutual"`` (reference), ``"min"``, ``"union"`` or ``"max"`` (see
             :func:`~graphrerank.graph.symmetrize`).
         ties: ``"similarity"`` or ``"index"``, the order of equal scores.
-        batch_size: Queries per CG call (memory grows as :math:`N \times` ``batch_size``).
+        batch_size: Queries per CG call (memory grows as :math:`N \times` ``batch_size``);
+            ``None`` picks it so that a block of :math:`\mathbf{Y}` holds about
+            :math:`2^{24}` entries.
         backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
 
     Shapes:
@@ -135,7 +137,7 @@ class Diffusion(MultiVectorReranker):
         truncation: int | None = None,
         symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
         ties: Literal["similarity", "index"] = "similarity",
-        batch_size: int = 256,
+        batch_size: int | None = None,
         backend: Literal["auto", "faiss", "torch"] = "auto",
     ) -> None:
         self.k = k
@@ -167,7 +169,8 @@ class Diffusion(MultiVectorReranker):
             check_int(self.truncation, "truncation", low=1)
         check_in(self.symmetrize, "symmetrize", ("mutual", "min", "union", "max"))
         check_in(self.ties, "ties", ("similarity", "index"))
-        check_int(self.batch_size, "batch_size", low=1)
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", low=1)
         check_in(self.backend, "backend", ("auto", "faiss", "torch"))
 
     # ------------------------------------------------------------------ fit
@@ -201,14 +204,15 @@ class Diffusion(MultiVectorReranker):
     # ------------------------------------------------------------------ rerank
     def _search(self, qv: Tensor, qid: Tensor, nq: int, k: int) -> RerankResult:
         """Rank for query vectors ``qv`` :math:`(M, D)` of queries ``qid`` (sorted, 0..nq-1)."""
-        bounds = torch.searchsorted(
-            qid, torch.arange(0, nq + self.batch_size, self.batch_size, device=qid.device)
-        ).tolist()
+        if self.truncation is None:
+            nodes = self.database_.shape[0]
+        else:
+            # the sub-graph edges dominate: about width * k per query, in several arrays
+            width = min(int(self.truncation), self.pooled_.shape[0])
+            width *= max(1, -(-self.database_.shape[0] // self.pooled_.shape[0]))
+            nodes = 4 * width * int(self.k)
         scores, indices = [], []
-        for b, lo in enumerate(range(0, nq, self.batch_size)):
-            nb = min(self.batch_size, nq - lo)
-            vlo, vhi = bounds[b], bounds[b + 1]
-            qv_b, qid_b = qv[vlo:vhi], qid[vlo:vhi] - lo
+        for qv_b, qid_b, _, nb in self._batches(qv, qid, nq, nodes):
             if self.truncation is None:
                 s, i = self._search_full(qv_b, qid_b, nb, k)
             else:
@@ -402,7 +406,7 @@ class RegionalDiffusion(Diffusion):
         truncation: int | None = None,
         symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
         ties: Literal["similarity", "index"] = "similarity",
-        batch_size: int = 256,
+        batch_size: int | None = None,
         backend: Literal["auto", "faiss", "torch"] = "auto",
     ) -> None:
         super().__init__(

@@ -57,7 +57,8 @@ class FastSpectralRanking(MultiVectorReranker):
             ``"max"``.
         eigensolver: ``"auto"``, ``"dense"`` or ``"scipy"``.
         ties: ``"similarity"`` or ``"index"``.
-        batch_size: Queries per block of scores (memory :math:`N \times` ``batch_size``).
+        batch_size: Queries per block of scores (memory :math:`N \times` ``batch_size``);
+            ``None`` picks it so that a block holds about :math:`2^{24}` scores.
         backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
 
     Shapes:
@@ -90,7 +91,7 @@ class FastSpectralRanking(MultiVectorReranker):
         symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
         eigensolver: Literal["auto", "dense", "scipy"] = "auto",
         ties: Literal["similarity", "index"] = "similarity",
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         backend: Literal["auto", "faiss", "torch"] = "auto",
     ) -> None:
         self.k = k
@@ -117,7 +118,8 @@ class FastSpectralRanking(MultiVectorReranker):
         check_in(self.symmetrize, "symmetrize", ("mutual", "min", "union", "max"))
         check_in(self.eigensolver, "eigensolver", ("auto", "dense", "scipy"))
         check_in(self.ties, "ties", ("similarity", "index"))
-        check_int(self.batch_size, "batch_size", low=1)
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", low=1)
         check_in(self.backend, "backend", ("auto", "faiss", "torch"))
 
     def _fit(self, database: Tensor) -> None:
@@ -150,13 +152,8 @@ class FastSpectralRanking(MultiVectorReranker):
     def _search(self, qv: Tensor, qid: Tensor, nq: int, k: int) -> RerankResult:
         db, emb = self.database_, self.embedding_
         n = db.shape[0]
-        bounds = torch.searchsorted(
-            qid, torch.arange(0, nq + self.batch_size, self.batch_size, device=qid.device)
-        ).tolist()
         scores, indices = [], []
-        for b, lo in enumerate(range(0, nq, self.batch_size)):
-            nb = min(self.batch_size, nq - lo)
-            qv_b, qid_b = qv[bounds[b] : bounds[b + 1]], qid[bounds[b] : bounds[b + 1]] - lo
+        for qv_b, qid_b, _, nb in self._batches(qv, qid, nq, n):
             s, i = knn_search(qv_b, db, min(self.kq, n), backend=self.backend)
             q, node, value = query_entries(
                 s.to(db.dtype),
