@@ -137,12 +137,27 @@ def query_entries(
     query_index: Tensor | None = None,
     num_queries: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""The non-zero entries of the query vectors :math:`\mathbf{y}` (see :func:`query_vector`).
+    r"""The non-zero entries of the query vectors :math:`\mathbf{y}` of :func:`query_vector`,
+    without the dense :math:`(N, Q)` matrix (fast spectral ranking only needs these).
+
+    Args:
+        scores: :math:`(M, m)` similarities of each query vector to its nearest database vectors.
+        indices: :math:`(M, m)` their database indices, ``-1`` for padding.
+        num_nodes: Number of database vectors :math:`N`.
+        kq: :math:`k_q`, entries kept per query (reference 10).
+        gamma: :math:`\gamma` (reference 3).
+        query_index: :math:`(M,)` the query of each vector (default: one vector per query).
+        num_queries: :math:`Q` (default: ``query_index.max() + 1``).
 
     Returns:
         ``(query, node, value)``, three :math:`(E,)` tensors with :math:`E \le Q \cdot k_q`:
         entry ``value`` sits at :math:`\mathbf{y}_q[\text{node}]`; within each query the entries
         are sorted by decreasing summed similarity.
+
+    Example:
+        >>> query_entries(torch.tensor([[0.9, 0.5, 0.4]]), torch.tensor([[3, 0, 1]]), 4, kq=2,
+        ...               gamma=1.0)
+        (tensor([0, 0]), tensor([3, 0]), tensor([0.9000, 0.5000]))
     """
     q, node, value, _ = _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries)
     return q, node, value

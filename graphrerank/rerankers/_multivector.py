@@ -133,19 +133,29 @@ class MultiVectorReranker(Reranker):
         n = self.database_.shape[0]
         return self.database_, torch.arange(n, device=self.database_.device), n
 
-    #: With ``batch_size=None``, queries are batched so that one block of per-query scores
-    #: holds about this many entries (64 MiB in float32).
+    #: With ``batch_size=None``, queries are batched so that one block of per-query values
+    #: holds at most this many entries (64 MiB in float32) ...
     AUTO_BATCH_ENTRIES = 2**24
+    #: ... and, for products with a whole-database sparse matrix on a CPU, about this many
+    #: (4 MiB in float32, at least 8 queries): each product reads the block at random rows, and
+    #: a block that stays in the CPU cache makes it several times faster per query.
+    CPU_CACHE_ENTRIES = 2**20
 
-    def _batch_size(self, nodes_per_query: int) -> int:
+    def _batch_size(self, nodes_per_query: int, *, cache_bound: bool = False) -> int:
         if self.batch_size is not None:
             return int(self.batch_size)
-        return max(1, self.AUTO_BATCH_ENTRIES // max(1, nodes_per_query))
+        nodes = max(1, nodes_per_query)
+        size = max(1, self.AUTO_BATCH_ENTRIES // nodes)
+        if cache_bound and self.database_.device.type == "cpu":
+            size = min(size, max(8, self.CPU_CACHE_ENTRIES // nodes))
+        return size
 
-    def _batches(self, qv: Tensor, qid: Tensor, nq: int, nodes_per_query: int):
+    def _batches(
+        self, qv: Tensor, qid: Tensor, nq: int, nodes_per_query: int, *, cache_bound: bool = False
+    ):
         """Yield ``(qv_b, qid_b, lo, nb)``: the vectors of queries ``lo .. lo + nb - 1`` with
         their query numbers relative to ``lo``."""
-        size = self._batch_size(nodes_per_query)
+        size = self._batch_size(nodes_per_query, cache_bound=cache_bound)
         starts = torch.arange(0, nq + size, size, device=qid.device)
         bounds = torch.searchsorted(qid, starts).tolist()
         for b, lo in enumerate(range(0, nq, size)):

@@ -67,6 +67,10 @@ class Diffusion(MultiVectorReranker):
     orders them by database index, as MATLAB's stable ``sort`` does (use it to reproduce the
     reference numbers digit for digit).
 
+    **Reference numbers.** All-vs-all (``fit(x).rerank(None)``, leave-one-out mAP) this gives
+    93.87 on Corel-1k and 84.19 on the digits set; with ``ties="index"`` 93.64 / 84.19, where
+    Iscen et al.'s MATLAB code gives 93.65 / 84.19 (``tests/rerankers/test_diffusion_real.py``).
+
     **Early truncation** (``truncation`` :math:`N_t`): each query diffuses only over its top
     :math:`N_t` items by first-stage similarity, on the sub-affinity :math:`\mathbf{A}[\mathcal{T},
     \mathcal{T}]` *re-normalised* on its own; the other items rank below them by first-stage
@@ -95,8 +99,9 @@ class Diffusion(MultiVectorReranker):
             :func:`~graphrerank.graph.symmetrize`).
         ties: ``"similarity"`` or ``"index"``, the order of equal scores.
         batch_size: Queries per CG call (memory grows as :math:`N \times` ``batch_size``);
-            ``None`` picks it so that a block of :math:`\mathbf{Y}` holds about
-            :math:`2^{24}` entries.
+            ``None`` picks it: blocks of :math:`\mathbf{Y}` of at most :math:`2^{24}` entries,
+            and on a CPU about :math:`2^{20}` (at least 8 queries), which keeps the block in
+            cache during the sparse products.
         backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
 
     Shapes:
@@ -212,7 +217,8 @@ class Diffusion(MultiVectorReranker):
             width *= max(1, -(-self.database_.shape[0] // self.pooled_.shape[0]))
             nodes = 4 * width * int(self.k)
         scores, indices = [], []
-        for qv_b, qid_b, _, nb in self._batches(qv, qid, nq, nodes):
+        batches = self._batches(qv, qid, nq, nodes, cache_bound=self.truncation is None)
+        for qv_b, qid_b, _, nb in batches:
             if self.truncation is None:
                 s, i = self._search_full(qv_b, qid_b, nb, k)
             else:
