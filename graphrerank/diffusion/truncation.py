@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._checks import check_in, check_real
 from .cg import CGResult, conjugate_gradient
-from .online import _csr
+from .online import _csr, compact_csr
 
 __all__ = ["truncated_diffuse", "truncated_normalized", "truncated_operator"]
 
@@ -50,7 +50,7 @@ def truncated_normalized(affinity: Tensor, subsets: Tensor) -> Tensor:
     n = A.shape[0]
     nb, t = subsets.shape
     device = A.device
-    crow, col, val = A.crow_indices(), A.col_indices(), A.values()
+    crow, col, val = A.crow_indices().long(), A.col_indices().long(), A.values()
     flat = subsets.reshape(-1)
     valid = flat >= 0
     node = flat.clamp(min=0)
@@ -85,7 +85,7 @@ def truncated_normalized(affinity: Tensor, subsets: Tensor) -> Tensor:
 def _csr_direct(crow: Tensor, col: Tensor, val: Tensor, n: int) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        return torch.sparse_csr_tensor(crow, col, val, (n, n))
+        return compact_csr(torch.sparse_csr_tensor(crow, col, val, (n, n)))
 
 
 def truncated_operator(affinity: Tensor, subsets: Tensor, alpha: float = 0.99) -> Tensor:

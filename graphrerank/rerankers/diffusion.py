@@ -23,7 +23,7 @@ from .._checks import (
 from ..diffusion.online import diffuse, diffusion_operator, query_vector
 from ..diffusion.regional import gmp_weights
 from ..diffusion.truncation import truncated_diffuse
-from ..graph import knn_graph, knn_search, normalize_adjacency, to_torch_csr
+from ..graph import knn_graph, normalize_adjacency, to_torch_csr
 from ..typing import RerankResult, TensorLike
 from ._multivector import MultiVectorReranker, RegionalQueries
 from ._ranking import top_k_with_ties
@@ -241,7 +241,7 @@ class Diffusion(MultiVectorReranker):
     def _search_full(self, qv: Tensor, qid: Tensor, nb: int, k: int) -> tuple[Tensor, Tensor]:
         db = self.database_
         n = db.shape[0]
-        s, i = knn_search(qv, db, min(self.kq, n), backend=self.backend)
+        s, i = self._knn(qv, db, min(self.kq, n))
         y = query_vector(
             s.to(db.dtype),
             i,
@@ -306,7 +306,7 @@ class Diffusion(MultiVectorReranker):
         n_img = self.pooled_.shape[0]
         t = min(int(self.truncation), n_img)
         qsum = self._summed_queries(qv, qid, nb)
-        top_s, top_i = knn_search(qsum, self.pooled_, max(t, k), backend=self.backend)
+        top_s, top_i = self._knn(qsum, self.pooled_, max(t, k))
         top = top_i[:, :t]
         sub, img_pos = self._subsets(top)
         y = self._sub_query_vector(qv, qid, nb, sub, top_s)

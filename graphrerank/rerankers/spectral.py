@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from .._checks import check_in, check_int, check_k, check_normalized, check_real
 from ..diffusion.online import query_entries
 from ..diffusion.spectral import spectral_embedding
-from ..graph import knn_graph, knn_search, normalize_adjacency
+from ..graph import knn_graph, normalize_adjacency
 from ..typing import RerankResult, TensorLike
 from ._multivector import MultiVectorReranker, RegionalQueries
 from ._ranking import top_k_with_ties
@@ -154,7 +154,7 @@ class FastSpectralRanking(MultiVectorReranker):
         n = db.shape[0]
         scores, indices = [], []
         for qv_b, qid_b, _, nb in self._batches(qv, qid, nq, n):
-            s, i = knn_search(qv_b, db, min(self.kq, n), backend=self.backend)
+            s, i = self._knn(qv_b, db, min(self.kq, n))
             q, node, value = query_entries(
                 s.to(db.dtype),
                 i,
