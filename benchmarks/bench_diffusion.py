@@ -23,7 +23,7 @@ Full-size table (run on a quiet machine)::
 
     python benchmarks/bench_diffusion.py --sizes 10000 100000 --batch 1000 --repeats 5
 
-Quick check::
+Quick check (``--threads 1`` gives steadier numbers on a CPU that others are using)::
 
     python benchmarks/bench_diffusion.py --sizes 2000 --batch 100 --repeats 3 --fsr-rank 200
 """
@@ -43,6 +43,21 @@ from _common import isolated, machine, median, rss_mb, table, timed
 K_LIST = 100
 
 
+def _threads(n):
+    """Use ``n`` CPU threads in torch and faiss (0: leave the defaults)."""
+    if not n:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+
+
 def _data(n, dim, nq, device):
     from graphrerank.datasets import make_retrieval_dataset
 
@@ -60,7 +75,8 @@ def _reranker(kind, truncation, rank):
     return Diffusion(truncation=truncation if kind == "truncation" else None)
 
 
-def offline(n, dim, kind, truncation, rank, repeats, device):
+def offline(n, dim, kind, truncation, rank, repeats, device, threads=0):
+    _threads(threads)
     x, _ = _data(n, dim, 1, device)
     base = rss_mb()
     cuda = device.startswith("cuda")
@@ -68,7 +84,8 @@ def offline(n, dim, kind, truncation, rank, repeats, device):
     return {"median_s": median(ts), "peak_mb": rss_mb(), "base_mb": base}
 
 
-def online(n, dim, nq, batch, kind, truncation, rank, repeats, device):
+def online(n, dim, nq, batch, kind, truncation, rank, repeats, device, threads=0):
+    _threads(threads)
     x, q = _data(n, dim, max(nq, batch), device)
     r = _reranker(kind, truncation, rank).fit(x)
     base = rss_mb()
@@ -98,8 +115,9 @@ def _system(n, dim, nq):
     return r.operator_, query_vector(s, idx, n, kq=10, gamma=3.0)
 
 
-def solve_scipy(n, dim, repeats):
+def solve_scipy(n, dim, repeats, threads=0):
     """SciPy's cg on the same float32 CSR system, one right-hand side at a time."""
+    _threads(threads)
     import scipy.sparse as sp
     from scipy.sparse.linalg import cg
 
@@ -121,9 +139,10 @@ def solve_scipy(n, dim, repeats):
     }
 
 
-def solve_ours(n, dim, batch, repeats, chunk, device):
+def solve_ours(n, dim, batch, repeats, chunk, device, threads=0):
     """Our batched CG on the same system: ``batch`` right-hand sides, in CG calls of ``chunk``
     columns (one call when ``chunk`` is None)."""
+    _threads(threads)
     from graphrerank.diffusion import diffuse
 
     L, Y = _system(n, dim, max(batch, repeats))
@@ -151,7 +170,8 @@ def solve_ours(n, dim, batch, repeats, chunk, device):
     }
 
 
-def port(n, dim, repeats, path):
+def port(n, dim, repeats, path, threads=0):
+    _threads(threads)
     import importlib.util
 
     import numpy as np
@@ -205,9 +225,13 @@ def main(argv=None):
     p.add_argument("--truncation", type=int, default=1000, help="N_t; 0 to skip")
     p.add_argument("--fsr-rank", type=int, default=2000, help="0 to skip FSR")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads per measurement (0: default)"
+    )
     p.add_argument("--manifold-diffusion", type=Path, help="the port's diffussion.py, to run it")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
+    _threads(args.threads)
     from graphrerank.rerankers import Diffusion
 
     rows = []
@@ -218,7 +242,7 @@ def main(argv=None):
         print(f"done: {task} N={n} {batch}", file=sys.stderr, flush=True)
         return row
 
-    common = {"dim": args.dim, "device": args.device}
+    common = {"dim": args.dim, "device": args.device, "threads": args.threads}
     for n in args.sizes:
         t0 = time.perf_counter()
         add(
@@ -247,7 +271,7 @@ def main(argv=None):
         reference = add(
             "solve only: SciPy cg, one query at a time",
             n,
-            isolated(solve_scipy, n=n, dim=args.dim, repeats=args.repeats),
+            isolated(solve_scipy, n=n, dim=args.dim, repeats=args.repeats, threads=args.threads),
             1,
         )
         # the default batch of a CPU solve (see MultiVectorReranker._batch_size)
@@ -268,6 +292,7 @@ def main(argv=None):
                     repeats=args.repeats,
                     chunk=step,
                     device=args.device,
+                    threads=args.threads,
                 ),
                 batch,
             )
@@ -295,7 +320,12 @@ def main(argv=None):
                 "manifold-diffusion port cg_diffusion (MINRES 10)",
                 n,
                 isolated(
-                    port, n=n, dim=args.dim, repeats=args.repeats, path=str(args.manifold_diffusion)
+                    port,
+                    n=n,
+                    dim=args.dim,
+                    repeats=args.repeats,
+                    path=str(args.manifold_diffusion),
+                    threads=args.threads,
                 ),
                 1,
             )

@@ -20,7 +20,7 @@ from .._checks import (
     check_real,
     check_same_device,
 )
-from ..diffusion.online import diffuse, diffusion_operator, query_vector
+from ..diffusion.online import diffuse, diffusion_operator, query_entries, query_vector
 from ..diffusion.regional import gmp_weights
 from ..diffusion.truncation import truncated_diffuse
 from ..graph import knn_graph, normalize_adjacency, to_torch_csr
@@ -275,7 +275,7 @@ class Diffusion(MultiVectorReranker):
             # one vector per query and one per image: the subset is the query's top-T list,
             # so its top kq are the first kq
             y = torch.zeros(t, nb, dtype=db.dtype, device=db.device)
-            y[:kq] = edge_free_weights(top_scores[:, :kq], float(self.gamma)).t()
+            y[:kq] = _clamped_power(top_scores[:, :kq], float(self.gamma)).t()
             return y
         # general case: the kNN of every query vector within its query's subset
         d = db.shape[1]
@@ -291,7 +291,7 @@ class Diffusion(MultiVectorReranker):
             j = torch.where(torch.isfinite(s), j + b[:, None] * t, -1)
             all_s.append(s.masked_fill(~torch.isfinite(s), 0))
             all_i.append(j)
-        flat = query_vector(
+        q, node, value = query_entries(
             torch.cat(all_s),
             torch.cat(all_i),
             nb * t,
@@ -299,8 +299,10 @@ class Diffusion(MultiVectorReranker):
             gamma=float(self.gamma),
             query_index=qid,
             num_queries=nb,
-        )  # (B*T', B), block b holds rows b*T' .. b*T'+T'-1
-        return flat.reshape(nb, t, nb).diagonal(dim1=0, dim2=2)
+        )  # nodes numbered b * T' + position in subset b
+        y = torch.zeros(t, nb, dtype=db.dtype, device=db.device)
+        y[node - q * t, q] = value.to(db.dtype)
+        return y
 
     def _search_truncated(self, qv: Tensor, qid: Tensor, nb: int, k: int) -> tuple[Tensor, Tensor]:
         n_img = self.pooled_.shape[0]
@@ -336,7 +338,7 @@ class Diffusion(MultiVectorReranker):
         return f
 
 
-def edge_free_weights(scores: Tensor, gamma: float) -> Tensor:
+def _clamped_power(scores: Tensor, gamma: float) -> Tensor:
     """:math:`\\max(s, 0)^\\gamma` (``gamma=0``: 1 for positive scores)."""
     if gamma == 0:
         return (scores > 0).to(scores.dtype)

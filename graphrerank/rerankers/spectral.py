@@ -42,6 +42,10 @@ class FastSpectralRanking(MultiVectorReranker):
     scores here (rounding); items with exactly equal scores are ordered by ``ties`` as in
     :class:`~graphrerank.rerankers.Diffusion`.
 
+    All-vs-all at rank :math:`\min(2000, N - 1)` this gives 93.63 on Corel-1k and 84.29 on the
+    digits set, against 93.60 / 84.29 for the exact solve (ties by index) and 93.54 / 84.47 for
+    the manifold-diffusion port's FSR (``tests/rerankers/test_diffusion_real.py``).
+
     The eigensolver (``eigensolver``): dense :func:`torch.linalg.eigh` on the database's device up
     to :data:`~graphrerank.diffusion.DENSE_EIGEN_LIMIT` items, SciPy's Lanczos ``eigsh`` on the
     CPU above; a CUDA database above the limit needs ``eigensolver="dense"`` (it is never copied
