@@ -2,12 +2,20 @@
 
 Online diffusion (:func:`diffusion_operator`, :func:`query_vector`, :func:`diffuse`), early
 truncation (:func:`truncated_diffuse`), regional pooling (:func:`gmp_weights`,
-:func:`pool_regions`) and fast spectral ranking (:func:`spectral_embedding`). The one-call
-re-rankers :func:`diffusion_rerank`, :func:`regional_diffusion_rerank` and :func:`fsr_rerank`
-are re-exported from :mod:`graphrerank.rerankers`.
+:func:`pool_regions`), fast spectral ranking (:func:`spectral_embedding`), offline diffusion
+with late truncation (:func:`offline_diffusion`) and R-DiP. The one-call re-rankers are also
+exported from :mod:`graphrerank.rerankers`.
 """
 
 from .cg import CGResult, conjugate_gradient
+from .offline import (
+    late_truncation,
+    offline_diffusion,
+    offline_diffusion_rerank,
+    offline_diffusion_scores,
+    rdip_rerank,
+    self_first,
+)
 from .online import diffuse, diffusion_operator, query_entries, query_vector
 from .regional import gmp_weights, pool_regions
 from .spectral import DENSE_EIGEN_LIMIT, spectral_embedding, spectral_filter
@@ -22,10 +30,16 @@ __all__ = [
     "diffusion_rerank",
     "fsr_rerank",
     "gmp_weights",
+    "late_truncation",
+    "offline_diffusion",
+    "offline_diffusion_rerank",
+    "offline_diffusion_scores",
     "pool_regions",
     "query_entries",
     "query_vector",
+    "rdip_rerank",
     "regional_diffusion_rerank",
+    "self_first",
     "spectral_embedding",
     "spectral_filter",
     "truncated_diffuse",
