@@ -535,8 +535,8 @@ class RegionalDiffusion(Diffusion):
 def _settings(settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     settings = dict(settings)
     query_mask = settings.pop("query_mask", None)
-    if "graph_k" in settings:
-        settings["k"] = settings.pop("graph_k")
+    if "num_neighbors" in settings:
+        settings["k"] = settings.pop("num_neighbors")
     return settings, query_mask
 
 
@@ -551,12 +551,12 @@ def diffusion_rerank(
 
     See :class:`Diffusion` for the method, the settings and their reference defaults. Here
     ``k`` is the length of the ranked lists, so the graph's neighbour count (``Diffusion``'s
-    ``k``, reference 50) is passed as ``graph_k``; ``query_mask`` goes to ``rerank``.
+    ``k``, reference 50) is passed as ``num_neighbors``; ``query_mask`` goes to ``rerank``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
-        >>> out = diffusion_rerank(x[:2], x, k=4, graph_k=5, kq=3, backend="torch")
+        >>> out = diffusion_rerank(x[:2], x, k=4, num_neighbors=5, kq=3, backend="torch")
         >>> torch.equal(out.indices, Diffusion(k=5, kq=3, backend="torch").fit(x).rerank(x[:2], 4).indices)
         True
     """
@@ -575,13 +575,13 @@ def regional_diffusion_rerank(
     ``RegionalDiffusion(**settings).fit(database, image_ids).rerank(queries, k)``.
 
     See :class:`RegionalDiffusion`; as in :func:`diffusion_rerank` the graph's neighbour count
-    is passed as ``graph_k``.
+    is passed as ``num_neighbors``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> regions = torch.nn.functional.normalize(torch.randn(60, 4, generator=g), dim=1)
         >>> out = regional_diffusion_rerank(None, regions, torch.arange(60) // 3, k=5,
-        ...                                 graph_k=6, kq=6, backend="torch")
+        ...                                 num_neighbors=6, kq=6, backend="torch")
         >>> out.indices.shape
         torch.Size([20, 5])
     """

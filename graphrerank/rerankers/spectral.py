@@ -191,16 +191,16 @@ def fsr_rerank(
     ``FastSpectralRanking(**settings).fit(database).rerank(queries, k)``.
 
     See :class:`FastSpectralRanking`. Here ``k`` is the length of the ranked lists, so the
-    graph's neighbour count (the class's ``k``, reference 50) is passed as ``graph_k``.
+    graph's neighbour count (the class's ``k``, reference 50) is passed as ``num_neighbors``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
-        >>> fsr_rerank(None, x, k=3, graph_k=5, kq=3, rank=10, backend="torch").indices.shape
+        >>> fsr_rerank(None, x, k=3, num_neighbors=5, kq=3, rank=10, backend="torch").indices.shape
         torch.Size([30, 3])
     """
     settings = dict(settings)
     query_mask = settings.pop("query_mask", None)
-    if "graph_k" in settings:
-        settings["k"] = settings.pop("graph_k")
+    if "num_neighbors" in settings:
+        settings["k"] = settings.pop("num_neighbors")
     return FastSpectralRanking(**settings).fit(database).rerank(queries, k, query_mask=query_mask)

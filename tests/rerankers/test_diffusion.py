@@ -208,7 +208,13 @@ def test_regional_all_vs_all_uses_each_image_regions():
     )
     np.testing.assert_array_equal(out.indices.numpy(), expected)
     twin = regional_diffusion_rerank(
-        None, torch.from_numpy(v), torch.from_numpy(ids), k=24, graph_k=7, kq=6, backend="torch"
+        None,
+        torch.from_numpy(v),
+        torch.from_numpy(ids),
+        k=24,
+        num_neighbors=7,
+        kq=6,
+        backend="torch",
     )
     assert torch.equal(twin.indices, out.indices)
 
@@ -223,7 +229,7 @@ def test_regional_without_ids_is_global_diffusion():
 def test_function_twin_equals_the_class():
     x = torch.from_numpy(_clusters(n=40, spread=0.6, seed=9))
     q = torch.from_numpy(_queries(near=x[:3].numpy()))
-    a = diffusion_rerank(q, x, k=10, graph_k=6, kq=4, backend="torch")
+    a = diffusion_rerank(q, x, k=10, num_neighbors=6, kq=4, backend="torch")
     b = Diffusion(k=6, kq=4, backend="torch").fit(x).rerank(q, k=10)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
 

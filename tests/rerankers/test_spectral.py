@@ -82,7 +82,7 @@ def test_scipy_and_dense_eigensolvers_rank_alike():
 def test_function_twin():
     x, q = _data()
     xt, qt = torch.from_numpy(x), torch.from_numpy(q)
-    a = fsr_rerank(qt, xt, k=5, graph_k=8, kq=4, rank=20, backend="torch")
+    a = fsr_rerank(qt, xt, k=5, num_neighbors=8, kq=4, rank=20, backend="torch")
     b = FastSpectralRanking(k=8, kq=4, rank=20, backend="torch").fit(xt).rerank(qt, k=5)
     assert torch.equal(a.indices, b.indices)
 
