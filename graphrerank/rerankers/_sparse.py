@@ -38,6 +38,11 @@ __all__ = [
 #: Elements of one dense working block (scores of a row block, a dense accumulator, ...).
 BLOCK_ELEMENTS = 2**22
 
+#: A query's shortlist holds its ``k + SHORTLIST_MARGIN`` nearest database items: the deeper
+#: the shortlist, the tighter the bound on the items outside it, the fewer of them need their
+#: original score computed.
+SHORTLIST_MARGIN = 400
+
 
 # ----------------------------------------------------------------------------- blocked scan
 def _merge(
@@ -141,7 +146,8 @@ def graph_lists(
     where the first ``graph_k`` entries are exact and the rest (up to ``length``) are further
     known pairs (for looking scores up); ``extreme`` :math:`(M,)` (with ``extreme=True``, the
     row maxima of a distance); ``short_indices``/``short_values``: each query row's
-    ``max(k, length)`` nearest *database* items (positions in the database), exact; and
+    ``max(k + SHORTLIST_MARGIN, length)`` nearest *database* items (positions in the
+    database), exact; and
     ``query_ids``: the node of each query row (all database nodes all-vs-all).
 
     ``gallery`` holds the database-only lists of an earlier pass (``indices``, ``values``
@@ -150,7 +156,7 @@ def graph_lists(
     nq, ng = nodes.nq, nodes.ng
     dev, dt = nodes.device, nodes.dtype
     kw = {"largest": largest, "extreme": extreme, "device": dev, "dtype": dt, "budget": budget}
-    kq = min(ng, max(k, length))
+    kq = min(ng, max(k + SHORTLIST_MARGIN, length))
     need = kq if nq == 0 else min(ng, length)
     if gallery is None or gallery["indices"].shape[1] < need:
         g = scan(nodes.block_fn("g", "g"), ng, ng, need, **kw)
@@ -213,16 +219,13 @@ class FeatureNodes:
         self.ng = int(database.shape[0])
         self.m = self.nq + self.ng
         self.device, self.dtype = database.device, database.dtype
+        self.g_sq = self.q_sq = None
         if metric == "l2":
             self.g_sq = database.pow(2).sum(1)
             self.q_sq = None if queries is None else queries.pow(2).sum(1)
 
     def _part(self, which: str):
-        return (
-            (self.q, getattr(self, "q_sq", None))
-            if which == "q"
-            else (self.g, getattr(self, "g_sq", None))
-        )
+        return (self.q, self.q_sq) if which == "q" else (self.g, self.g_sq)
 
     def block_fn(self, rows: str, cols: str) -> Callable[[int, int, int, int], Tensor]:
         """``block(r0, r1, c0, c1)`` over the ``rows`` x ``cols`` parts (``"q"`` or ``"g"``)."""
@@ -244,35 +247,36 @@ class FeatureNodes:
 
         return block
 
-    def features(self, ids: Tensor) -> Tensor:
-        if self.q is None:
-            return self.g[ids]
-        out = torch.empty(ids.shape[0], self.g.shape[1], device=self.device, dtype=self.dtype)
-        isq = ids < self.nq
-        out[isq] = self.q[ids[isq]]
-        out[~isq] = self.g[ids[~isq] - self.nq]
-        return out
-
-    def _sq(self, ids: Tensor) -> Tensor:
-        if self.q is None:
-            return self.g_sq[ids]
-        return torch.where(
-            ids < self.nq,
-            self.q_sq[ids.clamp(max=self.nq - 1)],
-            self.g_sq[(ids - self.nq).clamp(min=0)],
-        )
-
     def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Scores of the node pairs ``(rows[p], cols[p])``, computed in blocks."""
         out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
+        if self.q is None:
+            parts = [(slice(None), self.g, self.g_sq, rows, self.g, self.g_sq, cols)]
+        else:
+            parts = []
+            rq, cq = rows < self.nq, cols < self.nq
+            q, g, qs, gs, nq = self.q, self.g, self.q_sq, self.g_sq, self.nq
+            for sel, xr, sr, ro, xc, sc, co in (
+                (rq & cq, q, qs, 0, q, qs, 0),
+                (rq & ~cq, q, qs, 0, g, gs, nq),
+                (~rq & cq, g, gs, nq, q, qs, 0),
+                (~rq & ~cq, g, gs, nq, g, gs, nq),
+            ):
+                where = sel.nonzero().flatten()
+                if where.numel():
+                    parts.append((where, xr, sr, rows[where] - ro, xc, sc, cols[where] - co))
         step = max(1, BLOCK_ELEMENTS // (2 * self.g.shape[1]))
-        for a in range(0, rows.shape[0], step):
-            r, c = rows[a : a + step], cols[a : a + step]
-            s = (self.features(r) * self.features(c)).sum(1)
-            if self.metric == "l2":
-                s = (self._sq(r) + self._sq(c)).sub_(s, alpha=2).clamp_(min=0)
-                s = s.masked_fill_(r == c, 0)
-            out[a : a + step] = s
+        for where, xr, sr, r_all, xc, sc, c_all in parts:
+            res = torch.empty(r_all.shape[0], device=self.device, dtype=self.dtype)
+            for a in range(0, r_all.shape[0], step):
+                r, c = r_all[a : a + step], c_all[a : a + step]
+                s = (xr.index_select(0, r) * xc.index_select(0, c)).sum(1)
+                if self.metric == "l2":
+                    s = (sr[r] + sc[c]).sub_(s, alpha=2).clamp_(min=0)
+                    if xr is xc:
+                        s = s.masked_fill_(r == c, 0)
+                res[a : a + step] = s
+            out[where] = res
         return out
 
 
@@ -366,21 +370,27 @@ def pair_overlap(
 
     ``rows_a`` is a CSR :math:`(R, L)` block of rows, ``inv_b`` the CSR :math:`(L, C)` inverted
     index of the other rows (:math:`b^\top`), ``out`` a dense :math:`(R, C)` accumulator and
-    ``op`` ``"min"`` or ``"mul"``. Only pairs that share a non-zero column are touched.
+    ``op`` ``"min"`` or ``"mul"``. Only pairs that share a non-zero column are touched: every
+    entry :math:`a_{il}` meets the whole list of column :math:`l`.
     """
     col = rows_a.col_indices()
-    val = rows_a.values()
-    row = csr_row_ids(rows_a)
     icrow = inv_b.crow_indices()
     start = icrow[col]
     counts = icrow[col + 1] - start
-    entry, rank = _expand(counts)
-    pos = start[entry] + rank
-    partner = inv_b.col_indices()[pos]
+    total = int(counts.sum())
+    if total == 0:
+        return
+    # position in the inverted index of every (entry, partner) pair
+    offset = start - (torch.cumsum(counts, 0) - counts)
+    pos = torch.arange(total, device=col.device)
+    pos += torch.repeat_interleave(offset, counts, output_size=total)
     b = inv_b.values()[pos]
-    a = val[entry]
-    contrib = torch.minimum(a, b) if op == "min" else a * b
-    out.view(-1).index_add_(0, row[entry] * out.shape[1] + partner, contrib)
+    key = inv_b.col_indices()[pos]
+    del pos
+    key += torch.repeat_interleave(csr_row_ids(rows_a) * out.shape[1], counts, output_size=total)
+    a = torch.repeat_interleave(rows_a.values(), counts, output_size=total)
+    contrib = torch.minimum(a, b, out=a) if op == "min" else a.mul_(b)
+    out.view(-1).index_add_(0, key, contrib)
 
 
 def overlap_cost(rows_a: Tensor, inv_b: Tensor) -> Tensor:
@@ -425,6 +435,7 @@ def select_topk(
     k: int,
     score: Callable[[Tensor, Tensor], Tensor],
     base_of: Callable[[Tensor, Tensor], Tensor],
+    min_overlap: Callable[[Tensor, Tensor], Tensor],
     *,
     higher_base_is_better: bool,
 ) -> tuple[Tensor, Tensor]:
@@ -437,7 +448,8 @@ def select_topk(
     ``score`` increases with the overlap and with the quality of the base, so an item outside
     the shortlist with overlap 0 cannot beat the shortlist, and one with an overlap needs its
     base (``base_of(rows, cols)``) only when its bound reaches the row's ``k``-th best
-    shortlist score.
+    shortlist score, that is when its overlap is at least ``min_overlap(kth, bound)`` (a
+    per-row threshold; it may err low, never high).
 
     Returns:
         ``(scores, indices)`` :math:`(R, k)`, best first; equal scores are ordered by the
@@ -449,7 +461,9 @@ def select_topk(
     s_short = score(overlap.gather(1, short_idx), short_base)
     kth = s_short.topk(k, dim=1).values[:, -1]
     overlap.scatter_(1, short_idx, 0)  # what is left: overlaps outside the shortlists
-    sr, sc = overlap.nonzero(as_tuple=True)
+    floor = min_overlap(kth, short_base[:, -1])
+    floor = torch.where(floor > 0, floor, torch.finfo(dt).tiny)  # and an overlap at all
+    sr, sc = (overlap >= floor[:, None]).nonzero(as_tuple=True)
     p = overlap[sr, sc]
     keep = score(p, short_base[sr, -1]) >= kth[sr]
     sr, sc, p = sr[keep], sc[keep], p[keep]
@@ -467,7 +481,12 @@ def select_topk(
         idx[sr, pos] = sc
         key[sr, pos] = score(p, b)
         base[sr, pos] = b
-    # lexicographic order: score (descending), then base (better first)
+    # the k best by score; every item tied with the k-th comes along, then the base orders
+    # equal scores (better first)
+    kth = key.topk(k, dim=1).values[:, -1:]
+    take = int((key >= kth).sum(1).max())
+    key, pos = key.topk(take, dim=1)
+    idx, base = idx.gather(1, pos), base.gather(1, pos)
     order = torch.sort(base, dim=1, descending=higher_base_is_better, stable=True).indices
     by_key = torch.sort(key.gather(1, order), dim=1, descending=True, stable=True).indices
     order = order.gather(1, by_key)[:, :k]

@@ -14,9 +14,9 @@ from .base import Reranker
 
 __all__ = ["GNNRerank", "gnn_rerank"]
 
-#: Neighbours kept per item: at least this many, so that rankings up to this length need no
-#: second search.
-LIST_LENGTH = 100
+#: Neighbours kept per database item at fit: enough for all-vs-all rankings of length
+#: ``LIST_LENGTH - SHORTLIST_MARGIN`` (100) without a second search.
+LIST_LENGTH = 500
 
 
 def _propagate(
@@ -47,6 +47,12 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
     def score(p: Tensor, cos: Tensor) -> Tensor:
         return (1 - lam) * p + lam * cos if lam else p
 
+    def min_overlap(kth: Tensor, cos: Tensor) -> Tensor:
+        if lam == 1:
+            return torch.full_like(kth, float("inf"))
+        p = (kth - lam * cos) / (1 - lam)
+        return p - 1e-6 * p.abs() - 1e-12  # err low: candidates are re-scored
+
     # rows of about equal work: each row's share of the sparse product
     cost = sp.overlap_cost(aq, ag_t)
     nrows = aq.shape[0]
@@ -60,8 +66,9 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
             return nodes.pairs(r + r0, c + nq)
 
         s, i = sp.select_topk(
-            buf, short_idx[r0:r1], short_s[r0:r1], k, score, base_of, higher_base_is_better=True
-        )
+            buf, short_idx[r0:r1], short_s[r0:r1], k, score, base_of, min_overlap,
+            higher_base_is_better=True,
+        )  # fmt: skip
         scores[r0:r1], indices[r0:r1] = s, i
     return RerankResult(scores, indices)
 
@@ -116,7 +123,9 @@ class GNNRerank(Reranker):
     :math:`2 k_2 k_1`, ... non-zeros), the final scores are summed over pairs that share a
     non-zero column only, and the top-``k`` is taken over those pairs and each query's nearest
     items, which is exactly the top-``k`` of the dense formula. ``max_nonzeros`` bounds the
-    rows for very large graphs (an approximation; off by default).
+    rows for very large graphs (an approximation; off by default). :meth:`fit` keeps each
+    database item's 500 most similar items, so that ``rerank(None, k)`` with ``k <= 100``
+    needs no second search.
 
     Args:
         k1: Length :math:`k_1` of the initial neighbour lists (reference 26).

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .._checks import as_tensor, check_int, check_k, check_real, check_same_device
-from ..graph._csr import csr_from_rows, csr_rows, csr_transpose
+from ..graph._csr import csr_from_rows, csr_rows, csr_transpose, sparse_csr
 from ..nn import WeightedPropagation
 from ..typing import RerankResult, TensorLike
 from . import _sparse as sp
@@ -14,9 +14,9 @@ from .base import Reranker
 
 __all__ = ["KReciprocal", "kreciprocal_rerank", "kreciprocal_rerank_distances"]
 
-#: Neighbours kept per item: at least this many, so that rankings up to this length need no
-#: second search.
-LIST_LENGTH = 100
+#: Neighbours kept per database item at fit: enough for all-vs-all rankings of length
+#: ``LIST_LENGTH - SHORTLIST_MARGIN`` (100) without a second search.
+LIST_LENGTH = 500
 
 
 def _half(k1: int) -> int:
@@ -29,16 +29,28 @@ def _list_length(k1: int, k2: int, m: int) -> int:
 
 
 # ----------------------------------------------------------------------------- encoding
-def _reciprocal(lists: Tensor, budget: int) -> Tensor:
-    """``mask[i, t]``: node ``i`` is in the list of its ``t``-th neighbour ``lists[i, t]``."""
+def _reciprocal(lists: Tensor) -> Tensor:
+    """``mask[i, t]``: node ``i`` is in the list of its ``t``-th neighbour ``lists[i, t]``.
+
+    Edge :math:`i \to j` is reciprocal when edge :math:`j \to i` exists: the key
+    :math:`iM + j` of one edge equals the reversed key :math:`jM + i` of the other, so one sort
+    of all keys and reversed keys pairs them up.
+    """
     m, w = lists.shape
-    out = torch.empty(m, w, dtype=torch.bool, device=lists.device)
-    step = max(1, budget // (w * w))
-    for a in range(0, m, step):
-        b = min(m, a + step)
-        me = torch.arange(a, b, device=lists.device)[:, None, None]
-        out[a:b] = (lists[lists[a:b]] == me).any(-1)
-    return out
+    e = m * w
+    src = torch.arange(m, device=lists.device).repeat_interleave(w)
+    dst = lists.flatten()
+    keys, order = torch.cat([src * m + dst, dst * m + src]).sort()
+    same = keys[1:] == keys[:-1]  # a key next to the reversed key of its reverse edge
+    a, b = order[:-1][same], order[1:][same]
+    found = torch.zeros(e, dtype=torch.bool, device=lists.device)
+    found[torch.where(a >= e, a, b) - e] = True
+    return found.view(m, w)
+
+
+#: Length of the neighbour lists searched for the distances of encoded pairs (pairs beyond
+#: them are computed).
+LOOKUP_LENGTH = 100
 
 
 def _encode(
@@ -48,42 +60,37 @@ def _encode(
     :math:`(M, M)` matrix, from each node's neighbour list ``nbr`` (ascending distance, the
     node itself first) with raw distances ``nbr_d`` and row maxima ``row_max``."""
     m = nbr.shape[0]
+    dev = nbr.device
     n1 = min(k1 + 1, m)
     nh = min(_half(k1) + 1, m)
     first, half = nbr[:, :n1], nbr[:, :nh]
-    rec1 = _reciprocal(first, budget)
-    rech = _reciprocal(half, budget)
-    # padded member lists of R*(i): R(i, k1) then R(c, k1/2) for every accepted candidate c
-    width = n1 + n1 * nh
-    step = max(1, budget // (n1 * nh * n1 + width * 4))
-    # neighbour lists sorted by node id, to look distances up
-    sorted_ids, order = nbr.sort(dim=1)
-    sorted_d = nbr_d.gather(1, order)
-    cols_all, vals_all = [], []
+    rec1 = _reciprocal(first)
+    rech = _reciprocal(half)
+    # each node's list sorted by node id, to look distances up
+    lookup = min(nbr.shape[1], max(n1, LOOKUP_LENGTH))
+    sorted_ids, order = nbr[:, :lookup].sort(dim=1)
+    sorted_d = nbr_d[:, :lookup].gather(1, order)
+    width = n1 + n1 * nh  # R(i, k1), then R(c, k1/2) of every candidate c
+    step = max(1, budget // (4 * width))
+    counts, cols, vals = [], [], []
     for a in range(0, m, step):
         b = min(m, a + step)
         f, r1 = first[a:b], rec1[a:b]
-        r = torch.where(r1, f, -1)  # R(i, k1), -1 elsewhere
-        h = torch.where(rech[f], half[f], -2)  # R(c, k1/2) of each candidate c = f[i, t]
-        size = (h >= 0).sum(-1)
-        inter = (h[..., None] == r[:, None, None, :]).any(-1).sum(-1)
+        r_sorted = torch.where(r1, f, m).sort(dim=1).values  # R(i, k1), padded with m
+        h = torch.where(rech[f], half[f], m)  # R(c, k1/2) of each candidate c = f[i, t]
+        size = (h < m).sum(-1)
+        flat = h.flatten(1)
+        pos = torch.searchsorted(r_sorted, flat).clamp_(max=n1 - 1)
+        inside = (r_sorted.gather(1, pos) == flat) & (flat < m)
+        inter = inside.view_as(h).sum(-1)
         accept = r1 & (3 * inter > 2 * size)  # |R(c) & R(i)| > 2/3 |R(c)|, in integers
-        members = torch.cat(
-            [
-                torch.where(r1, f, m),
-                torch.where(accept[..., None] & (h >= 0), h, m).flatten(1),
-            ],
-            dim=1,
-        )
+        members = torch.cat([r_sorted, torch.where(accept[..., None], h, m).flatten(1)], dim=1)
         members = members.sort(dim=1).values
         dup = torch.zeros_like(members, dtype=torch.bool)
         dup[:, 1:] = members[:, 1:] == members[:, :-1]
-        members = members.masked_fill(dup, m)
-        valid = members < m
+        valid = (members < m) & ~dup
         # distances d(i, j): from i's own list where j is in it, else computed
-        pos = torch.searchsorted(sorted_ids[a:b], members.clamp(max=m - 1)).clamp(
-            max=nbr.shape[1] - 1
-        )
+        pos = torch.searchsorted(sorted_ids[a:b], members).clamp_(max=lookup - 1)
         hit = sorted_ids[a:b].gather(1, pos) == members
         d = sorted_d[a:b].gather(1, pos)
         miss = valid & ~hit
@@ -91,23 +98,21 @@ def _encode(
             mr, mc = miss.nonzero(as_tuple=True)
             d[mr, mc] = nodes.pairs(mr + a, members[mr, mc])
         rm = row_max[a:b, None]
-        dn = torch.where(rm > 0, d / rm.clamp(min=torch.finfo(d.dtype).tiny), torch.zeros_like(d))
+        dn = torch.where(rm > 0, d / rm.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
         w = torch.exp(-dn).masked_fill_(~valid, 0)
         w = w / w.sum(1, keepdim=True)
-        cols_all.append(members)
-        vals_all.append(w)
-    rows_w = max(c.shape[1] for c in cols_all)
-    cols = torch.cat(
-        [torch.nn.functional.pad(c, (0, rows_w - c.shape[1]), value=m) for c in cols_all]
-    )
-    vals = torch.cat([torch.nn.functional.pad(v, (0, rows_w - v.shape[1])) for v in vals_all])
-    v = csr_from_rows(cols, vals, m)
+        counts.append(valid.sum(1))
+        cols.append(members[valid])
+        vals.append(w[valid])
+    crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
+    crow[1:] = torch.cat(counts).cumsum(0)
+    v = sparse_csr(crow, torch.cat(cols), torch.cat(vals), (m, m))
     if k2 == 1:
         return v
     # local query expansion: V_i <- mean of V_j over the first k2 of i's original ranking
     n2 = min(k2, m)
-    qe_cols, perm = nbr[:, :n2].sort(dim=1)
-    qe = csr_from_rows(qe_cols, torch.full_like(qe_cols, 1.0 / n2, dtype=vals.dtype), m)
+    qe_cols = nbr[:, :n2].sort(dim=1).values
+    qe = csr_from_rows(qe_cols, torch.full_like(qe_cols, 1.0 / n2, dtype=v.dtype), m)
     return WeightedPropagation()(v, qe)
 
 
@@ -144,6 +149,13 @@ def _rank(
         dj = 1 - p / (2 - p)
         return 0.0 - ((1 - lam) * dj + lam * dn)  # 0.0 - x: no negative zeros
 
+    def min_overlap(kth: Tensor, dn: Tensor) -> Tensor:
+        # score(p, dn) >= kth  <=>  p / (2 - p) >= u  <=>  p >= 2u / (1 + u)
+        if lam == 1:
+            return torch.full_like(kth, float("inf"))
+        u = 1 - (-kth - lam * dn) / (1 - lam)
+        return (2 * u / (1 + u)) * (1 - 1e-6) - 1e-12  # err low: candidates are re-scored
+
     cost = sp.overlap_cost(vq, inv)
     nrows = vq.shape[0]
     scores = torch.empty(nrows, k, dtype=v.dtype, device=v.device)
@@ -158,8 +170,9 @@ def _rank(
             return nodes.pairs(rows, c + nq) / row_max[rows]
 
         s, i = sp.select_topk(
-            buf, short_idx[a:b], dn_short[a:b], k, score, base_of, higher_base_is_better=False
-        )
+            buf, short_idx[a:b], dn_short[a:b], k, score, base_of, min_overlap,
+            higher_base_is_better=False,
+        )  # fmt: skip
         scores[a:b], indices[a:b] = s, i
     return RerankResult(scores, indices)
 
@@ -245,8 +258,10 @@ class KReciprocal(Reranker):
     an overlap and each query's ``k`` nearest items, which is exactly the top-``k`` of the
     dense formula. Memory grows as :math:`O(M k)` plus fixed-size blocks, never :math:`M^2`.
 
-    :meth:`fit` keeps each database item's ``max(k1 + 1, k2, 100)`` nearest items, so
-    ``rerank(None, k)`` with ``k`` up to that length needs no second search.
+    :meth:`fit` keeps each database item's 500 nearest items (:math:`O(N)` memory), so that
+    ``rerank(None, k)`` with ``k <= 100`` needs no second search; a query's shortlist holds
+    its ``k + 400`` nearest database items, so that few pairs outside it need their distance
+    computed.
 
     Args:
         k1: Neighbourhood size :math:`k_1` of the k-reciprocal sets (reference 20).

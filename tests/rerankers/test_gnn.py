@@ -115,6 +115,7 @@ def test_float32_agrees_with_float64_reference():
 
 def test_short_lists_and_small_blocks(monkeypatch):
     monkeypatch.setattr(gnn, "LIST_LENGTH", 3)
+    monkeypatch.setattr(_sparse, "SHORTLIST_MARGIN", 0)
     monkeypatch.setattr(_sparse, "BLOCK_ELEMENTS", 97)
     x = _sphere(48, 4, seed=5)
     for nq, k, lam in ((8, 40, 0.3), (0, 48, 0.0), (8, 4, 0.0), (0, 4, 0.3)):

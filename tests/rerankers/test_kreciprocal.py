@@ -149,6 +149,7 @@ def test_short_lists_and_small_blocks(monkeypatch):
     """Short stored lists (second search, distances computed for pairs outside the lists) and
     tiny blocks (every chunked loop runs many times) change nothing."""
     monkeypatch.setattr(kreciprocal, "LIST_LENGTH", 3)
+    monkeypatch.setattr(_sparse, "SHORTLIST_MARGIN", 0)
     monkeypatch.setattr(_sparse, "BLOCK_ELEMENTS", 97)
     x = _clusters(48, 4, seed=5)
     for nq, k in ((8, 40), (0, 48), (8, 4), (0, 4)):
