@@ -47,7 +47,14 @@ from _common import isolated, machine, median, rss_mb, table, timed
 
 
 def _data(nq, ng, dim, classes, seed=0):
+    import os
+
+    import torch
+
     from graphrerank.datasets import make_retrieval_dataset
+
+    if os.environ.get("BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 
     ds = make_retrieval_dataset(
         num_items=ng, dim=dim, num_classes=classes, num_queries=nq, seed=seed
@@ -187,8 +194,15 @@ def main(argv=None):
     p.add_argument("--gnn-lambda", type=float, default=0.3)
     p.add_argument("--gnn-prune", type=int, default=64, help="max_nonzeros row; 0 to skip")
     p.add_argument("--no-reference", action="store_true", help="skip the dense references")
+    p.add_argument("--threads", type=int, help="threads of torch and BLAS (default: all)")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
+    if args.threads:
+        import os
+
+        # read by the measuring processes (BLAS reads its variables at start-up)
+        for var in ("BENCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
     classes = args.classes or max(10, args.gallery // 26)
     common = {"nq": args.queries, "ng": args.gallery, "dim": args.dim, "classes": classes}
 
@@ -273,7 +287,8 @@ def main(argv=None):
         f"Command: python benchmarks/bench_kreciprocal.py {shown}\n"
         f"Q = {args.queries} queries + N = {args.gallery} database items, d = {args.dim}, "
         f"{classes} classes, k = {args.k}; median of {args.repeats} runs after one warm-up "
-        f"(references: {args.reference_repeats} run)\n\n" + table(rows, cols)
+        f"(references: {args.reference_repeats} run); measuring processes use "
+        f"{args.threads or 'all'} thread(s)\n\n" + table(rows, cols)
     )
     print(text)
     if args.out:

@@ -49,8 +49,16 @@ def _merge(
     vals: Tensor | None, idx: Tensor | None, block: Tensor, offset: int, k: int, largest: bool
 ):
     """The ``k`` best of a running selection and of a new block whose column ``c`` is
-    item ``offset + c`` (the block is reduced to its own ``k`` best first)."""
-    v, i = block.topk(min(k, block.shape[1]), dim=1, largest=largest)
+    item ``offset + c``. The block is reduced first, to as many entries as the most any row
+    has that beat its current ``k``-th best (after the first blocks, few)."""
+    kk = min(k, block.shape[1])
+    if vals is not None and vals.shape[1] == k:
+        worst = vals[:, -1:]
+        better = block > worst if largest else block < worst
+        kk = min(kk, int(better.sum(1).max()))
+        if kk == 0:
+            return vals, idx
+    v, i = block.topk(kk, dim=1, largest=largest)
     i += offset
     if vals is None:
         return v, i
