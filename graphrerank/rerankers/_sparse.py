@@ -45,6 +45,15 @@ SHORTLIST_MARGIN = 400
 
 
 # ----------------------------------------------------------------------------- blocked scan
+def topk(x: Tensor, k: int, largest: bool = True) -> tuple[Tensor, Tensor]:
+    """``x.topk(k, dim=1)``, through a full sort when ``k`` is a large part of a row (where
+    sorting is the faster of the two)."""
+    if 4 * k > x.shape[1]:
+        v, i = x.sort(dim=1, descending=largest)
+        return v[:, :k], i[:, :k]
+    return x.topk(k, dim=1, largest=largest)
+
+
 def _merge(
     vals: Tensor | None, idx: Tensor | None, block: Tensor, offset: int, k: int, largest: bool
 ):
@@ -58,12 +67,12 @@ def _merge(
         kk = min(kk, int(better.sum(1).max()))
         if kk == 0:
             return vals, idx
-    v, i = block.topk(kk, dim=1, largest=largest)
+    v, i = topk(block, kk, largest)
     i += offset
     if vals is None:
         return v, i
     cv, ci = torch.cat([vals, v], 1), torch.cat([idx, i], 1)
-    v, pos = cv.topk(min(k, cv.shape[1]), dim=1, largest=largest)
+    v, pos = topk(cv, min(k, cv.shape[1]), largest)
     return v, ci.gather(1, pos)
 
 
@@ -186,7 +195,7 @@ def graph_lists(
 
     def best(parts_i: list[Tensor], parts_v: list[Tensor]) -> tuple[Tensor, Tensor]:
         ci, cv = torch.cat(parts_i, 1), torch.cat(parts_v, 1)
-        v, pos = cv.topk(min(length, cv.shape[1]), dim=1, largest=largest)
+        v, pos = topk(cv, min(length, cv.shape[1]), largest)
         return ci.gather(1, pos), v
 
     # query rows: exact over all nodes; database rows: the queries enter their lists
@@ -467,7 +476,7 @@ def select_topk(
     dev, dt = overlap.device, overlap.dtype
     s = short_idx.shape[1]
     s_short = score(overlap.gather(1, short_idx), short_base)
-    kth = s_short.topk(k, dim=1).values[:, -1]
+    kth = topk(s_short, k)[0][:, -1]
     overlap.scatter_(1, short_idx, 0)  # what is left: overlaps outside the shortlists
     floor = min_overlap(kth, short_base[:, -1])
     floor = torch.where(floor > 0, floor, torch.finfo(dt).tiny)  # and an overlap at all
@@ -491,10 +500,11 @@ def select_topk(
         base[sr, pos] = b
     # the k best by score; every item tied with the k-th comes along, then the base orders
     # equal scores (better first)
-    kth = key.topk(k, dim=1).values[:, -1:]
-    take = int((key >= kth).sum(1).max())
-    key, pos = key.topk(take, dim=1)
-    idx, base = idx.gather(1, pos), base.gather(1, pos)
+    if 4 * k <= width:  # narrow the field first
+        kth = topk(key, k)[0][:, -1:]
+        take = int((key >= kth).sum(1).max())
+        key, pos = topk(key, take)
+        idx, base = idx.gather(1, pos), base.gather(1, pos)
     order = torch.sort(base, dim=1, descending=higher_base_is_better, stable=True).indices
     by_key = torch.sort(key.gather(1, order), dim=1, descending=True, stable=True).indices
     order = order.gather(1, by_key)[:, :k]
