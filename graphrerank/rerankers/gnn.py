@@ -152,7 +152,7 @@ class GNNRerank(Reranker):
     Example:
         >>> angles = torch.tensor([0.0, 0.1, 0.25, 0.45, 1.5, 1.6, 1.8, 2.1], dtype=torch.float64)
         >>> x = torch.stack([angles.cos(), angles.sin()], 1)  # two arcs on the unit circle
-        >>> q = torch.tensor([[0.05], [1.7]], dtype=torch.float64)
+        >>> q = torch.tensor([[0.07], [1.7]], dtype=torch.float64)
         >>> q = torch.cat([q.cos(), q.sin()], 1)
         >>> out = GNNRerank(k1=3, k2=2).fit(x).rerank(q, k=5)
         >>> out.indices
