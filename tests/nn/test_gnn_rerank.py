@@ -37,15 +37,15 @@ def test_one_layer_by_hand():
     assert_close(out[2], row2 / row2.norm())
 
 
-def test_sparse_equals_dense_and_is_a_message_passing_layer():
+def test_sparse_equals_dense_and_is_a_message_passing_layer(device):
     nbr, sim = _lists()
-    a, p = gnn_rerank_graph(nbr, sim, k1=8, k2=4)
+    a, p = gnn_rerank_graph(nbr.to(device), sim.to(device), k1=8, k2=4)
     conv = GNNRerankConv()
     assert isinstance(conv, WeightedPropagation)
     sparse, dense = a, a.to_dense()
     for _ in range(3):
         sparse, dense = conv(sparse, p), conv(dense, p)
-        assert sparse.layout == torch.sparse_csr
+        assert sparse.layout == torch.sparse_csr and sparse.device.type == device
         assert_close(sparse.to_dense(), dense)
     rows = sparse.to_dense().norm(dim=1)
     assert_close(rows, torch.ones_like(rows))
