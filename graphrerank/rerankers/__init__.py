@@ -11,7 +11,9 @@ from .expansion import (
     average_query_expansion,
     database_augmentation,
 )
+from .gnn import GNNRerank, gnn_rerank
 from .knn import KNN
+from .kreciprocal import KReciprocal, kreciprocal_rerank, kreciprocal_rerank_distances
 from .offline import OfflineDiffusion, RDiP
 from .pipeline import Pipeline
 from .spectral import FastSpectralRanking, fsr_rerank
@@ -25,6 +27,8 @@ __all__ = [
     "DatabaseAugmentation",
     "Diffusion",
     "FastSpectralRanking",
+    "GNNRerank",
+    "KReciprocal",
     "NotFittedError",
     "OfflineDiffusion",
     "Pipeline",
@@ -37,6 +41,9 @@ __all__ = [
     "database_augmentation",
     "diffusion_rerank",
     "fsr_rerank",
+    "gnn_rerank",
+    "kreciprocal_rerank",
+    "kreciprocal_rerank_distances",
     "offline_diffusion_rerank",
     "rdip_rerank",
     "regional_diffusion_rerank",
@@ -46,6 +53,8 @@ __all__ = [
 #: Every public re-ranker class; the shared contract test and the demo iterate over it.
 RERANKERS: tuple[type[Reranker], ...] = (
     KNN,
+    KReciprocal,
+    GNNRerank,
     AverageQueryExpansion,
     AlphaQueryExpansion,
     DatabaseAugmentation,
