@@ -2,8 +2,23 @@
 
 from .base import NotFittedError, Reranker
 from .knn import KNN
+from .learned import LocalDescriptorReranker, local_descriptor_rerank
 
-__all__ = ["KNN", "RERANKERS", "NotFittedError", "Reranker"]
+__all__ = [
+    "KNN",
+    "RERANKERS",
+    "RERANKERS_WITH_LOCAL",
+    "LocalDescriptorReranker",
+    "NotFittedError",
+    "Reranker",
+    "local_descriptor_rerank",
+]
 
-#: Every public re-ranker class; the shared contract test and the demo iterate over it.
+#: Every public re-ranker class that needs only global descriptors; the shared contract test and
+#: the demo iterate over it.
 RERANKERS: tuple[type[Reranker], ...] = (KNN,)
+
+#: Re-rankers that also need local descriptors (``fit(database, local=...)``,
+#: ``rerank(queries, k, local=...)``) and usually a trained model. They keep the same contract,
+#: checked with local descriptors by their own test (``tests/rerankers/test_learned.py``).
+RERANKERS_WITH_LOCAL: tuple[type[Reranker], ...] = (LocalDescriptorReranker,)
