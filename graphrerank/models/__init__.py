@@ -2,7 +2,7 @@
 compact storage and training (learned shortlist re-ranking as in RRT, AMES and LOCORE)."""
 
 from .fusion import FusionResult, fuse_scores, rerank_shortlist, tune_fusion
-from .graph import EDGE_C2Q, EDGE_INTRA, EDGE_Q2C, match_graph
+from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, EDGE_Q2C, match_graph
 from .matcher import LocalMatcher
 from .scoring import chamfer_similarity, score_shortlist, sliding_windows
 from .storage import STORAGES, StoredLocal, bytes_per_image, compress_local, decode_local
@@ -10,6 +10,7 @@ from .train import TrainResult, mine_shortlists, train_matcher
 
 __all__ = [
     "EDGE_C2Q",
+    "EDGE_GLOBAL",
     "EDGE_INTRA",
     "EDGE_Q2C",
     "STORAGES",

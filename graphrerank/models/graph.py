@@ -14,6 +14,11 @@ RRT and AMES; :math:`W > 1`: a list, as in LOCORE). Three kinds of directed edge
   :math:`k_{\text{cross}}` most similar descriptors among *all* the graph's candidates (in a
   list, candidates compete for the query's attention).
 
+With global descriptors, every image also gets a **global node** (as the global tokens of
+RRT), linked both ways to each of its local nodes (``EDGE_GLOBAL``), and the query's global
+node is linked both ways to each candidate's (``EDGE_Q2C`` / ``EDGE_C2Q``, carrying the global
+cosine).
+
 Correspondences are exact nearest neighbours by cosine similarity
 :math:`s_{ij} = \hat{\mathbf{x}}_i^\top \hat{\mathbf{x}}_j`, found for all graphs at once with
 batched matrix products and top-k (the torch backend of :func:`~graphrerank.graph.knn_search`,
@@ -21,8 +26,8 @@ batched because every graph searches its own small database). The number of edge
 :math:`(L_q + W L_c)(k_{\text{intra}} + k_{\text{cross}})`: it grows with :math:`k`, not with
 the :math:`L_q \times W L_c` pairs that all-pairs attention would touch.
 
-A batch of :math:`B` graphs is one disconnected graph in PyG's batch layout (``batch`` vector
-and ``ptr``), built without Python loops over graphs.
+A batch of :math:`B` graphs is one disconnected graph in PyG's batch layout (a ``batch``
+vector), built without Python loops over graphs.
 """
 
 from __future__ import annotations
@@ -33,10 +38,10 @@ from torch_geometric.data import Data
 
 from .._checks import check_int
 
-__all__ = ["EDGE_C2Q", "EDGE_INTRA", "EDGE_Q2C", "match_graph"]
+__all__ = ["EDGE_C2Q", "EDGE_GLOBAL", "EDGE_INTRA", "EDGE_Q2C", "match_graph"]
 
 #: Edge types of a match graph (``edge_type``).
-EDGE_INTRA, EDGE_Q2C, EDGE_C2Q = 0, 1, 2
+EDGE_INTRA, EDGE_Q2C, EDGE_C2Q, EDGE_GLOBAL = 0, 1, 2, 3
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -78,6 +83,8 @@ def match_graph(
     k_cross: int = 4,
     query_positions: Tensor | None = None,
     candidate_positions: Tensor | None = None,
+    query_global: Tensor | None = None,
+    candidate_global: Tensor | None = None,
 ) -> Data:
     r"""Build a batch of :math:`B` match graphs, each a query with :math:`W` candidates.
 
@@ -91,17 +98,23 @@ def match_graph(
             edges carry the displacement :math:`\mathbf{p}_j - \mathbf{p}_i` in units of the
             image's descriptor spread (position and scale invariant).
         candidate_positions: :math:`(B, W, L_c, 2)`, needed with ``query_positions``.
+        query_global: Optional :math:`(B, D_g)` global descriptors of the queries (adds the
+            global nodes).
+        candidate_global: :math:`(B, W, D_g)`, needed with ``query_global``.
 
     Returns:
         A :class:`~torch_geometric.data.Data` with
 
-        * ``x`` :math:`(B(L_q + W L_c), D)`: per graph, the query's descriptors, then each
-          candidate's in turn;
+        * ``x`` :math:`(B(L_q + W L_c), D)`: the local nodes, per graph the query's
+          descriptors, then each candidate's in turn;
+        * ``x_global`` :math:`(B(1 + W), D_g)` (with globals): the global nodes, numbered
+          after all local nodes, per graph the query's, then each candidate's;
         * ``role`` :math:`(|V|,)`: 0 for query nodes, 1 for candidate nodes;
-        * ``batch`` :math:`(|V|,)` and ``ptr`` :math:`(B + 1,)`: the graph of each node;
+        * ``is_global`` :math:`(|V|,)`: whether a node is a global node;
+        * ``batch`` :math:`(|V|,)`: the graph of each node;
         * ``edge_index`` :math:`(2, |E|)`, ``edge_type`` :math:`(|E|,)`, ``edge_sim``
-          :math:`(|E|,)` (cosine of the two descriptors), ``edge_pos`` :math:`(|E|, 2)` (zero
-          on cross edges and without positions);
+          :math:`(|E|,)` (cosine of the two descriptors; 0 on ``EDGE_GLOBAL``), ``edge_pos``
+          :math:`(|E|, 2)` (zero but on intra edges with positions);
         * ``edge_pair`` :math:`(|E|,)`: for cross edges the pair ``b * W + c`` they join, -1
           for intra edges; ``num_pairs`` :math:`= BW`.
 
@@ -136,6 +149,18 @@ def match_graph(
     k_cross = check_int(k_cross, "k_cross", low=1)
     if (query_positions is None) != (candidate_positions is None):
         raise ValueError("give both query_positions and candidate_positions, or neither")
+    if (query_global is None) != (candidate_global is None):
+        raise ValueError("give both query_global and candidate_global, or neither")
+    if query_global is not None and (
+        query_global.dim() != 2
+        or query_global.shape[0] != b
+        or candidate_global.shape[:2] != (b, w)
+        or candidate_global.shape[2:] != query_global.shape[1:]
+    ):
+        raise ValueError(
+            f"query_global must be (B, D_g) and candidate_global (B, W, D_g) with B={b}, W={w}, "
+            f"got {tuple(query_global.shape)} and {tuple(candidate_global.shape)}"
+        )
     dev = query.device
     per_graph = lq + w * lc
     start = torch.arange(b, device=dev) * per_graph  # first node of each graph
@@ -203,17 +228,59 @@ def match_graph(
             pair2.reshape(-1),
         ]
     )
-    ptr = torch.arange(b + 1, device=dev) * per_graph
+    extra: dict[str, Tensor] = {}
+    is_global = torch.zeros(b * per_graph, dtype=torch.bool, device=dev)
+    if query_global is not None:
+        gn = 1 + w  # global nodes per graph
+        first = b * per_graph
+        gq = first + torch.arange(b, device=dev) * gn  # (B,)
+        gc = (gq.view(b, 1) + 1 + torch.arange(w, device=dev).view(1, w)).reshape(-1)  # (B W,)
+        # every image's global node <-> its local nodes
+        loc_q = (start.view(b, 1) + torch.arange(lq, device=dev).view(1, lq)).reshape(-1)
+        loc_c = (c_off.view(-1, 1) + torch.arange(lc, device=dev).view(1, lc)).reshape(-1)
+        own_q = gq.repeat_interleave(lq)
+        own_c = gc.repeat_interleave(lc)
+        loc = torch.cat([loc_q, loc_c])
+        own = torch.cat([own_q, own_c])
+        ge = torch.cat([torch.stack([loc, own]), torch.stack([own, loc])], dim=1)
+        # query global <-> candidate globals, carrying the global cosine
+        gsim = (_unit(query_global).unsqueeze(1) * _unit(candidate_global)).sum(-1).reshape(-1)
+        gq_rep = gq.repeat_interleave(w)
+        pair_ids = torch.arange(b * w, device=dev)
+        edge_index = torch.cat(
+            [edge_index, ge, torch.stack([gq_rep, gc]), torch.stack([gc, gq_rep])], dim=1
+        )
+        n_ge, n_gg = ge.shape[1], gc.numel()
+        edge_type = torch.cat(
+            [
+                edge_type,
+                torch.full((n_ge,), EDGE_GLOBAL, dtype=torch.long, device=dev),
+                torch.full((n_gg,), EDGE_Q2C, dtype=torch.long, device=dev),
+                torch.full((n_gg,), EDGE_C2Q, dtype=torch.long, device=dev),
+            ]
+        )
+        edge_sim = torch.cat([edge_sim, edge_sim.new_zeros(n_ge), gsim.to(edge_sim.dtype),
+                              gsim.to(edge_sim.dtype)])  # fmt: skip
+        edge_pos = torch.cat([edge_pos, edge_pos.new_zeros(n_ge + 2 * n_gg, 2)])
+        edge_pair = torch.cat(
+            [edge_pair, torch.full((n_ge,), -1, dtype=torch.long, device=dev), pair_ids, pair_ids]
+        )
+        role = torch.cat([role, (torch.arange(gn, device=dev) > 0).long().repeat(b)])
+        batch = torch.cat([batch, torch.arange(b, device=dev).repeat_interleave(gn)])
+        is_global = torch.cat([is_global, torch.ones(b * gn, dtype=torch.bool, device=dev)])
+        x_global = torch.cat([query_global.unsqueeze(1), candidate_global], dim=1)
+        extra["x_global"] = x_global.reshape(b * gn, -1)
     return Data(
         x=x,
         role=role,
+        is_global=is_global,
         batch=batch,
-        ptr=ptr,
         edge_index=edge_index,
         edge_type=edge_type,
         edge_sim=edge_sim,
         edge_pos=edge_pos,
         edge_pair=edge_pair,
-        num_nodes=b * per_graph,
+        num_nodes=role.numel(),
         num_pairs=b * w,
+        **extra,
     )

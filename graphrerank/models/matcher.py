@@ -15,7 +15,7 @@ from torch_geometric.utils import softmax
 
 from .._checks import check_int, check_real
 from .._io import CorruptFileError, load_arrays, save_arrays
-from .graph import EDGE_C2Q, EDGE_INTRA, match_graph
+from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, match_graph
 
 __all__ = ["LocalMatcher"]
 
@@ -69,7 +69,9 @@ class LocalMatcher(nn.Module):
 
     where the edge features :math:`\mathbf{e}_{ij}` are a radial-basis expansion of the cosine
     :math:`s_{ij}` of the two descriptors plus, on intra edges, their relative position (with
-    ``use_positions``) and, on cross edges, the direction (query to candidate or back). The
+    ``use_positions``) and, on cross edges, the direction (query to candidate or back). With
+    ``global_dim``, each image also has a global node (:math:`\mathbf{W}_g \hat{\mathbf{g}}`)
+    joined to its local nodes and, across images, to the other image's global node. The
     readout scores every correspondence :math:`(i, j)` joining the query to candidate
     :math:`c` and pools them with attention:
 
@@ -92,6 +94,8 @@ class LocalMatcher(nn.Module):
         k_intra: Intra-image neighbours per descriptor.
         k_cross: Cross-image correspondences per descriptor.
         use_positions: Use descriptor positions on intra edges (then every call needs them).
+        global_dim: Dimension :math:`D_g` of global descriptors to add as one node per image
+            (RRT's global tokens), or ``None`` for local descriptors only.
         num_rbf: Radial-basis functions encoding a cosine in :math:`[-1, 1]`.
 
     Shapes:
@@ -120,6 +124,7 @@ class LocalMatcher(nn.Module):
         k_intra: int = 8,
         k_cross: int = 4,
         use_positions: bool = False,
+        global_dim: int | None = None,
         num_rbf: int = 8,
     ) -> None:
         super().__init__()
@@ -134,6 +139,8 @@ class LocalMatcher(nn.Module):
         k_intra = check_int(k_intra, "k_intra", low=0)
         k_cross = check_int(k_cross, "k_cross", low=1)
         num_rbf = check_int(num_rbf, "num_rbf", low=2)
+        if global_dim is not None:
+            global_dim = check_int(global_dim, "global_dim", low=1)
         if not isinstance(use_positions, bool):
             raise TypeError(f"use_positions must be True or False, got {use_positions!r}")
         self.config: dict[str, Any] = dict(
@@ -146,21 +153,23 @@ class LocalMatcher(nn.Module):
             k_intra=k_intra,
             k_cross=k_cross,
             use_positions=use_positions,
+            global_dim=global_dim,
             num_rbf=num_rbf,
         )
         #: JSON-serialisable notes saved with the weights (the trainer records its settings).
         self.metadata: dict[str, Any] = {}
         self.register_buffer("rbf_centers", torch.linspace(-1, 1, num_rbf), persistent=False)
         self.rbf_width = 2.0 / (num_rbf - 1)
-        edge_dim = num_rbf + 2
+        edge_dim = num_rbf + 3
         self.embed = nn.Linear(in_dim, hidden)
+        self.embed_global = None if global_dim is None else nn.Linear(global_dim, hidden)
         self.role = nn.Embedding(2, hidden)
         self.blocks = nn.ModuleList(
             _Block(hidden, heads, ffn, dropout, edge_dim) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden)
         self.readout = nn.Sequential(
-            nn.Linear(2 * hidden + num_rbf, hidden),
+            nn.Linear(2 * hidden + num_rbf + 1, hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, 2),
@@ -184,8 +193,11 @@ class LocalMatcher(nn.Module):
         candidates: Tensor,
         query_positions: Tensor | None = None,
         candidate_positions: Tensor | None = None,
+        query_global: Tensor | None = None,
+        candidate_global: Tensor | None = None,
     ) -> Data:
-        """The match graph this model reads (its ``k_intra`` / ``k_cross``)."""
+        """The match graph this model reads (its ``k_intra`` / ``k_cross``; positions and
+        global descriptors only when the model uses them)."""
         if self.config["use_positions"]:
             if query_positions is None or candidate_positions is None:
                 raise ValueError(
@@ -193,6 +205,18 @@ class LocalMatcher(nn.Module):
                 )
         else:
             query_positions = candidate_positions = None
+        if self.config["global_dim"] is not None:
+            if query_global is None or candidate_global is None:
+                raise ValueError(
+                    "this LocalMatcher was built with global_dim: pass global descriptors"
+                )
+            if query_global.shape[-1] != self.config["global_dim"]:
+                raise ValueError(
+                    f"global descriptors have dimension {query_global.shape[-1]}, the model "
+                    f"takes {self.config['global_dim']}"
+                )
+        else:
+            query_global = candidate_global = None
         return match_graph(
             query,
             candidates,
@@ -200,6 +224,8 @@ class LocalMatcher(nn.Module):
             k_cross=self.config["k_cross"],
             query_positions=query_positions,
             candidate_positions=candidate_positions,
+            query_global=query_global,
+            candidate_global=candidate_global,
         )
 
     def forward(self, graph: Data) -> Tensor:
@@ -210,22 +236,38 @@ class LocalMatcher(nn.Module):
                 f"descriptors have dimension {x.shape[-1]}, the model takes {self.in_dim}"
             )
         dtype = self.embed.weight.dtype
-        x = torch.nn.functional.normalize(x.to(dtype), dim=-1)
-        h = self.embed(x) + self.role(graph.role)
+        h = self.embed(torch.nn.functional.normalize(x.to(dtype), dim=-1))
+        if self.embed_global is not None:
+            xg = graph.get("x_global")
+            if xg is None:
+                raise ValueError("this LocalMatcher uses global descriptors: the graph has none")
+            h = torch.cat(
+                [h, self.embed_global(torch.nn.functional.normalize(xg.to(dtype), dim=-1))]
+            )
+        h = h + self.role(graph.role)
         etype = graph.edge_type
         sim = graph.edge_sim.to(dtype)
         rbf = self._rbf(sim)
-        intra = etype == EDGE_INTRA
+        intra = (etype == EDGE_INTRA) | (etype == EDGE_GLOBAL)
         cross = ~intra
-        intra_attr = torch.cat([rbf[intra], graph.edge_pos[intra].to(dtype)], dim=1)
-        direction = (etype[cross] == EDGE_C2Q).to(dtype).unsqueeze(1)
-        cross_attr = torch.cat([rbf[cross], direction, 1 - direction], dim=1)
+        flag = (etype == EDGE_GLOBAL).to(dtype).unsqueeze(1)
+        intra_attr = torch.cat(
+            [rbf[intra] * (1 - flag[intra]), graph.edge_pos[intra].to(dtype), flag[intra]], dim=1
+        )
         intra_index, cross_index = graph.edge_index[:, intra], graph.edge_index[:, cross]
+        src, dst = cross_index
+        is_global = graph.get("is_global")
+        gflag = (
+            torch.zeros(src.numel(), 1, dtype=dtype, device=h.device)
+            if is_global is None
+            else (is_global[src] & is_global[dst]).to(dtype).unsqueeze(1)
+        )
+        direction = (etype[cross] == EDGE_C2Q).to(dtype).unsqueeze(1)
+        cross_attr = torch.cat([rbf[cross], direction, 1 - direction, gflag], dim=1)
         for block in self.blocks:
             h = block(h, intra_index, intra_attr, cross_index, cross_attr)
         h = self.norm(h)
-        src, dst = cross_index
-        u = torch.cat([h[src] * h[dst], (h[src] - h[dst]).abs(), rbf[cross]], dim=1)
+        u = torch.cat([h[src] * h[dst], (h[src] - h[dst]).abs(), rbf[cross], gflag], dim=1)
         out = self.readout(u)
         pair = graph.edge_pair[cross]
         num_pairs = int(graph.num_pairs)
@@ -240,10 +282,16 @@ class LocalMatcher(nn.Module):
         candidates: Tensor,
         query_positions: Tensor | None = None,
         candidate_positions: Tensor | None = None,
+        query_global: Tensor | None = None,
+        candidate_global: Tensor | None = None,
     ) -> Tensor:
         r"""Logits :math:`(B, W)` of :math:`B` queries :math:`(B, L_q, D)` with their
-        candidates :math:`(B, W, L_c, D)`: one graph per query (pairs when :math:`W = 1`)."""
-        g = self.graph(query, candidates, query_positions, candidate_positions)
+        candidates :math:`(B, W, L_c, D)`: one graph per query (pairs when :math:`W = 1`);
+        positions :math:`(B, L_q, 2)`, :math:`(B, W, L_c, 2)` and global descriptors
+        :math:`(B, D_g)`, :math:`(B, W, D_g)` for models that use them."""
+        g = self.graph(
+            query, candidates, query_positions, candidate_positions, query_global, candidate_global
+        )
         return self(g).view(candidates.shape[0], candidates.shape[1])
 
     # ------------------------------------------------------------------ persistence

@@ -72,8 +72,12 @@ def _gather(local: Tensor | StoredLocal, index: Tensor) -> Tensor:
 
 def _scorer(model):
     if model is None:
-        return lambda q, c, qp, cp: chamfer_similarity(q, c)
+        return lambda q, c, qp, cp, qg, cg: chamfer_similarity(q, c)
     return model.score
+
+
+def _rows(t: Tensor | None, index: Tensor) -> Tensor | None:
+    return None if t is None else t[index]
 
 
 @torch.no_grad()
@@ -89,6 +93,8 @@ def score_shortlist(
     batch_size: int = 256,
     query_positions: Tensor | None = None,
     database_positions: Tensor | None = None,
+    query_global: Tensor | None = None,
+    database_global: Tensor | None = None,
     own_index: Tensor | None = None,
 ) -> Tensor:
     r"""Matching logits of every query with each database image of its shortlist.
@@ -114,6 +120,8 @@ def score_shortlist(
         batch_size: Pairs (query, candidate) per graph batch.
         query_positions: :math:`(Q, L_q, 2)`, for models that use positions.
         database_positions: :math:`(N, L_d, 2)`.
+        query_global: :math:`(Q, D_g)` global descriptors, for models that use them.
+        database_global: :math:`(N, D_g)`.
         own_index: :math:`(Q,)` the database index of each query itself, or -1 (all-vs-all
             search): that entry is scored alone, as a window of one, so that a duplicate of the
             query does not take part in the other candidates' lists.
@@ -145,6 +153,9 @@ def score_shortlist(
         use_pos = model is not None and model.config["use_positions"]
         qpos = query_positions if use_pos else None
         dpos = database_positions if use_pos else None
+        use_glob = model is not None and model.config["global_dim"] is not None
+        qg = query_global if use_glob else None
+        dg = database_global if use_glob else None
         valid = shortlist >= 0
         alone = torch.zeros_like(valid)
         if own_index is not None:
@@ -159,20 +170,22 @@ def score_shortlist(
             logit = score(
                 _gather(query_local, r),
                 _gather(database_local, idx).unsqueeze(1),
-                None if qpos is None else qpos[r],
+                _rows(qpos, r),
                 None if dpos is None else dpos[idx].unsqueeze(1),
+                _rows(qg, r),
+                None if dg is None else dg[idx].unsqueeze(1),
             )
             out[r, c] = logit.view(-1).float()
         if mode == "listwise" and model is not None:
             _listwise(score, out, query_local, database_local, shortlist, valid & ~alone,
-                      window, stride, batch_size, qpos, dpos)  # fmt: skip
+                      window, stride, batch_size, (qpos, dpos, qg, dg))  # fmt: skip
     finally:
         if model is not None:
             model.train(was_training)
     return out
 
 
-def _listwise(score, out, qloc, dloc, shortlist, keep, window, stride, batch_size, qpos, dpos):
+def _listwise(score, out, qloc, dloc, shortlist, keep, window, stride, batch_size, extras):
     """Fill ``out`` for the ``keep`` entries, queries grouped by their number of candidates."""
     counts = keep.sum(1)
     # positions of the kept entries, in shortlist order, packed to the left
@@ -191,11 +204,14 @@ def _listwise(score, out, qloc, dloc, shortlist, keep, window, stride, batch_siz
             for s in range(0, rows.numel(), chunk):
                 r = rows[s : s + chunk]
                 i = idx[s : s + chunk, start:end]
+                qpos, dpos, qg, dg = extras
                 logit = score(
                     _gather(qloc, r),
                     _gather(dloc, i),
-                    None if qpos is None else qpos[r],
-                    None if dpos is None else dpos[i],
+                    _rows(qpos, r),
+                    _rows(dpos, i),
+                    _rows(qg, r),
+                    _rows(dg, i),
                 )
                 total[s : s + chunk, start:end] += logit.float()
             seen[start:end] += 1

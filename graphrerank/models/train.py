@@ -123,6 +123,8 @@ def _validate(model, mode, window, g, qloc, dloc, labels, index, top_m, batch_si
         batch_size=batch_size,
         query_positions=None if pos is None else pos[index],
         database_positions=dpos,
+        query_global=g[index],
+        database_global=g,
         own_index=index,
     )
     out = rerank_shortlist(scores, idx, logits, lambda_value=0.0, gamma=1.0)
@@ -196,7 +198,8 @@ def train_matcher(
 
     Args:
         model: The :class:`LocalMatcher` to train (in place).
-        global_descriptors: :math:`(N, D_g)` global descriptors (mining and validation).
+        global_descriptors: :math:`(N, D_g)` global descriptors (mining, validation, and the
+            model's global nodes when it has ``global_dim``).
         local: :math:`(N, L, D)` local descriptors.
         labels: :math:`(N,)` integer classes.
         positions: :math:`(N, L, 2)` descriptor positions, for models that use them.
@@ -256,6 +259,11 @@ def train_matcher(
         )
     if local.shape[2] != model.in_dim:
         raise ValueError(f"local has dimension {local.shape[2]}, the model takes {model.in_dim}")
+    gdim = model.config["global_dim"]
+    if gdim is not None and g.shape[1] != gdim:
+        raise ValueError(
+            f"global_descriptors have dimension {g.shape[1]}, the model takes {gdim} (global_dim)"
+        )
     labels = as_tensor(labels, "labels")
     if labels.shape != (n,) or labels.is_floating_point():
         raise ValueError(
@@ -366,6 +374,8 @@ def train_matcher(
                         dloc[c],
                         None if qpos is None else qpos[q],
                         None if dpos is None else dpos[c],
+                        g[q],
+                        g[c],
                     )
                     loss = bce(logits, y.to(logits.dtype))
                     opt.zero_grad(set_to_none=True)

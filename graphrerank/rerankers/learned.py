@@ -223,6 +223,12 @@ class LocalDescriptorReranker(Reranker):
         model = self.model
         dim = None if model is None else model.in_dim
         loc = check_local(local, "local", num_items=db.shape[0], dim=dim, device=db.device)
+        gdim = None if model is None else model.config["global_dim"]
+        if gdim is not None and db.shape[1] != gdim:
+            raise ValueError(
+                f"database has global descriptors of dimension {db.shape[1]}, the model takes "
+                f"{gdim} (its global_dim)"
+            )
         if model is not None:
             mdev = next(model.parameters()).device
             if mdev != db.device:
@@ -326,6 +332,8 @@ class LocalDescriptorReranker(Reranker):
             batch_size=self.batch_size,
             query_positions=pos,
             database_positions=self.positions_,
+            query_global=self.database_ if q is None else q,
+            database_global=self.database_,
             own_index=own,
         )
         return scores, indices, logits, k
@@ -453,6 +461,8 @@ class LocalDescriptorReranker(Reranker):
             batch_size=self.batch_size,
             query_positions=pos,
             database_positions=self.positions_,
+            query_global=self.database_[rows],
+            database_global=self.database_,
             own_index=rows,
         )
         from ..models.fusion import fuse_scores

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from graphrerank.models import EDGE_C2Q, EDGE_INTRA, EDGE_Q2C, match_graph
+from graphrerank.models import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, EDGE_Q2C, match_graph
 
 
 def _data(b=2, lq=5, w=3, lc=4, d=6, seed=0):
@@ -28,7 +28,6 @@ def test_nodes_roles_and_batch(device):
     torch.testing.assert_close(x[:, 5:], c.reshape(2, 12, 6))
     assert graph.role.view(2, per)[:, :5].eq(0).all() and graph.role.view(2, per)[:, 5:].eq(1).all()
     assert graph.batch.tolist() == [0] * per + [1] * per
-    assert graph.ptr.tolist() == [0, per, 2 * per]
 
 
 def test_edges_are_exact_knn_by_cosine():
@@ -127,3 +126,38 @@ def test_positions_give_normalised_displacements():
 def test_bad_inputs(q, c, kwargs, match):
     with pytest.raises(ValueError, match=match):
         match_graph(q, c, **kwargs)
+
+
+def test_global_nodes_and_edges():
+    q, c = _data(b=2, lq=3, w=2, lc=2, d=4)
+    g = torch.Generator().manual_seed(4)
+    qg, cg = torch.randn(2, 5, generator=g), torch.randn(2, 2, 5, generator=g)
+    graph = match_graph(q, c, k_intra=1, k_cross=1, query_global=qg, candidate_global=cg)
+    per = 3 + 4
+    n_local = 2 * per
+    assert graph.num_nodes == n_local + 2 * 3
+    assert graph.is_global.tolist() == [False] * n_local + [True] * 6
+    torch.testing.assert_close(graph.x_global, torch.cat([qg.unsqueeze(1), cg], 1).reshape(6, 5))
+    assert graph.role[n_local:].tolist() == [0, 1, 1, 0, 1, 1]
+    assert graph.batch[n_local:].tolist() == [0, 0, 0, 1, 1, 1]
+    src, dst = graph.edge_index
+    ge = graph.edge_type == EDGE_GLOBAL
+    # each global node <-> exactly the local nodes of its image
+    images = [list(range(0, 3)), [3, 4], [5, 6], list(range(7, 10)), [10, 11], [12, 13]]
+    for gnode, nodes in zip(range(n_local, n_local + 6), images):
+        assert sorted(src[ge & (dst == gnode)].tolist()) == nodes
+        assert sorted(dst[ge & (src == gnode)].tolist()) == nodes
+    # query global <-> candidate globals, with the global cosine and the pair id
+    gg = ~ge & graph.is_global[src] & graph.is_global[dst]
+    assert gg.sum() == 8
+    for e in gg.nonzero().flatten().tolist():
+        a, b = int(src[e]), int(dst[e])
+        qnode, cnode = (a, b) if graph.role[a] == 0 else (b, a)
+        bq, cw = (qnode - n_local) // 3, (cnode - n_local) % 3 - 1
+        assert graph.edge_pair[e] == bq * 2 + cw
+        ref = _cos(qg[bq : bq + 1], cg[bq, cw : cw + 1])[0, 0]
+        assert float(graph.edge_sim[e]) == pytest.approx(float(ref), abs=1e-6)
+    with pytest.raises(ValueError, match="give both query_global"):
+        match_graph(q, c, query_global=qg)
+    with pytest.raises(ValueError, match="query_global must be"):
+        match_graph(q, c, query_global=qg, candidate_global=cg[:, :1])

@@ -125,3 +125,25 @@ def test_wrong_dimension_is_refused():
     model = _model()
     with pytest.raises(ValueError, match="dimension 5, the model takes 6"):
         model.score(torch.randn(1, 3, 5), torch.randn(1, 1, 3, 5))
+
+
+def test_global_nodes_change_the_logits_and_are_required():
+    model = _model(global_dim=5)
+    q, c = _sets(b=2, w=3)
+    g = torch.Generator().manual_seed(7)
+    qg, cg = torch.randn(2, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    a = model.score(q, c, None, None, qg, cg)
+    assert a.shape == (2, 3)
+    assert not torch.allclose(a, model.score(q, c, None, None, qg, cg.flip(1)))
+    # permuting candidates with their globals permutes the logits
+    perm = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(
+        model.score(q, c[:, perm], None, None, qg, cg[:, perm]), a[:, perm], rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="pass global descriptors"):
+        model.score(q, c)
+    with pytest.raises(ValueError, match="dimension 4, the model takes 5"):
+        model.score(q, c, None, None, qg[:, :4], cg[..., :4])
+    # a model without global_dim ignores them
+    plain = _model()
+    torch.testing.assert_close(plain.score(q, c, None, None, qg, cg), plain.score(q, c))

@@ -75,7 +75,7 @@ def test_score_shortlist_reads_stored_descriptors():
 class _ListProbe(LocalMatcher):
     """A stand-in whose logit depends on the whole list: v_c + sum of the list's v."""
 
-    def score(self, query, candidates, qpos=None, cpos=None):
+    def score(self, query, candidates, *extras):
         v = candidates[..., 0, 0]  # (B, W)
         return v + v.sum(dim=1, keepdim=True)
 

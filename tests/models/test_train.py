@@ -42,7 +42,7 @@ def test_a_tiny_set_is_learned_to_near_zero_loss():
     glob = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
     model = _model(hidden=32, num_layers=1, ffn=64)
     result = train_matcher(model, glob, local, labels, epochs=60, positives=2, negatives=3,
-                           shortlist=5, lr=1e-2, weight_decay=0.0, progress=False)  # fmt: skip
+                           shortlist=5, lr=3e-3, weight_decay=0.0, progress=False)  # fmt: skip
     assert result.history[0]["loss"] > 0.5
     assert result.history[-1]["loss"] < 0.05
 

@@ -369,3 +369,21 @@ def test_rdip_edge_rescorer():
     torch.testing.assert_close(out[1], fuse_scores(cand.scores[1], logits.view(-1), 0.4, 2.0))
     graph = knn_graph(x, 5, rescore=r.as_rescorer(), num_candidates=10, backend="torch")
     assert graph.edge_index.shape[1] == 40 * 4
+
+
+def test_model_with_global_nodes_reads_the_global_descriptors(tmp_path):
+    q, x, ql, xl = _data()
+    torch.manual_seed(0)
+    model = LocalMatcher(8, hidden=8, heads=2, num_layers=1, ffn=8, k_intra=1, k_cross=2,
+                         global_dim=12)  # fmt: skip
+    r = LocalDescriptorReranker(model=model, lambda_value=0.0, top_m=8).fit(x, local=xl)
+    out = r.rerank(q, 8, local=ql)
+    idx = knn_search(q, x, 8, backend="torch").indices
+    logits = model.eval().score(ql.repeat_interleave(8, 0), xl[idx.reshape(-1)].unsqueeze(1),
+                                None, None, q.repeat_interleave(8, 0), x[idx.reshape(-1)].unsqueeze(1))  # fmt: skip
+    expected = idx.gather(1, logits.view(6, 8).argsort(dim=1, descending=True))
+    assert torch.equal(out.indices, expected)
+    loaded = LocalDescriptorReranker.load(r.save(tmp_path / "g"))
+    assert torch.equal(loaded.rerank(q, 8, local=ql).indices, out.indices)
+    with pytest.raises(ValueError, match="the model takes 12"):
+        LocalDescriptorReranker(model=model).fit(x[:, :10], local=xl)
