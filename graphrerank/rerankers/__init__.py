@@ -2,7 +2,7 @@
 
 from .base import NotFittedError, Reranker
 from .knn import KNN
-from .learned import LocalDescriptorReranker, local_descriptor_rerank
+from .learned import LocalDescriptorReranker, ShortlistLogits, local_descriptor_rerank
 
 __all__ = [
     "KNN",
@@ -11,6 +11,7 @@ __all__ = [
     "LocalDescriptorReranker",
     "NotFittedError",
     "Reranker",
+    "ShortlistLogits",
     "local_descriptor_rerank",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import numpy as np
 import torch
@@ -29,10 +29,24 @@ from ..models.storage import STORAGES, StoredLocal, bytes_per_image, compress_lo
 from ..typing import RerankResult, TensorLike
 from .base import Reranker
 
-__all__ = ["LocalDescriptorReranker", "local_descriptor_rerank"]
+__all__ = ["LocalDescriptorReranker", "ShortlistLogits", "local_descriptor_rerank"]
 
 _FORMAT = "graphrerank.LocalDescriptorReranker"
 _VERSION = 1
+
+
+class ShortlistLogits(NamedTuple):
+    """A first-stage ranking and the matching logits of its shortlist.
+
+    Attributes:
+        scores: :math:`(Q, K)` first-stage scores, best first.
+        indices: :math:`(Q, K)` database indices (-1: padding).
+        logits: :math:`(Q, M)` matching logits of the first :math:`M` entries (-inf at padding).
+    """
+
+    scores: Tensor
+    indices: Tensor
+    logits: Tensor
 
 
 def check_local(
@@ -301,9 +315,28 @@ class LocalDescriptorReranker(Reranker):
         pos = None if positions is None else _check_positions(positions, "positions", loc)
         return q, loc, pos, None
 
+    def shortlist_logits(
+        self,
+        queries: TensorLike | None = None,
+        k: int = 100,
+        *,
+        local: TensorLike | None = None,
+        positions: TensorLike | None = None,
+        initial: RerankResult | tuple[Tensor, Tensor] | None = None,
+    ) -> ShortlistLogits:
+        r"""The first stage and the logits of its top :math:`M`, before fusion: ``rerank`` is
+        :func:`~graphrerank.models.rerank_shortlist` of this with ``lambda_value`` and
+        ``gamma`` (then cut to ``k``). Computing it once lets one compare several fusions.
+
+        Arguments are those of :meth:`rerank`; the first-stage ranking holds
+        :math:`\max(k, M)` entries (or those of ``initial``).
+        """
+        scores, indices, logits, _ = self._shortlist_logits(queries, k, local, positions, initial)
+        return ShortlistLogits(scores, indices, logits)
+
     def _shortlist_logits(self, queries, k, local, positions, initial):
         """Validated inputs -> first-stage ranking (scores, indices) of width >= k (or the
-        initial width) and the logits of its first M entries."""
+        initial width), the logits of its first M entries and the validated k."""
         self._check_fitted()
         q, loc, pos, own = self._query_inputs(queries, local, positions)
         n = self.n_database_

@@ -387,3 +387,18 @@ def test_model_with_global_nodes_reads_the_global_descriptors(tmp_path):
     assert torch.equal(loaded.rerank(q, 8, local=ql).indices, out.indices)
     with pytest.raises(ValueError, match="the model takes 12"):
         LocalDescriptorReranker(model=model).fit(x[:, :10], local=xl)
+
+
+def test_shortlist_logits_are_what_rerank_fuses():
+    from graphrerank.models import rerank_shortlist
+
+    q, x, ql, xl = _data()
+    r = LocalDescriptorReranker(model=_matcher(), top_m=9, lambda_value=0.35, gamma=3.0)
+    r.fit(x, local=xl)
+    sl = r.shortlist_logits(q, 5, local=ql)
+    assert sl.scores.shape == (6, 9) and sl.logits.shape == (6, 9)
+    out = r.rerank(q, 5, local=ql)
+    ref = rerank_shortlist(*sl, 0.35, 3.0)
+    assert torch.equal(out.indices, ref.indices[:, :5]) and torch.equal(
+        out.scores, ref.scores[:, :5]
+    )
