@@ -61,19 +61,21 @@ except FileNotFoundError:
     print("Corel-1k files not found: synthetic local descriptors", tuple(local.shape))
 
 # %%
-# A class-disjoint split: train on the first half of the classes (holding back a fifth of
-# their images for validation), test on the other half, all-vs-all.
+# A class-disjoint split: train on the first half of the classes (holding back some of their
+# images for validation), test on the other half, all-vs-all. The sizes are kept small so that
+# the tutorial runs in a minute or two on a CPU; ``benchmarks/learned_corel.py`` runs the full
+# protocol.
+n_train, n_val, n_test = (16, 4, 30) if FAST else (40, 10, 50)  # images per class
 classes = labels.unique()
-first = torch.isin(labels, classes[: len(classes) // 2])
 rank_in_class = torch.zeros_like(labels)
 for c in classes:
     rank_in_class[labels == c] = torch.arange(int((labels == c).sum()))
-per_class = int((labels == classes[0]).sum())
-keep = rank_in_class < (per_class // 5 if FAST else per_class)  # fast mode: a fifth of each class
-train = torch.nonzero(first & keep & (rank_in_class % 5 != 4)).flatten()
-val = torch.nonzero(first & keep & (rank_in_class % 5 == 4)).flatten()
-test = torch.nonzero(~first & (rank_in_class < (per_class // 3 if FAST else per_class))).flatten()
-top_m = 20 if FAST else 50
+first = torch.isin(labels, classes[: len(classes) // 2])
+train = torch.nonzero(first & (rank_in_class < n_train)).flatten()
+val = torch.nonzero(first & (rank_in_class >= n_train) & (rank_in_class < n_train + n_val))
+val = val.flatten()
+test = torch.nonzero(~first & (rank_in_class < n_test)).flatten()
+top_m = 20 if FAST else 30
 print(f"train {train.numel()}, validation {val.numel()}, test {test.numel()} images; top-M {top_m}")
 
 # %%
@@ -102,7 +104,7 @@ print(graph)
 # early and keeps the best weights.
 t = time.perf_counter()
 result = train_matcher(
-    model, glob, local, labels, train_index=train, val_index=val, epochs=2 if FAST else 6,
+    model, glob, local, labels, train_index=train, val_index=val, epochs=2 if FAST else 4,
     positives=2, negatives=4, val_top_m=top_m, seed=0,
 )  # fmt: skip
 print(f"trained in {time.perf_counter() - t:.1f} s")
@@ -124,7 +126,10 @@ print(f"lambda {best.lambda_value}, gamma {best.gamma}: validation mAP {100 * be
 # Re-ranking the test classes
 # ---------------------------
 # The test images are the database; each one queries it (all-vs-all, leave-one-out). The
-# chamfer rows use no training: the mean over the query's descriptors of the best cosine.
+# chamfer row uses no training: the mean over the query's descriptors of the best cosine.
+# Corel's test classes are easy for the global descriptor (about 99 mAP), so differences are
+# small here; the class-disjoint protocol's numbers, with the full sets, are in
+# ``benchmarks/results/learned_corel.md``.
 lab = labels[test]
 reranker.fit(glob[test], local=local[test])
 sl = reranker.shortlist_logits(None, test.numel())  # the logits once, fused several ways
@@ -150,18 +155,18 @@ for name, value in results.items():
 # ----------------------------------------------
 # Queries keep all their descriptors; the database keeps the first few (the strongest) in
 # half precision or as sign bits (AMES-style asymmetric matching). The model was trained with
-# full descriptors, so it loses some accuracy here; train with ``db_descriptors`` /
-# ``db_storage`` to adapt it.
-memory = {}
-for n_db, storage in [(None, "float16"), (16, "float16"), (16, "binary")]:
+# full descriptors; train it with ``db_descriptors`` / ``db_storage`` to adapt it to the
+# stored form.
+memory = {f"{local.shape[1]} x float32": (reranker.bytes_per_image_, results["learned + global"])}
+for n_db, storage in [(16, "float16"), (16, "binary")]:
     r = LocalDescriptorReranker(
         model=model, top_m=top_m, db_descriptors=n_db, db_storage=storage,
         lambda_value=best.lambda_value, gamma=best.gamma,
     ).fit(glob[test], local=local[test])  # fmt: skip
-    out = r.rerank(None, test.numel(), local=local[test])
-    memory[f"{n_db or local.shape[1]} x {storage}"] = (r.bytes_per_image_, score(out))
-    print(f"{n_db or local.shape[1]:>3} descriptors, {storage:<8}: {r.bytes_per_image_:6d} bytes "
-          f"per image, mAP {memory[f'{n_db or local.shape[1]} x {storage}'][1]:.2f}")  # fmt: skip
+    out = r.rerank(None, test.numel(), local=local[test])  # queries keep all descriptors
+    memory[f"{n_db} x {storage}"] = (r.bytes_per_image_, score(out))
+for name, (nbytes, value) in memory.items():
+    print(f"{name:<14} {nbytes:6d} bytes per database image, mAP {value:.2f}")
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
 ax1.barh(list(results)[::-1], list(results.values())[::-1], color="tab:blue")

@@ -335,7 +335,3 @@ class LocalMatcher(nn.Module):
             raise CorruptFileError(f"{str(path)!r} does not match the model: {err}") from None
         model.metadata = dict(info.get("metadata") or {})
         return model.to(device)
-
-
-def _num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
