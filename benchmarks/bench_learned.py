@@ -61,18 +61,16 @@ def _dense_model():
             self.encoder = torch.nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
             self.head = torch.nn.Linear(HIDDEN, 1)
 
-        def score(self, q, c):  # q (B, Lq, D), c (B, 1, Lc, D) -> (B, 1)
-            b = q.shape[0]
+        def score(self, q, c):  # q (B, Lq, D), c (B, W, Lc, D) -> (B, W)
+            b, w, lc = c.shape[:3]
             x = torch.cat([q, c.reshape(b, -1, D)], dim=1)
             x = torch.nn.functional.normalize(x, dim=-1)
             role = torch.cat(
-                [
-                    torch.zeros(q.shape[1], dtype=torch.long),
-                    torch.ones(x.shape[1] - q.shape[1], dtype=torch.long),
-                ]
+                [torch.zeros(q.shape[1], dtype=torch.long), torch.ones(w * lc, dtype=torch.long)]
             )
             h = self.encoder(self.embed(x) + self.role(role))
-            return self.head(h.mean(1)).view(b, 1)
+            pooled = h[:, q.shape[1] :].reshape(b, w, lc, HIDDEN).mean(2)
+            return self.head(pooled).view(b, w)
 
     return DenseRRT()
 
@@ -179,11 +177,15 @@ def main(argv=None) -> list[dict]:
     rows = []
     for kind in KINDS:
         row = {"method": kind}
-        if "list-wise" not in kind:
-            tr = isolated(
-                train_step, kind=kind, batch=args.batch, repeats=args.repeats, threads=args.threads
-            )
-            row["epoch_s"] = tr["step_s"] * steps
+        tr = isolated(
+            train_step,
+            kind=kind,
+            batch=args.batch,
+            window=args.window,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
+        row["epoch_s"] = tr["step_s"] * steps
         rr = isolated(
             rerank_query, kind=kind, top_m=args.top_m, repeats=args.repeats, threads=args.threads
         )

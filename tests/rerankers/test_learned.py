@@ -402,3 +402,29 @@ def test_shortlist_logits_are_what_rerank_fuses():
     assert torch.equal(out.indices, ref.indices[:, :5]) and torch.equal(
         out.scores, ref.scores[:, :5]
     )
+
+
+def test_learned_scores_rebuild_the_rdip_graph():
+    """R-DiP with the adapter equals R-DiP with the fused score written out by hand."""
+    from graphrerank.rerankers import RDiP
+
+    _, x, _, xl = _data()
+    lam, gam = 0.5, 4.0
+    learned = LocalDescriptorReranker(lambda_value=lam, gamma=gam).fit(x, local=xl)
+
+    def by_hand(rows, candidates, scores):
+        out = torch.full(candidates.shape, float("-inf"))
+        for b, i in enumerate(rows.tolist()):
+            for j, c in enumerate(candidates[b].tolist()):
+                if c >= 0:
+                    s = float(x[i].double() @ x[c].double())
+                    out[b, j] = lam * s + (1 - lam) / (1 + np.exp(-gam * _chamfer(xl[i], xl[c])))
+        return out
+
+    settings = {"k_m": 12, "k_d": 6, "kq": 5, "truncation": 40}
+    got = RDiP(rescorer=learned.as_rescorer(), **settings).fit(x).rerank(None, k=40)
+    ref = RDiP(rescorer=by_hand, **settings).fit(x).rerank(None, k=40)
+    assert torch.equal(got.indices, ref.indices)
+    torch.testing.assert_close(got.scores, ref.scores, rtol=1e-4, atol=1e-6)
+    plain = RDiP(**settings).fit(x).rerank(None, k=40)
+    assert not torch.equal(got.indices, plain.indices)
