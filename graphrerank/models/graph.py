@@ -79,7 +79,7 @@ def match_graph(
     query: Tensor,
     candidates: Tensor,
     *,
-    k_intra: int = 8,
+    k_intra: int = 4,
     k_cross: int = 4,
     query_positions: Tensor | None = None,
     candidate_positions: Tensor | None = None,

@@ -86,11 +86,13 @@ class LocalMatcher(nn.Module):
 
     Args:
         in_dim: Descriptor dimension :math:`D`.
-        hidden: Node state width :math:`d` (RRT and AMES use 128).
+        hidden: Node state width :math:`d`. The defaults are the small configuration validated
+            on a CPU (``benchmarks/learned_corel.py``); RRT and AMES use :math:`d = 128`, 4 and
+            2 heads, 6 and 5 layers, feed-forward 1024.
         heads: Attention heads (divides ``hidden``).
         num_layers: Blocks :math:`T`.
         ffn: Feed-forward width.
-        dropout: Dropout on attention weights, residual branches and the readout.
+        dropout: Dropout on attention weights, residual branches and the readout (RRT: 0).
         k_intra: Intra-image neighbours per descriptor.
         k_cross: Cross-image correspondences per descriptor.
         use_positions: Use descriptor positions on intra edges (then every call needs them).
@@ -116,12 +118,12 @@ class LocalMatcher(nn.Module):
         self,
         in_dim: int,
         *,
-        hidden: int = 64,
-        heads: int = 4,
+        hidden: int = 32,
+        heads: int = 2,
         num_layers: int = 2,
-        ffn: int = 128,
+        ffn: int = 64,
         dropout: float = 0.0,
-        k_intra: int = 8,
+        k_intra: int = 4,
         k_cross: int = 4,
         use_positions: bool = False,
         global_dim: int | None = None,
