@@ -2,28 +2,67 @@
 
 from ..diffusion.offline import offline_diffusion_rerank, rdip_rerank
 from .base import NotFittedError, Reranker
+from .diffusion import Diffusion, RegionalDiffusion, diffusion_rerank, regional_diffusion_rerank
+from .expansion import (
+    AlphaQueryExpansion,
+    AverageQueryExpansion,
+    DatabaseAugmentation,
+    alpha_query_expansion,
+    average_query_expansion,
+    database_augmentation,
+)
 from .knn import KNN
 from .learned import LocalDescriptorReranker, ShortlistLogits, local_descriptor_rerank
 from .offline import OfflineDiffusion, RDiP
+from .pipeline import Pipeline
+from .spectral import FastSpectralRanking, fsr_rerank
+from .superglobal import SuperGlobal, superglobal_rerank
 
 __all__ = [
     "KNN",
     "RERANKERS",
     "RERANKERS_WITH_LOCAL",
+    "AlphaQueryExpansion",
+    "AverageQueryExpansion",
+    "DatabaseAugmentation",
+    "Diffusion",
+    "FastSpectralRanking",
     "LocalDescriptorReranker",
     "NotFittedError",
     "OfflineDiffusion",
+    "Pipeline",
     "RDiP",
+    "RegionalDiffusion",
     "Reranker",
     "ShortlistLogits",
+    "SuperGlobal",
+    "alpha_query_expansion",
+    "average_query_expansion",
+    "database_augmentation",
+    "diffusion_rerank",
+    "fsr_rerank",
     "local_descriptor_rerank",
     "offline_diffusion_rerank",
     "rdip_rerank",
+    "regional_diffusion_rerank",
+    "superglobal_rerank",
 ]
 
 #: Every public re-ranker class that needs only global descriptors; the shared contract test and
 #: the demo iterate over it.
-RERANKERS: tuple[type[Reranker], ...] = (KNN, OfflineDiffusion, RDiP)
+RERANKERS: tuple[type[Reranker], ...] = (
+    KNN,
+    AverageQueryExpansion,
+    AlphaQueryExpansion,
+    DatabaseAugmentation,
+    SuperGlobal,
+    Diffusion,
+    RegionalDiffusion,
+    FastSpectralRanking,
+    OfflineDiffusion,
+    RDiP,
+    Pipeline,
+)
 
 #: Re-rankers that also need local descriptors (``fit(database, local=...)``,
 #: ``rerank(queries, k, local=...)``) and usually a trained model. They keep the same contract,
