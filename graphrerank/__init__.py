@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import datasets, graph, metrics, rerankers
+from . import datasets, graph, metrics, plot, rerankers
 from .rerankers import KNN, Reranker
 from .typing import KNNResult, RerankResult
 
@@ -15,5 +15,6 @@ __all__ = [
     "datasets",
     "graph",
     "metrics",
+    "plot",
     "rerankers",
 ]
