@@ -41,7 +41,7 @@ from torch import Tensor
 from . import __version__
 from ._progress import Progress
 
-__all__ = ["CLIError", "main", "parse_reranker"]
+__all__ = ["CLIError", "build_parser", "main", "parse_reranker"]
 
 PROG = "graphrerank"
 
@@ -378,6 +378,7 @@ def _load_task(args) -> _Task:
         s
         for s, given in (
             ("--data", args.data),
+            ("--benchmark", getattr(args, "benchmark", None)),
             ("--gnd", getattr(args, "gnd", None)),
             ("--reid", getattr(args, "reid", None)),
             ("--labels", getattr(args, "labels", None)),
@@ -403,8 +404,26 @@ def _load_task(args) -> _Task:
         raise CLIError(f"--reid files hold their own descriptors; drop {opts}")
     if args.labels and (args.features or args.distractors):
         raise CLIError("--features and --distractors go with --gnd; use --database with --labels")
+    if (getattr(args, "root", None) or getattr(args, "r1m", None)) and not args.benchmark:
+        raise CLIError("--root and --r1m go with --benchmark")
     if args.data or not sources:
         return _builtin(args.data or "digits", args)
+    if args.benchmark:
+        if args.database or args.queries or args.distractors:
+            raise CLIError(
+                "--benchmark reads the descriptors named by --features NAME from --root "
+                "(and --r1m); drop --database, --queries and --distractors"
+            )
+        if not args.root or not args.features:
+            raise CLIError("--benchmark needs --root DIR and --features NAME")
+        bench_cls = {"roxford5k": datasets.ROxford5k, "rparis6k": datasets.RParis6k}
+        distractors = None
+        if args.r1m:
+            distractors = datasets.RevisitopR1M(args.r1m).load(args.features)
+        bench = bench_cls[args.benchmark](args.root).load(args.features, distractors=distractors)
+        return _revisitop_task(
+            bench.name, bench.database, bench.queries, bench.gnd, bench.num_distractors
+        )
     if args.gnd:
         gnd = datasets.load_revisitop_gnd(args.gnd)
         if args.features:
@@ -866,6 +885,7 @@ def _add_reranker_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``graphrerank`` command (its sub-commands and options)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Image-retrieval re-ranking as graph computation: evaluate, benchmark, demo.",
@@ -891,8 +911,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dim", type=int, default=128, help="--data synthetic: dimension")
     g.add_argument("--classes", type=int, default=100, help="--data synthetic: classes")
     g.add_argument("--seed", type=int, default=0, help="--data synthetic: seed")
+    g.add_argument(
+        "--benchmark",
+        choices=("roxford5k", "rparis6k"),
+        help="a revisitop benchmark laid out in --root (gnd_*.pkl and --features NAME)",
+    )
+    g.add_argument("--root", metavar="DIR", help="with --benchmark: its folder")
+    g.add_argument(
+        "--r1m", metavar="DIR", help="with --benchmark: folder of R1M distractors --features NAME"
+    )
     g.add_argument("--gnd", metavar="PKL", help="revisitop ground truth, e.g. gnd_roxford5k.pkl")
-    g.add_argument("--features", metavar="MAT", help="with --gnd: .mat with X (D, N) and Q (D, Q)")
+    g.add_argument(
+        "--features",
+        metavar="MAT|NAME",
+        help="with --gnd: .mat with X (D, N) and Q (D, Q); with --benchmark: the name NAME of "
+        "NAME.mat or NAME_database.npy + NAME_queries.npy in --root",
+    )
     g.add_argument(
         "--database", metavar="FILE", help="database descriptors (.npy (N, D), .npz, .mat (D, N))"
     )

@@ -404,8 +404,13 @@ def map_vs_parameter(
         ax.axhline(100 * float(baseline), color="k", lw=0.8, ls="--", label="baseline")
     if not numeric:
         ax.set_xticks(range(len(categories)), [str(c) for c in categories])
-    elif logx:
-        ax.set_xscale("log")
+    else:
+        if logx:
+            ax.set_xscale("log")
+        ticks = sorted({float(x) for x in all_x})
+        if len(ticks) <= 12:  # label the values tried, nothing else
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.set_xticks([], minor=True)
     ax.margins(y=0.15)
     ax.set_xlabel(parameter)
     ax.set_ylabel("mAP (%)")

@@ -187,6 +187,44 @@ def test_evaluate_revisitop_self_made_files(capsys, tmp_path):
     assert "E mAP" in out and "M mAP" in out and "H mAP" in out
 
 
+def test_evaluate_benchmark_folder_with_r1m_distractors(capsys, tmp_path):
+    (tmp_path / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(_toy_gnd()))
+    sa = np.array([0.6, 0.7, 0.9, 0.1, 0.2, 0.8])
+    sb = np.array([0.8, 0.1, 0.2, 0.9, 0.7, 0.3])
+    np.save(tmp_path / "gem_database.npy", np.stack([sa, sb], 1))
+    np.save(tmp_path / "gem_queries.npy", np.eye(2))
+    r1m = tmp_path / "r1m"
+    r1m.mkdir()
+    # one distractor that beats everything for query b: Medium AP of b drops
+    np.save(r1m / "gem.npy", np.array([[0.0, 1.0]]))
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--benchmark",
+        "roxford5k",
+        "--root",
+        str(tmp_path),
+        "--features",
+        "gem",
+        "--r1m",
+        str(r1m),
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert code == 0, err
+    assert "roxford5k+distractors: 7 database items" in out
+    (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    ap_a = 0.5 * ((0 + 1 / 2) / 2 + (1 / 2 + 2 / 3) / 2)  # as without distractors
+    # query b: distractor (6), 3, 0, 4 -> positives at 0-based ranks 1 and 3
+    ap_b = 0.5 * ((0 + 1 / 2) / 2 + (1 / 3 + 2 / 4) / 2)
+    assert row["metrics"]["medium_map"] == pytest.approx((ap_a + ap_b) / 2, abs=1e-12)
+    # the same folder without the descriptors: the message lists what to place there
+    code, _, err = run(
+        capsys, "evaluate", "--benchmark", "roxford5k", "--root", str(tmp_path), "--features", "x"
+    )
+    assert code == 2 and "missing" in err and "x.mat" in err
+
+
 @requires_data("revisitop/gnd_roxford5k.pkl", "revisitop/gnd_rparis6k.pkl")
 @pytest.mark.parametrize("name", ["roxford5k", "rparis6k"])
 def test_evaluate_real_ground_truth_with_oracle_descriptors(capsys, tmp_path, name):
@@ -197,20 +235,16 @@ def test_evaluate_real_ground_truth_with_oracle_descriptors(capsys, tmp_path, na
     X = np.zeros((n, q), np.float32)
     for i, g in enumerate(gnd.gnd):
         X[np.concatenate([g["easy"], g["hard"]]), i] = 1.0
-    np.save(tmp_path / "db.npy", X)
-    np.save(tmp_path / "q.npy", np.eye(q, dtype=np.float32))
-    code, out, err = run(
-        capsys,
-        "evaluate",
-        "--gnd",
-        str(gnd_path),
-        "--database",
-        str(tmp_path / "db.npy"),
-        "--queries",
-        str(tmp_path / "q.npy"),
-        "--json",
-        str(tmp_path / "r.json"),
-    )
+    if name == "roxford5k":  # a ground-truth file and descriptor files anywhere
+        np.save(tmp_path / "db.npy", X)
+        np.save(tmp_path / "q.npy", np.eye(q, dtype=np.float32))
+        source = ["--gnd", str(gnd_path), "--database", str(tmp_path / "db.npy")]
+        source += ["--queries", str(tmp_path / "q.npy")]
+    else:  # the benchmark folder layout of graphrerank.datasets.RParis6k
+        (tmp_path / gnd_path.name).write_bytes(gnd_path.read_bytes())
+        savemat(tmp_path / "oracle.mat", {"X": X.T, "Q": np.eye(q)})
+        source = ["--benchmark", name, "--root", str(tmp_path), "--features", "oracle"]
+    code, out, err = run(capsys, "evaluate", *source, "--json", str(tmp_path / "r.json"))
     assert code == 0, err
     (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
     for proto in ("easy", "medium", "hard"):
@@ -296,6 +330,12 @@ def files(tmp_path):
         (["--data", "digits", "--reranker", "Nope"], r"unknown re-ranker 'Nope'"),
         (["--data", "digits", "--device", "nonsense"], r"--device 'nonsense'"),
         (["--data", "digits", "--subset", "1"], r"--subset must be at least 2"),
+        (["--benchmark", "roxford5k"], r"--benchmark needs --root DIR and --features NAME"),
+        (
+            ["--benchmark", "roxford5k", "--root", "{d}", "--database", "{d}/db.npy"],
+            r"drop --database",
+        ),
+        (["--data", "digits", "--root", "{d}"], r"--root and --r1m go with --benchmark"),
     ],
 )
 def test_evaluate_reports_bad_input_without_traceback(capsys, files, args, match):
