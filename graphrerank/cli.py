@@ -219,10 +219,10 @@ def _class_task(name, database, labels, queries=None, query_labels=None) -> _Tas
 
     def score(indices: Tensor) -> dict[str, float]:
         ks = tuple(k for k in (1, 5, 10) if k <= indices.shape[1])
-        out = {
-            "map": class_map(indices, labels, query_labels, leave_one_out=all_vs_all),
-        }
-        recalls = recall_at_k(indices, labels, query_labels, ks=ks, leave_one_out=all_vs_all)
+        db = labels.to(indices.device)  # the rankings may be on a GPU
+        q = None if query_labels is None else query_labels.to(indices.device)
+        out = {"map": class_map(indices, db, q, leave_one_out=all_vs_all)}
+        recalls = recall_at_k(indices, db, q, ks=ks, leave_one_out=all_vs_all)
         out.update({f"recall@{k}": v for k, v in recalls.items()})
         return out
 
@@ -284,12 +284,13 @@ def _reid_task(name, feats) -> _Task:
     from .metrics import reid_metrics
 
     def score(indices: Tensor) -> dict[str, float]:
+        dev = indices.device  # the rankings may be on a GPU
         r = reid_metrics(
             indices,
-            feats.query_ids,
-            feats.query_cams,
-            feats.gallery_ids,
-            feats.gallery_cams,
+            feats.query_ids.to(dev),
+            feats.query_cams.to(dev),
+            feats.gallery_ids.to(dev),
+            feats.gallery_cams.to(dev),
             max_rank=min(50, indices.shape[1]),
         )
         out = {"map": r.map, "minp": r.minp, "rank1": r.rank1}
