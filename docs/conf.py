@@ -11,6 +11,7 @@ downloaded).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ sys.path.insert(0, str(DOCS))  # _gallery
 import graphrerank
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines in the build log
 
 project = "graphrerank"
 author = "graphrerank developers"
