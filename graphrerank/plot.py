@@ -385,7 +385,7 @@ def map_vs_parameter(
         positive = numeric and all(x > 0 for x in all_x)
         logx = positive and max(all_x) / min(all_x) >= 20
     fig, ax = _axes(ax, (5.0, 3.6))
-    for label, (xs, ys) in clean.items():
+    for c, (label, (xs, ys)) in enumerate(clean.items()):
         pos = [float(x) for x in xs] if numeric else [categories.index(x) for x in xs]
         pct = [100 * y for y in ys]
         (line,) = ax.plot(pos, pct, marker="o", label=label or None)
@@ -395,7 +395,7 @@ def map_vs_parameter(
                 f"{pct[best]:.2f}",
                 (pos[best], pct[best]),
                 textcoords="offset points",
-                xytext=(0, 6),
+                xytext=(0, 6 + 10 * c),  # stacked, in case curves peak at one place
                 ha="center",
                 fontsize=8,
                 color=line.get_color(),
@@ -411,7 +411,7 @@ def map_vs_parameter(
         if len(ticks) <= 12:  # label the values tried, nothing else
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.set_xticks([], minor=True)
-    ax.margins(y=0.15)
+    ax.margins(y=0.15 + 0.05 * (len(clean) - 1))
     ax.set_xlabel(parameter)
     ax.set_ylabel("mAP (%)")
     ax.grid(alpha=0.3)
