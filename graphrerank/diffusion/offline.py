@@ -1,0 +1,544 @@
+r"""Offline diffusion with late truncation (Yang et al., AAAI 2019).
+
+The offline step solves, for every database node :math:`i`, the diffusion system restricted to
+its ``truncation`` nearest nodes :math:`T_i` and keeps the solution as row :math:`i` of a sparse
+matrix :math:`\mathbf{C}`; a query is then answered by a sparse combination of the rows of its
+nearest database items. The systems are solved many at once: the sub-blocks of a block of
+nodes are stacked into one block-diagonal sparse operator and handed to one call of
+:func:`~graphrerank.diffusion.conjugate_gradient`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .._checks import check_features, check_int, check_real
+from .._progress import Progress, ProgressCallback
+from ..graph import knn_graph, normalize_adjacency
+from ..graph.index import KNNIndex
+from ..typing import KNNResult, RerankResult, TensorLike
+from .cg import conjugate_gradient
+
+__all__ = [
+    "late_truncation",
+    "offline_diffusion",
+    "offline_diffusion_rerank",
+    "offline_diffusion_scores",
+    "rdip_rerank",
+    "self_first",
+]
+
+#: Gathered matrix entries per CG block, and lookup-table entries, when ``block_size`` is auto.
+_BLOCK_ENTRIES = 2**21
+_TABLE_ENTRIES = 2**26
+#: Rows checked or searched at once (bounds temporaries of size rows x T).
+_CHECK_ROWS = 2**14
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _laplacian_alpha(graph: Data, alpha: float) -> Tensor:
+    r""":math:`\mathbf{L}_\alpha = \mathbf{I} - \alpha\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}`
+    as an :math:`(N, N)` ``torch.sparse_csr`` tensor (diagonal stored, columns sorted).
+
+    Isolated nodes get :math:`d_i^{-1/2} = 0` (their row of :math:`\mathbf{L}_\alpha` is the
+    identity row).
+    """
+    ei, n = graph.edge_index, int(graph.num_nodes)
+    w = graph.edge_weight
+    if w is None:
+        w = torch.ones(ei.shape[1], device=ei.device)
+    s = normalize_adjacency(ei, w, n, "sym")
+    diag = torch.arange(n, device=ei.device)
+    rows = torch.cat([ei[1], diag])
+    cols = torch.cat([ei[0], diag])
+    vals = torch.cat([-alpha * s, torch.ones(n, dtype=s.dtype, device=s.device)])
+    coo = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), vals, (n, n), check_invariants=False
+    ).coalesce()
+    r, c = coo.indices()
+    crow = torch.zeros(n + 1, dtype=torch.long, device=ei.device)
+    crow[1:] = torch.bincount(r, minlength=n).cumsum(0)
+    return _csr(crow, c, coo.values(), (n, n))
+
+
+def self_first(indices: Tensor, truncation: int) -> Tensor:
+    r"""Truncation lists :math:`T_i` with node :math:`i` first, from a kNN of the nodes in
+    themselves.
+
+    Node :math:`i` is removed wherever it appears in row :math:`i` and put first; the other
+    entries keep their order, and the list is cut to ``truncation`` entries (``-1`` padding is
+    kept at the end, duplicate ids are kept once).
+
+    Args:
+        indices: :math:`(N, m)` int64 kNN of node :math:`i` (``-1`` for padding).
+        truncation: Length :math:`T` of each list, ``1 <= T``.
+
+    Returns:
+        :math:`(N, T)` int64 lists, ``-1`` where fewer than :math:`T` nodes are known.
+
+    Example:
+        >>> self_first(torch.tensor([[0, 2, 1], [0, 1, 2], [2, 2, -1]]), 3)
+        tensor([[ 0,  2,  1],
+                [ 1,  0,  2],
+                [ 2, -1, -1]])
+    """
+    truncation = check_int(truncation, "truncation", low=1)
+    rows = torch.arange(indices.shape[0], device=indices.device)[:, None]
+    return _self_first_rows(indices, rows, truncation)
+
+
+def _self_first_rows(indices: Tensor, rows: Tensor, truncation: int) -> Tensor:
+    n, m = indices.shape
+    idx = indices.masked_fill(indices == rows, -1)
+    # drop repeated ids within a row (keep the first occurrence)
+    if m > 1:
+        srt, order = idx.sort(dim=1, stable=True)
+        dup = torch.zeros_like(srt, dtype=torch.bool)
+        dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+        idx = idx.scatter(1, order, srt.masked_fill(dup, -1))
+    # move padding to the end, keeping the order of valid entries
+    key = (idx < 0).to(torch.int8)
+    order = key.sort(dim=1, stable=True).indices
+    idx = idx.gather(1, order)
+    out = torch.cat([rows.expand(n, 1), idx], dim=1)[:, :truncation]
+    if out.shape[1] < truncation:
+        pad = out.new_full((n, truncation - out.shape[1]), -1)
+        out = torch.cat([out, pad], dim=1)
+    return out
+
+
+def _flatnonzero(x: Tensor) -> Tensor:
+    """Flat indices of the non-zero entries (numpy's is several times faster on a CPU)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(x.numpy()))
+    return x.reshape(-1).nonzero().squeeze(1)
+
+
+class _Rows:
+    """Off-diagonal entries of a CSR matrix in a padded (ELL) layout for fast row gathers."""
+
+    def __init__(self, laplacian: Tensor) -> None:
+        n = laplacian.shape[0]
+        crow = laplacian.crow_indices().long()
+        col = laplacian.col_indices().long()
+        val = laplacian.values()
+        device = val.device
+        deg = crow[1:] - crow[:-1]
+        row_of = torch.repeat_interleave(torch.arange(n, device=device), deg)
+        slot = torch.arange(col.numel(), device=device) - crow[:-1].index_select(0, row_of)
+        self.n = n
+        self.width = max(1, int(deg.max())) if n else 1
+        # one extra all-padding row (index n) for padded list entries; padding column = n
+        self.cols = torch.full((n + 1, self.width), n, dtype=torch.int32, device=device)
+        self.vals = torch.zeros(n + 1, self.width, dtype=val.dtype, device=device)
+        flat = row_of * self.width + slot
+        self.cols.view(-1).index_copy_(0, flat, col.to(torch.int32))
+        self.vals.view(-1).index_copy_(0, flat, val)
+
+
+def _solve_block(
+    rows: _Rows,
+    table: Tensor,
+    nodes: Tensor,
+    lists: Tensor,
+    tol: float,
+    max_iter: int,
+) -> tuple[Tensor, Tensor]:
+    """Solve ``L[T_i, T_i] c = e_i`` for the nodes of one block; return (sorted ids, c).
+
+    The sub-blocks are gathered from the padded rows of ``L`` for the members of each
+    :math:`T_i`, their global columns mapped to local positions through ``table`` (a
+    ``(B, N + 1)`` lookup, 0 outside the lists), and stacked into one block-diagonal CSR
+    operator whose rows and columns follow the sorted global ids of each list.
+    """
+    b, t = lists.shape
+    n, width = rows.n, rows.width
+    device = lists.device
+    ids = lists.sort(dim=1).values  # -1 padding first, then ascending global ids
+    valid = ids >= 0
+    member = torch.where(valid, ids, n).reshape(-1)
+    base = torch.arange(b, device=device)[:, None] * (n + 1)
+    slots = (base + torch.where(valid, ids, n)).reshape(-1)
+    # table[(block b, global id)] = 1 + position in the stacked system (b * t + rank), else 0
+    pos = torch.arange(1, b * t + 1, dtype=torch.int32, device=device)
+    table.index_copy_(0, slots, pos.masked_fill(~valid.reshape(-1), 0))
+    key = rows.cols.index_select(0, member)  # (b * t, width) global columns, n = padding
+    key += base.repeat_interleave(t, dim=0).to(torch.int32)
+    loc = table.index_select(0, key.view(-1))
+    table.index_fill_(0, slots, 0)
+    inside = loc > 0
+    nz = _flatnonzero(inside)  # entries inside the lists, row by row, columns ascending
+    c = loc.index_select(0, nz) - 1
+    v = rows.vals.index_select(0, member).view(-1).index_select(0, nz)
+    bcrow = torch.zeros(b * t + 1, dtype=torch.int32, device=device)
+    bcrow[1:] = inside.view(b * t, width).sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    M = _csr(bcrow, c, v, (b * t, b * t))
+    self_pos = (ids == nodes[:, None]).to(torch.int8).argmax(dim=1)
+    rhs = torch.zeros(b, t, dtype=v.dtype, device=device)
+    rhs[torch.arange(b, device=device), self_pos] = 1
+    rhs = rhs.T  # (t, b) view: column j is node j's system, stored node-major
+
+    def op(X: Tensor) -> Tensor:
+        return torch.mv(M, X.T.reshape(-1)).view(b, t).T
+
+    sol = conjugate_gradient(op, rhs, tol=tol, max_iter=max_iter).solution
+    return ids, sol.T
+
+
+def late_truncation(
+    laplacian: Tensor,
+    lists: Tensor,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 20,
+    block_size: int | None = None,
+    progress: bool | ProgressCallback | None = None,
+) -> Tensor:
+    r"""Solve the late-truncated offline diffusion systems of all nodes.
+
+    For every node :math:`i` with truncation list :math:`T_i` (node :math:`i` first), solve
+
+    .. math::
+        \mathbf{L}_\alpha[T_i, T_i]\, \mathbf{c}_i = \mathbf{e}_i
+
+    on the sub-block of the *globally* normalised :math:`\mathbf{L}_\alpha` (not re-normalised),
+    by conjugate gradients from :math:`\mathbf{c} = 0`, and store :math:`\mathbf{c}_i` as row
+    :math:`i` of :math:`\mathbf{C}` (columns :math:`T_i`). Exact zeros are not stored.
+
+    Many nodes are solved in one call of :func:`~graphrerank.diffusion.conjugate_gradient`: their
+    sub-blocks are gathered from the CSR rows of :math:`T_i` (global column ids mapped to local
+    positions, entries outside :math:`T_i` dropped) into one block-diagonal sparse operator, one
+    right-hand side column per node, so each node keeps its own CG step sizes.
+
+    Args:
+        laplacian: :math:`\mathbf{L}_\alpha` as an :math:`(N, N)` ``torch.sparse_csr`` tensor,
+            symmetric positive definite on every sub-block.
+        lists: :math:`(N, T)` int64 truncation lists, ``lists[i]`` holding :math:`i` and
+            ``-1`` for padding (see :func:`self_first`).
+        tol: CG relative residual tolerance (reference 1e-6).
+        max_iter: CG iteration cap (reference 20).
+        block_size: Nodes per CG block; by default chosen so that a block gathers about two
+            million matrix entries.
+        progress: ``None`` (a bar on a terminal only), ``True`` / ``False``, or a callback
+            ``callback(done, total)`` called after each block.
+
+    Returns:
+        :math:`\mathbf{C}` as an :math:`(N, N)` ``torch.sparse_csr`` tensor with at most
+        :math:`T` entries per row, columns sorted, on the device of ``laplacian``; int32
+        indices when they fit.
+
+    Raises:
+        ValueError: shapes disagree or a node is missing from its own list.
+
+    Example:
+        >>> A = torch.tensor([[1.0, -0.5, 0.0], [-0.5, 1.0, -0.5], [0.0, -0.5, 1.0]])
+        >>> lists = torch.tensor([[0, 1], [1, 0], [2, 1]])
+        >>> C = late_truncation(A.to_sparse_csr(), lists, tol=1e-12)
+        >>> C.to_dense()  # row 0 solves [[1, -.5], [-.5, 1]] c = e_0
+        tensor([[1.3333, 0.6667, 0.0000],
+                [0.6667, 1.3333, 0.0000],
+                [0.0000, 0.6667, 1.3333]])
+    """
+    if laplacian.layout != torch.sparse_csr:
+        raise TypeError(f"laplacian must be a torch.sparse_csr tensor, got {laplacian.layout}")
+    n = laplacian.shape[0]
+    if laplacian.dim() != 2 or laplacian.shape[1] != n:
+        raise ValueError(f"laplacian must be square, got shape {tuple(laplacian.shape)}")
+    if lists.dim() != 2 or lists.shape[0] != n:
+        raise ValueError(f"lists must be ({n}, T), got shape {tuple(lists.shape)}")
+    if lists.device != laplacian.device:
+        raise ValueError(f"lists are on {lists.device} but laplacian is on {laplacian.device}")
+    if lists.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"lists must be int32 or int64, got {lists.dtype}")
+    if n and (int(lists.min()) < -1 or int(lists.max()) >= n):
+        raise ValueError(f"lists must hold node ids in [0, {n - 1}] or -1")
+    nodes = torch.arange(n, device=lists.device)
+    for s in range(0, n, _CHECK_ROWS):  # in chunks: no (N, T) temporaries
+        has_self = (lists[s : s + _CHECK_ROWS] == nodes[s : s + _CHECK_ROWS, None]).any(dim=1)
+        if not bool(has_self.all()):
+            bad = s + int((~has_self).nonzero()[0])
+            raise ValueError(f"every node must be in its own truncation list; node {bad} is not")
+    tol = check_real(tol, "tol", low=0)
+    max_iter = check_int(max_iter, "max_iter", low=0)
+    t = lists.shape[1]
+    rows = _Rows(laplacian)
+    val = rows.vals
+    if block_size is None:
+        block_size = max(1, min(n, _BLOCK_ENTRIES // (t * rows.width), _TABLE_ENTRIES // (n + 1)))
+    else:
+        block_size = check_int(block_size, "block_size", low=1)
+    # int32 lookup keys: a block's table must stay below 2**31 entries
+    block_size = max(1, min(block_size, (2**31 - 1) // (n + 1)))
+    table = torch.zeros(min(block_size, n) * (n + 1), dtype=torch.int32, device=lists.device)
+    index_dtype = torch.int32 if n * t < 2**31 - 1 else torch.int64
+    out_col = torch.empty(n * t, dtype=index_dtype, device=lists.device)
+    out_val = torch.empty(n * t, dtype=val.dtype, device=lists.device)
+    counts = torch.empty(n, dtype=torch.long, device=lists.device)
+    fill = 0
+    show, callback = _progress_args(progress)
+    with Progress(n, "offline diffusion", show=show, callback=callback) as bar:
+        for s in range(0, n, block_size):
+            e = min(n, s + block_size)
+            ids, c = _solve_block(rows, table, nodes[s:e], lists[s:e].long(), tol, max_iter)
+            keep = (ids >= 0) & (c != 0)
+            cnt = keep.sum(1)
+            m = int(cnt.sum())
+            out_col[fill : fill + m] = ids[keep].to(index_dtype)
+            out_val[fill : fill + m] = c[keep]
+            counts[s:e] = cnt
+            fill += m
+            bar.update(e - s)
+    crow_c = torch.zeros(n + 1, dtype=index_dtype, device=lists.device)
+    crow_c[1:] = counts.cumsum(0)
+    if fill < 0.5 * n * t:  # give back the unused tail (a copy at most half the buffer)
+        out_col, out_val = out_col[:fill].clone(), out_val[:fill].clone()
+    else:
+        out_col, out_val = out_col[:fill], out_val[:fill]
+    return _csr(crow_c, out_col, out_val, (n, n))
+
+
+def _progress_args(progress: Any) -> tuple[bool | None, ProgressCallback | None]:
+    if progress is None or isinstance(progress, bool):
+        return progress, None
+    if callable(progress):
+        return False, progress
+    raise TypeError(f"progress must be None, True, False or a callable, got {progress!r}")
+
+
+def _search_index(x: Tensor, search: str, backend: str) -> KNNIndex:
+    """The kNN index of the database: used for the graph, the truncation lists and queries.
+
+    ``search="auto"`` is exact below 100,000 items and faiss IVF from there on a CPU with
+    faiss (the reference code's switch to approximate search for its truncation lists).
+    """
+    from .._imports import has_faiss
+
+    kind = "flat"
+    if search == "ivf" or (
+        search == "auto"
+        and x.shape[0] >= 100_000
+        and has_faiss()
+        and backend != "torch"
+        and x.device.type == "cpu"
+    ):
+        kind = "ivf"
+    return KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss").add(x)
+
+
+def _lists_and_candidates(
+    x: Tensor, index: KNNIndex, truncation: int, num_candidates: int
+) -> tuple[Tensor, KNNResult]:
+    """One kNN search of the database in itself, in chunks of rows, giving the truncation
+    lists (int32 when the ids fit, node first) and the ``num_candidates`` best neighbours of
+    each node for the graph; memory stays ``N x (T + num_candidates)`` numbers."""
+    n = x.shape[0]
+    t = min(truncation, n)
+    kc = min(num_candidates, n)
+    m = max(t, kc)
+    itype = torch.int32 if n < 2**31 - 1 else torch.int64
+    lists = torch.empty(n, t, dtype=itype, device=x.device)
+    cs = torch.empty(n, kc, dtype=x.dtype, device=x.device)
+    ci = torch.empty(n, kc, dtype=torch.long, device=x.device)
+    for s in range(0, n, _CHECK_ROWS):
+        knn = index.search(x[s : s + _CHECK_ROWS], m)
+        idx = knn.indices
+        # self_first needs the node ids of these rows
+        rows = torch.arange(s, s + idx.shape[0], device=idx.device)[:, None]
+        lists[s : s + idx.shape[0]] = _self_first_rows(idx, rows, t).to(itype)
+        cs[s : s + idx.shape[0]] = knn.scores[:, :kc]
+        ci[s : s + idx.shape[0]] = idx[:, :kc]
+    return lists, KNNResult(cs, ci)
+
+
+def _mutual_graph(knn: KNNResult, x: Tensor, kd: int, gamma: float) -> Data:
+    """The reference affinity: ``kd`` neighbours counting the node itself, self dropped
+    wherever it appears, ``max(s, 0) ** gamma``, mutual pairs only."""
+    return knn_graph(
+        x,
+        kd,
+        k_includes_self=True,
+        symmetrize="mutual",
+        gamma=gamma,
+        candidates=KNNResult(knn.scores[:, :kd], knn.indices[:, :kd]),
+    )
+
+
+def offline_diffusion(
+    x: TensorLike,
+    *,
+    kd: int = 50,
+    truncation: int = 1000,
+    alpha: float = 0.99,
+    gamma: float = 3.0,
+    tol: float = 1e-6,
+    max_iter: int = 20,
+    graph: Data | None = None,
+    lists: Tensor | None = None,
+    search: Literal["auto", "exact", "ivf"] = "auto",
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+    block_size: int | None = None,
+    progress: bool | ProgressCallback | None = None,
+) -> Tensor:
+    r"""The offline diffusion matrix :math:`\mathbf{C}` of Yang et al. (AAAI 2019), with late
+    truncation.
+
+    The database graph is the mutual kNN graph of the L2-normalised descriptors (the ``kd``
+    nearest items of each node, counting the node itself, then the node itself removed wherever
+    it appears), with weights :math:`a_{ij} = \max(\mathbf{x}_i^\top\mathbf{x}_j, 0)^\gamma`,
+
+    .. math::
+        \mathbf{S} = \mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}, \qquad
+        \mathbf{L}_\alpha = \mathbf{I} - \alpha\mathbf{S}, \qquad
+        \mathbf{L}_\alpha[T_i, T_i]\,\mathbf{c}_i = \mathbf{e}_i, \qquad
+        \mathbf{C}_{i, T_i} = \mathbf{c}_i^\top,
+
+    with :math:`T_i` the ``truncation`` nearest nodes of :math:`i` (itself first) and the
+    systems solved by conjugate gradients (:func:`late_truncation`). Isolated nodes get
+    :math:`d_i^{-1/2} = 0`.
+
+    Args:
+        x: L2-normalised database descriptors :math:`(N, D)`.
+        kd: :math:`k_d`, neighbours per node in the graph, the node itself included
+            (reference 50).
+        truncation: :math:`|T_i|`, nodes per truncated system (reference 1000), capped at
+            :math:`N`.
+        alpha: :math:`\alpha \in (0, 1)` (reference 0.99).
+        gamma: :math:`\gamma`, similarity exponent of the graph weights (reference 3).
+        tol: CG relative residual tolerance (reference 1e-6).
+        max_iter: CG iteration cap (reference 20).
+        graph: A prebuilt symmetric affinity graph :math:`\mathbf{A}` (unnormalised weights)
+            to use instead of the mutual kNN graph (R-DiP passes its re-scored graph).
+        lists: Prebuilt :math:`(N, T)` truncation lists (see :func:`self_first`).
+        search: ``"exact"`` kNN, ``"ivf"`` (approximate faiss IVF), or ``"auto"``: IVF from
+            :math:`N \ge 100\,000` on a CPU with faiss, as the reference code does for its
+            truncation lists.
+        backend: kNN backend of the exact search.
+        block_size: Nodes per CG block (see :func:`late_truncation`).
+        progress: Progress reporting of the solves (see :func:`late_truncation`).
+
+    Returns:
+        :math:`\mathbf{C}`, an :math:`(N, N)` ``torch.sparse_csr`` tensor on the device of ``x``.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.1, 1.0], [0.2, 1.0]]), dim=1)
+        >>> C = offline_diffusion(x, kd=3, truncation=3, backend="torch")
+        >>> C.to_dense().gt(0).int()  # each row reaches its own truncation list only
+        tensor([[1, 1, 1, 0, 0],
+                [1, 1, 1, 0, 0],
+                [1, 1, 1, 0, 0],
+                [0, 0, 0, 1, 1],
+                [0, 0, 0, 1, 1]], dtype=torch.int32)
+    """
+    from .._checks import check_in, check_normalized
+
+    x = check_features(x, "x")
+    check_normalized(x, "x")
+    n = x.shape[0]
+    kd = check_int(kd, "kd", low=1, high=n)
+    truncation = check_int(truncation, "truncation", low=1)
+    alpha = check_real(alpha, "alpha", low=0, high=1, low_open=True, high_open=True)
+    gamma = check_real(gamma, "gamma", low=0)
+    check_in(search, "search", ("auto", "exact", "ivf"))
+    if graph is None or lists is None:
+        index = _search_index(x, search, backend)
+        lst, cand = _lists_and_candidates(x, index, truncation, kd)
+        graph = _mutual_graph(cand, x, kd, gamma) if graph is None else graph
+        lists = lst if lists is None else lists
+    return late_truncation(
+        _laplacian_alpha(graph, alpha),
+        lists,
+        tol=tol,
+        max_iter=max_iter,
+        block_size=block_size,
+        progress=progress,
+    )
+
+
+def offline_diffusion_scores(
+    C: Tensor, knn: KNNResult | tuple[Tensor, Tensor], gamma: float
+) -> Tensor:
+    r"""The online step of offline diffusion: a sparse combination of rows of :math:`\mathbf{C}`.
+
+    .. math::
+        \mathbf{f}_q = \sum_{j \in \mathrm{kNN}(q)} \max(s_{qj}, 0)^\gamma\, \mathbf{C}_{j,:}
+
+    over the query's ``kq`` nearest database items :math:`j` with similarities
+    :math:`s_{qj}`; one sparse-sparse product for all queries.
+
+    Args:
+        C: :math:`(N, N)` ``torch.sparse_csr`` offline matrix (:func:`offline_diffusion`).
+        knn: ``(scores, indices)`` :math:`(Q, k_q)` of the queries in the database
+            (``-1`` padding ignored).
+        gamma: :math:`\gamma`.
+
+    Returns:
+        :math:`\mathbf{F}`, a :math:`(Q, N)` ``torch.sparse_csr`` tensor.
+
+    Example:
+        >>> C = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]).to_sparse_csr()
+        >>> knn = (torch.tensor([[1.0, 0.5]]), torch.tensor([[1, 2]]))
+        >>> offline_diffusion_scores(C, knn, gamma=1.0).to_dense()
+        tensor([[0.5000, 1.0000, 0.5000]])
+    """
+    scores, idx = knn
+    q, kq = idx.shape
+    n = C.shape[0]
+    w = scores.clamp(min=0).pow(gamma).to(C.values().dtype)
+    w = w.masked_fill(idx < 0, 0)
+    order = idx.argsort(dim=1)
+    idx, w = idx.gather(1, order), w.gather(1, order)
+    keep = (idx >= 0) & (w != 0)
+    itype = C.crow_indices().dtype
+    crow = torch.zeros(q + 1, dtype=itype, device=idx.device)
+    crow[1:] = keep.sum(1).cumsum(0)
+    Y = _csr(crow, idx[keep].to(itype), w[keep], (q, n))
+    return Y @ C
+
+
+def offline_diffusion_rerank(
+    queries: TensorLike | None, database: TensorLike, k: int = 100, **settings: Any
+) -> RerankResult:
+    """``OfflineDiffusion(**settings).fit(database).rerank(queries, k)``.
+
+    See :class:`graphrerank.rerankers.OfflineDiffusion` for the method and its settings.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]]), dim=1)
+        >>> offline_diffusion_rerank(x[:1], x, k=4, kd=2, kq=1, truncation=2).indices
+        tensor([[0, 1, 3, 2]])
+    """
+    from ..rerankers.offline import OfflineDiffusion
+
+    return OfflineDiffusion(**settings).fit(database).rerank(queries, k)
+
+
+def rdip_rerank(
+    queries: TensorLike | None, database: TensorLike, k: int = 100, **settings: Any
+) -> RerankResult:
+    """``RDiP(**settings).fit(database).rerank(queries, k)``: offline diffusion over a graph
+    rebuilt with a re-scorer's similarities (Kato, Komamizu and Ide, DEXA 2024).
+
+    See :class:`graphrerank.rerankers.RDiP` for the method and its settings.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]]), dim=1)
+        >>> rdip_rerank(x[:1], x, k=4, k_m=3, k_d=2, kq=1, truncation=2).indices
+        tensor([[0, 1, 3, 2]])
+    """
+    from ..rerankers.offline import RDiP
+
+    return RDiP(**settings).fit(database).rerank(queries, k)

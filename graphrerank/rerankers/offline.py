@@ -1,0 +1,903 @@
+r"""Offline diffusion (Yang et al., AAAI 2019) and R-DiP (Kato, Komamizu and Ide, DEXA 2024)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .. import __version__
+from .._checks import check_features, check_in, check_int, check_normalized, check_real
+from .._io import CorruptFileError, load_arrays, save_arrays
+from .._progress import ProgressCallback
+from ..diffusion.offline import (
+    _csr,
+    _laplacian_alpha,
+    _lists_and_candidates,
+    _mutual_graph,
+    _search_index,
+    late_truncation,
+    offline_diffusion_scores,
+)
+from ..graph import EdgeRescorer, KNNIndex, knn_graph, symmetrize
+from ..typing import KNNResult, RerankResult
+from .base import Reranker
+
+__all__ = ["OfflineDiffusion", "RDiP"]
+
+_FORMAT = "graphrerank.OfflineDiffusion"
+_VERSION = 1
+
+#: Candidate entries (queries x non-zero scores) handled at once when ranking.
+_RANK_ENTRIES = 2**23
+#: Largest (Q + N) x (Q + N) transductive matrix scored densely.
+_DENSE_ENTRIES = 2**25
+
+
+# ---------------------------------------------------------------------------- sparse helpers
+def _csr_rows(A: Tensor, start: int, end: int) -> Tensor:
+    """Rows ``start:end`` of a CSR matrix as a new CSR matrix (no copy of the other rows)."""
+    crow = A.crow_indices()
+    a, b = int(crow[start]), int(crow[end])
+    return _csr(
+        crow[start : end + 1] - crow[start],
+        A.col_indices()[a:b],
+        A.values()[a:b],
+        (end - start, A.shape[1]),
+    )
+
+
+def _row_ids(A: Tensor) -> Tensor:
+    crow = A.crow_indices().long()
+    counts = crow[1:] - crow[:-1]
+    return torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), counts)
+
+
+def _padded(A: Tensor) -> tuple[Tensor, Tensor]:
+    """A CSR matrix as ``(indices, values)`` of shape ``(rows, max row nnz)``, ``-1`` padding
+    (stored zeros are kept; the ranking treats them as absent)."""
+    crow = A.crow_indices().long()
+    counts = crow[1:] - crow[:-1]
+    b = A.shape[0]
+    m = max(1, int(counts.max())) if b else 1
+    nnz = A.col_indices().numel()
+    rows = torch.repeat_interleave(torch.arange(b, device=crow.device), counts, output_size=nnz)
+    dest = torch.arange(nnz, device=crow.device) + (rows * m - crow[:-1].index_select(0, rows))
+    idx = torch.full((b, m), -1, dtype=torch.long, device=crow.device)
+    val = torch.zeros(b, m, dtype=A.values().dtype, device=crow.device)
+    idx.view(-1).index_copy_(0, dest, A.col_indices().long())
+    val.view(-1).index_copy_(0, dest, A.values())
+    return idx, val
+
+
+def _l2_rows(A: Tensor) -> Tensor:
+    """Divide each row of a CSR matrix by its L2 norm (zero rows stay zero)."""
+    rows = _row_ids(A)
+    val = A.values()
+    norm = torch.zeros(A.shape[0], dtype=val.dtype, device=val.device)
+    norm.index_add_(0, rows, val * val)
+    inv = norm.sqrt().reciprocal().masked_fill_(norm == 0, 0)
+    return _csr(A.crow_indices(), A.col_indices(), val * inv.index_select(0, rows), A.shape)
+
+
+def _transpose(A: Tensor) -> Tensor:
+    """:math:`\\mathbf{A}^\\top` of a CSR matrix, as CSR."""
+    rows = _row_ids(A)
+    col = A.col_indices().long()
+    n0, n1 = A.shape
+    order = torch.argsort(col * n0 + rows)
+    r, c, v = col[order], rows[order], A.values()[order]
+    crow = torch.zeros(n1 + 1, dtype=torch.long, device=r.device)
+    crow[1:] = torch.bincount(r, minlength=n1).cumsum(0)
+    itype = A.crow_indices().dtype
+    return _csr(crow.to(itype), c.to(itype), v, (n1, n0))
+
+
+# ---------------------------------------------------------------------------- ranking
+def _rank(
+    cand_idx: Tensor,
+    cand_val: Tensor,
+    k: int,
+    queries: Tensor,
+    database: Tensor,
+    index: KNNIndex,
+    ties: str = "similarity",
+) -> RerankResult:
+    r"""The ``k`` best items per query for scores that are non-zero only at ``cand_idx``.
+
+    Every database item outside the candidates scores 0. Items are ordered by score, then
+    (``ties="similarity"``) by first-stage similarity :math:`\mathbf{q}^\top\mathbf{x}_j`,
+    so the many items that score exactly 0 (outside every truncation list involved) keep
+    their first-stage order, or (``ties="index"``) by database index, lowest first.
+
+    ``cand_idx``/``cand_val``: ``(B, M)`` with ``-1`` padding, ids unique per row.
+    """
+    b, m = cand_idx.shape
+    n = database.shape[0]
+    device, dtype = cand_idx.device, cand_val.dtype
+    sec_dtype = torch.float64 if ties == "index" else dtype
+    valid = (cand_idx >= 0) & (cand_val != 0)
+    if m >= k:
+        # fast path: k positive scores per query, no equal scores among the best k or at the
+        # boundary (the usual case) -> a plain top-k
+        pos_val = cand_val.masked_fill(~valid | (cand_val <= 0), float("-inf"))
+        top = pos_val.topk(k, dim=1)
+        v = top.values
+        if bool((v[:, -1] > 0).all()):
+            ties_inside = bool((v[:, 1:] == v[:, :-1]).any())
+            at_edge = (pos_val == v[:, -1:]).sum(1) > 1
+            if not ties_inside and not bool(at_edge.any()):
+                return RerankResult(v, cand_idx.gather(1, top.indices))
+    cand_idx = cand_idx.masked_fill(~valid, -1)
+    npos = (valid & (cand_val > 0)).sum(1)
+    nnz = valid.sum(1)
+    need0 = (k - npos).clamp(min=0)
+    idx_parts, val_parts = [cand_idx], [cand_val.masked_fill(~valid, 0)]
+    if ties == "index":
+        sec_parts = [-cand_idx.to(sec_dtype)]
+    else:
+        sec_parts = [torch.full(cand_idx.shape, float("nan"), dtype=sec_dtype, device=device)]
+    rows = need0.nonzero().squeeze(1)
+    if rows.numel():
+        # the best zero-scored items: the first-stage list (or the lowest indices) with the
+        # non-zero candidates removed; need0 + nnz first items always hold enough of them
+        mm = int(min(n, int((need0 + nnz).index_select(0, rows).max())))
+        if ties == "index":
+            fi = torch.arange(mm, device=device).expand(rows.numel(), mm)
+            fs = -fi.to(sec_dtype)
+        else:
+            fs, fi = index.search(queries.index_select(0, rows), mm)
+        cs = cand_idx.index_select(0, rows).masked_fill(~valid.index_select(0, rows), n)
+        cs = cs.sort(dim=1).values
+        at = torch.searchsorted(cs, fi.masked_fill(fi < 0, n + 1)).clamp_(max=cs.shape[1] - 1)
+        ok = (fi >= 0) & (cs.gather(1, at) != fi)
+        take = ok & ((ok.cumsum(1) - 1) < need0.index_select(0, rows)[:, None])
+        zi = torch.full((b, mm), -1, dtype=torch.long, device=device)
+        zs = torch.full((b, mm), float("-inf"), dtype=sec_dtype, device=device)
+        zi[rows] = torch.where(take, fi, -1)
+        zs[rows] = fs.to(sec_dtype)
+        idx_parts.append(zi)
+        val_parts.append(torch.zeros(b, mm, dtype=dtype, device=device))
+        sec_parts.append(zs)
+    idx = torch.cat(idx_parts, dim=1)
+    val = torch.cat(val_parts, dim=1)
+    sec = torch.cat(sec_parts, dim=1)
+    valid = idx >= 0
+    val = val.masked_fill(~valid, float("-inf"))
+
+    def fill_sec(mask: Tensor) -> None:
+        # first-stage similarities where they decide an order and are not known yet
+        todo = (mask & torch.isnan(sec)).nonzero()
+        if todo.numel():
+            r, c = todo[:, 0], todo[:, 1]
+            j = idx[r, c]
+            s = (queries.index_select(0, r) * database.index_select(0, j)).sum(1)
+            sec[r, c] = s.to(sec.dtype)
+
+    kk = min(k, idx.shape[1])
+    thr = val.topk(kk, dim=1).values[:, -1:]
+    gt = val > thr
+    eq = (val == thr) & valid
+    need = kk - gt.sum(1, keepdim=True)
+    crowded = eq.sum(1, keepdim=True) > need  # more tied items than places left
+    fill_sec(eq & crowded)
+    sec_eq = torch.where(eq, sec, float("-inf"))
+    chosen_pos = sec_eq.topk(kk, dim=1).indices
+    chosen = torch.zeros_like(eq)
+    chosen.scatter_(1, chosen_pos, torch.arange(kk, device=device)[None, :] < need)
+    selected = (gt | torch.where(crowded, chosen, eq)) & valid
+    # min(kk, #valid) selected per row; bring them to the front, best score first
+    key = val.masked_fill(~selected, float("-inf"))
+    pos = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :kk]
+    sel_ok = selected.gather(1, pos)
+    s_idx = idx.gather(1, pos).masked_fill(~sel_ok, -1)
+    s_val = val.gather(1, pos)
+    # order equal scores by the secondary key
+    dup = torch.zeros_like(sel_ok)
+    same = (s_val[:, 1:] == s_val[:, :-1]) & sel_ok[:, 1:] & sel_ok[:, :-1]
+    dup[:, 1:] |= same
+    dup[:, :-1] |= same
+    if bool(dup.any()):
+        mask = torch.zeros_like(selected).scatter_(1, pos, dup)
+        fill_sec(mask)
+        s_sec = sec.gather(1, pos).nan_to_num(nan=float("-inf"))
+        s_sec = s_sec.masked_fill(~sel_ok, float("-inf"))
+        o = torch.sort(s_sec, dim=1, descending=True, stable=True).indices
+        s_idx, s_val = s_idx.gather(1, o), s_val.gather(1, o)
+        o = torch.sort(s_val, dim=1, descending=True, stable=True).indices
+        s_idx, s_val = s_idx.gather(1, o), s_val.gather(1, o)
+    if kk < k:  # fewer items than k (tiny database with an approximate index)
+        pad = k - kk
+        s_idx = torch.cat([s_idx, s_idx.new_full((b, pad), -1)], dim=1)
+        s_val = torch.cat([s_val, s_val.new_full((b, pad), float("-inf"))], dim=1)
+    return RerankResult(s_val, s_idx)
+
+
+def _rank_dense(
+    scores: Tensor, k: int, queries: Tensor, database: Tensor, ties: str
+) -> RerankResult:
+    """:func:`_rank` for dense ``(B, N)`` scores and long lists (``k`` near ``N``): two stable
+    sorts, by the secondary key, then by score."""
+    if ties == "index":
+        order = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    else:
+        sec = queries @ database.T
+        order = torch.sort(sec, dim=1, descending=True, stable=True).indices
+    by_score = torch.sort(scores.gather(1, order), dim=1, descending=True, stable=True)
+    idx = order.gather(1, by_score.indices[:, :k])
+    return RerankResult(by_score.values[:, :k], idx)
+
+
+def _dense_ranking(k: int, n: int) -> bool:
+    return 4 * k >= n
+
+
+def _rank_csr(
+    F: Tensor, k: int, queries: Tensor, database: Tensor, index: KNNIndex, ties: str
+) -> RerankResult:
+    if _dense_ranking(k, F.shape[1]):
+        return _rank_dense(F.to_dense(), k, queries, database, ties)
+    idx, val = _padded(F)
+    return _rank(idx, val, k, queries, database, index, ties)
+
+
+def _fingerprint(x: Tensor) -> str:
+    a = np.ascontiguousarray(x.detach().cpu().numpy())
+    h = hashlib.sha256()
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- base class
+class _OfflineBase(Reranker):
+    """Shared machinery of the offline diffusion re-rankers."""
+
+    # ------------------------------------------------------------------ hooks
+    def _graph(self, x: Tensor, knn: KNNResult) -> Data:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _num_candidates(self) -> int:
+        return self._kd()
+
+    def _kd(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate_common(self) -> None:
+        check_int(self.kq, "kq", low=1)
+        check_int(self.truncation, "truncation", low=1)
+        check_real(self.alpha, "alpha", low=0, high=1, low_open=True, high_open=True)
+        check_real(self.gamma, "gamma", low=0)
+        check_real(self.tol, "tol", low=0)
+        check_int(self.max_iter, "max_iter", low=0)
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
+        check_in(self.search, "search", ("auto", "exact", "ivf"))
+        check_in(self.ties, "ties", ("similarity", "index"))
+        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+        if self.block_size is not None:
+            check_int(self.block_size, "block_size", low=1)
+        if not (
+            self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
+        ):
+            raise TypeError(
+                f"progress must be None, True, False or a callable, got {self.progress!r}"
+            )
+
+    def _prepare(self, x: Tensor, name: str) -> Tensor:
+        if self.normalize:
+            return torch.nn.functional.normalize(x, dim=1)
+        return check_normalized(x, name)
+
+    # ------------------------------------------------------------------ offline
+    def _offline(self, x: Tensor, index: KNNIndex) -> Tensor:
+        n = x.shape[0]
+        if self._kd() > n:
+            raise ValueError(
+                f"{self._kd_name()}={self._kd()} is larger than the database ({n} items)"
+            )
+        lists, cand = _lists_and_candidates(x, index, self.truncation, self._num_candidates())
+        graph = self._graph(x, cand)
+        return late_truncation(
+            _laplacian_alpha(graph, self.alpha),
+            lists,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            block_size=self.block_size,
+            progress=self.progress,
+        )
+
+    def _kd_name(self) -> str:
+        return "kd"
+
+    def _setup(self, x: Tensor) -> None:
+        """Prepare what the graph needs besides the descriptors (R-DiP: its re-scorer)."""
+
+    def _fit(self, database: Tensor) -> None:
+        x = self._prepare(database, "database")
+        self.x_ = x
+        self._setup(x)
+        self.index_ = _search_index(x, self.search, self.backend)
+        self.C_ = self._offline(x, self.index_)
+
+    # ------------------------------------------------------------------ online
+    def _query_knn(self, q: Tensor, all_vs_all: bool) -> KNNResult:
+        return self.index_.search(q, min(self.kq, self.n_database_))
+
+    def _batch(self, width: int) -> int:
+        return max(1, _RANK_ENTRIES // max(1, width))
+
+    def _inductive(self, queries: Tensor | None, k: int) -> RerankResult:
+        q = self.x_ if queries is None else self._prepare(queries, "queries")
+        out_s, out_i = [], []
+        bs = self._batch(min(self.kq, self.n_database_) * min(self.truncation, self.n_database_))
+        for s in range(0, q.shape[0], bs):
+            qb = q[s : s + bs]
+            knn = self._query_knn(qb, queries is None)
+            r = self._online(knn, k, qb)
+            out_s.append(r.scores)
+            out_i.append(r.indices)
+        return RerankResult(torch.cat(out_s), torch.cat(out_i))
+
+    def _online(self, knn: KNNResult, k: int, q: Tensor) -> RerankResult:
+        n = self.n_database_
+        if _dense_ranking(k, n):
+            F = offline_diffusion_scores(self.C_, knn, self.gamma)
+            return _rank_dense(F.to_dense(), k, q, self.x_, self.ties)
+        F = offline_diffusion_scores(self.C_, knn, self.gamma)
+        return _rank_csr(F, k, q, self.x_, self.index_, self.ties)
+
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
+        return self._inductive(queries, k)
+
+    # ------------------------------------------------------------------ persistence
+    def _json_params(self) -> dict[str, Any]:
+        out = {}
+        for name, value in self.get_params().items():
+            if value is None or isinstance(value, (bool, int, float, str)):
+                out[name] = value
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the offline result to ``path`` (``.npz``) atomically, without pickle.
+
+        Stored: :math:`\\mathbf{C}` (CSR arrays), the settings and a fingerprint (SHA-256) of
+        the database. Settings that are not plain values (a callable ``progress``, a
+        ``rescorer``) are not stored; pass them again to :meth:`load` if needed.
+        """
+        self._check_fitted()
+        C = self.C_
+        arrays = {
+            "crow": C.crow_indices().cpu().numpy(),
+            "col": C.col_indices().cpu().numpy(),
+            "values": C.values().cpu().numpy(),
+        }
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "graphrerank": __version__,
+            "class": type(self).__name__,
+            "params": self._json_params(),
+            "database": {
+                "shape": list(self.database_.shape),
+                "dtype": str(self.database_.dtype),
+                "sha256": _fingerprint(self.database_),
+            },
+        }
+        return save_arrays(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, database: Any, **settings: Any) -> Self:
+        """A fitted re-ranker from a file written by :meth:`save` and the same database.
+
+        The offline matrix is read from ``path`` (no diffusion is solved) and the kNN index of
+        ``database`` is rebuilt; the result lives on ``database``'s device.
+
+        Args:
+            path: File written by :meth:`save`.
+            database: The database :math:`(N, D)` the file was computed from.
+            **settings: Settings that were not stored (e.g. ``progress``, ``rescorer``).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CorruptFileError: the file is truncated, altered, of another format or inconsistent.
+            ValueError: ``database`` is not the database the file was computed from.
+        """
+        arrays, meta = load_arrays(path, format=_FORMAT, version=_VERSION)
+        if meta.get("class") != cls.__name__:
+            raise CorruptFileError(
+                f"{str(path)!r} holds a {meta.get('class')!r} result, not a {cls.__name__!r}"
+            )
+        try:
+            params = dict(meta["params"])
+            fp = meta["database"]
+        except (KeyError, TypeError) as err:
+            raise CorruptFileError(f"{str(path)!r} has invalid metadata: {err}") from None
+        params.update(settings)
+        try:
+            r = cls(**params)
+        except TypeError as err:
+            raise CorruptFileError(f"{str(path)!r} has invalid settings: {err}") from None
+        r._validate_params()
+        db = check_features(database, "database")
+        if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
+            raise ValueError(
+                f"database {tuple(db.shape)} {db.dtype} is not the database of {str(path)!r} "
+                f"({tuple(fp.get('shape', ()))} {fp.get('dtype')})"
+            )
+        if _fingerprint(db) != fp.get("sha256"):
+            raise ValueError(
+                f"database differs from the one {str(path)!r} was computed from (fingerprint "
+                "mismatch); fit the re-ranker on this database instead"
+            )
+        n = db.shape[0]
+        crow, col, values = arrays.get("crow"), arrays.get("col"), arrays.get("values")
+        if (
+            crow is None
+            or col is None
+            or values is None
+            or crow.shape != (n + 1,)
+            or col.shape != values.shape
+            or col.ndim != 1
+            or int(crow[-1]) != col.shape[0]
+            or (col.size and (int(col.min()) < 0 or int(col.max()) >= n))
+            or bool((np.diff(crow) < 0).any())
+        ):
+            raise CorruptFileError(f"{str(path)!r}: the stored matrix does not match the database")
+        device = db.device
+        r.database_ = db
+        x = r._prepare(db, "database")
+        r.x_ = x
+        r._setup(x)
+        r.index_ = _search_index(x, r.search, r.backend)
+        r.C_ = _csr(
+            torch.from_numpy(crow).to(device),
+            torch.from_numpy(col).to(device),
+            torch.from_numpy(values).to(device=device, dtype=x.dtype),
+            (n, n),
+        )
+        return r
+
+
+# ---------------------------------------------------------------------------- offline diffusion
+class OfflineDiffusion(_OfflineBase):
+    r"""Offline diffusion from the `"Efficient Image Retrieval via Decoupling Diffusion into
+    Online and Offline Processing" <https://arxiv.org/abs/1811.10907>`_ paper (Yang et al.,
+    AAAI 2019), with late truncation.
+
+    Offline, on the L2-normalised database: the mutual kNN graph (``kd`` neighbours counting
+    the item itself, the item then removed wherever it appears), weights
+    :math:`a_{ij} = \max(\mathbf{x}_i^\top\mathbf{x}_j, 0)^\gamma`, and for every item
+    :math:`i` the system restricted to its ``truncation`` nearest items :math:`T_i`:
+
+    .. math::
+        \mathbf{L}_\alpha = \mathbf{I} - \alpha\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2},
+        \qquad \mathbf{L}_\alpha[T_i, T_i]\,\mathbf{c}_i = \mathbf{e}_i,
+        \qquad \mathbf{C}_{i, T_i} = \mathbf{c}_i^\top,
+
+    solved by conjugate gradients (:math:`\mathbf{c} = 0` start, ``tol``, ``max_iter``) many
+    systems at once (:func:`~graphrerank.diffusion.late_truncation`); :math:`\mathbf{C}` is
+    kept sparse. Online (the paper's method, the reference code's ``search_old``), a query
+    with its ``kq`` nearest database items :math:`j` and similarities :math:`s_j` scores
+
+    .. math::
+        \mathbf{f} = \sum_{j} \max(s_j, 0)^\gamma\, \mathbf{C}_{j,:},
+
+    a sparse combination of ``kq`` rows of :math:`\mathbf{C}`: a new query costs a kNN search
+    and that combination, no graph change. Items with equal scores, in particular the items
+    outside every truncation list involved (score 0), are ordered by first-stage similarity.
+
+    With ``transductive=True`` (the reference code's default ``search``) the queries are
+    inserted into the graph: the offline step runs over queries and database together (over
+    the :math:`N` items only for ``rerank(None)``), rows of :math:`\mathbf{C}` are
+    L2-normalised and a query scores database item :math:`j` by
+    :math:`\hat{\mathbf{c}}_q^\top \hat{\mathbf{c}}_j`. Every call then repeats the offline
+    step, and each query's result depends on the other queries.
+
+    Args:
+        kd: :math:`k_d`, graph neighbours per item, the item itself included (reference 50).
+        kq: :math:`k_q`, database neighbours of a query in the online step (reference 10).
+        truncation: :math:`|T_i|`, items per truncated system (reference 1000; capped at
+            :math:`N`).
+        alpha: :math:`\alpha \in (0, 1)` (reference 0.99).
+        gamma: :math:`\gamma`, similarity exponent of graph and query weights (reference 3).
+            The reference code raises the query similarities to :math:`\gamma` without
+            clamping; here negative similarities give weight 0, as in the graph.
+        tol: CG relative residual tolerance (reference 1e-6).
+        max_iter: CG iteration cap (reference 20, at which :math:`\alpha = 0.99` systems have
+            not converged: the cap defines the reference results).
+        transductive: Insert the queries into the graph (see above).
+        ties: Order of items with equal scores: ``"similarity"`` (first-stage similarity,
+            best first; the items outside every truncation list involved all score 0 and
+            keep the order of the plain kNN ranking) or ``"index"`` (lowest database index
+            first, the order a stable sort of the dense score matrix gives, as the reference
+            code ranks its transductive scores).
+        normalize: L2-normalise database and queries; otherwise they must be normalised.
+        search: kNN search for graph, truncation lists and queries: ``"exact"``, ``"ivf"``
+            (faiss IVF, approximate) or ``"auto"`` (IVF from 100,000 items on a CPU with faiss,
+            as the reference does for its truncation lists).
+        backend: Backend of the exact kNN search (``"auto"``, ``"faiss"``, ``"torch"``).
+        block_size: Items solved per batched CG call (default: about two million gathered
+            matrix entries per call).
+        progress: Progress of the offline step: ``None`` (a bar on a terminal only),
+            ``True`` / ``False``, or a callback ``callback(done, total)``.
+
+    Shapes:
+        - **fit:** database :math:`(N, D)`, L2-normalised
+        - **rerank:** queries :math:`(Q, D)` or ``None`` :math:`\to` scores, indices
+          :math:`(Q, k)`
+        - **C_:** :math:`(N, N)` ``torch.sparse_csr``, at most :math:`N \cdot |T|` entries
+
+    Raises:
+        ValueError: a setting is out of range, descriptors are not L2-normalised (and
+            ``normalize=False``), or ``kd`` exceeds the database.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.1, 1.0], [0.2, 1.0], [0.3, 1.0]]), dim=1)
+        >>> r = OfflineDiffusion(kd=3, kq=2, truncation=4).fit(x)
+        >>> out = r.rerank(x[:1], k=6)
+        >>> out.indices  # 1, the centre of the query's cluster, first; the other cluster
+        ...              # scores 0 and keeps its first-stage order
+        tensor([[1, 0, 2, 5, 4, 3]])
+        >>> out.scores[0, 3:]
+        tensor([0., 0., 0.])
+        >>> r.C_.shape
+        torch.Size([6, 6])
+    """
+
+    def __init__(
+        self,
+        *,
+        kd: int = 50,
+        kq: int = 10,
+        truncation: int = 1000,
+        alpha: float = 0.99,
+        gamma: float = 3.0,
+        tol: float = 1e-6,
+        max_iter: int = 20,
+        transductive: bool = False,
+        ties: Literal["similarity", "index"] = "similarity",
+        normalize: bool = False,
+        search: Literal["auto", "exact", "ivf"] = "auto",
+        backend: Literal["auto", "faiss", "torch"] = "auto",
+        block_size: int | None = None,
+        progress: bool | ProgressCallback | None = None,
+    ) -> None:
+        self.kd = kd
+        self.kq = kq
+        self.truncation = truncation
+        self.alpha = alpha
+        self.gamma = gamma
+        self.tol = tol
+        self.max_iter = max_iter
+        # the setting is also the instance's declaration (it shadows the class attribute)
+        self.transductive = transductive
+        self.ties = ties
+        self.normalize = normalize
+        self.search = search
+        self.backend = backend
+        self.block_size = block_size
+        self.progress = progress
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"kd": 8, "kq": 4, "truncation": 20}
+
+    def _validate_params(self) -> None:
+        check_int(self.kd, "kd", low=1)
+        if not isinstance(self.transductive, bool):
+            raise TypeError(f"transductive must be True or False, got {self.transductive!r}")
+        self._validate_common()
+
+    def _kd(self) -> int:
+        return self.kd
+
+    def _graph(self, x: Tensor, knn: KNNResult) -> Data:
+        return _mutual_graph(knn, x, self.kd, self.gamma)
+
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
+        if not self.transductive:
+            return self._inductive(queries, k)
+        n = self.n_database_
+        if queries is None:
+            q, C = self.x_, self.C_
+        else:
+            q = self._prepare(queries, "queries")
+            both = torch.cat([q, self.x_])
+            C = self._offline(both, _search_index(both, self.search, self.backend))
+        F = _l2_rows(C)
+        nq = q.shape[0]
+        total = F.shape[0]
+        out_s, out_i = [], []
+        if total * total <= _DENSE_ENTRIES:
+            # small problems: cosines by one dense product (BLAS beats sparse-sparse here)
+            Fd = F.to_dense()
+            Fq, Fdb = Fd[:nq], (Fd if queries is None else Fd[nq:])
+            bs = max(1, _RANK_ENTRIES // (2 * n))
+            cols = torch.arange(n, device=Fd.device)
+            for s in range(0, nq, bs):
+                e = min(nq, s + bs)
+                scores = Fq[s:e] @ Fdb.T
+                if _dense_ranking(k, n):
+                    r = _rank_dense(scores, k, q[s:e], self.x_, self.ties)
+                else:
+                    idx = cols.expand(e - s, n)
+                    r = _rank(idx, scores, k, q[s:e], self.x_, self.index_, self.ties)
+                out_s.append(r.scores)
+                out_i.append(r.indices)
+            return RerankResult(torch.cat(out_s), torch.cat(out_i))
+        Fq = _csr_rows(F, 0, nq)
+        FdbT = _transpose(F if queries is None else _csr_rows(F, nq, nq + n))
+        bs = max(1, _RANK_ENTRIES // (2 * n))
+        for s in range(0, nq, bs):
+            e = min(nq, s + bs)
+            scores = _csr_rows(Fq, s, e) @ FdbT  # (b, N) cosines between rows of C
+            r = _rank_csr(scores, k, q[s:e], self.x_, self.index_, self.ties)
+            out_s.append(r.scores)
+            out_i.append(r.indices)
+        return RerankResult(torch.cat(out_s), torch.cat(out_i))
+
+
+# ---------------------------------------------------------------------------- R-DiP
+class RDiP(_OfflineBase):
+    r"""R-DiP, re-ranking-based diffusion (Kato, Komamizu and Ide, DEXA 2024): offline diffusion
+    over a database graph rebuilt with a re-ranker's similarities.
+
+    Offline: the ``k_m`` nearest items of every database item by the base similarity are
+    re-scored by ``rescorer`` (an edge re-scoring hook,
+    :data:`~graphrerank.graph.EdgeRescorer`), the best ``k_d <= k_m`` by the new score
+    :math:`s'_{ij}` (the item itself counted, then removed) become edges, and offline diffusion
+    runs unchanged on that graph (:class:`OfflineDiffusion`, late truncation by the base
+    similarity). Online: identical to offline diffusion, a query costs a kNN search and a
+    sparse combination of ``kq`` rows of :math:`\mathbf{C}`:
+
+    .. math::
+        a_{ij} = w(s'_{ij}) \text{ on the re-scored } k_d\text{-NN graph}, \qquad
+        \mathbf{f} = \sum_{j \in \mathrm{kNN}(q)} \max(s_{qj}, 0)^\gamma\, \mathbf{C}_{j,:}.
+
+    The paper leaves these choices open; they are settings here, with these defaults:
+
+    * ``symmetrize="min"``: keep an edge only if both items selected each other (the mutual
+      filter of offline diffusion) with weight :math:`\min(a_{ij}, a_{ji})`. A re-scorer need
+      not be symmetric (SuperGlobal's refined similarity is not); the minimum keeps
+      :math:`\mathbf{A}` symmetric, which conjugate gradients need, and equals the reference
+      mutual graph whenever the scores are symmetric. ``"mutual"`` (each side's own weight,
+      for symmetric re-scorers only: an asymmetric result raises), ``"max"`` and ``"union"``
+      (no mutual filter: :math:`\max` or :math:`a_{ij} + a_{ji}`) are the alternatives.
+    * ``edge_weights="rescored"``: :math:`w(s') = \max(s', 0)^\gamma` (:math:`\gamma` applied
+      after re-scoring, as offline diffusion weights its similarities);
+      ``"rescored_raw"``: :math:`\max(s', 0)`; ``"rescored_distance"``:
+      :math:`\max(1 + s', 0)^\gamma`, for re-scorers that return minus a distance in
+      :math:`[0, 1]` (k-reciprocal's :math:`-d^*`), whose similarity is :math:`1 - d^*`;
+      ``"base"``: the re-scorer only selects the edges, weights are
+      :math:`\max(s, 0)^\gamma` of the base similarity.
+    * ``query_scores="base"``: the query side :math:`\mathbf{y}` uses base similarities, so
+      the online step is exactly offline diffusion's (the paper's stated cost). ``"rescored"``
+      re-scores the query's neighbours too (weights as for the edges, :math:`\gamma` power of
+      the re-scored similarity; all-vs-all always, new queries only when ``rescorer`` is a
+      re-ranker, through its ``rerank``).
+    * ``truncation=1000``: as offline diffusion; truncation lists use the base similarity.
+
+    ``k_m`` and ``k_d`` have no published defaults; ``k_d=50`` matches offline diffusion's
+    ``kd`` and ``k_m=100`` leaves the re-scorer twice as many candidates.
+
+    Args:
+        rescorer: ``None`` (the base similarity itself: R-DiP is then exactly offline
+            diffusion), a :class:`~graphrerank.rerankers.Reranker` implementing
+            ``score_candidates`` (fitted on the database by :meth:`fit`, as a fresh copy
+            with the same settings), or a callable ``(rows, candidates, scores) -> scores``
+            over the database being fitted.
+        k_m: :math:`k_m`, candidates re-scored per item.
+        k_d: :math:`k_d \le k_m`, graph neighbours kept per item, the item itself included.
+        kq: :math:`k_q`, database neighbours of a query (reference 10).
+        truncation: :math:`|T_i|` (reference 1000; capped at :math:`N`).
+        alpha: :math:`\alpha` (reference 0.99).
+        gamma: :math:`\gamma` (reference 3).
+        symmetrize: ``"min"``, ``"mutual"``, ``"max"`` or ``"union"`` (see above).
+        edge_weights: ``"rescored"``, ``"rescored_raw"``, ``"rescored_distance"`` or
+            ``"base"`` (see above).
+        query_scores: ``"base"`` or ``"rescored"`` (see above).
+        ties: Order of items with equal scores, ``"similarity"`` or ``"index"``, as in
+            :class:`OfflineDiffusion`.
+        tol: CG tolerance (reference 1e-6).
+        max_iter: CG iteration cap (reference 20).
+        normalize: L2-normalise database and queries.
+        search: ``"auto"``, ``"exact"`` or ``"ivf"`` as in :class:`OfflineDiffusion`.
+        backend: Backend of the exact kNN search.
+        block_size: Items per batched CG call.
+        progress: Progress of the offline step (``None``, ``True``/``False`` or a callback).
+        rescore_batch_size: Items re-scored per ``rescorer`` call.
+
+    Shapes:
+        - **fit:** database :math:`(N, D)`, L2-normalised
+        - **rerank:** queries :math:`(Q, D)` or ``None`` :math:`\to` scores, indices
+          :math:`(Q, k)`
+
+    Raises:
+        ValueError: a setting is out of range (e.g. ``k_d > k_m``), or the re-scored graph is
+            not symmetric with ``symmetrize="mutual"``.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.1, 1.0], [0.2, 1.0], [0.3, 1.0]]), dim=1)
+        >>> plain = OfflineDiffusion(kd=3, kq=2, truncation=4).fit(x).rerank(k=6)
+        >>> rdip = RDiP(k_m=4, k_d=3, kq=2, truncation=4).fit(x).rerank(k=6)
+        >>> torch.equal(plain.indices, rdip.indices)  # no rescorer: plain offline diffusion
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        rescorer: Reranker | EdgeRescorer | None = None,
+        k_m: int = 100,
+        k_d: int = 50,
+        kq: int = 10,
+        truncation: int = 1000,
+        alpha: float = 0.99,
+        gamma: float = 3.0,
+        symmetrize: Literal["min", "mutual", "max", "union"] = "min",
+        edge_weights: Literal["rescored", "rescored_raw", "rescored_distance", "base"] = "rescored",
+        query_scores: Literal["base", "rescored"] = "base",
+        ties: Literal["similarity", "index"] = "similarity",
+        tol: float = 1e-6,
+        max_iter: int = 20,
+        normalize: bool = False,
+        search: Literal["auto", "exact", "ivf"] = "auto",
+        backend: Literal["auto", "faiss", "torch"] = "auto",
+        block_size: int | None = None,
+        progress: bool | ProgressCallback | None = None,
+        rescore_batch_size: int = 1024,
+    ) -> None:
+        self.rescorer = rescorer
+        self.k_m = k_m
+        self.k_d = k_d
+        self.kq = kq
+        self.truncation = truncation
+        self.alpha = alpha
+        self.gamma = gamma
+        self.symmetrize = symmetrize
+        self.edge_weights = edge_weights
+        self.query_scores = query_scores
+        self.ties = ties
+        self.tol = tol
+        self.max_iter = max_iter
+        self.normalize = normalize
+        self.search = search
+        self.backend = backend
+        self.block_size = block_size
+        self.progress = progress
+        self.rescore_batch_size = rescore_batch_size
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"k_m": 12, "k_d": 8, "kq": 4, "truncation": 20}
+
+    def _validate_params(self) -> None:
+        k_d = check_int(self.k_d, "k_d", low=1)
+        check_int(self.k_m, "k_m", low=k_d)
+        check_in(self.symmetrize, "symmetrize", ("min", "mutual", "max", "union"))
+        check_in(
+            self.edge_weights,
+            "edge_weights",
+            ("rescored", "rescored_raw", "rescored_distance", "base"),
+        )
+        check_in(self.query_scores, "query_scores", ("base", "rescored"))
+        check_int(self.rescore_batch_size, "rescore_batch_size", low=1)
+        r = self.rescorer
+        if not (r is None or isinstance(r, Reranker) or callable(r)):
+            raise TypeError(
+                "rescorer must be None, a Reranker or a callable (rows, candidates, scores) -> "
+                f"scores, got {type(r).__name__}"
+            )
+        self._validate_common()
+
+    def _kd(self) -> int:
+        return self.k_d
+
+    def _kd_name(self) -> str:
+        return "k_d"
+
+    def _num_candidates(self) -> int:
+        return self.k_m
+
+    def _setup(self, x: Tensor) -> None:
+        if isinstance(self.rescorer, Reranker):
+            r = self.rescorer
+            self.rescorer_ = type(r)(**r.get_params()).fit(x)
+            self.rescore_ = self.rescorer_.as_rescorer()
+        else:
+            self.rescore_ = self.rescorer
+
+    def _graph(self, x: Tensor, knn: KNNResult) -> Data:
+        n = x.shape[0]
+        km = min(self.k_m, n)
+        cand = KNNResult(knn.scores[:, :km], knn.indices[:, :km])
+        weight_gamma = self.gamma if self.edge_weights in ("rescored", "base") else None
+        g = knn_graph(
+            x,
+            self.k_d,
+            k_includes_self=True,
+            gamma=weight_gamma,
+            candidates=cand,
+            rescore=self.rescore_,
+            rescore_batch_size=self.rescore_batch_size,
+        )
+        w = g.edge_weight
+        if self.edge_weights == "rescored_raw":
+            w = w.clamp(min=0)
+        elif self.edge_weights == "rescored_distance":
+            w = (1 + w).clamp(min=0).pow(self.gamma)
+        elif self.edge_weights == "base":
+            src, dst = g.edge_index
+            s = (x.index_select(0, src) * x.index_select(0, dst)).sum(1)
+            w = s.clamp(min=0).pow(self.gamma)
+        g.edge_weight = w
+        return self._symmetrized(g, n)
+
+    def _symmetrized(self, g: Data, n: int) -> Data:
+        ei, w = symmetrize(g.edge_index, g.edge_weight, n, self.symmetrize)
+        if self.symmetrize == "mutual":
+            keys = ei[1] * n + ei[0]
+            rev = ei[0] * n + ei[1]
+            order = keys.argsort()
+            pos = torch.searchsorted(keys[order], rev)
+            if ei.shape[1] and not torch.allclose(w[order][pos], w, rtol=1e-5, atol=0):
+                raise ValueError(
+                    "the re-scored graph is not symmetric (the rescorer's scores are "
+                    "asymmetric), which conjugate gradients cannot solve; use "
+                    "symmetrize='min' (default), 'max' or 'union'"
+                )
+        return Data(edge_index=ei, edge_weight=w, num_nodes=n)
+
+    def _query_knn(self, q: Tensor, all_vs_all: bool) -> KNNResult:
+        kq = min(self.kq, self.n_database_)
+        if self.query_scores == "base" or self.rescore_ is None:
+            return self.index_.search(q, kq)
+        if all_vs_all:
+            raise AssertionError("handled in _rerank")
+        if not isinstance(self.rescorer, Reranker):
+            raise ValueError(
+                "query_scores='rescored' scores new queries with the rescorer's rerank(), so "
+                "rescorer must be a Reranker (a callable only re-scores database pairs)"
+            )
+        scores, idx = self.rescorer_.rerank(q, kq)
+        return KNNResult(self._similarity(scores), idx)
+
+    def _similarity(self, rescored: Tensor) -> Tensor:
+        """Re-scored query-side scores as the similarities the query weights are made of."""
+        return 1 + rescored if self.edge_weights == "rescored_distance" else rescored
+
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
+        if queries is not None or self.query_scores == "base" or self.rescore_ is None:
+            return self._inductive(queries, k)
+        # all-vs-all with re-scored query sides: re-score each item's k_m candidates
+        n = self.n_database_
+        km, kq = min(self.k_m, n), min(self.kq, n)
+        out_s, out_i = [], []
+        bs = self._batch(kq * min(self.truncation, n))
+        for s in range(0, n, bs):
+            e = min(n, s + bs)
+            q = self.x_[s:e]
+            cs, ci = self.index_.search(q, km)
+            rows = torch.arange(s, e, device=q.device)
+            new = self.rescore_(rows, ci, cs).to(cs.dtype).masked_fill(ci < 0, float("-inf"))
+            top = new.topk(kq, dim=1)
+            knn = KNNResult(self._similarity(top.values), ci.gather(1, top.indices))
+            r = self._online(knn, k, q)
+            out_s.append(r.scores)
+            out_i.append(r.indices)
+        return RerankResult(torch.cat(out_s), torch.cat(out_i))
