@@ -66,19 +66,34 @@ def _resolve(name: str) -> type:
     return cls
 
 
+def _is_reranker_node(node: ast.expr) -> bool:
+    """``Name`` or ``Name(...)`` naming a re-ranker class (a setting that takes a re-ranker)."""
+    func = node.func if isinstance(node, ast.Call) else node
+    return isinstance(func, ast.Name) and func.id.lower() in _registry()
+
+
 def _parse_value(text: str) -> Any:
-    """A setting's value: a Python literal (``50``, ``0.9``, ``None``, ``'l2'``), else the text."""
+    """A setting's value: a re-ranker spec (``KReciprocal(k1=10)``), a Python literal (``50``,
+    ``0.9``, ``None``, ``'l2'``), else the text itself."""
     text = text.strip()
     lowered = {"none": None, "true": True, "false": False}
     if text.lower() in lowered:
         return lowered[text.lower()]
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return text
+    if _is_reranker_node(node):
+        return _stage(node, text)
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
         return text
 
 
 def _literal(node: ast.expr, where: str) -> Any:
+    if _is_reranker_node(node):  # a re-ranker as a setting: RDiP(rescorer=KReciprocal())
+        return _stage(node, ast.unparse(node))
     if isinstance(node, ast.Name):  # a bare word: KNN(backend=torch)
         return _parse_value(node.id)
     try:
@@ -137,8 +152,9 @@ def parse_reranker(spec: str, settings: Sequence[str] = ()) -> Any:
     """Build a re-ranker from a command-line spec.
 
     Args:
-        spec: ``Name``, ``Name(key=value, ...)`` (values are Python literals; a bare word is a
-            string), or stages joined by ``|`` for a pipeline. Names are class names of
+        spec: ``Name``, ``Name(key=value, ...)`` (values are Python literals, or re-ranker
+            specs for settings that take a re-ranker; a bare word is a string), or stages
+            joined by ``|`` for a pipeline. Names are class names of
             :data:`graphrerank.rerankers.RERANKERS`, case-insensitive.
         settings: ``"key=value"`` strings applied after the spec's own settings.
 

@@ -16,12 +16,15 @@ from graphrerank.testing import data_dir, requires_data
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TUTORIALS = EXAMPLES / "tutorials"
 
-#: How each example script runs in its fast mode (its command-line arguments). A new example
-#: must be added here, or test_every_example_has_a_fast_run fails.
+#: How each example script runs in its fast mode: its command-line arguments, or the test
+#: file (relative to the repository) that runs it. A new example must be added here, or
+#: test_every_example_has_a_fast_run fails.
 FAST_ARGS = {
-    "quickstart.py": ["--fast", "--plot", "none"],
+    "quickstart.py": "tests/test_examples.py",  # test_quickstart_fast below
     "evaluate_own_descriptors.py": ["demo", "--fast"],
+    "offline_diffusion.py": "tests/test_example_offline.py",
 }
+RUN_HERE = sorted(k for k, v in FAST_ARGS.items() if isinstance(v, list))
 
 
 def _load(name):
@@ -43,9 +46,14 @@ def matplotlib_agg():
 
 def test_every_example_has_a_fast_run():
     assert {p.name for p in EXAMPLES.glob("*.py")} == set(FAST_ARGS)
+    for script, how in FAST_ARGS.items():
+        if isinstance(how, str):  # run by its own test file
+            test_file = EXAMPLES.parent / how
+            assert script in test_file.read_text(), f"{how} does not run {script}"
+            assert '"--fast"' in test_file.read_text(), f"{how}: no fast mode"
 
 
-@pytest.mark.parametrize("script", sorted(FAST_ARGS))
+@pytest.mark.parametrize("script", RUN_HERE)
 def test_example_runs_in_fast_mode(script, tmp_path, monkeypatch, matplotlib_agg, capsys):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)  # whatever it writes lands here
@@ -106,9 +114,10 @@ def test_quickstart_fast(capsys):
     assert rows[0]["map"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_quickstart_writes_a_plot(tmp_path):
+def test_quickstart_writes_a_plot(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
+    monkeypatch.setattr(gr.rerankers, "RERANKERS", (gr.KNN,))  # the plot is under test here
     out = tmp_path / "q.png"
     _load("quickstart").main(["--fast", "--plot", str(out)])
     assert out.stat().st_size > 1000
@@ -182,7 +191,7 @@ def test_evaluate_own_descriptors_on_a_self_made_reid_file(tmp_path):
             "gallery_cam": [[0, 1, 1]],
         },
     )
-    rows = ex.main(["reid", "--result", str(tmp_path / "r.mat")])
+    rows = ex.main(["reid", "--result", str(tmp_path / "r.mat"), "--reranker", "KNN"])
     assert rows[0]["result"].map == pytest.approx(0.5)
     assert rows[0]["result"].rank1 == 0.0
 
