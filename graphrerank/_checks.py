@@ -86,18 +86,32 @@ def check_features(
     return t
 
 
-def check_normalized(x: Tensor, name: str, *, atol: float = 1e-3) -> Tensor:
-    """Check that every row of ``x`` has unit L2 norm (within ``atol``)."""
+def check_normalized(
+    x: Tensor, name: str, *, atol: float = 1e-3, offer_option: bool = True
+) -> Tensor:
+    """Check that every row of ``x`` has unit L2 norm (within ``atol``).
+
+    Norms are computed in float64, a block of rows at a time (no float64 copy of ``x``).
+    ``offer_option=False`` leaves out the hint "or pass normalize=True" for callers without
+    such an option.
+    """
     if x.shape[0] == 0:
         return x
-    norms = torch.linalg.vector_norm(x.double(), dim=1)
+    rows = max(1, (64 * 2**20) // (8 * max(1, x.shape[1])))
+    norms = torch.cat(
+        [
+            torch.linalg.vector_norm(x[s : s + rows].double(), dim=1)
+            for s in range(0, x.shape[0], rows)
+        ]
+    )
     dev = (norms - 1).abs()
     worst = int(dev.argmax())
     if float(dev[worst]) > atol:
         raise ValueError(
             f"{name} must be L2-normalised (this method uses cosine similarities), but row "
             f"{worst} has norm {float(norms[worst]):.6g}; normalise with "
-            f"torch.nn.functional.normalize({name}, dim=1) or pass normalize=True"
+            f"torch.nn.functional.normalize({name}, dim=1)"
+            + (" or pass normalize=True" if offer_option else "")
         )
     return x
 

@@ -47,7 +47,20 @@ def _matvec(A: Operator, n: int, like: Tensor) -> Callable[[Tensor], Tensor]:
         raise ValueError(f"A has dtype {A.dtype} but B has dtype {like.dtype}; use one dtype")
     if A.layout == torch.sparse_coo:
         A = A.coalesce().to_sparse_csr()
-    return lambda X: A @ X
+
+    def matvec(X: Tensor) -> Tensor:
+        if X.shape[1] == 1:  # a sparse matrix-vector product is faster than with an (N, 1) block
+            return (A @ X[:, 0]).unsqueeze(1)
+        return A @ X
+
+    return matvec
+
+
+def _coldot(a: Tensor, b: Tensor) -> Tensor:
+    """Column-wise inner products of two :math:`(N, m)` blocks."""
+    if a.shape[1] == 1:
+        return (a[:, 0] @ b[:, 0]).reshape(1)
+    return (a * b).sum(0)
 
 
 def conjugate_gradient(
@@ -122,9 +135,59 @@ def conjugate_gradient(
         R = Bm - matvec(X)
     bnorm2 = (Bm * Bm).sum(0)
     thresh = (tol * tol) * bnorm2
-    rr = (R * R).sum(0)
+    if m == 1:
+        X, iters, done = _cg_one_column(matvec, X, R, thresh, max_iter, return_best)
+    else:
+        X, iters, done = _cg_block(matvec, X, R, thresh, max_iter, return_best)
+    true_r = Bm - matvec(X)
+    res = (true_r * true_r).sum(0).sqrt() / torch.where(bnorm2 > 0, bnorm2.sqrt(), 1)
+    sol = X[:, 0] if vector else X
+    return CGResult(sol, iters, res, done)
+
+
+def _not_spd() -> ValueError:
+    return ValueError("A is not positive definite: p^T A p <= 0 during conjugate gradients")
+
+
+def _cg_one_column(matvec, X, R, thresh, max_iter, return_best):
+    """The same iteration for a single right-hand side, with scalar steps (fewer operations:
+    a single query's latency is dominated by them)."""
+    x, r = X[:, 0], R[:, 0].clone()
+    rr = r @ r
+    done = bool(rr <= thresh[0])
+    it = 0
+    p = r.clone()
+    best, best_rr = (x.clone(), rr) if return_best else (None, None)
+    while not done and it < max_iter:
+        ap = matvec(p[:, None])[:, 0]
+        pap = p @ ap
+        if bool(pap <= 0):
+            raise _not_spd()
+        step = rr / pap
+        x.addcmul_(p, step)
+        r.addcmul_(ap, step, value=-1)
+        rr_new = r @ r
+        it += 1
+        p.mul_(rr_new / rr).add_(r)
+        if return_best and bool(rr_new < best_rr):
+            best, best_rr = x.clone(), rr_new
+        rr = rr_new
+        done = bool(rr_new <= thresh[0])
+    if return_best and not done:
+        x = best
+    device = X.device
+    return (
+        x[:, None],
+        torch.tensor([it], dtype=torch.long, device=device),
+        torch.tensor([done], device=device),
+    )
+
+
+def _cg_block(matvec, X, R, thresh, max_iter, return_best):
+    m = X.shape[1]
+    rr = _coldot(R, R)
     done = rr <= thresh
-    iters = torch.zeros(m, dtype=torch.long, device=B.device)
+    iters = torch.zeros(m, dtype=torch.long, device=X.device)
     P = R.clone()
     if return_best:
         best, best_rr = X.clone(), rr.clone()
@@ -132,26 +195,25 @@ def conjugate_gradient(
         if bool(done.all()):
             break
         AP = matvec(P)
-        pap = (P * AP).sum(0)
+        pap = _coldot(P, AP)
         active = ~done
-        if bool((pap[active] <= 0).any()):
-            raise ValueError("A is not positive definite: p^T A p <= 0 during conjugate gradients")
-        alpha = torch.where(active, rr / torch.where(active, pap, 1), 0)
+        if bool(((pap <= 0) & active).any()):
+            raise _not_spd()
+        # frozen columns (done) get step 0; their 0/0 or x/0 quotients are masked away
+        alpha = (rr / pap).masked_fill_(done, 0)
         X.addcmul_(P, alpha)
         R.addcmul_(AP, alpha, value=-1)
-        rr_new = (R * R).sum(0)
-        iters += active.long()
-        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, 1), 0)
-        P = R + beta * P
+        rr_new = _coldot(R, R)
+        iters += active
+        beta = (rr_new / rr).masked_fill_(done, 0)
+        P.mul_(beta).add_(R)
         if return_best:
             better = active & (rr_new < best_rr)
-            best = torch.where(better, X, best)
-            best_rr = torch.where(better, rr_new, best_rr)
+            if bool(better.any()):
+                best = torch.where(better, X, best)
+                best_rr = torch.where(better, rr_new, best_rr)
         rr = torch.where(active, rr_new, rr)
         done = done | (rr_new <= thresh)
     if return_best:
         X = torch.where(done, X, best)
-    true_r = Bm - matvec(X)
-    res = (true_r * true_r).sum(0).sqrt() / torch.where(bnorm2 > 0, bnorm2.sqrt(), 1)
-    sol = X[:, 0] if vector else X
-    return CGResult(sol, iters, res, done)
+    return X, iters, done

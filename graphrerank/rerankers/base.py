@@ -54,10 +54,15 @@ class Reranker(abc.ABC):
     accepts_initial: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
+    #: Settings that may also be passed by position (a :class:`Pipeline`'s ``stages``); every
+    #: other setting is keyword-only.
+    _positional_settings: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return [p.name for p in list(sig.parameters.values())[1:] if p.kind in kinds]
 
     @classmethod
     def _defaults(cls) -> dict[str, Any]:
@@ -221,6 +226,27 @@ class Reranker(abc.ABC):
         database (see :meth:`score_candidates`)."""
         self._check_fitted()
         return self.score_candidates
+
+    def transform_database(self) -> Tensor:
+        """The database descriptors :math:`(N, D')` a later stage of a
+        :class:`~graphrerank.rerankers.Pipeline` is fitted on.
+
+        The identity (the fitted database) unless the method changes database descriptors
+        offline, as database augmentation does. Row :math:`i` stays database item :math:`i`.
+        """
+        self._check_fitted()
+        return self.database_
+
+    def transform_queries(self, queries: Tensor | None) -> Tensor | None:
+        """The query descriptors a later stage of a :class:`~graphrerank.rerankers.Pipeline`
+        receives, for validated ``queries`` :math:`(Q, D)` on the database's device.
+
+        The identity unless the method changes query descriptors online, as query expansion
+        does. ``None`` (all-vs-all) stays ``None`` for the identity; a method that transforms
+        queries returns the transformed database items :math:`(N, D')` there, one per item.
+        """
+        self._check_fitted()
+        return queries
 
     def fit_rerank(
         self, database: TensorLike, queries: TensorLike | None = None, k: int = 100, **kwargs: Any

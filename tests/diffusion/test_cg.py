@@ -101,3 +101,24 @@ def test_errors():
         conjugate_gradient(-A, torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="max_iter must be >= 0"):
         conjugate_gradient(A, torch.ones(3, dtype=torch.float64), max_iter=-1)
+
+
+@pytest.mark.parametrize("return_best", [False, True])
+@pytest.mark.parametrize("max_iter", [3, 20])
+def test_single_column_path_matches_the_block_path_and_scipy(return_best, max_iter):
+    L, A, g = _system(alpha=0.99)
+    B = torch.rand(150, 3, generator=g, dtype=torch.float64)
+    block = conjugate_gradient(A.to_sparse_csr(), B, max_iter=max_iter, return_best=return_best)
+    for j in range(3):
+        one = conjugate_gradient(
+            A.to_sparse_csr(), B[:, j], max_iter=max_iter, return_best=return_best
+        )
+        torch.testing.assert_close(one.solution, block.solution[:, j], rtol=1e-10, atol=1e-13)
+        assert one.iterations.tolist() == [int(block.iterations[j])]
+        assert one.converged.tolist() == [bool(block.converged[j])]
+        if not return_best:
+            ref, _ = spla.cg(L, B[:, j].numpy(), rtol=1e-6, atol=0.0, maxiter=max_iter)
+            np.testing.assert_allclose(one.solution.numpy(), ref, rtol=1e-9, atol=1e-12)
+    # a converging column stops early on both paths
+    easy = conjugate_gradient(A.to_sparse_csr(), B[:, :1], tol=1e-3, max_iter=500)
+    assert easy.converged.all() and 0 < int(easy.iterations[0]) < 500

@@ -1,0 +1,271 @@
+r"""Online diffusion (Iscen et al., CVPR 2017): the system operator, the query vector and the solve."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .._checks import check_in, check_int, check_real
+from .cg import CGResult, conjugate_gradient
+
+__all__ = ["diffuse", "diffusion_operator", "query_entries", "query_vector"]
+
+Iterate = Literal["best", "last"]
+
+
+def _csr(indices: Tensor, values: Tensor, n: int) -> Tensor:
+    """An :math:`(n, n)` CSR matrix from COO entries (duplicates summed), with 32-bit indices
+    where they fit (sparse products read less memory: about 1.7x faster on a CPU)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+        coo = torch.sparse_coo_tensor(indices, values, (n, n)).coalesce()
+        return compact_csr(coo.to_sparse_csr())
+
+
+def compact_csr(csr: Tensor) -> Tensor:
+    """The CSR matrix with int32 row pointers and column indices when they fit."""
+    if csr.crow_indices().dtype == torch.int32 or max(csr._nnz(), *csr.shape) >= 2**31:
+        return csr
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape
+        )
+
+
+def diffusion_operator(graph: Data | Tensor, alpha: float = 0.99) -> Tensor:
+    r"""The system matrix :math:`\mathbf{L}_\alpha = \mathbf{I} - \alpha\mathbf{S}` of diffusion.
+
+    .. math::
+        \mathbf{L}_\alpha = \mathbf{I} - \alpha \mathbf{S}, \qquad
+        \mathbf{S} = \mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2},
+
+    where :math:`\mathbf{S}` is the *already normalised* graph, e.g.
+    ``knn_graph(x, k, symmetrize="mutual", gamma=3, normalize="sym")``. For a symmetric
+    :math:`\mathbf{S}` (eigenvalues in :math:`[-1, 1]`) and :math:`0 \le \alpha < 1`,
+    :math:`\mathbf{L}_\alpha` is symmetric positive definite, as conjugate gradients need.
+
+    Args:
+        graph: The normalised graph :math:`\mathbf{S}`: a :class:`~torch_geometric.data.Data`
+            (``edge_weight`` = :math:`\mathbf{S}_{ij}` of edge :math:`j \to i`) or a sparse or
+            dense :math:`(N, N)` tensor.
+        alpha: :math:`\alpha \in [0, 1)`, reference 0.99.
+
+    Returns:
+        :math:`(N, N)` ``torch.sparse_csr`` tensor on the graph's device.
+
+    Raises:
+        ValueError: ``alpha`` outside :math:`[0, 1)`, or a non-square matrix.
+
+    Example:
+        >>> g = Data(edge_index=torch.tensor([[1, 0], [0, 1]]), edge_weight=torch.tensor([1.0, 1.0]),
+        ...          num_nodes=3)
+        >>> diffusion_operator(g, alpha=0.5).to_dense()
+        tensor([[ 1.0000, -0.5000,  0.0000],
+                [-0.5000,  1.0000,  0.0000],
+                [ 0.0000,  0.0000,  1.0000]])
+    """
+    alpha = check_real(alpha, "alpha", low=0, high=1, high_open=True)
+    if isinstance(graph, Data):
+        ei = graph.edge_index
+        n = int(graph.num_nodes)
+        w = getattr(graph, "edge_weight", None)
+        if w is None:
+            raise ValueError("graph has no edge_weight: pass the normalised graph S")
+        rows, cols, vals = ei[1], ei[0], w
+    elif isinstance(graph, Tensor):
+        if graph.dim() != 2 or graph.shape[0] != graph.shape[1]:
+            raise ValueError(
+                f"graph must be a square (N, N) matrix, got shape {tuple(graph.shape)}"
+            )
+        n = graph.shape[0]
+        coo = (graph if graph.layout == torch.sparse_coo else graph.to_sparse_coo()).coalesce()
+        rows, cols = coo.indices()
+        vals = coo.values()
+    else:
+        raise TypeError(
+            f"graph must be a torch_geometric Data or a tensor, got {type(graph).__name__}"
+        )
+    diag = torch.arange(n, device=rows.device)
+    idx = torch.cat([torch.stack([rows, cols]), torch.stack([diag, diag])], dim=1)
+    v = torch.cat([-alpha * vals, torch.ones(n, dtype=vals.dtype, device=vals.device)])
+    return _csr(idx, v, n)
+
+
+def _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries):
+    if scores.shape != indices.shape or scores.dim() != 2:
+        raise ValueError(
+            f"scores and indices must both be (M, m), got {tuple(scores.shape)} and "
+            f"{tuple(indices.shape)}"
+        )
+    kq = check_int(kq, "kq", low=1)
+    gamma = check_real(gamma, "gamma", low=0)
+    m_vec = scores.shape[0]
+    device = scores.device
+    if query_index is None:
+        query_index = torch.arange(m_vec, device=device)
+        nq = m_vec if num_queries is None else num_queries
+    else:
+        if query_index.shape != (m_vec,):
+            raise ValueError(
+                f"query_index must have shape ({m_vec},) (one query per vector), got "
+                f"{tuple(query_index.shape)}"
+            )
+        nq = (int(query_index.max()) + 1 if m_vec else 0) if num_queries is None else num_queries
+    valid = indices >= 0
+    q = query_index[:, None].expand_as(indices)[valid]
+    node = indices[valid]
+    s = scores[valid]
+    # accumarray: sum the similarities of all vectors of a query per database node
+    keys = q * num_nodes + node
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    summed = torch.zeros(uniq.numel(), dtype=s.dtype, device=device).index_add_(0, inv, s)
+    q_of = torch.div(uniq, num_nodes, rounding_mode="floor")
+    node_of = uniq - q_of * num_nodes
+    # rank the candidates of each query by decreasing summed similarity (two stable sorts)
+    order = summed.argsort(descending=True, stable=True)
+    order = order[q_of[order].argsort(stable=True)]
+    q_of, node_of, summed = q_of[order], node_of[order], summed[order]
+    counts = torch.bincount(q_of, minlength=nq)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(q_of.numel(), device=device) - starts[q_of]
+    keep = rank < kq
+    kept = summed[keep]
+    value = kept.clamp(min=0).pow(gamma) if gamma != 0 else (kept > 0).to(kept.dtype)
+    return q_of[keep], node_of[keep], value, nq
+
+
+def query_entries(
+    scores: Tensor,
+    indices: Tensor,
+    num_nodes: int,
+    *,
+    kq: int = 10,
+    gamma: float = 3.0,
+    query_index: Tensor | None = None,
+    num_queries: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The non-zero entries of the query vectors :math:`\mathbf{y}` of :func:`query_vector`,
+    without the dense :math:`(N, Q)` matrix (fast spectral ranking only needs these).
+
+    Args:
+        scores: :math:`(M, m)` similarities of each query vector to its nearest database vectors.
+        indices: :math:`(M, m)` their database indices, ``-1`` for padding.
+        num_nodes: Number of database vectors :math:`N`.
+        kq: :math:`k_q`, entries kept per query (reference 10).
+        gamma: :math:`\gamma` (reference 3).
+        query_index: :math:`(M,)` the query of each vector (default: one vector per query).
+        num_queries: :math:`Q` (default: ``query_index.max() + 1``).
+
+    Returns:
+        ``(query, node, value)``, three :math:`(E,)` tensors with :math:`E \le Q \cdot k_q`:
+        entry ``value`` sits at :math:`\mathbf{y}_q[\text{node}]`; within each query the entries
+        are sorted by decreasing summed similarity.
+
+    Example:
+        >>> query_entries(torch.tensor([[0.9, 0.5, 0.4]]), torch.tensor([[3, 0, 1]]), 4, kq=2,
+        ...               gamma=1.0)
+        (tensor([0, 0]), tensor([3, 0]), tensor([0.9000, 0.5000]))
+    """
+    q, node, value, _ = _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries)
+    return q, node, value
+
+
+def query_vector(
+    scores: Tensor,
+    indices: Tensor,
+    num_nodes: int,
+    *,
+    kq: int = 10,
+    gamma: float = 3.0,
+    query_index: Tensor | None = None,
+    num_queries: int | None = None,
+) -> Tensor:
+    r"""The right-hand sides :math:`\mathbf{y}` of online diffusion, one column per query.
+
+    For a query with vectors :math:`\mathbf{q}_1, \dots, \mathbf{q}_R` (one for a global
+    descriptor, several for regional ones) and their nearest database vectors, the
+    similarities are summed per database vector (MATLAB ``accumarray``), the :math:`k_q` largest
+    sums :math:`s_j` are kept, and
+
+    .. math::
+        y_j = \max(s_j, 0)^{\gamma} \ \text{for the } k_q \text{ kept } j, \qquad y_j = 0
+        \ \text{otherwise}.
+
+    The query is *not* added to the graph: a new query only needs this vector.
+
+    Args:
+        scores: :math:`(M, m)` similarities of each query vector to its ``m`` nearest database
+            vectors (as returned by :func:`~graphrerank.graph.knn_search`).
+        indices: :math:`(M, m)` their database indices, ``-1`` for padding (ignored).
+        num_nodes: Number of database vectors :math:`N`.
+        kq: :math:`k_q`, the number of non-zeros per query (reference 10 for global
+            descriptors, 200 for regional ones).
+        gamma: :math:`\gamma`, reference 3. With ``gamma=0`` the kept positive entries are 1.
+        query_index: :math:`(M,)` the query of each vector (default: vector :math:`i` is query
+            :math:`i`).
+        num_queries: :math:`Q` (default: ``query_index.max() + 1``).
+
+    Returns:
+        :math:`\mathbf{Y}`, a dense :math:`(N, Q)` tensor on the device of ``scores``.
+
+    Example:
+        >>> scores = torch.tensor([[1.0, 0.5], [0.9, 0.5]])
+        >>> indices = torch.tensor([[0, 2], [1, 2]])
+        >>> # two vectors of one query: node 2 sums 0.5 + 0.5 = 1.0
+        >>> query_vector(scores, indices, 4, kq=2, gamma=1.0, query_index=torch.tensor([0, 0]))
+        tensor([[1.],
+                [0.],
+                [1.],
+                [0.]])
+    """
+    q, node, value, nq = _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries)
+    y = torch.zeros(num_nodes, nq, dtype=scores.dtype, device=scores.device)
+    y[node, q] = value
+    return y
+
+
+def diffuse(
+    operator: Tensor,
+    y: Tensor,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 20,
+    iterate: Iterate = "best",
+) -> CGResult:
+    r"""Solve :math:`(\mathbf{I} - \alpha\mathbf{S})\,\mathbf{f} = \mathbf{y}` for all queries at
+    once by conjugate gradients from :math:`\mathbf{f}_0 = 0`.
+
+    The reference code (MATLAB ``pcg(L, y, tol, it)``) stops at ``max_iter`` = 20 iterations,
+    which at :math:`\alpha = 0.99` is before convergence, and then returns the iterate of lowest
+    residual. ``iterate="best"`` does the same and is the default because it reproduces the
+    reference rankings (Corel-1k 93.64 against 93.65, digits 84.19 against 84.19);
+    ``iterate="last"`` returns the last iterate (SciPy's behaviour). With a large ``max_iter``
+    and small ``tol`` this is the exact solve.
+
+    Args:
+        operator: :math:`(N, N)` SPD matrix (e.g. :func:`diffusion_operator`) or a callable.
+        y: :math:`(N, Q)` right-hand sides (:func:`query_vector`).
+        tol: Relative residual tolerance per query, reference 1e-6.
+        max_iter: Iteration cap, reference 20.
+        iterate: ``"best"`` (lowest-residual iterate, MATLAB) or ``"last"``.
+
+    Returns:
+        :class:`~graphrerank.diffusion.CGResult` with ``solution`` :math:`\mathbf{F}`
+        :math:`(N, Q)`.
+
+    Example:
+        >>> S = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+        >>> L = diffusion_operator(S, alpha=0.5)
+        >>> diffuse(L, torch.tensor([[1.0], [0.0]]), tol=1e-12, max_iter=10).solution
+        tensor([[1.3333],
+                [0.6667]])
+    """
+    check_in(iterate, "iterate", ("best", "last"))
+    return conjugate_gradient(
+        operator, y, tol=tol, max_iter=max_iter, return_best=(iterate == "best")
+    )

@@ -1,0 +1,206 @@
+r"""Fast spectral ranking (Iscen et al., CVPR 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .._checks import check_in, check_int, check_k, check_normalized, check_real
+from ..diffusion.online import query_entries
+from ..diffusion.spectral import spectral_embedding
+from ..graph import knn_graph, normalize_adjacency
+from ..typing import RerankResult, TensorLike
+from ._multivector import MultiVectorReranker, RegionalQueries
+from ._ranking import top_k_with_ties
+
+__all__ = ["FastSpectralRanking", "fsr_rerank"]
+
+
+class FastSpectralRanking(MultiVectorReranker):
+    r"""Fast spectral ranking from `"Fast Spectral Ranking for Similarity Search"
+    <https://arxiv.org/abs/1703.06935>`_ (Iscen, Avrithis, Tolias, Furon and Chum, CVPR 2018).
+
+    The graph :math:`\mathbf{S}` and the query vector :math:`\mathbf{y}` are those of
+    :class:`~graphrerank.rerankers.Diffusion` (mutual kNN graph, :math:`s^\gamma`, symmetric
+    normalisation; top-:math:`k_q` similarities to the power :math:`\gamma`). Offline, the
+    :math:`r` largest eigenpairs of :math:`\mathbf{S}` give a database embedding
+    (:func:`~graphrerank.diffusion.spectral_embedding`); online, diffusion is two products with it:
+
+    .. math::
+        \mathbf{f} = \mathbf{E}\,(\mathbf{E}^\top\mathbf{y}) \approx
+        (1 - \alpha)(\mathbf{I} - \alpha\mathbf{S})^{-1}\mathbf{y}, \qquad
+        \mathbf{E} = \mathbf{U}_r\,h(\boldsymbol{\Lambda}_r)^{1/2},
+        \quad h(\lambda) = \frac{1 - \alpha}{1 - \alpha\lambda},
+
+    where :math:`\mathbf{E}^\top\mathbf{y}` touches only the :math:`k_q` rows of the query's
+    neighbours. At full rank this is the exact solve (times :math:`1 - \alpha`). The eigenvectors
+    mix the graph's components, so items that exact diffusion leaves at 0 get tiny non-zero
+    scores here (rounding); items with exactly equal scores are ordered by ``ties`` as in
+    :class:`~graphrerank.rerankers.Diffusion`.
+
+    All-vs-all at rank :math:`\min(2000, N - 1)` this gives 93.63 on Corel-1k and 84.29 on the
+    digits set, against 93.60 / 84.29 for the exact solve (ties by index) and 93.54 / 84.47 for
+    the manifold-diffusion port's FSR (``tests/rerankers/test_diffusion_real.py``).
+
+    The eigensolver (``eigensolver``): dense :func:`torch.linalg.eigh` on the database's device up
+    to :data:`~graphrerank.diffusion.DENSE_EIGEN_LIMIT` items, SciPy's Lanczos ``eigsh`` on the
+    CPU above; a CUDA database above the limit needs ``eigensolver="dense"`` (it is never copied
+    to the CPU silently).
+
+    Args:
+        k: Neighbours per item in the graph, the item itself included (reference 50).
+        kq: Non-zeros of :math:`\mathbf{y}` (reference 10).
+        alpha: :math:`\alpha \in [0, 1)` (reference 0.99).
+        gamma: :math:`\gamma` (reference 3).
+        rank: :math:`r`, eigenpairs kept (reference 2000), capped at :math:`N - 1`.
+        symmetrize: Graph symmetrisation, ``"mutual"`` (reference), ``"min"``, ``"union"``,
+            ``"max"``.
+        eigensolver: ``"auto"``, ``"dense"`` or ``"scipy"``.
+        ties: ``"similarity"`` or ``"index"``.
+        batch_size: Queries per block of scores (memory :math:`N \times` ``batch_size``);
+            ``None`` picks it so that a block holds about :math:`2^{24}` scores.
+        backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+
+    Shapes:
+        - **fit:** database :math:`(N, D)`, L2-normalised; embedding :math:`(N, r)`
+        - **rerank:** queries :math:`(Q, D)`, :math:`(Q, R, D)` or a list, or ``None``
+          :math:`\to` scores, indices :math:`(Q, k)`
+
+    Raises:
+        ValueError: bad settings, descriptors not L2-normalised, ``k``/``kq`` larger than the
+            database, ``eigensolver="scipy"`` on a CUDA database.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
+        >>> r = FastSpectralRanking(k=5, kq=3, rank=10, backend="torch").fit(x)
+        >>> r.embedding_.shape
+        torch.Size([30, 10])
+        >>> r.rerank(x[:2], k=4).indices.shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int = 50,
+        kq: int = 10,
+        alpha: float = 0.99,
+        gamma: float = 3.0,
+        rank: int = 2000,
+        symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
+        eigensolver: Literal["auto", "dense", "scipy"] = "auto",
+        ties: Literal["similarity", "index"] = "similarity",
+        batch_size: int | None = None,
+        backend: Literal["auto", "faiss", "torch"] = "auto",
+    ) -> None:
+        self.k = k
+        self.kq = kq
+        self.alpha = alpha
+        self.gamma = gamma
+        self.rank = rank
+        self.symmetrize = symmetrize
+        self.eigensolver = eigensolver
+        self.ties = ties
+        self.batch_size = batch_size
+        self.backend = backend
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"k": 8, "kq": 4, "rank": 20, "backend": "torch"}
+
+    def _validate_params(self) -> None:
+        check_int(self.k, "k", low=1)
+        check_int(self.kq, "kq", low=1)
+        check_real(self.alpha, "alpha", low=0, high=1, high_open=True)
+        check_real(self.gamma, "gamma", low=0)
+        check_int(self.rank, "rank", low=1)
+        check_in(self.symmetrize, "symmetrize", ("mutual", "min", "union", "max"))
+        check_in(self.eigensolver, "eigensolver", ("auto", "dense", "scipy"))
+        check_in(self.ties, "ties", ("similarity", "index"))
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", low=1)
+        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+
+    def _fit(self, database: Tensor) -> None:
+        check_normalized(database, "database")
+        n = database.shape[0]
+        check_k(self.k, n, name="k")
+        check_k(self.kq, n, name="kq")
+        graph = knn_graph(
+            database,
+            self.k,
+            k_includes_self=True,
+            symmetrize=self.symmetrize,
+            gamma=float(self.gamma),
+            backend=self.backend,
+        )
+        s = normalize_adjacency(graph.edge_index, graph.edge_weight, n, "sym")
+        normalized = Data(edge_index=graph.edge_index, edge_weight=s, num_nodes=n)
+        self.embedding_, self.eigenvalues_ = spectral_embedding(
+            normalized, self.rank, alpha=float(self.alpha), eigensolver=self.eigensolver
+        )
+
+    def _secondary(self, qsum: Tensor) -> Callable[[Tensor], Tensor]:
+        n = self.database_.shape[0]
+        if self.ties == "index":
+            return lambda rows: (
+                -torch.arange(n, dtype=torch.float64, device=rows.device).expand(rows.numel(), n)
+            )
+        return lambda rows: qsum[rows] @ self.database_.T
+
+    def _search(self, qv: Tensor, qid: Tensor, nq: int, k: int) -> RerankResult:
+        db, emb = self.database_, self.embedding_
+        n = db.shape[0]
+        scores, indices = [], []
+        for qv_b, qid_b, _, nb in self._batches(qv, qid, nq, n):
+            s, i = self._knn(qv_b, db, min(self.kq, n))
+            q, node, value = query_entries(
+                s.to(db.dtype),
+                i,
+                n,
+                kq=self.kq,
+                gamma=float(self.gamma),
+                query_index=qid_b,
+                num_queries=nb,
+            )
+            # E^T y for every query: only the kq rows of its neighbours
+            z = torch.zeros(nb, emb.shape[1], dtype=emb.dtype, device=emb.device)
+            z.index_add_(0, q, emb[node] * value[:, None].to(emb.dtype))
+            f = z @ emb.T
+            qsum = torch.zeros(nb, db.shape[1], dtype=db.dtype, device=db.device).index_add_(
+                0, qid_b, qv_b
+            )
+            vals, idx = top_k_with_ties(f, k, self._secondary(qsum))
+            scores.append(vals)
+            indices.append(idx)
+        return RerankResult(torch.cat(scores), torch.cat(indices))
+
+
+def fsr_rerank(
+    queries: RegionalQueries | None,
+    database: TensorLike,
+    k: int = 100,
+    **settings: Any,
+) -> RerankResult:
+    r"""Fast spectral ranking in one call:
+    ``FastSpectralRanking(**settings).fit(database).rerank(queries, k)``.
+
+    See :class:`FastSpectralRanking`. Here ``k`` is the length of the ranked lists, so the
+    graph's neighbour count (the class's ``k``, reference 50) is passed as ``num_neighbors``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
+        >>> fsr_rerank(None, x, k=3, num_neighbors=5, kq=3, rank=10, backend="torch").indices.shape
+        torch.Size([30, 3])
+    """
+    settings = dict(settings)
+    query_mask = settings.pop("query_mask", None)
+    if "num_neighbors" in settings:
+        settings["k"] = settings.pop("num_neighbors")
+    return FastSpectralRanking(**settings).fit(database).rerank(queries, k, query_mask=query_mask)

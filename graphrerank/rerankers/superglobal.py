@@ -1,0 +1,477 @@
+r"""SuperGlobal re-ranking (Shao et al., ICCV 2023): shortlist refinement of global descriptors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .._checks import check_in, check_int, check_normalized, check_real
+from ..graph import KNNIndex
+from ..typing import RerankResult, TensorLike
+from .base import Reranker
+
+__all__ = ["SuperGlobal", "superglobal_rerank"]
+
+Backend = Literal["auto", "faiss", "torch"]
+
+_DEFAULT_BLOCK_BYTES = 256 * 2**20
+# How much of each first-stage list the all-vs-all case reads (speed only, not results).
+_ALL_VS_ALL_DEPTH = 64
+# Up to this many shortlists' worth of database, one product with the database beats gathering.
+_GATHER_RATIO = 8
+
+
+class SuperGlobal(Reranker):
+    r"""Re-ranking of a shortlist from `"Global Features are All You Need for Image Retrieval
+    and Reranking" <https://arxiv.org/abs/2308.06954>`_ (Shao et al., ICCV 2023), as the official
+    code computes it (``MDescAug`` then ``RerankwMDA``).
+
+    For a query :math:`\mathbf{q}` with first-stage shortlist :math:`x_1, \dots, x_M` (its
+    :math:`M` best database items):
+
+    1. Database-side refinement: each shortlisted :math:`\mathbf{x}_i` is averaged with its
+       :math:`K` nearest neighbours *within the shortlist*, itself first with weight 1,
+
+       .. math::
+           \tilde{\mathbf{x}}_i = \frac{\mathbf{x}_i + \beta \sum_{j \in \mathcal{N}_K(i)}
+           s_{ij}\, \mathbf{x}_j}{1 + \beta \sum_{j \in \mathcal{N}_K(i)} s_{ij}},
+           \qquad s_{ij} = \mathbf{x}_i^\top \mathbf{x}_j,
+
+       not re-normalised, and scored :math:`a_i = \mathbf{q}^\top \tilde{\mathbf{x}}_i`.
+       With :math:`\mathbf{P}` the row-normalised weights of this neighbour graph over the
+       shortlist, :math:`\mathbf{a} = \mathbf{P}(\mathbf{X}_M \mathbf{q})`: one hop of
+       message passing of the query's similarities, which is how it is computed (the
+       reference forms every :math:`\tilde{\mathbf{x}}_i`, :math:`M (K + 1) D` numbers per
+       query; here only the :math:`K + 1` that step 2 needs are formed).
+    2. Query-side refinement: :math:`\tilde{\mathbf{q}}` is the elementwise maximum of the
+       refined descriptors of the :math:`K + 1` best items by :math:`a` (the query itself is not
+       included), and :math:`b_i = \tilde{\mathbf{q}}^\top \tilde{\mathbf{x}}_i`, i.e.
+       :math:`\mathbf{b} = \mathbf{P}(\mathbf{X}_M \tilde{\mathbf{q}})`.
+    3. The shortlist is sorted by :math:`(a_i + b_i) / 2`; items after the :math:`M`-th keep
+       their first-stage order, their first-stage scores lowered by one constant where needed
+       so that none exceeds the last shortlist score.
+
+    Inductive (no database graph needed): new queries need nothing but their shortlist.
+    Queries are processed in blocks (``block_bytes`` bounds the working set), with no loop over
+    single queries.
+
+    Finding each shortlisted item's :math:`K` neighbours within the shortlist costs an
+    :math:`M \times M \times D` product per query (what the reference computes). Where every
+    database item's own nearest-neighbour list is at hand, the neighbours are read from it
+    instead, exactly (the first :math:`K` listed items that lie in the shortlist; items whose
+    list holds fewer fall back to the product): always in the all-vs-all case, whose
+    first-stage lists are those lists (their first 64 entries are read), and for every query
+    with ``database_neighbors=L``, which computes :math:`L`-long lists at :meth:`fit` (worth
+    it when :math:`Q M^2 > N^2`: many queries against a moderate database).
+
+    It re-ranks a given first-stage ranking (``rerank(..., initial=...)``, e.g. from an
+    approximate index or an earlier stage of a :class:`~graphrerank.rerankers.Pipeline`; its
+    first :math:`\min(M, m)` entries are the shortlist), else its own exact search.
+
+    Args:
+        M: Shortlist length :math:`M` (400 in the reference).
+        K: Neighbours :math:`K` in both refinements (9 in the reference; :math:`K + 1` with the
+            item itself).
+        beta: Weight :math:`\beta` of the neighbours in the database-side refinement (0.15).
+        database_neighbors: Length :math:`L` of the database items' nearest-neighbour lists
+            computed at :meth:`fit` (``None``: none; an exact search of the database in
+            itself, :math:`N^2 D`). It changes speed, not results (up to ties).
+        backend: kNN backend of the first-stage search, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        block_bytes: Upper bound of the per-block working memory, in bytes.
+
+    Shapes:
+        - **fit:** database :math:`(N, D)`, rows L2-normalised
+        - **rerank:** queries :math:`(Q, D)` or ``None``; ``initial`` :math:`(Q, m)`
+          :math:`\to` scores, indices :math:`(Q, k)`
+
+    Raises:
+        ValueError: descriptors are not L2-normalised, a setting is out of range, or an
+            ``initial`` ranking lists an item twice.
+
+    Asymmetric queries are accepted: the refinements compare database items with each other
+    and the query only with database items.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
+        >>> q = torch.nn.functional.normalize(torch.randn(1, 4, generator=g), dim=1)
+        >>> from graphrerank.rerankers import KNN
+        >>> KNN(backend="torch").fit(x).rerank(q, k=5).indices
+        tensor([[28,  7,  1, 11,  3]])
+        >>> SuperGlobal(M=10, K=2, backend="torch").fit(x).rerank(q, k=5).indices
+        tensor([[28,  7,  1,  3, 11]])
+
+    See Also:
+        :func:`superglobal_rerank`
+    """
+
+    accepts_initial = True
+
+    def __init__(
+        self,
+        *,
+        M: int = 400,
+        K: int = 9,
+        beta: float = 0.15,
+        database_neighbors: int | None = None,
+        backend: Backend = "auto",
+        block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    ) -> None:
+        self.M = M
+        self.K = K
+        self.beta = beta
+        self.database_neighbors = database_neighbors
+        self.backend = backend
+        self.block_bytes = block_bytes
+
+    @property
+    def shortlist_size(self) -> int:
+        """The shortlist length :math:`M` an earlier stage should hand over."""
+        return int(self.M)
+
+    def _validate_params(self) -> None:
+        check_int(self.M, "M", low=1)
+        check_int(self.K, "K", low=0)
+        check_real(self.beta, "beta", low=0)
+        if self.database_neighbors is not None:
+            check_int(self.database_neighbors, "database_neighbors", low=1)
+        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+        check_int(self.block_bytes, "block_bytes", low=1)
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"M": 20, "K": 3}
+
+    def _fit(self, database: Tensor) -> None:
+        check_normalized(database, "database", offer_option=False)
+        self.index_ = KNNIndex(metric="ip", backend=self.backend).add(database)
+        if self.database_neighbors is not None:
+            depth = min(int(self.database_neighbors), database.shape[0])
+            s, i = self.index_.search(database, depth)
+            self.neighbor_lists_ = (i, s.to(database.dtype))
+
+    # ------------------------------------------------------------------ core
+    def _block_size(self, m: int, lists: tuple[Tensor, Tensor] | None) -> int:
+        x = self.database_
+        d, elem = x.shape[1], x.element_size()
+        kk = self.K + 1
+        per_query = (m + kk * kk) * d * elem + m * kk * 40
+        if lists is None:
+            per_query += m * m * (elem + 9)
+        else:
+            per_query += m * lists[0].shape[1] * 32 + 4 * (x.shape[0] + 1)
+        return max(1, self.block_bytes // max(per_query, 1))
+
+    @staticmethod
+    def _dense_neighbours(xm: Tensor, valid: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+        r"""Each shortlisted item's ``kk`` nearest within the shortlist (itself first) from the
+        :math:`B \times M \times M` similarities."""
+        g = torch.bmm(xm, xm.transpose(1, 2))
+        g.masked_fill_(~valid[:, None, :], float("-inf"))
+        g.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+        return g.topk(kk, dim=2)
+
+    def _listed_neighbours(
+        self,
+        idx: Tensor,
+        valid: Tensor,
+        kk: int,
+        lists: tuple[Tensor, Tensor],
+        xm: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The same from each item's precomputed nearest-neighbour list in the database.
+
+        Item :math:`j`'s list holds its :math:`L` nearest database items, best first; the first
+        ``kk - 1`` of them that lie in the shortlist are its nearest within the shortlist as
+        long as the list holds that many (any shortlisted item not listed is farther than all
+        listed ones). The lists are read in two passes, the head of every list and then the
+        whole list of the items the head did not settle; items whose list holds too few fall
+        back to exact similarities with their shortlist, computed for those items only.
+        """
+        n = self.database_.shape[0]
+        bsz, m = idx.shape
+        dev = idx.device
+        li, ls = lists
+        safe = idx.clamp(min=0)
+        # Position of every database item in each query's shortlist (-1: not in it).
+        pos = torch.full((bsz, n + 1), -1, dtype=torch.int32, device=dev)
+        ar = torch.arange(m, device=dev, dtype=torch.int32)
+        pos.scatter_(1, torch.where(valid, idx, n), ar.expand(bsz, m))
+        pos = pos.view(-1)
+        dtype = self.database_.dtype
+        top_j = torch.zeros(bsz * m, kk, dtype=torch.long, device=dev)
+        top_s = torch.full((bsz * m, kk), float("-inf"), dtype=dtype, device=dev)
+        top_j[:, 0] = ar.repeat(bsz)
+        top_s[:, 0] = float("inf")
+        need = (valid.sum(1, dtype=torch.int32) - 1).clamp(max=kk - 1)  # per query
+        rows = valid.flatten().nonzero().flatten()  # (R,) flat (query, position) rows
+        head = min(li.shape[1], 2 * kk + 2)
+        for cols in (head, li.shape[1]) if head < li.shape[1] else (head,):
+            if rows.numel() == 0:
+                break
+            qrow = torch.div(rows, m, rounding_mode="floor")
+            item = safe.view(-1)[rows]
+            cand = li[item, :cols]  # (R, cols) database ids; lists never hold -1
+            p = pos[qrow[:, None] * (n + 1) + cand]  # (R, cols) positions in the shortlist
+            ok = (p >= 0).logical_and_(p != (rows % m)[:, None].to(torch.int32))
+            count = ok.sum(1, dtype=torch.int32)
+            # The first kk - 1 usable entries go to columns 1 .. kk-1, the rest to column kk.
+            dest = ok.to(torch.int16).cumsum(1, dtype=torch.int16)
+            dest = dest.masked_fill_(~ok, kk).clamp_(max=kk).long()
+            js = torch.zeros(rows.numel(), kk + 1, dtype=torch.long, device=dev)
+            js.scatter_(1, dest, p.long())
+            ss = torch.full((rows.numel(), kk + 1), float("-inf"), dtype=dtype, device=dev)
+            ss.scatter_(1, dest, ls[item, :cols].to(dtype))
+            top_j[rows, 1:] = js[:, 1:kk]
+            top_s[rows, 1:] = ss[:, 1:kk]
+            rows = rows[count < need[qrow]]  # not settled by this pass
+        top_j, top_s = top_j.view(bsz, m, kk), top_s.view(bsz, m, kk)
+        if rows.numel():
+            short = torch.zeros(bsz * m, dtype=torch.bool, device=dev)
+            short[rows] = True
+            self._fill_exact(idx, xm, valid, short.view(bsz, m), top_s, top_j)
+        return top_s, top_j
+
+    def _fill_exact(
+        self,
+        idx: Tensor,
+        xm: Tensor | None,
+        valid: Tensor,
+        short: Tensor,
+        top_s: Tensor,
+        top_j: Tensor,
+    ) -> None:
+        """Exact within-shortlist neighbours of the items marked ``short``, in place.
+
+        With the shortlists' descriptors ``xm`` at hand, one product of those items with their
+        query's shortlist, padded per query; without (a small database), one product of
+        those items with the database, read at the shortlist.
+        """
+        x = self.database_
+        dev = idx.device
+        kk = top_s.shape[2]
+        m, d, elem = idx.shape[1], x.shape[1], x.element_size()
+        if xm is None:
+            b, j = short.nonzero(as_tuple=True)
+            chunk = max(1, self.block_bytes // max((x.shape[0] + 2 * m) * elem * 2, 1))
+            for s in range(0, b.numel(), chunk):
+                bb, jj = b[s : s + chunk], j[s : s + chunk]
+                sl = idx[bb].clamp(min=0)
+                g = (x[sl.gather(1, jj[:, None]).squeeze(1)] @ x.T).gather(1, sl)  # (c, m)
+                g.masked_fill_(~valid[bb], float("-inf"))
+                g[torch.arange(bb.numel(), device=dev), jj] = float("inf")
+                gs, gj = g.topk(kk, dim=1)
+                top_s[bb, jj] = gs
+                top_j[bb, jj] = gj
+            return
+        qs = short.any(1).nonzero().flatten()
+        cnt = short[qs].sum(1)
+        fmax = int(cnt.max())
+        # Positions of each query's short items first, padded to fmax.
+        rows = short[qs].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :fmax]
+        real = torch.arange(fmax, device=dev)[None, :] < cnt[:, None]
+        chunk = max(1, self.block_bytes // max((fmax * d + fmax * m) * elem * 2, 1))
+        for s in range(0, qs.numel(), chunk):
+            qb, rb = qs[s : s + chunk], rows[s : s + chunk]
+            xq = xm[qb]
+            xf = xq.gather(1, rb[:, :, None].expand(-1, -1, d))  # (c, fmax, D)
+            g = torch.bmm(xf, xq.transpose(1, 2))  # (c, fmax, m)
+            del xq, xf
+            g.masked_fill_(~valid[qb][:, None, :], float("-inf"))
+            g.scatter_(2, rb[:, :, None], float("inf"))
+            gs, gj = g.topk(kk, dim=2)
+            ok = real[s : s + chunk]
+            b = qb[:, None].expand_as(rb)[ok]
+            top_s[b, rb[ok]] = gs[ok]
+            top_j[b, rb[ok]] = gj[ok]
+
+    def _refine(
+        self, q: Tensor, idx: Tensor, lists: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        r"""Scores ``a`` and final scores ``(a + b) / 2`` of a shortlist block.
+
+        ``q`` :math:`(B, D)`, ``idx`` :math:`(B, m)` database ids (``-1``: none); both outputs
+        are :math:`(B, m)`, aligned with ``idx``, ``-inf`` at padding. ``lists``: the database
+        items' nearest-neighbour lists ``(indices, scores)`` :math:`(N, L)`, or ``None`` for
+        the exact :math:`M \times M` similarities.
+
+        With :math:`P` the row-normalised weights of the shortlist's neighbour graph,
+        :math:`\tilde{\mathbf{x}}_i = \sum_j P_{ij}\mathbf{x}_j`, so
+        :math:`a = P(\mathbf{X}_M\mathbf{q})` and :math:`b = P(\mathbf{X}_M\tilde{\mathbf{q}})`:
+        the similarities propagate over the graph instead of the descriptors, and only the
+        :math:`K + 1` refined descriptors that :math:`\tilde{\mathbf{q}}` needs are formed.
+        """
+        x = self.database_
+        bsz, m = idx.shape
+        d = x.shape[1]
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
+        kk = min(self.K + 1, m)
+        # Similarities with the shortlist come from gathering its descriptors, or, for a
+        # database of a few shortlists' size, from one product with the whole database.
+        via_database = lists is not None and x.shape[0] <= _GATHER_RATIO * m
+        xm = None if via_database else x[safe]  # (B, m, D)
+        if lists is None:
+            top_s, top_j = self._dense_neighbours(xm, valid, kk)
+        else:
+            top_s, top_j = self._listed_neighbours(idx, valid, kk, lists, xm)
+        absent = (top_s == float("-inf")) | ~valid[:, :, None]
+        w = top_s.mul_(self.beta)
+        w[..., 0] = 1.0
+        w.masked_fill_(absent, 0.0)
+        w = w / w.sum(-1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)  # P, (B, m, kk)
+        del top_s, absent
+        flat_j = top_j.flatten(1)
+
+        def propagate(v: Tensor) -> Tensor:  # P (X_M v) for a (B, D) block of vectors
+            if xm is None:
+                s = (v @ x.T).gather(1, safe)
+            else:
+                s = torch.bmm(xm, v[:, :, None]).squeeze(2)
+            return (w * s.gather(1, flat_j).view(bsz, m, kk)).sum(-1)
+
+        a = propagate(q).masked_fill_(~valid, float("-inf"))
+        # Query-side refinement: elementwise max of the refined top-(K+1) by a.
+        top_a = a.topk(kk, dim=1).indices  # (B, kk)
+        wt = w.gather(1, top_a[:, :, None].expand(-1, -1, kk))
+        jt = top_j.gather(1, top_a[:, :, None].expand(-1, -1, kk))
+        xsel = x[safe.gather(1, jt.view(bsz, kk * kk))].view(bsz * kk, kk, d)
+        xt_top = torch.bmm(wt.reshape(bsz * kk, 1, kk), xsel).view(bsz, kk, d)
+        ok = valid.gather(1, top_a)
+        qt = xt_top.masked_fill_(~ok[:, :, None], float("-inf")).amax(1)
+        qt = qt.masked_fill_(~torch.isfinite(qt), 0.0)
+        final = ((a + propagate(qt)) / 2).masked_fill_(~valid, float("-inf"))
+        return a, final
+
+    def _rerank_initial(
+        self,
+        q: Tensor,
+        scores: Tensor,
+        idx: Tensor,
+        k: int,
+        lists: tuple[Tensor, Tensor] | None = None,
+    ) -> RerankResult:
+        nq, m = idx.shape
+        ms = min(int(self.M), m)
+        out_k = min(k, m)
+        out_s = torch.empty(nq, out_k, dtype=scores.dtype, device=scores.device)
+        out_i = torch.empty(nq, out_k, dtype=torch.long, device=idx.device)
+        bs = self._block_size(ms, lists)
+        for s in range(0, nq, bs):
+            e = min(nq, s + bs)
+            head = idx[s:e, :ms]
+            a, final = self._refine(q[s:e], head, lists)
+            # As the reference: sort by a, then (stably) by the final score.
+            pre = a.argsort(dim=1, descending=True, stable=True)
+            f = final.gather(1, pre)
+            order = pre.gather(1, f.argsort(dim=1, descending=True, stable=True))
+            new_s = final.gather(1, order)
+            new_i = head.gather(1, order)
+            tail_s, tail_i = self._tail(scores[s:e, ms:], idx[s:e, ms:], new_s)
+            out_s[s:e] = torch.cat([new_s, tail_s], 1)[:, :out_k]
+            out_i[s:e] = torch.cat([new_i, tail_i], 1)[:, :out_k]
+        if out_k < k:
+            pad = k - out_k
+            out_s = torch.cat([out_s, out_s.new_full((nq, pad), float("-inf"))], 1)
+            out_i = torch.cat([out_i, out_i.new_full((nq, pad), -1)], 1)
+        return RerankResult(out_s, out_i)
+
+    @staticmethod
+    def _tail(scores: Tensor, idx: Tensor, head_scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Items after the shortlist: first-stage order, scores shifted below the shortlist."""
+        if scores.shape[1] == 0:
+            return scores, idx
+        finite = torch.isfinite(head_scores)
+        lowest = head_scores.masked_fill(~finite, float("inf")).amin(1, keepdim=True)
+        first = scores[:, :1]
+        shift = (first - lowest).clamp(min=0)
+        shift = shift.masked_fill(~torch.isfinite(shift), 0.0)
+        tail = torch.minimum(scores - shift, lowest)  # the minimum only absorbs rounding
+        return tail.masked_fill(idx < 0, float("-inf")), idx
+
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
+        q = (
+            self.database_
+            if queries is None
+            else check_normalized(queries, "queries", offer_option=False)
+        )
+        lists = getattr(self, "neighbor_lists_", None)
+        if initial is not None:
+            srt = initial.indices.sort(dim=1).values
+            rep = ((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(1)
+            if bool(rep.any()):
+                row = int(rep.nonzero()[0])
+                raise ValueError(f"initial repeats a database item in row {row}")
+        if initial is None:
+            m = min(max(k, int(self.M)), self.n_database_)
+            initial = RerankResult(*self.index_.search(q, m))
+            if queries is None and lists is None:
+                # All-vs-all: the first-stage lists are the database items' own lists.
+                depth = min(int(self.M), m, _ALL_VS_ALL_DEPTH)
+                lists = (initial.indices[:, :depth], initial.scores[:, :depth])
+        return self._rerank_initial(q, initial.scores, initial.indices, k, lists)
+
+    def score_candidates(self, rows: Tensor, candidates: Tensor, scores: Tensor) -> Tensor:
+        """SuperGlobal scores of each database item ``rows[b]`` (as a query) against its
+        candidate list ``candidates[b]`` (the shortlist, best first): :math:`(a + b)/2` for the
+        first :math:`M` candidates, the shifted first-stage score after them, ``-inf`` at
+        padding. The rows' candidate lists may come from any first stage."""
+        self._check_fitted()
+        x = self.database_
+        rows = rows.to(device=x.device, dtype=torch.long)
+        candidates = candidates.to(device=x.device, dtype=torch.long)
+        scores = scores.to(device=x.device, dtype=x.dtype)
+        b, m = candidates.shape
+        ms = min(int(self.M), m)
+        out = torch.empty(b, m, dtype=x.dtype, device=x.device)
+        lists = getattr(self, "neighbor_lists_", None)
+        bs = self._block_size(ms, lists)
+        for s in range(0, b, bs):
+            e = min(b, s + bs)
+            _, final = self._refine(x[rows[s:e]], candidates[s:e, :ms], lists)
+            out[s:e, :ms] = final
+            out[s:e, ms:] = self._tail(scores[s:e, ms:], candidates[s:e, ms:], final)[0]
+        return out.masked_fill(candidates < 0, float("-inf"))
+
+
+def superglobal_rerank(
+    queries: TensorLike | None,
+    database: TensorLike,
+    k: int = 100,
+    *,
+    M: int = 400,
+    K: int = 9,
+    beta: float = 0.15,
+    backend: Backend = "auto",
+    initial: RerankResult | tuple[Tensor, Tensor] | None = None,
+) -> RerankResult:
+    r"""SuperGlobal re-ranking in one call:
+    ``SuperGlobal(M=M, K=K, beta=beta, backend=backend).fit(database).rerank(queries, k,
+    initial=initial)``; see :class:`SuperGlobal` for the math.
+
+    Args:
+        queries: :math:`(Q, D)` L2-normalised, or ``None`` (all-vs-all).
+        database: :math:`(N, D)` L2-normalised.
+        k: Length of each ranked list.
+        M: Shortlist length.
+        K: Neighbours in the refinements.
+        beta: Neighbour weight of the database-side refinement.
+        backend: kNN backend of the first-stage search.
+        initial: Optional first-stage ``(scores, indices)`` :math:`(Q, m)`.
+
+    Returns:
+        ``(scores, indices)``, each :math:`(Q, k)`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
+        >>> q = torch.nn.functional.normalize(torch.randn(1, 4, generator=g), dim=1)
+        >>> superglobal_rerank(q, x, k=5, M=10, K=2, backend="torch").indices
+        tensor([[28,  7,  1,  3, 11]])
+    """
+    reranker = SuperGlobal(M=M, K=K, beta=beta, backend=backend)
+    return reranker.fit(database).rerank(queries, k, initial=initial)
