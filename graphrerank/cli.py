@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -861,6 +862,16 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _summary(doc: str) -> str:
+    """The first sentence of a docstring as plain text (links and roles reduced to their text)."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    paragraph = re.sub(r"`([^`<]+?)\s*<[^>]+>`_", r"\1", paragraph)  # `"Title" <url>`_
+    paragraph = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], paragraph)
+    paragraph = paragraph.replace("``", "").replace("\\to", "->")
+    end = re.search(r"(?<!e\.g)(?<!i\.e)(?<! al)\.(\s|$)", paragraph)  # not "e.g." or "et al."
+    return paragraph[: end.start() + 1] if end else paragraph
+
+
 def _cmd_list(args) -> int:
     from .rerankers import RERANKERS
 
@@ -871,8 +882,7 @@ def _cmd_list(args) -> int:
             for name in ("transductive", "needs_query_similarity", "accepts_initial")
             if getattr(model, name)
         ]
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{cls.__name__}: {doc}")
+        print(f"{cls.__name__}: {_summary(cls.__doc__ or '')}")
         settings = ", ".join(f"{n}={d!r}" for n, d in cls._defaults().items()) or "(none)"
         print(f"    settings: {settings}")
         if flags:

@@ -377,6 +377,11 @@ def test_list_names_every_reranker_with_its_defaults(capsys):
     for cls in gr.rerankers.RERANKERS:
         assert f"{cls.__name__}: " in out
     assert "settings: metric='ip', backend='auto'" in out
+    # one plain-text sentence per re-ranker: no reST markup
+    summaries = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert len(summaries) == len(gr.rerankers.RERANKERS)
+    for line in summaries:
+        assert line.endswith(".") and "`" not in line and ":math:" not in line and "\\" not in line
 
 
 # --------------------------------------------------------------------------- bench and demo

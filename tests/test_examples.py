@@ -23,6 +23,7 @@ FAST_ARGS = {
     "quickstart.py": "tests/test_examples.py",  # test_quickstart_fast below
     "evaluate_own_descriptors.py": ["demo", "--fast"],
     "offline_diffusion.py": "tests/test_example_offline.py",
+    "neighbourhood.py": "tests/test_example_neighbourhood.py",
 }
 RUN_HERE = sorted(k for k, v in FAST_ARGS.items() if isinstance(v, list))
 
