@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import datasets, graph, metrics, plot, rerankers
+from . import datasets, graph, metrics, models, plot, rerankers
 from .rerankers import KNN, Reranker
 from .typing import KNNResult, RerankResult
 
@@ -15,6 +15,7 @@ __all__ = [
     "datasets",
     "graph",
     "metrics",
+    "models",
     "plot",
     "rerankers",
 ]

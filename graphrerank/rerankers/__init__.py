@@ -11,7 +11,10 @@ from .expansion import (
     average_query_expansion,
     database_augmentation,
 )
+from .gnn import GNNRerank, gnn_rerank
 from .knn import KNN
+from .kreciprocal import KReciprocal, kreciprocal_rerank, kreciprocal_rerank_distances
+from .learned import LocalDescriptorReranker, ShortlistLogits, local_descriptor_rerank
 from .offline import OfflineDiffusion, RDiP
 from .pipeline import Pipeline
 from .spectral import FastSpectralRanking, fsr_rerank
@@ -20,32 +23,44 @@ from .superglobal import SuperGlobal, superglobal_rerank
 __all__ = [
     "KNN",
     "RERANKERS",
+    "RERANKERS_WITH_LOCAL",
     "AlphaQueryExpansion",
     "AverageQueryExpansion",
     "DatabaseAugmentation",
     "Diffusion",
     "FastSpectralRanking",
+    "GNNRerank",
+    "KReciprocal",
+    "LocalDescriptorReranker",
     "NotFittedError",
     "OfflineDiffusion",
     "Pipeline",
     "RDiP",
     "RegionalDiffusion",
     "Reranker",
+    "ShortlistLogits",
     "SuperGlobal",
     "alpha_query_expansion",
     "average_query_expansion",
     "database_augmentation",
     "diffusion_rerank",
     "fsr_rerank",
+    "gnn_rerank",
+    "kreciprocal_rerank",
+    "kreciprocal_rerank_distances",
+    "local_descriptor_rerank",
     "offline_diffusion_rerank",
     "rdip_rerank",
     "regional_diffusion_rerank",
     "superglobal_rerank",
 ]
 
-#: Every public re-ranker class; the shared contract test and the demo iterate over it.
+#: Every public re-ranker class that needs only global descriptors; the shared contract test and
+#: the demo iterate over it.
 RERANKERS: tuple[type[Reranker], ...] = (
     KNN,
+    KReciprocal,
+    GNNRerank,
     AverageQueryExpansion,
     AlphaQueryExpansion,
     DatabaseAugmentation,
@@ -57,3 +72,8 @@ RERANKERS: tuple[type[Reranker], ...] = (
     RDiP,
     Pipeline,
 )
+
+#: Re-rankers that also need local descriptors (``fit(database, local=...)``,
+#: ``rerank(queries, k, local=...)``) and usually a trained model. They keep the same contract,
+#: checked with local descriptors by their own test (``tests/rerankers/test_learned.py``).
+RERANKERS_WITH_LOCAL: tuple[type[Reranker], ...] = (LocalDescriptorReranker,)

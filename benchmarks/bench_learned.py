@@ -1,0 +1,228 @@
+"""Speed of the learned re-rankers: sparse kNN match graphs against all-pairs attention.
+
+For the same descriptors (64 local 128-d descriptors per image, the Corel-1k shapes; synthetic
+vectors, so no data file is needed) and the same width (d = 32, 2 heads, 2 layers), it times
+
+* ``kNN graph``: :class:`~graphrerank.models.LocalMatcher` with ``k_intra=4, k_cross=4``
+  (the edges grow with k);
+* ``all-pairs graph``: the same model on complete graphs (``k_intra = L - 1``,
+  ``k_cross = L``): every descriptor attends to every descriptor of its own image and of the
+  other side, i.e. the same architecture with brute-force all-pairs attention;
+* ``dense transformer``: ``torch.nn.TransformerEncoder`` over the concatenated descriptors
+  (RRT-style all-pairs self-attention with PyTorch's fused attention kernels) and a mean-pooled
+  logit, the usual way to write all-pairs attention;
+
+in pairwise mode (one graph / sequence per (query, candidate)) and list-wise mode (one graph /
+sequence holding the query and all its candidates: :math:`L (1 + M)` descriptors, where dense
+attention costs :math:`L^2 (1 + M)^2`), and reports, in one run:
+
+* training time per epoch: median time of one optimisation step (``--batch`` pairs, or lists of
+  ``--window`` candidates, forward, backward, AdamW) times the steps of an epoch of
+  ``--epoch-pairs`` pairs (400 queries x 8 pairs in ``benchmarks/learned_corel.py``);
+* re-ranking time per query: median time to score the top ``--top-m`` candidates of one query;
+* peak resident memory of a fresh process doing the re-ranking.
+
+Full size (run on a quiet machine; the command of the table in the docs):
+
+    python benchmarks/bench_learned.py --top-m 100 --repeats 5
+
+Quick check:
+
+    python benchmarks/bench_learned.py --top-m 20 --repeats 2 --epoch-pairs 640
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import isolated, machine, median, rss_mb, table, timed
+
+L, D, HIDDEN, HEADS, LAYERS, FFN = 64, 128, 32, 2, 2, 64
+
+
+def _dense_model():
+    import torch
+
+    class DenseRRT(torch.nn.Module):
+        """All-pairs self-attention over [query descriptors, candidate descriptors]."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(D, HIDDEN)
+            self.role = torch.nn.Embedding(2, HIDDEN)
+            layer = torch.nn.TransformerEncoderLayer(
+                HIDDEN, HEADS, FFN, dropout=0.0, batch_first=True, norm_first=True
+            )
+            self.encoder = torch.nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(HIDDEN, 1)
+
+        def score(self, q, c):  # q (B, Lq, D), c (B, W, Lc, D) -> (B, W)
+            b, w, lc = c.shape[:3]
+            x = torch.cat([q, c.reshape(b, -1, D)], dim=1)
+            x = torch.nn.functional.normalize(x, dim=-1)
+            role = torch.cat(
+                [torch.zeros(q.shape[1], dtype=torch.long), torch.ones(w * lc, dtype=torch.long)]
+            )
+            h = self.encoder(self.embed(x) + self.role(role))
+            pooled = h[:, q.shape[1] :].reshape(b, w, lc, HIDDEN).mean(2)
+            return self.head(pooled).view(b, w)
+
+    return DenseRRT()
+
+
+def _model(kind: str):
+    import torch
+
+    from graphrerank.models import LocalMatcher
+
+    torch.manual_seed(0)
+    if kind.startswith("dense transformer"):
+        return _dense_model()
+    k_intra, k_cross = (4, 4) if kind.startswith("kNN") else (L - 1, L)
+    return LocalMatcher(
+        D, hidden=HIDDEN, heads=HEADS, num_layers=LAYERS, ffn=FFN, k_intra=k_intra, k_cross=k_cross
+    )
+
+
+def _data(n_images: int, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_images, L, D, generator=g)
+
+
+def train_step(kind: str, batch: int, window: int, repeats: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = _model(kind)
+    x = _data(2 * batch)
+    if "list-wise" in kind:  # batch // window lists of `window` candidates
+        lists = max(1, batch // window)
+        q, c = x[:lists], x[batch : batch + lists * window].view(lists, window, L, D)
+    else:
+        q, c = x[:batch], x[batch:].unsqueeze(1)
+    y = (torch.arange(c.shape[0] * c.shape[1]) % 2).float().view(c.shape[0], c.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model.score(q, c), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    times = timed(step, repeats)
+    return {"step_s": median(times), "peak_mb": rss_mb()}
+
+
+def rerank_query(kind: str, top_m: int, repeats: int, threads: int) -> dict:
+    import torch
+
+    from graphrerank.models import score_shortlist
+
+    torch.set_num_threads(threads)
+    model = _model(kind).eval()
+    db = _data(top_m + 1)
+    query = db[:1]
+    short = torch.arange(1, top_m + 1).view(1, -1)
+    base = rss_mb()
+    if kind == "dense transformer":
+
+        def run():
+            with torch.no_grad():
+                return model.score(query.expand(top_m, -1, -1), db[1:].unsqueeze(1))
+
+    elif kind == "dense transformer, list-wise":
+
+        def run():
+            with torch.no_grad():
+                return model.score(query, db[1:].unsqueeze(0))
+
+    else:
+        mode = "listwise" if "list-wise" in kind else "pairwise"
+
+        def run():
+            return score_shortlist(model, query, db, short, mode=mode, window=top_m, batch_size=256)
+
+    times = timed(run, repeats)
+    return {"query_s": median(times), "base_mb": base, "peak_mb": rss_mb()}
+
+
+KINDS = [
+    "kNN graph",
+    "kNN graph, list-wise",
+    "all-pairs graph",
+    "dense transformer",
+    "dense transformer, list-wise",
+]
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--top-m", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=64, help="pairs per training step")
+    p.add_argument("--window", type=int, default=16, help="candidates per training list")
+    p.add_argument("--epoch-pairs", type=int, default=3200, help="pairs per training epoch")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    steps = -(-args.epoch_pairs // args.batch)
+    rows = []
+    for kind in KINDS:
+        row = {"method": kind}
+        tr = isolated(
+            train_step,
+            kind=kind,
+            batch=args.batch,
+            window=args.window,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
+        row["epoch_s"] = tr["step_s"] * steps
+        rr = isolated(
+            rerank_query, kind=kind, top_m=args.top_m, repeats=args.repeats, threads=args.threads
+        )
+        row["query_ms"] = 1000 * rr["query_s"]
+        row["peak_mb"] = rr["peak_mb"]
+        rows.append(row)
+    for row in rows:
+        ref = rows[1] if "list-wise" in row["method"] else rows[0]
+        row["epoch_x"] = f"{row['epoch_s'] / ref['epoch_s']:.2f}x"
+        row["query_x"] = f"{row['query_ms'] / ref['query_ms']:.2f}x"
+    command = "python benchmarks/bench_learned.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    print(
+        f"# Learned re-rankers: speed on CPU\n\n`{command}`\n\n{machine()}; {args.threads} thread(s).\n"
+    )
+    print(
+        f"{L} descriptors of {D}-d per image, d={HIDDEN}, {HEADS} heads, {LAYERS} layers; training "
+        f"epoch = {steps} steps of {args.batch} pairs (list-wise: lists of {args.window}); "
+        f"re-ranking = top-{args.top_m} of one query (list-wise: one list of {args.top_m}); "
+        f"median of {args.repeats}; ratios against the kNN graph of the same mode.\n"
+    )
+    print(
+        table(
+            rows,
+            [
+                ("method", "method"),
+                ("epoch_s", "train s / epoch"),
+                ("epoch_x", "vs kNN"),
+                ("query_ms", "re-rank ms / query"),
+                ("query_x", "vs kNN"),
+                ("peak_mb", "peak MiB"),
+            ],
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Graph models over local descriptors: match graphs, the learned matcher, scoring, fusion,
+compact storage and training (learned shortlist re-ranking as in RRT, AMES and LOCORE)."""
+
+from .fusion import FusionResult, fuse_scores, rerank_shortlist, tune_fusion
+from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, EDGE_Q2C, match_graph
+from .matcher import LocalMatcher
+from .scoring import chamfer_similarity, score_shortlist, sliding_windows
+from .storage import STORAGES, StoredLocal, bytes_per_image, compress_local, decode_local
+from .train import TrainResult, mine_shortlists, train_matcher
+
+__all__ = [
+    "EDGE_C2Q",
+    "EDGE_GLOBAL",
+    "EDGE_INTRA",
+    "EDGE_Q2C",
+    "STORAGES",
+    "FusionResult",
+    "LocalMatcher",
+    "StoredLocal",
+    "TrainResult",
+    "bytes_per_image",
+    "chamfer_similarity",
+    "compress_local",
+    "decode_local",
+    "fuse_scores",
+    "match_graph",
+    "mine_shortlists",
+    "rerank_shortlist",
+    "score_shortlist",
+    "sliding_windows",
+    "train_matcher",
+    "tune_fusion",
+]
+
+# The one-shot re-ranker lives with the re-rankers; it is also offered here, beside its maths.
+from ..rerankers.learned import local_descriptor_rerank
+
+__all__ += ["local_descriptor_rerank"]

@@ -1,0 +1,179 @@
+r"""Fusion of the first-stage (global) score with a local matching logit, and its tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._checks import check_real
+from ..typing import RerankResult
+
+__all__ = ["FusionResult", "fuse_scores", "rerank_shortlist", "tune_fusion"]
+
+#: Grids searched by :func:`tune_fusion` by default.
+LAMBDAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
+GAMMAS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+
+
+def fuse_scores(
+    global_scores: Tensor, logits: Tensor, lambda_value: float = 0.5, gamma: float = 1.0
+) -> Tensor:
+    r"""The fused score of AMES and LOCORE.
+
+    .. math::
+        s = \lambda\, s_{\text{global}} + (1 - \lambda)\, \sigma(\gamma\, \ell)
+
+    Args:
+        global_scores: First-stage similarities :math:`s_{\text{global}}`, any shape.
+        logits: Matching logits :math:`\ell`, the same shape.
+        lambda_value: :math:`\lambda \in [0, 1]`; 0 ranks by the logit alone, 1 keeps the
+            first stage.
+        gamma: Temperature :math:`\gamma > 0` of the logit.
+
+    Example:
+        >>> fuse_scores(torch.tensor([0.8]), torch.tensor([0.0]), 0.5, 1.0)
+        tensor([0.6500])
+    """
+    lambda_value = check_real(lambda_value, "lambda_value", low=0, high=1)
+    gamma = check_real(gamma, "gamma", low=0, low_open=True)
+    if global_scores.shape != logits.shape:
+        raise ValueError(
+            f"global_scores {tuple(global_scores.shape)} and logits {tuple(logits.shape)} "
+            "must have the same shape"
+        )
+    s = lambda_value * global_scores + (1 - lambda_value) * torch.sigmoid(gamma * logits)
+    return s.masked_fill(torch.isinf(logits) & (logits < 0), float("-inf"))
+
+
+def rerank_shortlist(
+    scores: Tensor, indices: Tensor, logits: Tensor, lambda_value: float = 0.5, gamma: float = 1.0
+) -> RerankResult:
+    r"""Re-order the first :math:`M` entries of a ranking by the fused score, keep the rest.
+
+    The first :math:`M` columns (:math:`M` = ``logits.shape[1]``) are sorted by
+    :func:`fuse_scores`; the entries after them keep their first-stage order, and their scores
+    are shifted down per query by the amount that puts them below every re-ranked score (so the
+    scores stay sorted). Padding (index -1, logit :math:`-\infty`) goes last.
+
+    Args:
+        scores: :math:`(Q, K)` first-stage scores, best first.
+        indices: :math:`(Q, K)` int64 database indices, -1 for padding.
+        logits: :math:`(Q, M)` logits of the first :math:`M \le K` entries.
+        lambda_value: :math:`\lambda` of :func:`fuse_scores`.
+        gamma: :math:`\gamma` of :func:`fuse_scores`.
+
+    Returns:
+        :class:`~graphrerank.typing.RerankResult` ``(scores, indices)`` :math:`(Q, K)`.
+
+    Example:
+        >>> s = torch.tensor([[0.9, 0.8, 0.7, 0.6]])
+        >>> i = torch.tensor([[3, 1, 2, 0]])
+        >>> out = rerank_shortlist(s, i, torch.tensor([[-5.0, 5.0]]), lambda_value=0.0)
+        >>> out.indices  # 1 and 3 swap; 2 and 0 follow in their first-stage order
+        tensor([[1, 3, 2, 0]])
+        >>> out.scores
+        tensor([[ 0.9933,  0.0067,  0.0067, -0.0933]])
+    """
+    if scores.shape != indices.shape or scores.dim() != 2:
+        raise ValueError(
+            f"scores and indices must be (Q, K) of one shape, got {tuple(scores.shape)} and "
+            f"{tuple(indices.shape)}"
+        )
+    q, m = logits.shape[0], logits.shape[1] if logits.dim() == 2 else -1
+    if logits.dim() != 2 or q != scores.shape[0] or m > scores.shape[1]:
+        raise ValueError(
+            f"logits must be (Q, M) with Q={scores.shape[0]} and M <= {scores.shape[1]}, got "
+            f"{tuple(logits.shape)}"
+        )
+    logits = logits.masked_fill(indices[:, :m] < 0, float("-inf"))
+    fused = fuse_scores(scores[:, :m].to(logits.dtype), logits, lambda_value, gamma)
+    rest = scores[:, m:].to(fused.dtype)
+    if rest.shape[1]:
+        # shift the rest below the lowest re-ranked score (a monotone map: its order is kept)
+        low = fused.masked_fill(~torch.isfinite(fused), float("inf")).amin(1, keepdim=True)
+        top_rest = rest[:, :1]
+        ok = torch.isfinite(low) & torch.isfinite(top_rest) & (top_rest > low)
+        shifted = torch.minimum(rest - top_rest + low, low)
+        rest = torch.where(ok, shifted, rest)
+    all_scores = torch.cat([fused, rest], dim=1)
+    order = all_scores.argsort(dim=1, descending=True, stable=True)
+    return RerankResult(all_scores.gather(1, order), indices.gather(1, order))
+
+
+class FusionResult(NamedTuple):
+    """Outcome of :func:`tune_fusion`.
+
+    Attributes:
+        lambda_value: The best :math:`\\lambda`.
+        gamma: The best :math:`\\gamma`.
+        map: The mAP (fraction) reached with them.
+        grid: :math:`(|\\Lambda|, |\\Gamma|)` mAP of every pair tried (float64).
+    """
+
+    lambda_value: float
+    gamma: float
+    map: float
+    grid: Tensor
+
+
+def tune_fusion(
+    scores: Tensor,
+    indices: Tensor,
+    logits: Tensor,
+    database_labels: Tensor,
+    query_labels: Tensor | None = None,
+    *,
+    leave_one_out: bool = False,
+    lambdas: Sequence[float] = LAMBDAS,
+    gammas: Sequence[float] = GAMMAS,
+) -> FusionResult:
+    r"""Grid-search :math:`(\lambda, \gamma)` of :func:`fuse_scores` for the best class mAP.
+
+    Each pair re-orders the shortlist with :func:`rerank_shortlist` and is scored with
+    :func:`~graphrerank.metrics.class_map` over the whole ranking; ties go to the first pair in
+    grid order (smaller :math:`\lambda`, then smaller :math:`\gamma`).
+
+    Args:
+        scores: :math:`(Q, K)` first-stage scores of a validation split, best first.
+        indices: :math:`(Q, K)` their database indices.
+        logits: :math:`(Q, M)` matching logits of the first :math:`M` entries.
+        database_labels: :math:`(N,)` classes of the database.
+        query_labels: :math:`(Q,)` classes of the queries, or ``None`` for all-vs-all.
+        leave_one_out: Ignore each query's own entry (all-vs-all).
+        lambdas: Values of :math:`\lambda` to try, in :math:`[0, 1]`.
+        gammas: Values of :math:`\gamma > 0` to try.
+
+    Returns:
+        :class:`FusionResult`.
+
+    Example:
+        >>> labels = torch.tensor([0, 0, 1, 1])
+        >>> s = torch.tensor([[1.0, 0.9, 0.8, 0.1], [1.0, 0.9, 0.8, 0.1],
+        ...                   [1.0, 0.9, 0.8, 0.1], [1.0, 0.9, 0.8, 0.1]])
+        >>> i = torch.tensor([[0, 2, 1, 3], [1, 3, 0, 2], [2, 0, 3, 1], [3, 1, 2, 0]])
+        >>> logit = torch.tensor([[5.0, -5.0, 5.0], [5.0, -5.0, 5.0],
+        ...                       [5.0, -5.0, 5.0], [5.0, -5.0, 5.0]])
+        >>> best = tune_fusion(s, i, logit, labels, leave_one_out=True,
+        ...                    lambdas=[0.0, 1.0], gammas=[1.0])
+        >>> best.lambda_value, best.map
+        (0.0, 1.0)
+    """
+    from ..metrics import class_map
+
+    lambdas = [check_real(v, "lambdas", low=0, high=1) for v in lambdas]
+    gammas = [check_real(v, "gammas", low=0, low_open=True) for v in gammas]
+    if not lambdas or not gammas:
+        raise ValueError("lambdas and gammas must each hold at least one value")
+    grid = torch.empty(len(lambdas), len(gammas), dtype=torch.float64)
+    for a, lam in enumerate(lambdas):
+        for b, gam in enumerate(gammas):
+            out = rerank_shortlist(scores, indices, logits, lam, gam)
+            grid[a, b] = class_map(
+                out.indices, database_labels, query_labels, leave_one_out=leave_one_out
+            )
+    best = int(torch.nan_to_num(grid, nan=-1.0).flatten().argmax())
+    a, b = divmod(best, len(gammas))
+    return FusionResult(lambdas[a], gammas[b], float(grid[a, b]), grid)

@@ -1,0 +1,284 @@
+r"""GNN re-ranking (Zhang et al. 2020) as sparse message passing."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int, check_normalized, check_real, check_same_device
+from ..graph._csr import csr_keep_largest, csr_rows, csr_transpose
+from ..nn import GNNRerankConv, gnn_rerank_graph
+from ..typing import RerankResult, TensorLike
+from . import _sparse as sp
+from .base import Reranker
+
+__all__ = ["GNNRerank", "gnn_rerank"]
+
+#: Neighbours kept per database item at fit: enough for all-vs-all rankings of length
+#: ``LIST_LENGTH - SHORTLIST_MARGIN`` (100) without a second search.
+LIST_LENGTH = 500
+
+
+def _propagate(
+    nbr: Tensor, sims: Tensor, k1: int, k2: int, layers: int, max_nonzeros: int | None
+) -> Tensor:
+    """The propagated adjacency :math:`(M, M)` (CSR) from the ranked lists."""
+    m = nbr.shape[0]
+    n1 = min(k1, m)
+    n2 = min(k2, n1)
+    a, p = gnn_rerank_graph(nbr, sims, n1, n2)
+    if k2 == 1:  # the reference skips propagation and normalisation altogether
+        return a
+    conv = GNNRerankConv()
+    for _ in range(layers):
+        a = conv(a, p)
+        if max_nonzeros is not None:
+            a = csr_keep_largest(a, max_nonzeros)
+    return a
+
+
+def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, budget: int):
+    """Top-``k`` database items of each query row by the GNN score (see :class:`GNNRerank`)."""
+    m = a.shape[0]
+    ng = m - nq
+    aq = a if nq == 0 else csr_rows(a, 0, nq)
+    ag_t = csr_transpose(a if nq == 0 else csr_rows(a, nq, m))
+
+    def score(p: Tensor, cos: Tensor) -> Tensor:
+        return (1 - lam) * p + lam * cos if lam else p
+
+    def min_overlap(kth: Tensor, cos: Tensor) -> Tensor:
+        if lam == 1:
+            return torch.full_like(kth, float("inf"))
+        p = (kth - lam * cos) / (1 - lam)
+        return p - 1e-6 * p.abs() - 1e-12  # err low: candidates are re-scored
+
+    # rows of about equal work: each row's share of the sparse product
+    cost = sp.overlap_cost(aq, ag_t)
+    nrows = aq.shape[0]
+    scores = torch.empty(nrows, k, dtype=a.dtype, device=a.device)
+    indices = torch.empty(nrows, k, dtype=torch.long, device=a.device)
+    for r0, r1 in sp.row_chunks(cost, 4 * budget, max(1, budget // ng)):
+        # A_q A_g^T for these rows: one sparse x sparse product, then a dense block
+        buf = (csr_rows(aq, r0, r1) @ ag_t).to_dense()
+
+        def base_of(r: Tensor, c: Tensor, r0=r0) -> Tensor:
+            return nodes.pairs(r + r0, c + nq)
+
+        s, i = sp.select_topk(
+            buf, short_idx[r0:r1], short_s[r0:r1], k, score, base_of, min_overlap,
+            higher_base_is_better=True,
+        )  # fmt: skip
+        scores[r0:r1], indices[r0:r1] = s, i
+    return RerankResult(scores, indices)
+
+
+def _run(nodes, k, k1, k2, layers, lambda_value, max_nonzeros, gallery=None, budget=None):
+    budget = sp.BLOCK_ELEMENTS if budget is None else budget
+    m = nodes.m
+    lists = sp.graph_lists(
+        nodes,
+        graph_k=min(m, k1),
+        length=min(m, max(k1, LIST_LENGTH)),
+        k=k,
+        largest=True,
+        extreme=False,
+        gallery=gallery,
+        budget=budget,
+    )
+    a = _propagate(lists["indices"], lists["values"], k1, k2, layers, max_nonzeros)
+    return _rank(
+        a, nodes.nq, lists["short_indices"], lists["short_values"], k, float(lambda_value),
+        nodes, budget,
+    )  # fmt: skip
+
+
+class GNNRerank(Reranker):
+    r"""GNN re-ranking from the `"Understanding Image Retrieval Re-Ranking: A Graph Neural
+    Network Perspective" <https://arxiv.org/abs/2012.07620>`_ paper (Zhang et al. 2020), with
+    the semantics of the official code, as sparse message passing.
+
+    Over the :math:`M` items of one graph (queries and database together; L2-normalised, so
+    :math:`s_{ij} = \mathbf{x}_i^\top \mathbf{x}_j` is the cosine), with :math:`R_i^{k}` the
+    :math:`k` most similar items of :math:`i` (itself included):
+
+    .. math::
+        \mathbf{A}^{(0)}_{ij} = [\,j \in R_i^{k_1}\,], \qquad
+        \mathbf{A}^{(t+1)}_i = \operatorname{normalize}\Big(\sum_{j \in R_i^{k_2}} s_{ij}^2\,
+            \big(\mathbf{A}^{(t)} + \mathbf{A}^{(t)\top}\big)_j\Big)
+
+    for ``layers`` steps (:class:`~graphrerank.nn.GNNRerankConv`; none when :math:`k_2 = 1`,
+    as in the reference, so that the score is then an overlap count), and
+
+    .. math::
+        \text{score}(q, g) = (1 - \lambda)\, \mathbf{A}_q^\top \mathbf{A}_g + \lambda\, s_{qg}.
+
+    :math:`\lambda = 0` is the published (2021) form; the current reference code mixes in the
+    original cosine with :math:`\lambda = 0.3`. Equal scores are ordered by the original
+    cosine (with :math:`\lambda = 0`, all database items whose propagated rows share nothing
+    with the query's score 0; they follow the others in the order of the plain ranking).
+
+    Transductive: ``rerank(None)`` builds one graph over the :math:`N` database items. As for
+    :class:`~graphrerank.rerankers.KReciprocal`, query-query similarities enter every query's
+    neighbourhood, so queries from another modality or encoder do not fit (on the PKU-Sketch
+    re-ID file, re-ranking the 50 sketches together lowers the mAP from 21.7 to 17.5 with
+    :math:`\lambda = 0.3`); ``asymmetric=True`` is refused. The
+    adjacency stays sparse (its rows grow with each layer: about :math:`k_1`, then
+    :math:`2 k_2 k_1`, ... non-zeros), the final scores are summed over pairs that share a
+    non-zero column only, and the top-``k`` is taken over those pairs and each query's nearest
+    items, which is exactly the top-``k`` of the dense formula. ``max_nonzeros`` bounds the
+    rows for very large graphs (an approximation; off by default). :meth:`fit` keeps each
+    database item's 500 most similar items, so that ``rerank(None, k)`` with ``k <= 100``
+    needs no second search.
+
+    Args:
+        k1: Length :math:`k_1` of the initial neighbour lists (reference 26).
+        k2: Number :math:`k_2` of neighbours messages come from (reference 7).
+        layers: Propagation steps (2 in the reference).
+        lambda_value: Weight :math:`\lambda \in [0, 1]` of the original cosine (0: the 2021
+            form; the current reference uses 0.3).
+        max_nonzeros: Keep only this many largest entries per row of :math:`\mathbf{A}` after
+            each layer (``None``: exact).
+
+    Shapes:
+        - **fit:** database :math:`(N, D)`, rows L2-normalised
+        - **rerank:** queries :math:`(Q, D)` or ``None`` :math:`\to` scores, indices
+          :math:`(Q, k)`, best first
+
+    Raises:
+        ValueError: invalid settings (at :meth:`fit`), descriptors not L2-normalised, bad
+            inputs, or ``asymmetric=True``.
+
+    Example:
+        >>> angles = torch.tensor([0.0, 0.1, 0.25, 0.45, 1.5, 1.6, 1.8, 2.1], dtype=torch.float64)
+        >>> x = torch.stack([angles.cos(), angles.sin()], 1)  # two arcs on the unit circle
+        >>> q = torch.tensor([[0.07], [1.7]], dtype=torch.float64)
+        >>> q = torch.cat([q.cos(), q.sin()], 1)
+        >>> out = GNNRerank(k1=3, k2=2).fit(x).rerank(q, k=5)
+        >>> out.indices
+        tensor([[1, 0, 2, 3, 4],
+                [6, 7, 5, 4, 3]])
+        >>> out.scores
+        tensor([[1.0000, 0.9890, 0.9709, 0.7812, 0.0000],
+                [1.0000, 0.9672, 0.7385, 0.7378, 0.0000]], dtype=torch.float64)
+
+    See Also:
+        :func:`gnn_rerank` (the function form).
+    """
+
+    transductive = True
+    needs_query_similarity = True
+
+    def __init__(
+        self,
+        *,
+        k1: int = 26,
+        k2: int = 7,
+        layers: int = 2,
+        lambda_value: float = 0.0,
+        max_nonzeros: int | None = None,
+    ) -> None:
+        self.k1 = k1
+        self.k2 = k2
+        self.layers = layers
+        self.lambda_value = lambda_value
+        self.max_nonzeros = max_nonzeros
+
+    @classmethod
+    def _test_params(cls):
+        return {"k1": 8, "k2": 3}
+
+    def _validate_params(self) -> None:
+        k1 = check_int(self.k1, "k1", low=1)
+        check_int(self.k2, "k2", low=1, high=k1)
+        check_int(self.layers, "layers", low=0)
+        check_real(self.lambda_value, "lambda_value", low=0.0, high=1.0)
+        if self.max_nonzeros is not None:
+            check_int(self.max_nonzeros, "max_nonzeros", low=1)
+
+    def _fit(self, database: Tensor) -> None:
+        check_normalized(database, "database")
+        n = database.shape[0]
+        nodes = sp.FeatureNodes(None, database, "ip")
+        length = min(n, max(self.k1, LIST_LENGTH))
+        g = sp.scan(nodes.block_fn("g", "g"), n, n, length, largest=True,
+                    device=database.device, dtype=database.dtype)  # fmt: skip
+        self.neighbors_ = g["row_indices"]
+        self.neighbor_similarities_ = g["row_values"]
+
+    def _gallery(self) -> dict[str, Tensor]:
+        return {"indices": self.neighbors_, "values": self.neighbor_similarities_}
+
+    def _rerank(
+        self, queries: Tensor | None, k: int, initial: RerankResult | None = None
+    ) -> RerankResult:
+        if queries is not None:
+            check_normalized(queries, "queries")
+        nodes = sp.FeatureNodes(queries, self.database_, "ip")
+        return _run(nodes, k, self.k1, self.k2, self.layers, self.lambda_value,
+                    self.max_nonzeros, self._gallery())  # fmt: skip
+
+    def propagated(self) -> Tensor:
+        r"""The propagated adjacency :math:`\mathbf{A}` of the database graph (all-vs-all),
+        a ``torch.sparse_csr`` :math:`(N, N)` tensor."""
+        self._check_fitted()
+        if not hasattr(self, "propagated_"):
+            length = min(self.n_database_, max(self.k1, LIST_LENGTH))
+            self.propagated_ = _propagate(
+                self.neighbors_[:, :length], self.neighbor_similarities_[:, :length],
+                self.k1, self.k2, self.layers, self.max_nonzeros,
+            )  # fmt: skip
+        return self.propagated_
+
+    def score_candidates(self, rows: Tensor, candidates: Tensor, scores: Tensor) -> Tensor:
+        r"""The GNN re-ranking score :math:`(1 - \lambda) \mathbf{A}_i^\top \mathbf{A}_j +
+        \lambda s_{ij}` of each database pair (row :math:`i`, candidate :math:`j`) in the
+        all-vs-all graph of the database; ``-inf`` at padding."""
+        a = self.propagated()
+        check_same_device(database=self.database_, rows=rows, candidates=candidates)
+        b, m = candidates.shape
+        valid = candidates >= 0
+        r = rows[:, None].expand(b, m)[valid]
+        c = candidates[valid]
+        lam = float(self.lambda_value)
+        sim = sp.pair_products(a, r, c, "mul", sp.BLOCK_ELEMENTS)
+        if lam:
+            cos = sp.FeatureNodes(None, self.database_, "ip").pairs(r, c)
+            sim = (1 - lam) * sim + lam * cos
+        out = torch.full((b, m), float("-inf"), dtype=a.dtype, device=a.device)
+        out[valid] = sim
+        return out
+
+
+def gnn_rerank(
+    queries: TensorLike | None,
+    database: TensorLike,
+    k: int = 100,
+    *,
+    k1: int = 26,
+    k2: int = 7,
+    layers: int = 2,
+    lambda_value: float = 0.0,
+    max_nonzeros: int | None = None,
+) -> RerankResult:
+    r"""GNN re-ranking of ``database`` for ``queries`` (``None``: all-vs-all), the function
+    form of :class:`GNNRerank`: ``GNNRerank(**settings).fit(database).rerank(queries, k)``.
+
+    Example:
+        >>> angles = torch.tensor([0.0, 0.1, 0.25, 0.45, 1.5, 1.6, 1.8, 2.1])
+        >>> x = torch.stack([angles.cos(), angles.sin()], 1)
+        >>> gnn_rerank(None, x, k=3, k1=3, k2=2, lambda_value=0.3).indices
+        tensor([[0, 1, 2],
+                [1, 0, 2],
+                [2, 1, 0],
+                [3, 2, 1],
+                [4, 5, 6],
+                [5, 4, 6],
+                [6, 5, 4],
+                [7, 6, 5]])
+    """
+    return (
+        GNNRerank(k1=k1, k2=k2, layers=layers, lambda_value=lambda_value, max_nonzeros=max_nonzeros)
+        .fit(database)
+        .rerank(queries, k)
+    )

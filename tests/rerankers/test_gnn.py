@@ -1,0 +1,202 @@
+"""GNN re-ranking against a dense float64 transcription of the official algorithm."""
+
+import numpy as np
+import pytest
+import torch
+
+from graphrerank.rerankers import GNNRerank, _sparse, gnn, gnn_rerank
+from graphrerank.testing import assert_close
+
+
+def reference_gnn(xq, xg, k1, k2, layers, lambda_value):
+    """Dense transcription of Zhang et al.'s GPU code, float64. ``xq=None``: all-vs-all
+    (one graph over the database, every item a query). Returns (scores, cosines)."""
+    x = xg if xq is None else np.concatenate([xq, xg])
+    x = np.asarray(x, dtype=np.float64)
+    nq = x.shape[0] if xq is None else xq.shape[0]
+    s = x @ x.T
+    m = x.shape[0]
+    rank = np.argsort(-s, axis=1, kind="stable")[:, :k1]
+    w = np.take_along_axis(s, rank, 1) ** 2
+    a = np.zeros((m, m))
+    for i in range(m):
+        a[i, rank[i]] = 1
+    if k2 != 1:
+        for _ in range(layers):
+            a = a + a.T
+            new = np.zeros_like(a)
+            for i in range(m):
+                for j in range(k2):
+                    new[i] += w[i, j] * a[rank[i, j]]
+            a = new / np.linalg.norm(new, axis=1, keepdims=True)
+    gallery = slice(0, m) if xq is None else slice(nq, m)
+    sim = a[:nq] @ a[gallery].T
+    cos = x[:nq] @ x[gallery].T
+    return (1 - lambda_value) * sim + lambda_value * cos, cos
+
+
+def reference_order(scores, cos):
+    """Descending score; ties (lambda = 0: no overlap) by descending cosine."""
+    return np.stack([np.lexsort((-cos[i], -scores[i])) for i in range(scores.shape[0])])
+
+
+def assert_same_ranking(out, scores, order, k, cos=None, atol=1e-9):
+    """As in test_kreciprocal, for scores (higher is better)."""
+    idx = out.indices.cpu().numpy()
+    got = out.scores.cpu().numpy()
+    np.testing.assert_allclose(got, np.take_along_axis(scores, order[:, :k], 1), atol=atol)
+    np.testing.assert_allclose(np.take_along_axis(scores, idx, 1), got, rtol=0, atol=atol)
+    full = np.take_along_axis(scores, order, 1)
+    gap = np.abs(np.diff(full, axis=1)) > atol
+    lone = np.ones_like(full, dtype=bool)
+    lone[:, 1:] &= gap
+    lone[:, :-1] &= gap
+    lone = lone[:, :k]
+    assert (idx[lone] == order[:, :k][lone]).all()
+    if cos is not None:
+        tied = got[:, 1:] == got[:, :-1]
+        c = np.take_along_axis(cos, idx, 1)
+        assert (c[:, 1:][tied] <= c[:, :-1][tied]).all()
+
+
+def _sphere(n, d, seed, centres=4, spread=0.7):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d))
+    x = c[rng.integers(0, centres, n)] + spread * rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+SETTINGS = [
+    # k1, k2, layers, lambda_value
+    (26, 7, 2, 0.0),  # the 2021 form
+    (26, 7, 2, 0.3),  # the current reference
+    (8, 3, 3, 1.0),
+    (6, 1, 2, 0.5),  # k2 = 1: no propagation, no normalisation (overlap counts)
+    (5, 5, 1, 0.2),  # k2 = k1
+]
+
+
+@pytest.mark.parametrize(("k1", "k2", "layers", "lambda_value"), SETTINGS)
+@pytest.mark.parametrize(("nq", "ng"), [(6, 40), (0, 45)])
+def test_matches_dense_reference(device, k1, k2, layers, lambda_value, nq, ng):
+    x = _sphere(nq + ng, 6, seed=k1 + nq)
+    scores, cos = reference_gnn(x[:nq] if nq else None, x[nq:], k1, k2, layers, lambda_value)
+    order = reference_order(scores, cos)
+    r = GNNRerank(k1=k1, k2=k2, layers=layers, lambda_value=lambda_value)
+    r.fit(torch.from_numpy(x[nq:]).to(device))
+    queries = torch.from_numpy(x[:nq]).to(device) if nq else None
+    for k in (ng, 5):
+        out = r.rerank(queries, k=k)
+        assert out.indices.device.type == device
+        assert_same_ranking(out, scores, order, k, cos)
+
+
+def test_all_vs_all_is_one_graph_not_two():
+    x = _sphere(40, 5, seed=3)
+    r = GNNRerank(k1=8, k2=3, lambda_value=0.3).fit(torch.from_numpy(x))
+    one, cos1 = reference_gnn(None, x, 8, 3, 2, 0.3)
+    two, cos2 = reference_gnn(x, x, 8, 3, 2, 0.3)  # queries = database: 2N nodes
+    out_none, out_dup = r.rerank(None, k=40), r.rerank(torch.from_numpy(x), k=40)
+    assert_same_ranking(out_none, one, reference_order(one, cos1), 40)
+    assert_same_ranking(out_dup, two, reference_order(two, cos2), 40)
+    assert not torch.equal(out_none.indices, out_dup.indices)
+
+
+def test_float32_agrees_with_float64_reference():
+    x = _sphere(50, 8, seed=11)
+    scores, _ = reference_gnn(x[:10], x[10:], 26, 7, 2, 0.3)
+    q, g = torch.from_numpy(x[:10]).float(), torch.from_numpy(x[10:]).float()
+    out = gnn_rerank(q, g, k=40, lambda_value=0.3)
+    assert out.scores.dtype == torch.float32
+    expected = torch.from_numpy(np.take_along_axis(scores, out.indices.numpy(), 1))
+    assert_close(out.scores.double(), expected, rtol=1e-4, atol=1e-5)
+    assert_close(out.scores.double(), torch.from_numpy(-np.sort(-scores, 1)), rtol=1e-4, atol=1e-5)
+
+
+def test_short_lists_and_small_blocks(monkeypatch):
+    monkeypatch.setattr(gnn, "LIST_LENGTH", 3)
+    monkeypatch.setattr(_sparse, "SHORTLIST_MARGIN", 0)
+    monkeypatch.setattr(_sparse, "BLOCK_ELEMENTS", 97)
+    x = _sphere(48, 4, seed=5)
+    for nq, k, lam in ((8, 40, 0.3), (0, 48, 0.0), (8, 4, 0.0), (0, 4, 0.3)):
+        m = nq + 40 if nq else 48
+        scores, cos = reference_gnn(x[:nq] if nq else None, x[nq:m], 6, 3, 2, lam)
+        q = torch.from_numpy(x[:nq]) if nq else None
+        out = GNNRerank(k1=6, k2=3, lambda_value=lam).fit(torch.from_numpy(x[nq:m]))
+        assert_same_ranking(out.rerank(q, k=k), scores, reference_order(scores, cos), k, cos)
+
+
+def test_pruning_keeps_the_largest_entries():
+    """max_nonzeros keeps the p largest entries of every row after each layer (no
+    re-normalisation); with p above the densest row it changes nothing."""
+    x = _sphere(60, 5, seed=1)
+    k1, k2, p = 10, 4, 7
+    s = x @ x.T
+    rank = np.argsort(-s, axis=1, kind="stable")[:, :k1]
+    w = np.take_along_axis(s, rank, 1) ** 2
+    a = np.zeros((60, 60))
+    np.put_along_axis(a, rank, 1.0, 1)
+    for _ in range(2):
+        a = a + a.T
+        a = np.stack([(w[i, :k2, None] * a[rank[i, :k2]]).sum(0) for i in range(60)])
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        small = np.argsort(-a, axis=1, kind="stable")[:, p:]
+        np.put_along_axis(a, small, 0.0, 1)
+    tight = GNNRerank(k1=k1, k2=k2, max_nonzeros=p).fit(torch.from_numpy(x))
+    assert_close(tight.propagated().to_dense(), torch.from_numpy(a))
+    exact = GNNRerank(k1=k1, k2=k2).fit(torch.from_numpy(x))
+    assert int(exact.propagated().crow_indices().diff().max()) > p
+    loose = GNNRerank(k1=k1, k2=k2, max_nonzeros=60).fit(torch.from_numpy(x))
+    assert torch.equal(exact.rerank(None, k=20).indices, loose.rerank(None, k=20).indices)
+
+
+def test_score_candidates_is_the_gnn_score():
+    x = _sphere(40, 5, seed=9)
+    scores, _ = reference_gnn(None, x, 8, 3, 2, 0.3)
+    r = GNNRerank(k1=8, k2=3, lambda_value=0.3).fit(torch.from_numpy(x))
+    rows = torch.tensor([0, 7, 39])
+    cand = torch.tensor([[0, 5, 12, -1], [3, 7, 39, 20], [1, 2, 38, 39]])
+    out = r.score_candidates(rows, cand, torch.zeros(3, 4))
+    expected = scores[rows.numpy()[:, None], cand.clamp(min=0).numpy()]
+    expected[0, 3] = -np.inf
+    assert_close(out, torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        ({"k1": 0}, ValueError, "k1 must be >= 1"),
+        ({"k2": 0}, ValueError, "k2 must be >= 1"),
+        ({"k1": 5, "k2": 6}, ValueError, "k2 must be <= 5"),
+        ({"layers": -1}, ValueError, "layers must be >= 0"),
+        ({"lambda_value": 2}, ValueError, "lambda_value must be <= 1"),
+        ({"max_nonzeros": 0}, ValueError, "max_nonzeros must be >= 1"),
+        ({"layers": 1.5}, TypeError, "layers must be an integer"),
+    ],
+)
+def test_bad_settings(params, error, match):
+    x = torch.nn.functional.normalize(torch.randn(10, 3), dim=1)
+    with pytest.raises(error, match=match):
+        GNNRerank(**params).fit(x)
+
+
+def test_needs_normalised_descriptors():
+    x = torch.nn.functional.normalize(torch.randn(20, 4), dim=1)
+    with pytest.raises(ValueError, match="database must be L2-normalised"):
+        GNNRerank().fit(2 * x)
+    r = GNNRerank(k1=5, k2=2).fit(x)
+    with pytest.raises(ValueError, match="queries must be L2-normalised"):
+        r.rerank(3 * x[:2], k=4)
+    with pytest.raises(ValueError, match="same encoder"):
+        r.rerank(x[:2], k=4, asymmetric=True)
+
+
+def test_declarations():
+    assert GNNRerank.transductive and GNNRerank.needs_query_similarity
+    assert GNNRerank().get_params() == {
+        "k1": 26,
+        "k2": 7,
+        "layers": 2,
+        "lambda_value": 0.0,
+        "max_nonzeros": None,
+    }

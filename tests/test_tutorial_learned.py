@@ -1,0 +1,40 @@
+"""The learned re-ranking tutorial runs in its fast mode (synthetic descriptors: no data)."""
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TUTORIAL = (
+    Path(__file__).resolve().parents[1] / "examples" / "tutorials" / "tutorial_learned_rerankers.py"
+)
+
+
+def test_tutorial_learned_rerankers_fast(tmp_path, monkeypatch, capsys):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    plt.switch_backend("Agg")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("GRAPHRERANK_DATA", str(empty))
+    monkeypatch.setenv("GRAPHRERANK_FAST", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [TUTORIAL.name])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runpy.run_path(str(TUTORIAL), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "synthetic local descriptors" in out
+    maps = dict(re.findall(r"^(global cosine|chamfer|learned) +mAP +([\d.]+)$", out, re.M))
+    # the synthetic images share clutter, so matching their class parts beats the global mean
+    assert float(maps["chamfer"]) > float(maps["global cosine"]) + 3
+    assert float(maps["learned"]) > float(maps["global cosine"])
+    assert re.search(r"16 x binary +64 bytes per database image", out)
+    assert (tmp_path / "learned_reranker.npz").exists()
+    assert plt.get_fignums()
+    plt.close("all")
