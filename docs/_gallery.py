@@ -8,7 +8,7 @@ from pathlib import Path
 ORDER = [
     "tutorial_knn_graphs.py",
     "tutorial_query_expansion.py",
-    "tutorial_neighbourhood.py",
+    "tutorial_kreciprocal_gnn.py",
     "tutorial_diffusion.py",
     "tutorial_superglobal.py",
     "tutorial_pipelines.py",

@@ -59,8 +59,17 @@ def _registry() -> dict[str, type]:
 
 
 def _resolve(name: str) -> type:
+    from .rerankers import RERANKERS_WITH_LOCAL
+
     table = _registry()
     cls = table.get(name.lower())
+    local = {c.__name__.lower(): c for c in RERANKERS_WITH_LOCAL}
+    if cls is None and name.lower() in local:
+        raise CLIError(
+            f"{local[name.lower()].__name__} needs local descriptors besides the global ones; "
+            "the command line evaluates global descriptors only: use it from Python "
+            "(see the tutorial on learned re-rankers)"
+        )
     if cls is None:
         known = ", ".join(c.__name__ for c in table.values())
         raise CLIError(f"unknown re-ranker {name!r}; available: {known}")
@@ -872,21 +881,40 @@ def _summary(doc: str) -> str:
     return paragraph[: end.start() + 1] if end else paragraph
 
 
+def _print_reranker(cls: type) -> None:
+    model = cls()
+    flags = [
+        name
+        for name in ("transductive", "needs_query_similarity", "accepts_initial")
+        if getattr(model, name)
+    ]
+    print(f"{cls.__name__}: {_summary(cls.__doc__ or '')}")
+    settings = ", ".join(f"{n}={_setting(d)}" for n, d in cls._defaults().items()) or "(none)"
+    print(f"    settings: {settings}")
+    if flags:
+        print(f"    {', '.join(flags)}")
+
+
+def _setting(value: Any) -> str:
+    """A default as it would be typed (objects such as models by their class name)."""
+    if value is None or isinstance(value, (bool, int, float, str, tuple, list)):
+        return repr(value)
+    return type(value).__name__
+
+
 def _cmd_list(args) -> int:
-    from .rerankers import RERANKERS
+    from .rerankers import RERANKERS, RERANKERS_WITH_LOCAL
 
     for cls in RERANKERS:
-        model = cls()
-        flags = [
-            name
-            for name in ("transductive", "needs_query_similarity", "accepts_initial")
-            if getattr(model, name)
-        ]
-        print(f"{cls.__name__}: {_summary(cls.__doc__ or '')}")
-        settings = ", ".join(f"{n}={d!r}" for n, d in cls._defaults().items()) or "(none)"
-        print(f"    settings: {settings}")
-        if flags:
-            print(f"    {', '.join(flags)}")
+        _print_reranker(cls)
+    if RERANKERS_WITH_LOCAL:
+        print()
+        print(
+            "Re-rankers that also need local descriptors (from Python only: the command line "
+            "evaluates global descriptors):"
+        )
+        for cls in RERANKERS_WITH_LOCAL:
+            _print_reranker(cls)
     return 0
 
 

@@ -378,10 +378,22 @@ def test_list_names_every_reranker_with_its_defaults(capsys):
         assert f"{cls.__name__}: " in out
     assert "settings: metric='ip', backend='auto'" in out
     # one plain-text sentence per re-ranker: no reST markup
-    summaries = [line for line in out.splitlines() if not line.startswith(" ")]
+    main_part, local_part = out.split("\n\n")
+    summaries = [line for line in main_part.splitlines() if not line.startswith(" ")]
     assert len(summaries) == len(gr.rerankers.RERANKERS)
-    for line in summaries:
+    local = [line for line in local_part.splitlines() if not line.startswith(" ")]
+    assert "need local descriptors" in local[0]
+    assert len(local) == 1 + len(gr.rerankers.RERANKERS_WITH_LOCAL)
+    for line in summaries + local[1:]:
         assert line.endswith(".") and "`" not in line and ":math:" not in line and "\\" not in line
+    for cls in gr.rerankers.RERANKERS_WITH_LOCAL:
+        assert f"{cls.__name__}: " in local_part
+
+
+def test_a_reranker_that_needs_local_descriptors_is_refused_with_a_reason(capsys):
+    code, _, err = run(capsys, "evaluate", "--data", "digits", "-r", "LocalDescriptorReranker")
+    assert code == 2
+    assert "LocalDescriptorReranker needs local descriptors" in err
 
 
 # --------------------------------------------------------------------------- bench and demo

@@ -9,7 +9,18 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 #: The subpackages with an API page (docs/api/<name>.rst).
-PAGES = ["cli", "datasets", "diffusion", "graph", "metrics", "nn", "plot", "rerankers", "testing"]
+PAGES = [
+    "cli",
+    "datasets",
+    "diffusion",
+    "graph",
+    "metrics",
+    "models",
+    "nn",
+    "plot",
+    "rerankers",
+    "testing",
+]
 
 
 def test_every_subpackage_has_a_page_in_the_index():
