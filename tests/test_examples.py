@@ -2,6 +2,7 @@
 
 import importlib.util
 import pickle
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -68,6 +69,27 @@ def test_example_runs_in_fast_mode(script, tmp_path, monkeypatch, matplotlib_agg
 TUTORIAL_FILES = sorted(TUTORIALS.glob("tutorial_*.py"))
 
 
+def _check_kreciprocal_gnn(out: str) -> None:
+    """What the k-reciprocal / GNN tutorial claims holds in its own output."""
+    maps = {
+        m[0]: float(m[1])
+        for m in re.findall(r"^(cosine \(kNN\)|k-reciprocal|GNN) +mAP ([\d.]+)", out, re.M)
+    }
+    assert set(maps) == {"cosine (kNN)", "k-reciprocal", "GNN"}
+    assert maps["k-reciprocal"] > maps["cosine (kNN)"] and maps["GNN"] > maps["cosine (kNN)"]
+    # duplicated items (a 2N graph) lose against the one graph of N items
+    pairs = re.findall(r"one graph of N: ([\d.]+) +2N with duplicates: ([\d.]+)", out)
+    assert len(pairs) == 2 and all(float(one) > float(two) for one, two in pairs)
+    # two GNNRerankConv layers by hand give the re-ranker's propagated adjacency
+    assert float(re.search(r"largest difference to GNNRerank: ([\d.e+-]+)", out)[1]) < 1e-5
+    assert "top-10 lists identical for 100.0%" in out
+    assert re.search(r"^KReciprocal\(\) +mAP", out, re.M)
+
+
+#: Checks of a tutorial's printed output (its claims), by file stem.
+TUTORIAL_CHECKS = {"tutorial_kreciprocal_gnn": _check_kreciprocal_gnn}
+
+
 @pytest.mark.parametrize("path", TUTORIAL_FILES, ids=[p.stem for p in TUTORIAL_FILES])
 def test_tutorial_runs_in_fast_mode(path, tmp_path, monkeypatch, matplotlib_agg, capsys):
     pytest.importorskip("sklearn")
@@ -75,8 +97,11 @@ def test_tutorial_runs_in_fast_mode(path, tmp_path, monkeypatch, matplotlib_agg,
     monkeypatch.setenv("GRAPHRERANK_FAST", "1")
     monkeypatch.setattr(sys, "argv", [path.name])
     runpy.run_path(str(path), run_name="__main__")
-    assert capsys.readouterr().out.strip()
+    out = capsys.readouterr().out
+    assert out.strip()
     assert matplotlib_agg.get_fignums(), "a tutorial shows its results as figures"
+    if path.stem in TUTORIAL_CHECKS:
+        TUTORIAL_CHECKS[path.stem](out)
 
 
 def test_tutorials_have_a_title_and_are_in_the_gallery_order():
@@ -115,6 +140,12 @@ def test_quickstart_fast(capsys):
     prec = np.cumsum(hits, 1) / np.arange(1, hits.shape[1] + 1)
     expected = ((prec * hits).sum(1) / hits.sum(1)).mean()
     assert rows[0]["map"] == pytest.approx(expected, abs=1e-6)
+    # RegionalDiffusion on single vectors, with Diffusion's graph sizes, is Diffusion, and the
+    # quickstart says why it does not use the regional defaults
+    by_name = {r["method"].split("(")[0]: r for r in rows}
+    assert by_name["RegionalDiffusion"]["method"] == "RegionalDiffusion(k=50, kq=10)"
+    assert by_name["RegionalDiffusion"]["map"] == pytest.approx(by_name["Diffusion"]["map"])
+    assert "regional defaults (k=kq=200) are meant for" in printed
 
 
 def test_quickstart_writes_a_plot(tmp_path, monkeypatch):
