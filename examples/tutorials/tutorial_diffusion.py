@@ -208,9 +208,11 @@ with tempfile.TemporaryDirectory() as tmp:
 # re-ranker that can score candidate pairs
 # (:meth:`~graphrerank.rerankers.Reranker.score_candidates`, e.g. k-reciprocal re-ranking,
 # as in the paper) or any function ``rescore(rows, candidates, scores) -> new_scores``: the
-# edge re-scoring hook of :func:`~graphrerank.graph.knn_graph`. Here, when k-reciprocal
-# re-ranking is not at hand, a function scores pairs by the cosine of descriptors smoothed
-# over their 10 nearest neighbours (one hop of message passing, as in the first tutorial).
+# edge re-scoring hook of :func:`~graphrerank.graph.knn_graph`. Here both: k-reciprocal
+# re-ranking, as in the paper (its scores are minus a distance, hence
+# ``edge_weights="rescored_distance"``), and a function that scores pairs by the cosine of
+# descriptors smoothed over their 10 nearest neighbours (one hop of message passing, as in
+# the first tutorial).
 from graphrerank.nn import WeightedPropagation, adjacency
 
 smooth = knn_graph(database, k=10, loop=True, gamma=3.0)
@@ -222,16 +224,16 @@ def smoothed_cosine(rows, candidates, scores):
     return new.masked_fill(candidates < 0, float("-inf"))
 
 
-if hasattr(gr.rerankers, "KReciprocal"):  # k-reciprocal scores are minus a distance
-    rdip = RDiP(
+rdips = {
+    "R-DiP k-reciprocal": RDiP(
         rescorer=gr.rerankers.KReciprocal(),
         edge_weights="rescored_distance",
         truncation=truncation,
-    )
-else:
-    rdip = RDiP(rescorer=smoothed_cosine, truncation=truncation)
-print(rdip)
-results["R-DiP"] = rdip.fit(database).rerank(queries, k=len(database))
+    ),
+    "R-DiP smoothed cos": RDiP(rescorer=smoothed_cosine, truncation=truncation),
+}
+for name, rdip in rdips.items():
+    results[name] = rdip.fit(database).rerank(queries, k=len(database))
 for name, r in results.items():
     print(f"{name:<18} mAP {100 * class_map(r.indices, db_labels, q_labels):.2f}")
 

@@ -63,9 +63,9 @@ except FileNotFoundError:
 # %%
 # A class-disjoint split: train on the first half of the classes (holding back some of their
 # images for validation), test on the other half, all-vs-all. The sizes are kept small so that
-# the tutorial runs in a minute or two on a CPU; ``benchmarks/learned_corel.py`` runs the full
+# the tutorial runs in about a minute on a CPU; ``benchmarks/learned_corel.py`` runs the full
 # protocol.
-n_train, n_val, n_test = (16, 4, 30) if FAST else (40, 10, 50)  # images per class
+n_train, n_val, n_test = (16, 4, 30) if FAST else (24, 8, 50)  # images per class
 classes = labels.unique()
 rank_in_class = torch.zeros_like(labels)
 for c in classes:
@@ -104,7 +104,7 @@ print(graph)
 # early and keeps the best weights.
 t = time.perf_counter()
 result = train_matcher(
-    model, glob, local, labels, train_index=train, val_index=val, epochs=2 if FAST else 4,
+    model, glob, local, labels, train_index=train, val_index=val, epochs=2,
     positives=2, negatives=4, val_top_m=top_m, seed=0,
 )  # fmt: skip
 print(f"trained in {time.perf_counter() - t:.1f} s")
