@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import datasets, graph, metrics, models, rerankers
+from . import datasets, graph, metrics, models, plot, rerankers
 from .rerankers import KNN, Reranker
 from .typing import KNNResult, RerankResult
 
@@ -16,5 +16,6 @@ __all__ = [
     "graph",
     "metrics",
     "models",
+    "plot",
     "rerankers",
 ]
