@@ -94,11 +94,9 @@ def main(argv=None) -> dict:
         f"{time.perf_counter() - t:.1f} s (the offline step redone with the queries inserted)"
     )
 
-    rescorer, weights, name = None, "rescored", "plain similarity"
-    if hasattr(gr.rerankers, "KReciprocal"):
-        rescorer, weights, name = gr.rerankers.KReciprocal(), "rescored_distance", "k-reciprocal"
+    rescorer, name = gr.rerankers.KReciprocal(), "k-reciprocal"
     t = time.perf_counter()
-    rd = RDiP(**small, k_d=30 if args.fast else 50, rescorer=rescorer, edge_weights=weights).fit(db)
+    rd = RDiP(**small, k_d=30 if args.fast else 50, rescorer=rescorer).fit(db)
     out = rd.rerank(q, k=k)
     results["rdip"] = class_map(out.indices, dl, ql)
     print(

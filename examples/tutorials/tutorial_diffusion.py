@@ -209,8 +209,9 @@ with tempfile.TemporaryDirectory() as tmp:
 # (:meth:`~graphrerank.rerankers.Reranker.score_candidates`, e.g. k-reciprocal re-ranking,
 # as in the paper) or any function ``rescore(rows, candidates, scores) -> new_scores``: the
 # edge re-scoring hook of :func:`~graphrerank.graph.knn_graph`. Here both: k-reciprocal
-# re-ranking, as in the paper (its scores are minus a distance, hence
-# ``edge_weights="rescored_distance"``), and a function that scores pairs by the cosine of
+# re-ranking, as in the paper (its scores are minus a distance in [0, 1]; the default
+# ``edge_weights="auto"`` sees it from ``KReciprocal.candidate_scores`` and weighs an edge by
+# :math:`(1 - d^*)^\gamma`), and a function that scores pairs by the cosine of
 # descriptors smoothed over their 10 nearest neighbours (one hop of message passing, as in
 # the first tutorial).
 from graphrerank.nn import WeightedPropagation, adjacency
@@ -227,7 +228,6 @@ def smoothed_cosine(rows, candidates, scores):
 rdips = {
     "R-DiP k-reciprocal": RDiP(
         rescorer=gr.rerankers.KReciprocal(),
-        edge_weights="rescored_distance",
         truncation=truncation,
     ),
     "R-DiP smoothed cos": RDiP(rescorer=smoothed_cosine, truncation=truncation),

@@ -44,6 +44,10 @@ class Reranker(abc.ABC):
       must come from the same encoder; such methods refuse ``rerank(..., asymmetric=True)``.
     * ``accepts_initial``: it re-ranks a given candidate list (``rerank(..., initial=...)``),
       e.g. the shortlist of an earlier stage, instead of searching the database itself.
+    * ``candidate_scores``: what :meth:`score_candidates` returns, ``"similarity"`` (higher is
+      more similar, about in :math:`[-1, 1]`) or ``"negative_distance"`` (minus a distance in
+      :math:`[0, 1]`, as k-reciprocal's :math:`-d^*`); R-DiP turns it into edge weights
+      accordingly.
 
     A method whose declaration depends on a setting overrides the attribute with a property;
     read these attributes from an instance.
@@ -52,6 +56,7 @@ class Reranker(abc.ABC):
     transductive: ClassVar[bool] = False
     needs_query_similarity: ClassVar[bool] = False
     accepts_initial: ClassVar[bool] = False
+    candidate_scores: ClassVar[str] = "similarity"
 
     # ------------------------------------------------------------------ parameters
     #: Settings that may also be passed by position (a :class:`Pipeline`'s ``stages``); every

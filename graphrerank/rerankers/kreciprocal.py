@@ -305,6 +305,7 @@ class KReciprocal(Reranker):
     )
 
     transductive = True
+    candidate_scores = "negative_distance"
     needs_query_similarity = True
 
     def __init__(self, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> None:

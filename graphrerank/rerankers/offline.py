@@ -675,7 +675,9 @@ class RDiP(_OfflineBase):
       mutual graph whenever the scores are symmetric. ``"mutual"`` (each side's own weight,
       for symmetric re-scorers only: an asymmetric result raises), ``"max"`` and ``"union"``
       (no mutual filter: :math:`\max` or :math:`a_{ij} + a_{ji}`) are the alternatives.
-    * ``edge_weights="rescored"``: :math:`w(s') = \max(s', 0)^\gamma` (:math:`\gamma` applied
+    * ``edge_weights="auto"`` (default): ``"rescored_distance"`` for a re-ranker whose
+      ``candidate_scores`` is ``"negative_distance"`` (:class:`KReciprocal`), else
+      ``"rescored"``. ``"rescored"``: :math:`w(s') = \max(s', 0)^\gamma` (:math:`\gamma` applied
       after re-scoring, as offline diffusion weights its similarities);
       ``"rescored_raw"``: :math:`\max(s', 0)`; ``"rescored_distance"``:
       :math:`\max(1 + s', 0)^\gamma`, for re-scorers that return minus a distance in
@@ -705,8 +707,8 @@ class RDiP(_OfflineBase):
         alpha: :math:`\alpha` (reference 0.99).
         gamma: :math:`\gamma` (reference 3).
         symmetrize: ``"min"``, ``"mutual"``, ``"max"`` or ``"union"`` (see above).
-        edge_weights: ``"rescored"``, ``"rescored_raw"``, ``"rescored_distance"`` or
-            ``"base"`` (see above).
+        edge_weights: ``"auto"``, ``"rescored"``, ``"rescored_raw"``,
+            ``"rescored_distance"`` or ``"base"`` (see above).
         query_scores: ``"base"`` or ``"rescored"`` (see above).
         ties: Order of items with equal scores, ``"similarity"`` or ``"index"``, as in
             :class:`OfflineDiffusion`.
@@ -725,8 +727,9 @@ class RDiP(_OfflineBase):
           :math:`(Q, k)`
 
     Raises:
-        ValueError: a setting is out of range (e.g. ``k_d > k_m``), or the re-scored graph is
-            not symmetric with ``symmetrize="mutual"``.
+        ValueError: a setting is out of range (e.g. ``k_d > k_m``), the re-scored graph is
+            not symmetric with ``symmetrize="mutual"``, or no re-scored edge has a positive
+            weight (e.g. distance-like scores weighted as similarities).
 
     Example:
         >>> x = torch.nn.functional.normalize(torch.tensor(
@@ -748,7 +751,9 @@ class RDiP(_OfflineBase):
         alpha: float = 0.99,
         gamma: float = 3.0,
         symmetrize: Literal["min", "mutual", "max", "union"] = "min",
-        edge_weights: Literal["rescored", "rescored_raw", "rescored_distance", "base"] = "rescored",
+        edge_weights: Literal[
+            "auto", "rescored", "rescored_raw", "rescored_distance", "base"
+        ] = "auto",
         query_scores: Literal["base", "rescored"] = "base",
         ties: Literal["similarity", "index"] = "similarity",
         tol: float = 1e-6,
@@ -791,7 +796,7 @@ class RDiP(_OfflineBase):
         check_in(
             self.edge_weights,
             "edge_weights",
-            ("rescored", "rescored_raw", "rescored_distance", "base"),
+            ("auto", "rescored", "rescored_raw", "rescored_distance", "base"),
         )
         check_in(self.query_scores, "query_scores", ("base", "rescored"))
         check_int(self.rescore_batch_size, "rescore_batch_size", low=1)
@@ -824,7 +829,8 @@ class RDiP(_OfflineBase):
         n = x.shape[0]
         km = min(self.k_m, n)
         cand = KNNResult(knn.scores[:, :km], knn.indices[:, :km])
-        weight_gamma = self.gamma if self.edge_weights in ("rescored", "base") else None
+        weights = self._edge_weights()
+        weight_gamma = self.gamma if weights in ("rescored", "base") else None
         g = knn_graph(
             x,
             self.k_d,
@@ -835,16 +841,30 @@ class RDiP(_OfflineBase):
             rescore_batch_size=self.rescore_batch_size,
         )
         w = g.edge_weight
-        if self.edge_weights == "rescored_raw":
+        if weights == "rescored_raw":
             w = w.clamp(min=0)
-        elif self.edge_weights == "rescored_distance":
+        elif weights == "rescored_distance":
             w = (1 + w).clamp(min=0).pow(self.gamma)
-        elif self.edge_weights == "base":
+        elif weights == "base":
             src, dst = g.edge_index
             s = (x.index_select(0, src) * x.index_select(0, dst)).sum(1)
             w = s.clamp(min=0).pow(self.gamma)
+        if self.rescore_ is not None and n > 1 and w.numel() and not bool((w > 0).any()):
+            raise ValueError(
+                f"no re-scored edge has a positive weight with edge_weights={weights!r}: the "
+                "rescorer's scores are not similarities in [-1, 1] (for minus a distance in "
+                "[0, 1] use edge_weights='rescored_distance'; to keep the base similarities as "
+                "weights use 'base')"
+            )
         g.edge_weight = w
         return self._symmetrized(g, n)
+
+    def _edge_weights(self) -> str:
+        """``edge_weights`` with ``"auto"`` resolved from the re-scorer."""
+        if self.edge_weights != "auto":
+            return self.edge_weights
+        kind = getattr(self.rescorer, "candidate_scores", "similarity")
+        return "rescored_distance" if kind == "negative_distance" else "rescored"
 
     def _symmetrized(self, g: Data, n: int) -> Data:
         ei, w = symmetrize(g.edge_index, g.edge_weight, n, self.symmetrize)
@@ -877,7 +897,7 @@ class RDiP(_OfflineBase):
 
     def _similarity(self, rescored: Tensor) -> Tensor:
         """Re-scored query-side scores as the similarities the query weights are made of."""
-        return 1 + rescored if self.edge_weights == "rescored_distance" else rescored
+        return 1 + rescored if self._edge_weights() == "rescored_distance" else rescored
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None

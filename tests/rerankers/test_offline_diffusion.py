@@ -449,15 +449,12 @@ def test_digits_matches_the_reference_codes(tmp_path):
     assert abs(m - 84.30) <= 0.3
 
 
-# R-DiP with the re-rankers of the neighbourhood and k-reciprocal families (once available):
+# R-DiP with the re-rankers of the neighbourhood and k-reciprocal families:
 # the rebuilt graph must beat plain offline diffusion (93.85 / 84.48, the table above).
 def _rescorer(name):
     import graphrerank.rerankers as rr
 
-    cls = getattr(rr, name, None)
-    if cls is None:
-        pytest.skip(f"{name} is not available in this build")
-    return cls()
+    return getattr(rr, name)()
 
 
 def _dataset(name):
@@ -477,6 +474,8 @@ def _dataset(name):
 RDIP_CASES = [
     pytest.param("corel", "KReciprocal", "rescored_distance", 93.85, id="corel-kreciprocal"),
     pytest.param("digits", "KReciprocal", "rescored_distance", 84.48, id="digits-kreciprocal"),
+    # the default edge_weights="auto" picks the distance weighting for k-reciprocal by itself
+    pytest.param("digits", "KReciprocal", "auto", 84.48, id="digits-kreciprocal-auto"),
     pytest.param(
         "corel", "SuperGlobal", "rescored", 93.85, id="corel-superglobal", marks=pytest.mark.slow
     ),
@@ -490,3 +489,28 @@ RDIP_CASES = [
 def test_rdip_beats_offline_diffusion(data, rescorer, weights, offline_map):
     r = RDiP(rescorer=_rescorer(rescorer), edge_weights=weights)
     assert _all_vs_all_map(r, _dataset(data)) > offline_map + 1.0
+
+
+def test_rdip_auto_edge_weights_follow_the_rescorer():
+    from graphrerank.rerankers import KReciprocal, SuperGlobal
+
+    assert RDiP(rescorer=KReciprocal())._edge_weights() == "rescored_distance"
+    assert RDiP(rescorer=SuperGlobal())._edge_weights() == "rescored"
+    assert RDiP(rescorer=lambda r, c, s: s)._edge_weights() == "rescored"
+    assert RDiP(rescorer=KReciprocal(), edge_weights="base")._edge_weights() == "base"
+
+
+def test_rdip_refuses_a_graph_without_positive_weights():
+    # minus a distance weighted as a similarity: every weight max(s', 0)^gamma is 0, so the
+    # graph would be empty and the ranking silently the first-stage one
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+
+    def neg_distance(rows, candidates, scores):
+        return scores - 2.0
+
+    r = RDiP(rescorer=neg_distance, edge_weights="rescored", k_m=8, k_d=4, kq=3, truncation=10)
+    with pytest.raises(ValueError, match="no re-scored edge has a positive weight"):
+        r.fit(x)
+    out = RDiP(rescorer=neg_distance, edge_weights="base", k_m=8, k_d=4, kq=3, truncation=10).fit(x)
+    assert out.rerank(x[:2], k=5).indices.shape == (2, 5)
