@@ -16,6 +16,10 @@ Eigensolver = Literal["auto", "dense", "scipy"]
 
 #: ``eigensolver="auto"`` takes the dense :func:`torch.linalg.eigh` up to this many nodes.
 DENSE_EIGEN_LIMIT = 8192
+#: ... and up to this many nodes when the rank is at least a tenth of them (Lanczos for
+#: thousands of eigenvectors is far slower than one dense decomposition; float64 at this
+#: size needs 3.2 GB).
+DENSE_EIGEN_HIGH_RANK_LIMIT = 20_000
 
 
 def spectral_filter(eigenvalues: Tensor, alpha: float) -> Tensor:
@@ -78,7 +82,10 @@ def spectral_embedding(
       largest, as the paper's :math:`h` weights them most) on the CPU, for large sparse graphs;
       needs :math:`r < N`. A CUDA graph is refused with an error rather than copied to the CPU
       behind the user's back.
-    * ``"auto"``: ``"dense"`` up to :data:`DENSE_EIGEN_LIMIT` nodes, else ``"scipy"``.
+    * ``"auto"``: ``"dense"`` up to :data:`DENSE_EIGEN_LIMIT` nodes, or up to
+      20,000 nodes when :math:`r \ge N / 10` (Lanczos for
+      thousands of eigenvectors is much slower than one dense decomposition), else
+      ``"scipy"``.
 
     Args:
         graph: The symmetric normalised graph :math:`\mathbf{S}` (a
@@ -111,7 +118,8 @@ def spectral_embedding(
     device, dtype = w.device, w.dtype
     solver = eigensolver
     if solver == "auto":
-        solver = "dense" if n <= DENSE_EIGEN_LIMIT else "scipy"
+        dense_ok = n <= DENSE_EIGEN_LIMIT or (n <= DENSE_EIGEN_HIGH_RANK_LIMIT and 10 * rank >= n)
+        solver = "dense" if dense_ok else "scipy"
     if solver == "scipy":
         if device.type != "cpu":
             raise ValueError(

@@ -47,8 +47,8 @@ class FastSpectralRanking(MultiVectorReranker):
     the manifold-diffusion port's FSR (``tests/rerankers/test_diffusion_real.py``).
 
     The eigensolver (``eigensolver``): dense :func:`torch.linalg.eigh` on the database's device up
-    to :data:`~graphrerank.diffusion.DENSE_EIGEN_LIMIT` items, SciPy's Lanczos ``eigsh`` on the
-    CPU above; a CUDA database above the limit needs ``eigensolver="dense"`` (it is never copied
+    to :data:`~graphrerank.diffusion.DENSE_EIGEN_LIMIT` items (and up to 20,000 when ``rank`` is
+    at least a tenth of them), SciPy's Lanczos ``eigsh`` on the CPU above; a CUDA database above the limit needs ``eigensolver="dense"`` (it is never copied
     to the CPU silently).
 
     Args:

@@ -85,3 +85,39 @@ def test_scipy_refuses_cuda_graphs():
     x, g, s = _graph()
     with pytest.raises(ValueError, match="runs on the CPU"):
         spectral_embedding(g.to("cuda"), eigensolver="scipy")
+
+
+@pytest.mark.parametrize(
+    ("limit", "high", "rank", "expected"),
+    [
+        (200, 20_000, 5, "dense"),  # small graph: always dense
+        (50, 20_000, 5, "scipy"),  # above the limit, low rank: Lanczos
+        (50, 20_000, 30, "dense"),  # above the limit, rank >= N / 10: one dense decomposition
+        (50, 100, 30, "scipy"),  # ... unless the graph is too large for a dense matrix
+    ],
+)
+def test_auto_eigensolver_choice(monkeypatch, limit, high, rank, expected):
+    import graphrerank.diffusion.spectral as spectral
+
+    _, g, _ = _graph(n=150)
+    monkeypatch.setattr(spectral, "DENSE_EIGEN_LIMIT", limit)
+    monkeypatch.setattr(spectral, "DENSE_EIGEN_HIGH_RANK_LIMIT", high)
+    calls = []
+    real_eigh = torch.linalg.eigh
+
+    def eigh(*args, **kwargs):
+        calls.append("dense")
+        return real_eigh(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
+    import scipy.sparse.linalg as spla
+
+    real_eigsh = spla.eigsh
+
+    def eigsh(*args, **kwargs):
+        calls.append("scipy")
+        return real_eigsh(*args, **kwargs)
+
+    monkeypatch.setattr(spla, "eigsh", eigsh)
+    spectral_embedding(g, rank=rank, alpha=0.99)
+    assert calls == [expected]
