@@ -115,8 +115,9 @@ def gnn_reference(nq, ng, dim, classes, k, repeats, save, lambda_value):
 def ours(method, nq, ng, dim, classes, k, repeats, part, save, params):
     import numpy as np
 
+    from graphrerank.graph import lists as sp
+    from graphrerank.nn import gnn_propagate, kreciprocal_encoding
     from graphrerank.rerankers import GNNRerank, KReciprocal, gnn, kreciprocal
-    from graphrerank.rerankers import _sparse as sp
 
     q, g = _data(nq, ng, dim, classes)
     cls = KReciprocal if method == "kr" else GNNRerank
@@ -139,7 +140,7 @@ def ours(method, nq, ng, dim, classes, k, repeats, part, save, params):
                 k=k,
                 largest=False,
                 extreme=True,
-                gallery=r._gallery(),
+                database=r._database_lists(),
             )
         else:
             nodes = sp.FeatureNodes(q, g, "ip")
@@ -150,22 +151,22 @@ def ours(method, nq, ng, dim, classes, k, repeats, part, save, params):
                 k=k,
                 largest=True,
                 extreme=False,
-                gallery=r._gallery(),
+                database=r._database_lists(),
             )
         base = rss_mb()
 
         def run():
             if method == "kr":
-                v = kreciprocal._encode(
-                    lists["indices"], lists["values"], lists["extreme"], r.k1, r.k2, nodes,
-                    sp.BLOCK_ELEMENTS,
+                v = kreciprocal_encoding(
+                    lists["indices"], lists["values"], lists["extreme"], r.k1, r.k2,
+                    nodes.pairs, sp.BLOCK_ELEMENTS,
                 )  # fmt: skip
                 out["res"] = kreciprocal._rank(
                     v, nq, lists["short_indices"], lists["short_values"], lists["extreme"], k,
                     r.lambda_value, nodes, lists["query_ids"], sp.BLOCK_ELEMENTS,
                 )  # fmt: skip
             else:
-                a = gnn._propagate(
+                a = gnn_propagate(
                     lists["indices"], lists["values"], r.k1, r.k2, r.layers, r.max_nonzeros
                 )
                 out["res"] = gnn._rank(

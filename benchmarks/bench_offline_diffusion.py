@@ -49,14 +49,8 @@ def run_size(n, dim, kd, kq, truncation, k, scipy_sample, online, device, thread
     import torch
 
     from graphrerank.datasets import make_retrieval_dataset
-    from graphrerank.diffusion import late_truncation, offline_diffusion_scores
-    from graphrerank.diffusion.offline import (
-        _laplacian_alpha,
-        _lists_and_candidates,
-        _mutual_graph,
-        _search_index,
-    )
-    from graphrerank.rerankers.offline import _rank_csr
+    from graphrerank.diffusion import laplacian_alpha, late_truncation, offline_diffusion_scores
+    from graphrerank.graph import database_index, mutual_knn_graph, rank_csr, truncation_lists
 
     if threads:
         torch.set_num_threads(threads)
@@ -75,14 +69,14 @@ def run_size(n, dim, kd, kq, truncation, k, scipy_sample, online, device, thread
     out = {"N": n, "d": dim, "T": min(truncation, n)}
 
     t = time.perf_counter()
-    index = _search_index(x, "auto", "auto")
-    lists, cand = _lists_and_candidates(x, index, truncation, kd)
+    index = database_index(x, "auto", "auto")
+    lists, cand = truncation_lists(x, index, truncation, kd)
     sync()
     out["knn_s"] = time.perf_counter() - t
     out["index"] = index.kind
 
     t = time.perf_counter()
-    L = _laplacian_alpha(_mutual_graph(cand, x, kd, 3.0), 0.99)
+    L = laplacian_alpha(mutual_knn_graph(x, kd, gamma=3.0, candidates=cand), 0.99)
     sync()
     out["graph_s"] = time.perf_counter() - t
     del cand
@@ -124,7 +118,7 @@ def run_size(n, dim, kd, kq, truncation, k, scipy_sample, online, device, thread
     # online step
     def diffuse(qb, knn):
         F = offline_diffusion_scores(C, knn, 3.0)
-        return _rank_csr(F, k, qb, x, index, "similarity")
+        return rank_csr(F, k, qb, x, index, "similarity")
 
     single_knn, single_diff = [], []
     for i in range(min(online, q.shape[0])):

@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
 
     rescorer, name = gr.rerankers.KReciprocal(), "k-reciprocal"
     t = time.perf_counter()
-    rd = RDiP(**small, k_d=30 if args.fast else 50, rescorer=rescorer).fit(db)
+    rd = RDiP(**small, kd=30 if args.fast else 50, rescorer=rescorer).fit(db)
     out = rd.rerank(q, k=k)
     results["rdip"] = class_map(out.indices, dl, ql)
     print(

@@ -27,9 +27,9 @@ from graphrerank.metrics import class_map
 #: vector per image.
 SETTINGS = {
     "RegionalDiffusion": (
-        {"k": 50, "kq": 10},
-        "one vector per image here, so the global graph sizes of Diffusion (k=50, kq=10); the "
-        "regional defaults (k=kq=200) are meant for about 20 region vectors per image and "
+        {"kd": 50, "kq": 10},
+        "one vector per image here, so the global graph sizes of Diffusion (kd=50, kq=10); the "
+        "regional defaults (kd=kq=200) are meant for about 20 region vectors per image and "
         "lose against plain kNN on single vectors",
     ),
 }

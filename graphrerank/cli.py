@@ -113,10 +113,10 @@ def _literal(node: ast.expr, where: str) -> Any:
 
 
 def _check_settings(cls: type, settings: dict[str, Any], where: str) -> None:
-    valid = cls._param_names()
+    valid = list(cls.default_params())
     for name in settings:
         if name not in valid:
-            listing = ", ".join(f"{n}={d!r}" for n, d in cls._defaults().items()) or "none"
+            listing = ", ".join(f"{n}={d!r}" for n, d in cls.default_params().items()) or "none"
             raise CLIError(f"{where}: {cls.__name__} has no setting {name!r}; settings: {listing}")
 
 
@@ -198,7 +198,7 @@ def parse_reranker(spec: str, settings: Sequence[str] = ()) -> Any:
         _check_settings(type(reranker), updates, f"--set for {spec!r}")
         reranker.set_params(**updates)
     try:
-        reranker._validate_params()
+        reranker.validate_params()
     except (ValueError, TypeError) as err:
         raise CLIError(f"{spec!r}: {err}") from None
     return reranker
@@ -889,7 +889,7 @@ def _print_reranker(cls: type) -> None:
         if getattr(model, name)
     ]
     print(f"{cls.__name__}: {_summary(cls.__doc__ or '')}")
-    settings = ", ".join(f"{n}={_setting(d)}" for n, d in cls._defaults().items()) or "(none)"
+    settings = ", ".join(f"{n}={_setting(d)}" for n, d in cls.default_params().items()) or "(none)"
     print(f"    settings: {settings}")
     if flags:
         print(f"    {', '.join(flags)}")

@@ -225,7 +225,7 @@ def parameter_sweep(
         raise TypeError(
             f"reranker must be a Reranker instance or class, got {type(reranker).__name__}"
         )
-    valid = cls._param_names()
+    valid = list(cls.default_params())
     if parameter not in valid:
         raise ValueError(f"{cls.__name__} has no setting {parameter!r}; valid: {sorted(valid)}")
     values = list(values)

@@ -53,8 +53,8 @@ def test_parse_reranker_takes_rerankers_as_settings():
     class_names = {c.__name__ for c in gr.rerankers.RERANKERS}
     if "RDiP" not in class_names:
         pytest.skip("no re-ranker with a re-ranker setting")
-    r = parse_reranker("RDiP(rescorer=KNN(metric='l2'), k_m=60)")
-    assert isinstance(r.rescorer, gr.KNN) and r.rescorer.metric == "l2" and r.k_m == 60
+    r = parse_reranker("RDiP(rescorer=KNN(metric='l2'), km=60)")
+    assert isinstance(r.rescorer, gr.KNN) and r.rescorer.metric == "l2" and r.km == 60
     r = parse_reranker("rdip", ["rescorer=knn(backend=torch)"])
     assert isinstance(r.rescorer, gr.KNN) and r.rescorer.backend == "torch"
     with pytest.raises(CLIError, match="the value 'Nope..' is not a literal"):

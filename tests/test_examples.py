@@ -143,9 +143,9 @@ def test_quickstart_fast(capsys):
     # RegionalDiffusion on single vectors, with Diffusion's graph sizes, is Diffusion, and the
     # quickstart says why it does not use the regional defaults
     by_name = {r["method"].split("(")[0]: r for r in rows}
-    assert by_name["RegionalDiffusion"]["method"] == "RegionalDiffusion(k=50, kq=10)"
+    assert by_name["RegionalDiffusion"]["method"] == "RegionalDiffusion(kd=50, kq=10)"
     assert by_name["RegionalDiffusion"]["map"] == pytest.approx(by_name["Diffusion"]["map"])
-    assert "regional defaults (k=kq=200) are meant for" in printed
+    assert "regional defaults (kd=kq=200) are meant for" in printed
 
 
 def test_quickstart_writes_a_plot(tmp_path, monkeypatch):

@@ -202,8 +202,8 @@ with tempfile.TemporaryDirectory() as tmp:
 # %%
 # R-DiP: rebuild the graph with a better similarity
 # -------------------------------------------------
-# R-DiP takes each item's ``k_m`` nearest candidates, re-scores them with a better (and
-# costlier) similarity, keeps the best ``k_d`` as the graph's edges and runs offline
+# R-DiP takes each item's ``km`` nearest candidates, re-scores them with a better (and
+# costlier) similarity, keeps the best ``kd`` as the graph's edges and runs offline
 # diffusion on that graph; query time is that of offline diffusion. The re-scorer is any
 # re-ranker that can score candidate pairs
 # (:meth:`~graphrerank.rerankers.Reranker.score_candidates`, e.g. k-reciprocal re-ranking,

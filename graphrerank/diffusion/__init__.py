@@ -1,22 +1,19 @@
-"""Diffusion as sparse linear systems solved by batched conjugate gradients.
+"""Diffusion as sparse linear systems solved by batched conjugate gradients (solvers only).
 
-Online diffusion (:func:`diffusion_operator`, :func:`query_vector`, :func:`diffuse`), early
-truncation (:func:`truncated_diffuse`), regional pooling (:func:`gmp_weights`,
-:func:`pool_regions`), fast spectral ranking (:func:`spectral_embedding`), offline diffusion
-with late truncation (:func:`offline_diffusion`) and R-DiP. The one-call re-rankers are also
-exported from :mod:`graphrerank.rerankers`.
+The system matrix :math:`\\mathbf{I} - \\alpha\\mathbf{S}` (:func:`diffusion_operator`,
+:func:`laplacian_alpha`), batched conjugate gradients (:func:`conjugate_gradient`), online
+diffusion (:func:`query_vector`, :func:`diffuse`), early truncation
+(:func:`truncated_diffuse`), regional pooling (:func:`gmp_weights`, :func:`pool_regions`), fast
+spectral ranking (:func:`spectral_embedding`) and offline diffusion with late truncation
+(:func:`offline_diffusion`). The re-rankers built on them, and their one-call forms
+(``diffusion_rerank``, ``fsr_rerank``, ``offline_diffusion_rerank``, ...), live in
+:mod:`graphrerank.rerankers`.
 """
 
 from .cg import CGResult, conjugate_gradient
-from .offline import (
-    late_truncation,
-    offline_diffusion,
-    offline_diffusion_rerank,
-    offline_diffusion_scores,
-    rdip_rerank,
-    self_first,
-)
-from .online import diffuse, diffusion_operator, query_entries, query_vector
+from .offline import late_truncation, offline_diffusion, offline_diffusion_scores, self_first
+from .online import diffuse, query_entries, query_vector
+from .operators import diffusion_operator, laplacian_alpha, shifted_identity
 from .regional import gmp_weights, pool_regions
 from .spectral import DENSE_EIGEN_LIMIT, spectral_embedding, spectral_filter
 from .truncation import truncated_diffuse, truncated_normalized, truncated_operator
@@ -27,39 +24,19 @@ __all__ = [
     "conjugate_gradient",
     "diffuse",
     "diffusion_operator",
-    "diffusion_rerank",
-    "fsr_rerank",
     "gmp_weights",
+    "laplacian_alpha",
     "late_truncation",
     "offline_diffusion",
-    "offline_diffusion_rerank",
     "offline_diffusion_scores",
     "pool_regions",
     "query_entries",
     "query_vector",
-    "rdip_rerank",
-    "regional_diffusion_rerank",
     "self_first",
+    "shifted_identity",
     "spectral_embedding",
     "spectral_filter",
     "truncated_diffuse",
     "truncated_normalized",
     "truncated_operator",
 ]
-
-_RERANK_TWINS = {
-    "diffusion_rerank": "diffusion",
-    "regional_diffusion_rerank": "diffusion",
-    "fsr_rerank": "spectral",
-}
-
-
-def __getattr__(name: str):
-    # The one-call re-rankers live in graphrerank.rerankers (which imports this package), so
-    # they are looked up on first use rather than imported here.
-    if name in _RERANK_TWINS:
-        import importlib
-
-        module = importlib.import_module(f"graphrerank.rerankers.{_RERANK_TWINS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,112 +10,40 @@ nodes are stacked into one block-diagonal sparse operator and handed to one call
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_features, check_int, check_real
+from .._checks import check_features, check_in, check_int, check_normalized, check_real
 from .._progress import Progress, ProgressCallback
-from ..graph import knn_graph, normalize_adjacency
-from ..graph.index import KNNIndex
-from ..typing import KNNResult, RerankResult, TensorLike
+from ..graph.build import mutual_knn_graph
+from ..graph.index import KNNIndex, database_index
+from ..graph.lists import self_first, truncation_lists
+from ..graph.sparse import csr
+from ..typing import SEARCHES, Backend, KNNResult, Search, TensorLike
 from .cg import conjugate_gradient
+from .operators import laplacian_alpha
 
 __all__ = [
     "late_truncation",
     "offline_diffusion",
-    "offline_diffusion_rerank",
     "offline_diffusion_scores",
-    "rdip_rerank",
     "self_first",
 ]
+
+#: ``graph(x, candidates) -> Data``: builds the affinity graph of the nodes ``x`` from each
+#: node's nearest nodes ``candidates`` (a :class:`~graphrerank.typing.KNNResult`, best first).
+GraphBuilder = Callable[[Tensor, KNNResult], Data]
 
 #: Gathered matrix entries per CG block, and lookup-table entries, when ``block_size`` is auto.
 _BLOCK_ENTRIES = 2**21
 _TABLE_ENTRIES = 2**26
-#: Rows checked or searched at once (bounds temporaries of size rows x T).
+#: Rows checked at once (bounds temporaries of size rows x T).
 _CHECK_ROWS = 2**14
-
-
-def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
-def _laplacian_alpha(graph: Data, alpha: float) -> Tensor:
-    r""":math:`\mathbf{L}_\alpha = \mathbf{I} - \alpha\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}`
-    as an :math:`(N, N)` ``torch.sparse_csr`` tensor (diagonal stored, columns sorted).
-
-    Isolated nodes get :math:`d_i^{-1/2} = 0` (their row of :math:`\mathbf{L}_\alpha` is the
-    identity row).
-    """
-    ei, n = graph.edge_index, int(graph.num_nodes)
-    w = graph.edge_weight
-    if w is None:
-        w = torch.ones(ei.shape[1], device=ei.device)
-    s = normalize_adjacency(ei, w, n, "sym")
-    diag = torch.arange(n, device=ei.device)
-    rows = torch.cat([ei[1], diag])
-    cols = torch.cat([ei[0], diag])
-    vals = torch.cat([-alpha * s, torch.ones(n, dtype=s.dtype, device=s.device)])
-    coo = torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), vals, (n, n), check_invariants=False
-    ).coalesce()
-    r, c = coo.indices()
-    crow = torch.zeros(n + 1, dtype=torch.long, device=ei.device)
-    crow[1:] = torch.bincount(r, minlength=n).cumsum(0)
-    return _csr(crow, c, coo.values(), (n, n))
-
-
-def self_first(indices: Tensor, truncation: int) -> Tensor:
-    r"""Truncation lists :math:`T_i` with node :math:`i` first, from a kNN of the nodes in
-    themselves.
-
-    Node :math:`i` is removed wherever it appears in row :math:`i` and put first; the other
-    entries keep their order, and the list is cut to ``truncation`` entries (``-1`` padding is
-    kept at the end, duplicate ids are kept once).
-
-    Args:
-        indices: :math:`(N, m)` int64 kNN of node :math:`i` (``-1`` for padding).
-        truncation: Length :math:`T` of each list, ``1 <= T``.
-
-    Returns:
-        :math:`(N, T)` int64 lists, ``-1`` where fewer than :math:`T` nodes are known.
-
-    Example:
-        >>> self_first(torch.tensor([[0, 2, 1], [0, 1, 2], [2, 2, -1]]), 3)
-        tensor([[ 0,  2,  1],
-                [ 1,  0,  2],
-                [ 2, -1, -1]])
-    """
-    truncation = check_int(truncation, "truncation", low=1)
-    rows = torch.arange(indices.shape[0], device=indices.device)[:, None]
-    return _self_first_rows(indices, rows, truncation)
-
-
-def _self_first_rows(indices: Tensor, rows: Tensor, truncation: int) -> Tensor:
-    n, m = indices.shape
-    idx = indices.masked_fill(indices == rows, -1)
-    # drop repeated ids within a row (keep the first occurrence)
-    if m > 1:
-        srt, order = idx.sort(dim=1, stable=True)
-        dup = torch.zeros_like(srt, dtype=torch.bool)
-        dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-        idx = idx.scatter(1, order, srt.masked_fill(dup, -1))
-    # move padding to the end, keeping the order of valid entries
-    key = (idx < 0).to(torch.int8)
-    order = key.sort(dim=1, stable=True).indices
-    idx = idx.gather(1, order)
-    out = torch.cat([rows.expand(n, 1), idx], dim=1)[:, :truncation]
-    if out.shape[1] < truncation:
-        pad = out.new_full((n, truncation - out.shape[1]), -1)
-        out = torch.cat([out, pad], dim=1)
-    return out
 
 
 def _flatnonzero(x: Tensor) -> Tensor:
@@ -183,7 +111,7 @@ def _solve_block(
     v = rows.vals.index_select(0, member).view(-1).index_select(0, nz)
     bcrow = torch.zeros(b * t + 1, dtype=torch.int32, device=device)
     bcrow[1:] = inside.view(b * t, width).sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    M = _csr(bcrow, c, v, (b * t, b * t))
+    M = csr(bcrow, c, v, (b * t, b * t))
     self_pos = (ids == nodes[:, None]).to(torch.int8).argmax(dim=1)
     rhs = torch.zeros(b, t, dtype=v.dtype, device=device)
     rhs[torch.arange(b, device=device), self_pos] = 1
@@ -305,7 +233,7 @@ def late_truncation(
         out_col, out_val = out_col[:fill].clone(), out_val[:fill].clone()
     else:
         out_col, out_val = out_col[:fill], out_val[:fill]
-    return _csr(crow_c, out_col, out_val, (n, n))
+    return csr(crow_c, out_col, out_val, (n, n))
 
 
 def _progress_args(progress: Any) -> tuple[bool | None, ProgressCallback | None]:
@@ -314,64 +242,6 @@ def _progress_args(progress: Any) -> tuple[bool | None, ProgressCallback | None]
     if callable(progress):
         return False, progress
     raise TypeError(f"progress must be None, True, False or a callable, got {progress!r}")
-
-
-def _search_index(x: Tensor, search: str, backend: str) -> KNNIndex:
-    """The kNN index of the database: used for the graph, the truncation lists and queries.
-
-    ``search="auto"`` is exact below 100,000 items and faiss IVF from there on a CPU with
-    faiss (the reference code's switch to approximate search for its truncation lists).
-    """
-    from .._imports import has_faiss
-
-    kind = "flat"
-    if search == "ivf" or (
-        search == "auto"
-        and x.shape[0] >= 100_000
-        and has_faiss()
-        and backend != "torch"
-        and x.device.type == "cpu"
-    ):
-        kind = "ivf"
-    return KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss").add(x)
-
-
-def _lists_and_candidates(
-    x: Tensor, index: KNNIndex, truncation: int, num_candidates: int
-) -> tuple[Tensor, KNNResult]:
-    """One kNN search of the database in itself, in chunks of rows, giving the truncation
-    lists (int32 when the ids fit, node first) and the ``num_candidates`` best neighbours of
-    each node for the graph; memory stays ``N x (T + num_candidates)`` numbers."""
-    n = x.shape[0]
-    t = min(truncation, n)
-    kc = min(num_candidates, n)
-    m = max(t, kc)
-    itype = torch.int32 if n < 2**31 - 1 else torch.int64
-    lists = torch.empty(n, t, dtype=itype, device=x.device)
-    cs = torch.empty(n, kc, dtype=x.dtype, device=x.device)
-    ci = torch.empty(n, kc, dtype=torch.long, device=x.device)
-    for s in range(0, n, _CHECK_ROWS):
-        knn = index.search(x[s : s + _CHECK_ROWS], m)
-        idx = knn.indices
-        # self_first needs the node ids of these rows
-        rows = torch.arange(s, s + idx.shape[0], device=idx.device)[:, None]
-        lists[s : s + idx.shape[0]] = _self_first_rows(idx, rows, t).to(itype)
-        cs[s : s + idx.shape[0]] = knn.scores[:, :kc]
-        ci[s : s + idx.shape[0]] = idx[:, :kc]
-    return lists, KNNResult(cs, ci)
-
-
-def _mutual_graph(knn: KNNResult, x: Tensor, kd: int, gamma: float) -> Data:
-    """The reference affinity: ``kd`` neighbours counting the node itself, self dropped
-    wherever it appears, ``max(s, 0) ** gamma``, mutual pairs only."""
-    return knn_graph(
-        x,
-        kd,
-        k_includes_self=True,
-        symmetrize="mutual",
-        gamma=gamma,
-        candidates=KNNResult(knn.scores[:, :kd], knn.indices[:, :kd]),
-    )
 
 
 def offline_diffusion(
@@ -383,12 +253,14 @@ def offline_diffusion(
     gamma: float = 3.0,
     tol: float = 1e-6,
     max_iter: int = 20,
-    graph: Data | None = None,
+    graph: Data | GraphBuilder | None = None,
     lists: Tensor | None = None,
-    search: Literal["auto", "exact", "ivf"] = "auto",
-    backend: Literal["auto", "faiss", "torch"] = "auto",
+    search: Search = "auto",
+    backend: Backend = "auto",
     block_size: int | None = None,
     progress: bool | ProgressCallback | None = None,
+    index: KNNIndex | None = None,
+    num_candidates: int | None = None,
 ) -> Tensor:
     r"""The offline diffusion matrix :math:`\mathbf{C}` of Yang et al. (AAAI 2019), with late
     truncation.
@@ -417,8 +289,10 @@ def offline_diffusion(
         gamma: :math:`\gamma`, similarity exponent of the graph weights (reference 3).
         tol: CG relative residual tolerance (reference 1e-6).
         max_iter: CG iteration cap (reference 20).
-        graph: A prebuilt symmetric affinity graph :math:`\mathbf{A}` (unnormalised weights)
-            to use instead of the mutual kNN graph (R-DiP passes its re-scored graph).
+        graph: The symmetric affinity graph :math:`\mathbf{A}` (unnormalised weights) to use
+            instead of the mutual kNN graph: a prebuilt ``Data``, or a function
+            ``graph(x, candidates) -> Data`` of each node's ``num_candidates`` nearest nodes
+            (R-DiP builds its re-scored graph so).
         lists: Prebuilt :math:`(N, T)` truncation lists (see :func:`self_first`).
         search: ``"exact"`` kNN, ``"ivf"`` (approximate faiss IVF), or ``"auto"``: IVF from
             :math:`N \ge 100\,000` on a CPU with faiss, as the reference code does for its
@@ -426,6 +300,11 @@ def offline_diffusion(
         backend: kNN backend of the exact search.
         block_size: Nodes per CG block (see :func:`late_truncation`).
         progress: Progress reporting of the solves (see :func:`late_truncation`).
+        index: A :class:`~graphrerank.graph.KNNIndex` of ``x`` to search for the graph and
+            the truncation lists (default: :func:`~graphrerank.graph.database_index` with
+            ``search`` and ``backend``).
+        num_candidates: Nearest nodes searched per node for the graph (default ``kd``; a
+            ``graph`` function may want more).
 
     Returns:
         :math:`\mathbf{C}`, an :math:`(N, N)` ``torch.sparse_csr`` tensor on the device of ``x``.
@@ -441,8 +320,6 @@ def offline_diffusion(
                 [0, 0, 0, 1, 1],
                 [0, 0, 0, 1, 1]], dtype=torch.int32)
     """
-    from .._checks import check_in, check_normalized
-
     x = check_features(x, "x")
     check_normalized(x, "x")
     n = x.shape[0]
@@ -450,14 +327,24 @@ def offline_diffusion(
     truncation = check_int(truncation, "truncation", low=1)
     alpha = check_real(alpha, "alpha", low=0, high=1, low_open=True, high_open=True)
     gamma = check_real(gamma, "gamma", low=0)
-    check_in(search, "search", ("auto", "exact", "ivf"))
-    if graph is None or lists is None:
-        index = _search_index(x, search, backend)
-        lst, cand = _lists_and_candidates(x, index, truncation, kd)
-        graph = _mutual_graph(cand, x, kd, gamma) if graph is None else graph
+    check_in(search, "search", SEARCHES)
+    if num_candidates is not None:
+        num_candidates = check_int(num_candidates, "num_candidates", low=kd)
+    if not isinstance(graph, Data) or lists is None:
+        if graph is not None and not isinstance(graph, Data) and not callable(graph):
+            raise TypeError(
+                "graph must be None, a torch_geometric Data or a function (x, candidates) -> "
+                f"Data, got {type(graph).__name__}"
+            )
+        index = database_index(x, search, backend) if index is None else index
+        lst, cand = truncation_lists(x, index, truncation, num_candidates or kd)
+        if graph is None:
+            graph = mutual_knn_graph(x, kd, gamma=gamma, candidates=cand)
+        elif not isinstance(graph, Data):
+            graph = graph(x, cand)
         lists = lst if lists is None else lists
     return late_truncation(
-        _laplacian_alpha(graph, alpha),
+        laplacian_alpha(graph, alpha),
         lists,
         tol=tol,
         max_iter=max_iter,
@@ -503,42 +390,5 @@ def offline_diffusion_scores(
     itype = C.crow_indices().dtype
     crow = torch.zeros(q + 1, dtype=itype, device=idx.device)
     crow[1:] = keep.sum(1).cumsum(0)
-    Y = _csr(crow, idx[keep].to(itype), w[keep], (q, n))
+    Y = csr(crow, idx[keep].to(itype), w[keep], (q, n))
     return Y @ C
-
-
-def offline_diffusion_rerank(
-    queries: TensorLike | None, database: TensorLike, k: int = 100, **settings: Any
-) -> RerankResult:
-    """``OfflineDiffusion(**settings).fit(database).rerank(queries, k)``.
-
-    See :class:`graphrerank.rerankers.OfflineDiffusion` for the method and its settings.
-
-    Example:
-        >>> x = torch.nn.functional.normalize(torch.tensor(
-        ...     [[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]]), dim=1)
-        >>> offline_diffusion_rerank(x[:1], x, k=4, kd=2, kq=1, truncation=2).indices
-        tensor([[0, 1, 3, 2]])
-    """
-    from ..rerankers.offline import OfflineDiffusion
-
-    return OfflineDiffusion(**settings).fit(database).rerank(queries, k)
-
-
-def rdip_rerank(
-    queries: TensorLike | None, database: TensorLike, k: int = 100, **settings: Any
-) -> RerankResult:
-    """``RDiP(**settings).fit(database).rerank(queries, k)``: offline diffusion over a graph
-    rebuilt with a re-scorer's similarities (Kato, Komamizu and Ide, DEXA 2024).
-
-    See :class:`graphrerank.rerankers.RDiP` for the method and its settings.
-
-    Example:
-        >>> x = torch.nn.functional.normalize(torch.tensor(
-        ...     [[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]]), dim=1)
-        >>> rdip_rerank(x[:1], x, k=4, k_m=3, k_d=2, kq=1, truncation=2).indices
-        tensor([[0, 1, 3, 2]])
-    """
-    from ..rerankers.offline import RDiP
-
-    return RDiP(**settings).fit(database).rerank(queries, k)

@@ -3,14 +3,14 @@ all queries of a batch solved as one block-diagonal system."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
 from .._checks import check_in, check_real
+from ..graph.sparse import compact_csr, coo_to_csr, csr
+from ..typing import ITERATES
 from .cg import CGResult, conjugate_gradient
-from .online import _csr, compact_csr
+from .operators import shifted_identity
 
 __all__ = ["truncated_diffuse", "truncated_normalized", "truncated_operator"]
 
@@ -24,7 +24,8 @@ def _check_affinity(affinity: Tensor) -> Tensor:
         return affinity
     coo = affinity.coalesce() if affinity.layout == torch.sparse_coo else affinity.to_sparse_coo()
     coo = coo.coalesce()
-    return _csr(coo.indices(), coo.values(), affinity.shape[0])
+    n = affinity.shape[0]
+    return coo_to_csr(coo.indices(), coo.values(), (n, n))
 
 
 def truncated_normalized(affinity: Tensor, subsets: Tensor) -> Tensor:
@@ -79,13 +80,7 @@ def truncated_normalized(affinity: Tensor, subsets: Tensor) -> Tensor:
     # rows come out sorted (one subset row after the other), so the CSR is direct
     crow = torch.zeros(nb * t + 1, dtype=torch.long, device=device)
     crow[1:] = torch.bincount(r, minlength=nb * t).cumsum(0)
-    return _csr_direct(crow, c, dinv[r] * w * dinv[c], nb * t)
-
-
-def _csr_direct(crow: Tensor, col: Tensor, val: Tensor, n: int) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        return compact_csr(torch.sparse_csr_tensor(crow, col, val, (n, n)))
+    return compact_csr(csr(crow, c, dinv[r] * w * dinv[c], (nb * t, nb * t)))
 
 
 def truncated_operator(affinity: Tensor, subsets: Tensor, alpha: float = 0.99) -> Tensor:
@@ -123,11 +118,8 @@ def truncated_operator(affinity: Tensor, subsets: Tensor, alpha: float = 0.99) -
     """
     alpha = check_real(alpha, "alpha", low=0, high=1, high_open=True)
     S = truncated_normalized(affinity, subsets).to_sparse_coo().coalesce()
-    n = S.shape[0]
-    diag = torch.arange(n, device=S.device)
-    idx = torch.cat([S.indices(), torch.stack([diag, diag])], dim=1)
-    v = torch.cat([-alpha * S.values(), torch.ones(n, dtype=S.dtype, device=S.device)])
-    return _csr(idx, v, n)
+    rows, cols = S.indices()
+    return shifted_identity(rows, cols, S.values(), S.shape[0], alpha)
 
 
 def truncated_diffuse(
@@ -168,7 +160,7 @@ def truncated_diffuse(
         tensor([[1.3333],
                 [0.6667]])
     """
-    check_in(iterate, "iterate", ("best", "last"))
+    check_in(iterate, "iterate", ITERATES)
     nb, t = subsets.shape
     if y.shape != (t, nb):
         raise ValueError(f"y must have shape ({t}, {nb}) = (T, B), got {tuple(y.shape)}")

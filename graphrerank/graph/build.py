@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
 from .._checks import check_features, check_in, check_int, check_real
-from ..typing import KNNResult, TensorLike
+from ..typing import (
+    NORMALIZATIONS,
+    SYMMETRIZATIONS,
+    Backend,
+    KNNResult,
+    Metric,
+    Normalization,
+    Symmetrization,
+    TensorLike,
+)
 from .knn import knn_search
 
 __all__ = [
     "EdgeRescorer",
     "edge_weights",
     "knn_graph",
+    "mutual_knn_graph",
     "normalize_adjacency",
     "symmetrize",
 ]
@@ -27,8 +36,8 @@ __all__ = [
 #: ``(B, m)`` new scores, higher is better; ``-inf`` drops a candidate.
 EdgeRescorer = Callable[[Tensor, Tensor, Tensor], Tensor]
 
-Symmetrize = Literal["mutual", "union", "min", "max"]
-Normalize = Literal["sym", "row"]
+Symmetrize = Symmetrization  # the names of earlier releases
+Normalize = Normalization
 
 
 def edge_weights(scores: Tensor, gamma: float | None) -> Tensor:
@@ -85,7 +94,7 @@ def symmetrize(
         >>> symmetrize(ei, w, 3, "union")[1]
         tensor([0.8000, 0.2000, 0.8000, 0.2000])
     """
-    check_in(how, "symmetrize", ("mutual", "union", "min", "max"))
+    check_in(how, "symmetrize", SYMMETRIZATIONS)
     n = num_nodes
     if how in ("union", "max"):
         both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
@@ -137,7 +146,7 @@ def normalize_adjacency(
         >>> normalize_adjacency(ei, torch.tensor([2.0, 2.0]), 3, "sym")
         tensor([1., 1.])
     """
-    check_in(how, "normalize", ("sym", "row"))
+    check_in(how, "normalize", NORMALIZATIONS)
     src, dst = edge_index
     deg = torch.zeros(num_nodes, dtype=edge_weight.dtype, device=edge_weight.device)
     deg.index_add_(0, dst, edge_weight)
@@ -152,7 +161,7 @@ def knn_graph(
     x: TensorLike,
     k: int,
     *,
-    metric: Literal["ip", "l2"] = "ip",
+    metric: Metric = "ip",
     k_includes_self: bool = True,
     loop: bool = False,
     symmetrize: Symmetrize | None = None,
@@ -162,7 +171,7 @@ def knn_graph(
     num_candidates: int | None = None,
     rescore_batch_size: int = 1024,
     candidates: KNNResult | tuple[Tensor, Tensor] | None = None,
-    backend: Literal["auto", "faiss", "torch"] = "auto",
+    backend: Backend = "auto",
 ) -> Data:
     r"""Build the k-nearest-neighbour graph of ``x`` as a PyG :class:`~torch_geometric.data.Data`.
 
@@ -227,9 +236,9 @@ def knn_graph(
     n = x.shape[0]
     k = check_int(k, "k", low=1)
     if symmetrize is not None:
-        check_in(symmetrize, "symmetrize", ("mutual", "union", "min", "max"))
+        check_in(symmetrize, "symmetrize", SYMMETRIZATIONS)
     if normalize is not None:
-        check_in(normalize, "normalize", ("sym", "row"))
+        check_in(normalize, "normalize", NORMALIZATIONS)
     if gamma is not None:
         gamma = check_real(gamma, "gamma", low=0)
     k_others = k - 1 if k_includes_self else k
@@ -298,3 +307,39 @@ def _rescore(rescore, rows, idx, scores, batch):
     new = new.masked_fill(idx < 0, float("-inf"))
     order = new.argsort(dim=1, descending=True, stable=True)
     return new.gather(1, order), idx.gather(1, order)
+
+
+def mutual_knn_graph(
+    x: TensorLike,
+    k: int,
+    *,
+    gamma: float = 3.0,
+    candidates: KNNResult | tuple[Tensor, Tensor] | None = None,
+    backend: Backend = "auto",
+) -> Data:
+    r"""The affinity graph of the diffusion papers (Iscen et al. 2017, Yang et al. 2019): each
+    node's ``k`` nearest nodes *counting itself*, the node itself then dropped, weights
+    :math:`a_{ij} = \max(\mathbf{x}_i^\top\mathbf{x}_j, 0)^\gamma`, mutual pairs only.
+
+    The preset ``knn_graph(x, k, k_includes_self=True, symmetrize="mutual", gamma=gamma)``;
+    ``candidates`` (a kNN of ``x`` in itself with at least ``k`` columns, e.g. from an
+    approximate index) replaces the exact search, its first ``k`` columns used.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=1)
+        >>> mutual_knn_graph(x, 2, gamma=1.0, backend="torch").edge_index
+        tensor([[1, 0],
+                [0, 1]])
+    """
+    if candidates is not None:
+        scores, idx = candidates
+        candidates = KNNResult(scores[:, :k], idx[:, :k])
+    return knn_graph(
+        x,
+        k,
+        k_includes_self=True,
+        symmetrize="mutual",
+        gamma=gamma,
+        candidates=candidates,
+        backend=backend,
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
@@ -12,6 +10,8 @@ from torch_geometric.utils import (
     to_scipy_sparse_matrix,
     to_torch_csr_tensor,
 )
+
+from .sparse import quiet_sparse_warnings
 
 __all__ = ["from_scipy", "to_scipy", "to_torch_csr"]
 
@@ -37,8 +37,7 @@ def to_torch_csr(graph: Data) -> Tensor:
                 [0.0000, 0.0000]])
     """
     ei, w, n = _parts(graph)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+    with quiet_sparse_warnings():
         return to_torch_csr_tensor(ei.flip(0), w, size=(n, n))
 
 

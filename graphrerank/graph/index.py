@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import __version__
 from .._checks import check_features, check_in, check_int, check_same_device
-from .._imports import require_faiss
+from .._imports import has_faiss, require_faiss
 from .._io import CorruptFileError, load_arrays, save_arrays
-from ..typing import KNNResult, TensorLike
+from .._version import __version__
+from ..typing import BACKENDS, METRICS, SEARCHES, Backend, KNNResult, Metric, Search, TensorLike
 from .knn import FAISS_GPU_MAX_K, _torch_knn, resolve_backend
 
-__all__ = ["KNNIndex"]
+__all__ = ["KNNIndex", "database_index"]
 
 Kind = Literal["flat", "ivf", "ivfpq", "hnsw"]
 
@@ -72,9 +72,9 @@ class KNNIndex:
     def __init__(
         self,
         *,
-        metric: Literal["ip", "l2"] = "ip",
+        metric: Metric = "ip",
         kind: Kind = "flat",
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        backend: Backend = "auto",
         nlist: int | None = None,
         nprobe: int | None = None,
         pq_m: int | None = None,
@@ -87,9 +87,9 @@ class KNNIndex:
         train_size: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.metric = check_in(metric, "metric", ("ip", "l2"))
+        self.metric = check_in(metric, "metric", METRICS)
         self.kind = check_in(kind, "kind", ("flat", "ivf", "ivfpq", "hnsw"))
-        self.backend = check_in(backend, "backend", ("auto", "faiss", "torch"))
+        self.backend = check_in(backend, "backend", BACKENDS)
         if kind != "flat" and backend == "torch":
             raise ValueError(
                 f"kind={kind!r} needs faiss; backend='torch' supports kind='flat' only"
@@ -358,6 +358,32 @@ class KNNIndex:
         else:
             raise CorruptFileError(f"{str(path)!r}: unknown storage {storage!r}")
         return index
+
+
+def database_index(x: Tensor, search: Search = "auto", backend: Backend = "auto") -> KNNIndex:
+    """The inner-product index of a database searched for its own graph, its truncation lists
+    and its queries (offline diffusion).
+
+    ``search="exact"`` is a flat index on ``backend``; ``"ivf"`` a faiss IVF index;
+    ``"auto"`` exact below 100,000 items and IVF from there on a CPU with faiss (the
+    reference code's switch to approximate search for its truncation lists).
+
+    Example:
+        >>> x = torch.eye(3)
+        >>> database_index(x, "exact", backend="torch").search(x[:1], 2).indices
+        tensor([[0, 1]])
+    """
+    check_in(search, "search", SEARCHES)
+    kind = "flat"
+    if search == "ivf" or (
+        search == "auto"
+        and x.shape[0] >= 100_000
+        and has_faiss()
+        and backend != "torch"
+        and x.device.type == "cpu"
+    ):
+        kind = "ivf"
+    return KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss").add(x)
 
 
 def _to_faiss(x: Tensor):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from functools import cache
-from typing import Literal
 
 import numpy as np
 import torch
@@ -12,14 +11,11 @@ from torch import Tensor
 
 from .._checks import check_features, check_in, check_int, check_same_device
 from .._imports import faiss_num_gpus, has_faiss, require_faiss
-from ..typing import KNNResult, TensorLike
+from ..typing import BACKENDS, METRICS, Backend, KNNResult, Metric, TensorLike
 
 __all__ = ["FAISS_GPU_MAX_K", "knn_search", "resolve_backend"]
 
 log = logging.getLogger(__name__)
-
-Metric = Literal["ip", "l2"]
-Backend = Literal["auto", "faiss", "torch"]
 
 #: Largest ``k`` faiss' GPU k-selection supports.
 FAISS_GPU_MAX_K = 2048
@@ -33,7 +29,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     ``"auto"`` is faiss when faiss is installed and can run where the data is (any CPU tensor;
     a CUDA tensor only with a GPU build of faiss), otherwise the exact torch backend.
     """
-    check_in(backend, "backend", ("auto", "faiss", "torch"))
+    check_in(backend, "backend", BACKENDS)
     if backend == "torch":
         return "torch"
     on_cuda = device.type == "cuda"
@@ -58,6 +54,7 @@ def knn_search(
     metric: Metric = "ip",
     backend: Backend = "auto",
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    check_input: bool = True,
 ) -> KNNResult:
     r"""Exact k-nearest-neighbour search of every query in the database.
 
@@ -79,6 +76,11 @@ def knn_search(
             on the data's device, else torch). Both return the same neighbours where the scores
             have no ties.
         block_bytes: Upper bound of the score block the torch backend holds at once.
+        check_input: Validate the inputs (shapes, dtypes, finiteness, devices, ``k``).
+            ``False`` skips that for callers that validated them once, e.g. a fitted
+            database searched query by query, where the checks of the whole database cost
+            more than a small search; the inputs must then be valid tensors (anything else
+            gives an undefined result).
 
     Returns:
         :class:`~graphrerank.typing.KNNResult` ``(scores, indices)``, each :math:`(Q, k)`,
@@ -97,14 +99,17 @@ def knn_search(
         >>> out.scores
         tensor([[1.0000, 0.6000]])
     """
-    queries = check_features(queries, "queries")
-    database = check_features(database, "database", dim=queries.shape[1])
-    device = check_same_device(queries=queries, database=database)
-    check_in(metric, "metric", ("ip", "l2"))
-    n = database.shape[0]
-    k = check_int(k, "k", low=1)
-    if k > n:
-        raise ValueError(f"k={k} is larger than the database, which holds {n} item(s)")
+    if check_input:
+        queries = check_features(queries, "queries")
+        database = check_features(database, "database", dim=queries.shape[1])
+        device = check_same_device(queries=queries, database=database)
+        check_in(metric, "metric", METRICS)
+        n = database.shape[0]
+        k = check_int(k, "k", low=1)
+        if k > n:
+            raise ValueError(f"k={k} is larger than the database, which holds {n} item(s)")
+    else:
+        device = database.device
     if queries.dtype != database.dtype:
         dtype = torch.promote_types(queries.dtype, database.dtype)
         queries, database = queries.to(dtype), database.to(dtype)

@@ -31,8 +31,3 @@ __all__ = [
     "train_matcher",
     "tune_fusion",
 ]
-
-# The one-shot re-ranker lives with the re-rankers; it is also offered here, beside its maths.
-from ..rerankers.learned import local_descriptor_rerank
-
-__all__ += ["local_descriptor_rerank"]

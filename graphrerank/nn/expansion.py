@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import cumsum
 
 from .._checks import check_in, check_real
+from ..graph.sparse import csr, csr_map_values
 from .propagate import WeightedPropagation, adjacency
 
 __all__ = ["ExpansionPropagation", "bipartite_adjacency"]
@@ -52,22 +53,8 @@ def bipartite_adjacency(indices: Tensor, values: Tensor, num_sources: int) -> Te
     keep = idx >= 0
     if idx.shape[1] > 1 and bool(((idx[:, 1:] == idx[:, :-1]) & keep[:, 1:]).any()):
         raise ValueError("indices must not repeat a source within a row")
-    counts = keep.sum(1)
-    crow = torch.zeros(rows + 1, dtype=torch.int64, device=indices.device)
-    crow[1:] = counts.cumsum(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        return torch.sparse_csr_tensor(
-            crow, idx[keep], val[keep], (rows, num_sources), dtype=values.dtype
-        )
-
-
-def _map_values(adj: Tensor, fn) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        return torch.sparse_csr_tensor(
-            adj.crow_indices(), adj.col_indices(), fn(adj.values()), adj.shape
-        )
+    crow = cumsum(keep.sum(1))
+    return csr(crow, idx[keep], val[keep], (rows, num_sources), dtype=values.dtype)
 
 
 class ExpansionPropagation(WeightedPropagation):
@@ -134,7 +121,7 @@ class ExpansionPropagation(WeightedPropagation):
                     f"adjacency must be ({dst.shape[0]}, {src.shape[0]}) (targets, sources), "
                     f"got {tuple(adj.shape)}"
                 )
-            edge_index, edge_weight, size = _map_values(adj, self._weights), None, None
+            edge_index, edge_weight, size = csr_map_values(adj, self._weights), None, None
         elif edge_weight is None:
             raise ValueError("edge_weight (the edges' similarities) is required")
         else:

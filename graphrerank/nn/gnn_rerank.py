@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..graph._csr import csr_add_transpose, csr_from_rows, csr_row_normalize
+from ..graph.sparse import csr_add_transpose, csr_from_rows, csr_keep_largest, csr_row_normalize
 from .propagate import WeightedPropagation
 
-__all__ = ["GNNRerankConv", "gnn_rerank_graph"]
+__all__ = ["GNNRerankConv", "gnn_propagate", "gnn_rerank_graph"]
 
 
 def gnn_rerank_graph(
@@ -91,3 +91,48 @@ class GNNRerankConv(WeightedPropagation):
             return csr_row_normalize(out)
         out = self.propagate(adj_t, x=x + x.T)
         return torch.nn.functional.normalize(out, dim=1, eps=torch.finfo(out.dtype).tiny)
+
+
+def gnn_propagate(
+    neighbors: Tensor,
+    similarities: Tensor,
+    k1: int,
+    k2: int,
+    layers: int = 2,
+    max_nonzeros: int | None = None,
+) -> Tensor:
+    r"""The propagated adjacency of GNN re-ranking: :func:`gnn_rerank_graph`, then ``layers``
+    steps of :class:`GNNRerankConv` (none when :math:`k_2 = 1`, as in the reference, which then
+    skips propagation and normalisation altogether).
+
+    Args:
+        neighbors: :math:`(M, K)` node ids, best first, the node itself first.
+        similarities: :math:`(M, K)` their similarities.
+        k1: Length :math:`k_1` of the initial lists (capped at :math:`M`).
+        k2: Neighbours :math:`k_2` messages come from (capped at :math:`k_1`).
+        layers: Propagation steps.
+        max_nonzeros: Keep only this many largest entries per row after each layer
+            (``None``: exact).
+
+    Returns:
+        :math:`\mathbf{A}`, a ``torch.sparse_csr`` :math:`(M, M)` tensor.
+
+    Example:
+        >>> nbr = torch.tensor([[0, 1], [1, 0], [2, 1]])
+        >>> sim = torch.tensor([[1.0, 0.5], [1.0, 0.5], [1.0, 0.2]])
+        >>> torch.equal(gnn_propagate(nbr, sim, 2, 2, layers=1).to_dense(),
+        ...             GNNRerankConv()(*gnn_rerank_graph(nbr, sim, 2, 2)).to_dense())
+        True
+    """
+    m = neighbors.shape[0]
+    n1 = min(k1, m)
+    n2 = min(k2, n1)
+    a, p = gnn_rerank_graph(neighbors, similarities, n1, n2)
+    if k2 == 1:
+        return a
+    conv = GNNRerankConv()
+    for _ in range(layers):
+        a = conv(a, p)
+        if max_nonzeros is not None:
+            a = csr_keep_largest(a, max_nonzeros)
+    return a

@@ -1,6 +1,5 @@
 """Re-rankers: estimators with ``fit(database)`` and ``rerank(queries, k)``."""
 
-from ..diffusion.offline import offline_diffusion_rerank, rdip_rerank
 from .base import NotFittedError, Reranker
 from .diffusion import Diffusion, RegionalDiffusion, diffusion_rerank, regional_diffusion_rerank
 from .expansion import (
@@ -15,7 +14,7 @@ from .gnn import GNNRerank, gnn_rerank
 from .knn import KNN
 from .kreciprocal import KReciprocal, kreciprocal_rerank, kreciprocal_rerank_distances
 from .learned import LocalDescriptorReranker, ShortlistLogits, local_descriptor_rerank
-from .offline import OfflineDiffusion, RDiP
+from .offline import OfflineDiffusion, RDiP, offline_diffusion_rerank, rdip_rerank
 from .pipeline import Pipeline
 from .spectral import FastSpectralRanking, fsr_rerank
 from .superglobal import SuperGlobal, superglobal_rerank

@@ -10,13 +10,11 @@ import torch
 from torch import Tensor
 
 from .._checks import as_tensor, check_features, check_k, check_normalized, check_same_device
-from ..graph.knn import _faiss_knn, _torch_knn, resolve_backend
+from ..graph.knn import knn_search
 from ..typing import KNNResult, RerankResult, TensorLike
 from .base import Reranker
 
 __all__ = ["MultiVectorReranker", "RegionalQueries"]
-
-_BLOCK_BYTES = 256 * 2**20
 
 #: ``(Q, D)``, ``(Q, R, D)`` (with a ``(Q, R)`` mask) or a list of ``(R_q, D)`` descriptors.
 RegionalQueries = TensorLike | list | tuple
@@ -169,12 +167,9 @@ class MultiVectorReranker(Reranker):
         """Inner-product kNN of validated queries in a fitted (already validated) matrix,
         without :func:`~graphrerank.graph.knn_search`'s per-call checks of the whole database
         (they cost more than a single query's search)."""
-        which = resolve_backend(self.backend, database.device)
         if queries.dtype != database.dtype:
             queries = queries.to(database.dtype)
-        if which == "faiss":
-            return _faiss_knn(queries, database, k, "ip")
-        return _torch_knn(queries, database, k, "ip", _BLOCK_BYTES)
+        return knn_search(queries, database, k, backend=self.backend, check_input=False)
 
     @abc.abstractmethod
     def _search(self, qv: Tensor, qid: Tensor, nq: int, k: int) -> RerankResult:

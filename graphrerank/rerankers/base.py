@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
+import warnings
 from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor
 
 from .._checks import check_features, check_k, check_same_device
+from .._params import Constraint, check_params
 from ..typing import RerankResult, TensorLike
 
 __all__ = ["NotFittedError", "Reranker"]
@@ -24,8 +27,11 @@ class Reranker(abc.ABC):
 
     The contract (checked for every re-ranker by one shared test):
 
-    * settings are keyword-only constructor arguments, stored as given, validated by :meth:`fit`;
-      :meth:`get_params` / :meth:`set_params` read and change them;
+    * settings are keyword-only constructor arguments, stored as given, declared once per
+      class in ``_parameter_constraints`` and checked by :meth:`validate_params` at
+      :meth:`fit`; :meth:`get_params` / :meth:`set_params` read and change them,
+      :meth:`default_params` lists them with their defaults and :meth:`clone` makes an
+      unfitted copy;
     * :meth:`fit` takes the database :math:`(N, D)` (numpy or torch), stores fitted state in
       attributes ending with ``_`` and returns ``self``; fitting again discards the old state;
     * :meth:`rerank` returns a :class:`~graphrerank.typing.RerankResult` ``(scores, indices)``
@@ -63,6 +69,62 @@ class Reranker(abc.ABC):
     #: other setting is keyword-only.
     _positional_settings: ClassVar[tuple[str, ...]] = ()
 
+    #: What each setting may be (:mod:`graphrerank._params`), declared once per class; a
+    #: subclass's entries extend and override its parents'. ``None``: anything goes.
+    _parameter_constraints: ClassVar[dict[str, Constraint | None]] = {}
+
+    #: Old spellings of renamed settings (old -> new), accepted with a ``DeprecationWarning``
+    #: by the constructor and :meth:`set_params` for one release.
+    _renamed_params: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__ and cls._all_renamed():
+            init = cls.__dict__["__init__"]
+
+            @functools.wraps(init)
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                init(self, *args, **type(self)._renamed(kw, stacklevel=4))
+
+            cls.__init__ = __init__
+
+    @classmethod
+    def _all_renamed(cls) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for c in reversed(cls.__mro__):
+            out.update(c.__dict__.get("_renamed_params", {}))
+        return out
+
+    @classmethod
+    def _renamed(cls, params: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
+        renamed = cls._all_renamed()
+        if not renamed or not any(name in params for name in renamed):
+            return params
+        params = dict(params)
+        for old, new in renamed.items():
+            if old not in params:
+                continue
+            if new in params:
+                raise TypeError(
+                    f"{cls.__name__} got both {new}= and its deprecated spelling {old}=; "
+                    f"pass {new}= only"
+                )
+            warnings.warn(
+                f"{cls.__name__}({old}=...) is deprecated and will be removed in the next "
+                f"release; use {new}=...",
+                DeprecationWarning,
+                stacklevel=stacklevel,
+            )
+            params[new] = params.pop(old)
+        return params
+
+    @classmethod
+    def _constraints(cls) -> dict[str, Constraint | None]:
+        out: dict[str, Constraint | None] = {}
+        for c in reversed(cls.__mro__):
+            out.update(c.__dict__.get("_parameter_constraints", {}))
+        return out
+
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
@@ -70,7 +132,8 @@ class Reranker(abc.ABC):
         return [p.name for p in list(sig.parameters.values())[1:] if p.kind in kinds]
 
     @classmethod
-    def _defaults(cls) -> dict[str, Any]:
+    def default_params(cls) -> dict[str, Any]:
+        """The settings of this re-ranker and their defaults, in the constructor's order."""
         sig = inspect.signature(cls.__init__)
         return {n: sig.parameters[n].default for n in cls._param_names()}
 
@@ -80,6 +143,7 @@ class Reranker(abc.ABC):
 
     def set_params(self, **params: Any) -> Self:
         """Change settings; takes effect at the next :meth:`fit`."""
+        params = self._renamed(params)
         valid = set(self._param_names())
         for name, value in params.items():
             if name not in valid:
@@ -89,8 +153,23 @@ class Reranker(abc.ABC):
             setattr(self, name, value)
         return self
 
+    def clone(self) -> Self:
+        """An unfitted copy with the same settings; re-rankers among the settings (a
+        pipeline's stages, R-DiP's re-scorer) are cloned too, other values are shared."""
+        return type(self)(**{n: _clone_value(v) for n, v in self.get_params().items()})
+
+    def validate_params(self) -> None:
+        """Check every setting against its declaration; :meth:`fit` calls it.
+
+        Raises:
+            TypeError, ValueError: a setting has the wrong type or is out of range (the
+                message names the setting and the value).
+        """
+        check_params(self.get_params(), self._constraints())
+        self._validate_params()
+
     def __repr__(self) -> str:
-        defaults = self._defaults()
+        defaults = self.default_params()
         changed = []
         for name, value in self.get_params().items():
             default = defaults[name]
@@ -99,7 +178,8 @@ class Reranker(abc.ABC):
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def _validate_params(self) -> None:  # noqa: B027 - optional hook
-        """Validate the settings (subclasses raise ``ValueError`` naming the setting)."""
+        """Checks beyond the declared constraints (subclasses raise ``ValueError`` naming the
+        setting)."""
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
@@ -131,7 +211,7 @@ class Reranker(abc.ABC):
     # ------------------------------------------------------------------ public API
     def fit(self, database: TensorLike, /) -> Self:
         """Fit on the database descriptors :math:`(N, D)` and return ``self``."""
-        self._validate_params()
+        self.validate_params()
         db = check_features(database, "database")
         for attr in self._fitted_attributes():
             delattr(self, attr)
@@ -270,3 +350,11 @@ class Reranker(abc.ABC):
     ) -> RerankResult:
         """Rank for validated queries (``None``: all-vs-all), a valid ``k`` and, for
         ``accepts_initial`` methods, a validated ``initial`` ranking."""
+
+
+def _clone_value(value: Any) -> Any:
+    if isinstance(value, Reranker):
+        return value.clone()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Reranker) for v in value):
+        return type(value)(v.clone() if isinstance(v, Reranker) else v for v in value)
+    return value

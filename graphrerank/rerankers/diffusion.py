@@ -4,29 +4,36 @@ optional early truncation."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import (
-    as_tensor,
-    check_features,
-    check_in,
-    check_int,
-    check_k,
-    check_normalized,
-    check_real,
-    check_same_device,
+from .._checks import as_tensor, check_features, check_k, check_normalized, check_same_device
+from .._params import Constraints, Int, OneOf, Real
+from ..diffusion import (
+    diffuse,
+    diffusion_operator,
+    gmp_weights,
+    query_entries,
+    query_vector,
+    truncated_diffuse,
 )
-from ..diffusion.online import diffuse, diffusion_operator, query_entries, query_vector
-from ..diffusion.regional import gmp_weights
-from ..diffusion.truncation import truncated_diffuse
-from ..graph import knn_graph, normalize_adjacency, to_torch_csr
-from ..typing import RerankResult, TensorLike
+from ..graph import knn_graph, normalize_adjacency, to_torch_csr, top_k_with_ties
+from ..typing import (
+    BACKENDS,
+    ITERATES,
+    SYMMETRIZATIONS,
+    TIES,
+    Backend,
+    Iterate,
+    RerankResult,
+    Symmetrization,
+    TensorLike,
+    Ties,
+)
 from ._multivector import MultiVectorReranker, RegionalQueries
-from ._ranking import top_k_with_ties
 
 __all__ = [
     "Diffusion",
@@ -43,7 +50,7 @@ class Diffusion(MultiVectorReranker):
     Objects with Compact CNN Representations" <https://arxiv.org/abs/1611.05113>`_ (Iscen,
     Tolias, Avrithis, Furon and Chum, CVPR 2017).
 
-    Offline, the database graph: each item's :math:`k` nearest items *including itself*,
+    Offline, the database graph: each item's :math:`k_d` nearest items *including itself*,
     negative similarities clamped, weights :math:`s^\gamma`, only mutual edges, zero diagonal,
     symmetric normalisation (isolated items get :math:`d^{-1/2} = 0`). Online, each query's
     :math:`k_q` best similarities form :math:`\mathbf{y}` (:func:`~graphrerank.diffusion.query_vector`;
@@ -84,7 +91,8 @@ class Diffusion(MultiVectorReranker):
     vectors. For several vectors per *database* image see :class:`RegionalDiffusion`.
 
     Args:
-        k: :math:`k`, neighbours per item in the graph, the item itself included (reference 50).
+        kd: :math:`k_d`, neighbours per item in the graph, the item itself included (reference
+            50; ``k`` in earlier releases).
         kq: :math:`k_q`, non-zeros of :math:`\mathbf{y}` (reference 10).
         alpha: :math:`\alpha \in [0, 1)` (reference 0.99).
         gamma: :math:`\gamma`, similarity exponent of graph and query weights (reference 3).
@@ -110,7 +118,7 @@ class Diffusion(MultiVectorReranker):
           (all-vs-all) :math:`\to` scores, indices :math:`(Q, k)`
 
     Raises:
-        ValueError: bad settings (at :meth:`fit`), descriptors not L2-normalised, ``k`` or
+        ValueError: bad settings (at :meth:`fit`), descriptors not L2-normalised, ``kd`` or
             ``kq`` larger than the database.
 
     Example:
@@ -121,7 +129,7 @@ class Diffusion(MultiVectorReranker):
         >>> x = torch.nn.functional.normalize(torch.cat([arc, off]), dim=1)
         >>> KNN(backend="torch").fit(x).rerank(x[:1], k=6).indices  # cosine: 10, 11 are close
         tensor([[ 0,  1,  2, 10, 11,  3]])
-        >>> Diffusion(k=3, kq=2, backend="torch").fit(x).rerank(x[:1], k=6).indices
+        >>> Diffusion(kd=3, kq=2, backend="torch").fit(x).rerank(x[:1], k=6).indices
         tensor([[1, 2, 3, 0, 4, 5]])
 
     See Also:
@@ -132,20 +140,20 @@ class Diffusion(MultiVectorReranker):
     def __init__(
         self,
         *,
-        k: int = 50,
+        kd: int = 50,
         kq: int = 10,
         alpha: float = 0.99,
         gamma: float = 3.0,
         tol: float = 1e-6,
         max_iter: int = 20,
-        iterate: Literal["best", "last"] = "best",
+        iterate: Iterate = "best",
         truncation: int | None = None,
-        symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
-        ties: Literal["similarity", "index"] = "similarity",
+        symmetrize: Symmetrization = "mutual",
+        ties: Ties = "similarity",
         batch_size: int | None = None,
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        backend: Backend = "auto",
     ) -> None:
-        self.k = k
+        self.kd = kd
         self.kq = kq
         self.alpha = alpha
         self.gamma = gamma
@@ -160,33 +168,34 @@ class Diffusion(MultiVectorReranker):
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
-        return {"k": 8, "kq": 4, "backend": "torch"}
+        return {"kd": 8, "kq": 4, "backend": "torch"}
 
-    def _validate_params(self) -> None:
-        check_int(self.k, "k", low=1)
-        check_int(self.kq, "kq", low=1)
-        check_real(self.alpha, "alpha", low=0, high=1, high_open=True)
-        check_real(self.gamma, "gamma", low=0)
-        check_real(self.tol, "tol", low=0)
-        check_int(self.max_iter, "max_iter", low=0)
-        check_in(self.iterate, "iterate", ("best", "last"))
-        if self.truncation is not None:
-            check_int(self.truncation, "truncation", low=1)
-        check_in(self.symmetrize, "symmetrize", ("mutual", "min", "union", "max"))
-        check_in(self.ties, "ties", ("similarity", "index"))
-        if self.batch_size is not None:
-            check_int(self.batch_size, "batch_size", low=1)
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+    _renamed_params: ClassVar[dict[str, str]] = {"k": "kd", "num_neighbors": "kd"}
+
+    _parameter_constraints: ClassVar[Constraints] = {
+        "kd": Int(1),
+        "kq": Int(1),
+        "alpha": Real(0, 1, high_open=True),
+        "gamma": Real(0),
+        "tol": Real(0),
+        "max_iter": Int(0),
+        "iterate": OneOf(ITERATES),
+        "truncation": Int(1) | None,
+        "symmetrize": OneOf(SYMMETRIZATIONS),
+        "ties": OneOf(TIES),
+        "batch_size": Int(1) | None,
+        "backend": OneOf(BACKENDS),
+    }
 
     # ------------------------------------------------------------------ fit
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database")
         n = database.shape[0]
-        check_k(self.k, n, name="k")
+        check_k(self.kd, n, name="kd")
         check_k(self.kq, n, name="kq")
         graph = knn_graph(
             database,
-            self.k,
+            self.kd,
             k_includes_self=True,
             symmetrize=self.symmetrize,
             gamma=float(self.gamma),
@@ -215,7 +224,7 @@ class Diffusion(MultiVectorReranker):
             # the sub-graph edges dominate: about width * k per query, in several arrays
             width = min(int(self.truncation), self.pooled_.shape[0])
             width *= max(1, -(-self.database_.shape[0] // self.pooled_.shape[0]))
-            nodes = 4 * width * int(self.k)
+            nodes = 4 * width * int(self.kd)
         scores, indices = [], []
         batches = self._batches(qv, qid, nq, nodes, cache_bound=self.truncation is None)
         for qv_b, qid_b, _, nb in batches:
@@ -370,7 +379,8 @@ class RegionalDiffusion(Diffusion):
     every database image a query with its own regions.
 
     Args:
-        k: Neighbours per region in the graph, itself included (reference 200 for regions).
+        kd: Neighbours per region in the graph, itself included (reference 200 for regions;
+            ``k`` in earlier releases).
         kq: Non-zeros of :math:`\mathbf{y}` (reference 200 for regions).
         pooling: ``"gmp"`` (reference) or ``"sum"``.
         gmp_lambda: :math:`\lambda` of generalized max pooling (reference 1).
@@ -392,7 +402,7 @@ class RegionalDiffusion(Diffusion):
         >>> ids = torch.arange(60) // 3  # 20 images of 3 regions each
         >>> regions = torch.randn(20, 8, generator=g)[ids] + 0.5 * torch.randn(60, 8, generator=g)
         >>> regions = torch.nn.functional.normalize(regions, dim=1)
-        >>> r = RegionalDiffusion(k=6, kq=6, backend="torch").fit(regions, image_ids=ids)
+        >>> r = RegionalDiffusion(kd=6, kq=6, backend="torch").fit(regions, image_ids=ids)
         >>> r.n_database_
         20
         >>> r.rerank(regions[None, :3], k=3).indices  # image 0's regions as one query
@@ -402,7 +412,7 @@ class RegionalDiffusion(Diffusion):
     def __init__(
         self,
         *,
-        k: int = 200,
+        kd: int = 200,
         kq: int = 200,
         pooling: Literal["gmp", "sum"] = "gmp",
         gmp_lambda: float = 1.0,
@@ -410,15 +420,15 @@ class RegionalDiffusion(Diffusion):
         gamma: float = 3.0,
         tol: float = 1e-6,
         max_iter: int = 20,
-        iterate: Literal["best", "last"] = "best",
+        iterate: Iterate = "best",
         truncation: int | None = None,
-        symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
-        ties: Literal["similarity", "index"] = "similarity",
+        symmetrize: Symmetrization = "mutual",
+        ties: Ties = "similarity",
         batch_size: int | None = None,
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        backend: Backend = "auto",
     ) -> None:
         super().__init__(
-            k=k,
+            kd=kd,
             kq=kq,
             alpha=alpha,
             gamma=gamma,
@@ -436,17 +446,17 @@ class RegionalDiffusion(Diffusion):
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
-        return {"k": 8, "kq": 4, "backend": "torch"}
+        return {"kd": 8, "kq": 4, "backend": "torch"}
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_in(self.pooling, "pooling", ("gmp", "sum"))
-        check_real(self.gmp_lambda, "gmp_lambda", low=0, low_open=True)
+    _parameter_constraints: ClassVar[Constraints] = {
+        "pooling": OneOf(("gmp", "sum")),
+        "gmp_lambda": Real(0, low_open=True),
+    }
 
     def fit(self, database: TensorLike, /, image_ids: TensorLike | None = None) -> Self:
         """Fit on region vectors :math:`(M, D)` with the image of each, ``image_ids``
         :math:`(M,)` (``None``: one vector per image); returns ``self``."""
-        self._validate_params()
+        self.validate_params()
         db = check_features(database, "database")
         for attr in self._fitted_attributes():
             delattr(self, attr)
@@ -535,8 +545,6 @@ class RegionalDiffusion(Diffusion):
 def _settings(settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     settings = dict(settings)
     query_mask = settings.pop("query_mask", None)
-    if "num_neighbors" in settings:
-        settings["k"] = settings.pop("num_neighbors")
     return settings, query_mask
 
 
@@ -549,15 +557,15 @@ def diffusion_rerank(
     r"""Online diffusion re-ranking in one call:
     ``Diffusion(**settings).fit(database).rerank(queries, k)``.
 
-    See :class:`Diffusion` for the method, the settings and their reference defaults. Here
-    ``k`` is the length of the ranked lists, so the graph's neighbour count (``Diffusion``'s
-    ``k``, reference 50) is passed as ``num_neighbors``; ``query_mask`` goes to ``rerank``.
+    See :class:`Diffusion` for the method, the settings and their reference defaults. ``k`` is
+    the length of the ranked lists and ``kd`` the graph's neighbour count (``num_neighbors`` in
+    earlier releases); ``query_mask`` goes to ``rerank``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
-        >>> out = diffusion_rerank(x[:2], x, k=4, num_neighbors=5, kq=3, backend="torch")
-        >>> torch.equal(out.indices, Diffusion(k=5, kq=3, backend="torch").fit(x).rerank(x[:2], 4).indices)
+        >>> out = diffusion_rerank(x[:2], x, k=4, kd=5, kq=3, backend="torch")
+        >>> torch.equal(out.indices, Diffusion(kd=5, kq=3, backend="torch").fit(x).rerank(x[:2], 4).indices)
         True
     """
     settings, query_mask = _settings(settings)
@@ -574,14 +582,14 @@ def regional_diffusion_rerank(
     r"""Regional online diffusion in one call:
     ``RegionalDiffusion(**settings).fit(database, image_ids).rerank(queries, k)``.
 
-    See :class:`RegionalDiffusion`; as in :func:`diffusion_rerank` the graph's neighbour count
-    is passed as ``num_neighbors``.
+    See :class:`RegionalDiffusion`; as in :func:`diffusion_rerank`, ``k`` is the length of the
+    ranked lists and ``kd`` the graph's neighbour count.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> regions = torch.nn.functional.normalize(torch.randn(60, 4, generator=g), dim=1)
         >>> out = regional_diffusion_rerank(None, regions, torch.arange(60) // 3, k=5,
-        ...                                 num_neighbors=6, kq=6, backend="torch")
+        ...                                 kd=6, kq=6, backend="torch")
         >>> out.indices.shape
         torch.Size([20, 5])
     """

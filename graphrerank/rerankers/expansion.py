@@ -9,15 +9,16 @@ item itself with weight 1 and its :math:`k` *other* nearest items.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .._checks import check_features, check_in, check_int, check_normalized, check_real
+from .._checks import check_features, check_normalized
 from .._checks import check_same_device as _same_device
+from .._params import Constraints, Int, OneOf, Real
 from ..graph import KNNIndex, knn_graph, to_torch_csr
 from ..nn.expansion import ExpansionPropagation, bipartite_adjacency
-from ..typing import RerankResult, TensorLike
+from ..typing import BACKENDS, Backend, RerankResult, TensorLike
 from .base import Reranker
 
 __all__ = [
@@ -29,8 +30,6 @@ __all__ = [
     "database_augmentation",
 ]
 
-Backend = Literal["auto", "faiss", "torch"]
-
 
 class _QueryExpansion(Reranker):
     """Shared implementation of AQE and αQE (inductive, query side only)."""
@@ -38,10 +37,11 @@ class _QueryExpansion(Reranker):
     def _alpha(self) -> float:
         raise NotImplementedError
 
-    def _validate_params(self) -> None:
-        check_int(self.k, "k", low=1)
-        check_int(self.iterations, "iterations", low=1)
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+    _parameter_constraints: ClassVar[Constraints] = {
+        "k": Int(1),
+        "iterations": Int(1),
+        "backend": OneOf(BACKENDS),
+    }
 
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database", offer_option=False)
@@ -217,9 +217,7 @@ class AlphaQueryExpansion(_QueryExpansion):
         self.iterations = iterations
         self.backend = backend
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_real(self.alpha, "alpha", low=0)
+    _parameter_constraints: ClassVar[Constraints] = {"alpha": Real(0)}
 
     def _alpha(self) -> float:
         return float(self.alpha)
@@ -299,11 +297,12 @@ class DatabaseAugmentation(Reranker):
         self.iterations = iterations
         self.backend = backend
 
-    def _validate_params(self) -> None:
-        check_int(self.k, "k", low=1)
-        check_real(self.alpha, "alpha", low=0)
-        check_int(self.iterations, "iterations", low=1)
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+    _parameter_constraints: ClassVar[Constraints] = {
+        "k": Int(1),
+        "alpha": Real(0),
+        "iterations": Int(1),
+        "backend": OneOf(BACKENDS),
+    }
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:

@@ -2,14 +2,19 @@ r"""GNN re-ranking (Zhang et al. 2020) as sparse message passing."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from .._checks import check_int, check_normalized, check_real, check_same_device
-from ..graph._csr import csr_keep_largest, csr_rows, csr_transpose
-from ..nn import GNNRerankConv, gnn_rerank_graph
+from .._checks import check_normalized, check_same_device
+from .._params import Constraints, Int, Real
+from ..graph import lists as _lists
+from ..graph.lists import FeatureNodes, graph_lists, scan
+from ..graph.ranking import select_topk
+from ..graph.sparse import csr_rows, csr_transpose, overlap_cost, pair_products, row_chunks
+from ..nn import gnn_propagate
 from ..typing import RerankResult, TensorLike
-from . import _sparse as sp
 from .base import Reranker
 
 __all__ = ["GNNRerank", "gnn_rerank"]
@@ -19,30 +24,12 @@ __all__ = ["GNNRerank", "gnn_rerank"]
 LIST_LENGTH = 500
 
 
-def _propagate(
-    nbr: Tensor, sims: Tensor, k1: int, k2: int, layers: int, max_nonzeros: int | None
-) -> Tensor:
-    """The propagated adjacency :math:`(M, M)` (CSR) from the ranked lists."""
-    m = nbr.shape[0]
-    n1 = min(k1, m)
-    n2 = min(k2, n1)
-    a, p = gnn_rerank_graph(nbr, sims, n1, n2)
-    if k2 == 1:  # the reference skips propagation and normalisation altogether
-        return a
-    conv = GNNRerankConv()
-    for _ in range(layers):
-        a = conv(a, p)
-        if max_nonzeros is not None:
-            a = csr_keep_largest(a, max_nonzeros)
-    return a
-
-
 def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, budget: int):
     """Top-``k`` database items of each query row by the GNN score (see :class:`GNNRerank`)."""
     m = a.shape[0]
-    ng = m - nq
+    nd = m - nq
     aq = a if nq == 0 else csr_rows(a, 0, nq)
-    ag_t = csr_transpose(a if nq == 0 else csr_rows(a, nq, m))
+    ad_t = csr_transpose(a if nq == 0 else csr_rows(a, nq, m))
 
     def score(p: Tensor, cos: Tensor) -> Tensor:
         return (1 - lam) * p + lam * cos if lam else p
@@ -54,18 +41,18 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
         return p - 1e-6 * p.abs() - 1e-12  # err low: candidates are re-scored
 
     # rows of about equal work: each row's share of the sparse product
-    cost = sp.overlap_cost(aq, ag_t)
+    cost = overlap_cost(aq, ad_t)
     nrows = aq.shape[0]
     scores = torch.empty(nrows, k, dtype=a.dtype, device=a.device)
     indices = torch.empty(nrows, k, dtype=torch.long, device=a.device)
-    for r0, r1 in sp.row_chunks(cost, 4 * budget, max(1, budget // ng)):
+    for r0, r1 in row_chunks(cost, 4 * budget, max(1, budget // nd)):
         # A_q A_g^T for these rows: one sparse x sparse product, then a dense block
-        buf = (csr_rows(aq, r0, r1) @ ag_t).to_dense()
+        buf = (csr_rows(aq, r0, r1) @ ad_t).to_dense()
 
         def base_of(r: Tensor, c: Tensor, r0=r0) -> Tensor:
             return nodes.pairs(r + r0, c + nq)
 
-        s, i = sp.select_topk(
+        s, i = select_topk(
             buf, short_idx[r0:r1], short_s[r0:r1], k, score, base_of, min_overlap,
             higher_base_is_better=True,
         )  # fmt: skip
@@ -73,20 +60,20 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
     return RerankResult(scores, indices)
 
 
-def _run(nodes, k, k1, k2, layers, lambda_value, max_nonzeros, gallery=None, budget=None):
-    budget = sp.BLOCK_ELEMENTS if budget is None else budget
+def _run(nodes, k, k1, k2, layers, lambda_value, max_nonzeros, database=None, budget=None):
+    budget = _lists.BLOCK_ELEMENTS if budget is None else budget
     m = nodes.m
-    lists = sp.graph_lists(
+    lists = graph_lists(
         nodes,
         graph_k=min(m, k1),
         length=min(m, max(k1, LIST_LENGTH)),
         k=k,
         largest=True,
         extreme=False,
-        gallery=gallery,
+        database=database,
         budget=budget,
     )
-    a = _propagate(lists["indices"], lists["values"], k1, k2, layers, max_nonzeros)
+    a = gnn_propagate(lists["indices"], lists["values"], k1, k2, layers, max_nonzeros)
     return _rank(
         a, nodes.nq, lists["short_indices"], lists["short_values"], k, float(lambda_value),
         nodes, budget,
@@ -188,25 +175,25 @@ class GNNRerank(Reranker):
     def _test_params(cls):
         return {"k1": 8, "k2": 3}
 
-    def _validate_params(self) -> None:
-        k1 = check_int(self.k1, "k1", low=1)
-        check_int(self.k2, "k2", low=1, high=k1)
-        check_int(self.layers, "layers", low=0)
-        check_real(self.lambda_value, "lambda_value", low=0.0, high=1.0)
-        if self.max_nonzeros is not None:
-            check_int(self.max_nonzeros, "max_nonzeros", low=1)
+    _parameter_constraints: ClassVar[Constraints] = {
+        "k1": Int(1),
+        "k2": Int(1, high="k1"),
+        "layers": Int(0),
+        "lambda_value": Real(0.0, 1.0),
+        "max_nonzeros": Int(1) | None,
+    }
 
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database")
         n = database.shape[0]
-        nodes = sp.FeatureNodes(None, database, "ip")
+        nodes = FeatureNodes(None, database, "ip")
         length = min(n, max(self.k1, LIST_LENGTH))
-        g = sp.scan(nodes.block_fn("g", "g"), n, n, length, largest=True,
+        g = scan(nodes.block_fn("d", "d"), n, n, length, largest=True,
                     device=database.device, dtype=database.dtype)  # fmt: skip
         self.neighbors_ = g["row_indices"]
         self.neighbor_similarities_ = g["row_values"]
 
-    def _gallery(self) -> dict[str, Tensor]:
+    def _database_lists(self) -> dict[str, Tensor]:
         return {"indices": self.neighbors_, "values": self.neighbor_similarities_}
 
     def _rerank(
@@ -214,9 +201,9 @@ class GNNRerank(Reranker):
     ) -> RerankResult:
         if queries is not None:
             check_normalized(queries, "queries")
-        nodes = sp.FeatureNodes(queries, self.database_, "ip")
+        nodes = FeatureNodes(queries, self.database_, "ip")
         return _run(nodes, k, self.k1, self.k2, self.layers, self.lambda_value,
-                    self.max_nonzeros, self._gallery())  # fmt: skip
+                    self.max_nonzeros, self._database_lists())  # fmt: skip
 
     def propagated(self) -> Tensor:
         r"""The propagated adjacency :math:`\mathbf{A}` of the database graph (all-vs-all),
@@ -224,7 +211,7 @@ class GNNRerank(Reranker):
         self._check_fitted()
         if not hasattr(self, "propagated_"):
             length = min(self.n_database_, max(self.k1, LIST_LENGTH))
-            self.propagated_ = _propagate(
+            self.propagated_ = gnn_propagate(
                 self.neighbors_[:, :length], self.neighbor_similarities_[:, :length],
                 self.k1, self.k2, self.layers, self.max_nonzeros,
             )  # fmt: skip
@@ -241,9 +228,9 @@ class GNNRerank(Reranker):
         r = rows[:, None].expand(b, m)[valid]
         c = candidates[valid]
         lam = float(self.lambda_value)
-        sim = sp.pair_products(a, r, c, "mul", sp.BLOCK_ELEMENTS)
+        sim = pair_products(a, r, c, "mul", _lists.BLOCK_ELEMENTS)
         if lam:
-            cos = sp.FeatureNodes(None, self.database_, "ip").pairs(r, c)
+            cos = FeatureNodes(None, self.database_, "ip").pairs(r, c)
             sim = (1 - lam) * sim + lam * cos
         out = torch.full((b, m), float("-inf"), dtype=a.dtype, device=a.device)
         out[valid] = sim

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar
 
 from torch import Tensor
 
-from .._checks import check_in
+from .._params import Constraints, OneOf
 from ..graph import KNNIndex
-from ..typing import RerankResult
+from ..typing import BACKENDS, METRICS, Backend, Metric, RerankResult
 from .base import Reranker
 
 __all__ = ["KNN"]
@@ -40,15 +40,16 @@ class KNN(Reranker):
     def __init__(
         self,
         *,
-        metric: Literal["ip", "l2"] = "ip",
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        metric: Metric = "ip",
+        backend: Backend = "auto",
     ) -> None:
         self.metric = metric
         self.backend = backend
 
-    def _validate_params(self) -> None:
-        check_in(self.metric, "metric", ("ip", "l2"))
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+    _parameter_constraints: ClassVar[Constraints] = {
+        "metric": OneOf(METRICS),
+        "backend": OneOf(BACKENDS),
+    }
 
     def _fit(self, database: Tensor) -> None:
         self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)

@@ -2,14 +2,26 @@ r"""k-reciprocal encoding re-ranking (Zhong et al., CVPR 2017), computed sparsel
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from .._checks import as_tensor, check_int, check_k, check_real, check_same_device
-from ..graph._csr import csr_from_rows, csr_rows, csr_transpose, sparse_csr
-from ..nn import WeightedPropagation
+from .._checks import as_tensor, check_k, check_same_device
+from .._params import Constraints, Int, Real, check_params
+from ..graph import lists as _lists
+from ..graph.lists import DistanceNodes, FeatureNodes, graph_lists, scan
+from ..graph.ranking import select_topk
+from ..graph.sparse import (
+    csr_rows,
+    csr_transpose,
+    overlap_cost,
+    pair_overlap,
+    pair_products,
+    row_chunks,
+)
+from ..nn.kreciprocal import kreciprocal_encoding
 from ..typing import RerankResult, TensorLike
-from . import _sparse as sp
 from .base import Reranker
 
 __all__ = ["KReciprocal", "kreciprocal_rerank", "kreciprocal_rerank_distances"]
@@ -19,101 +31,8 @@ __all__ = ["KReciprocal", "kreciprocal_rerank", "kreciprocal_rerank_distances"]
 LIST_LENGTH = 500
 
 
-def _half(k1: int) -> int:
-    # numpy's around (and Python's round) round halves to even: k1 = 10 -> 5, k1 = 5 -> 2.
-    return round(k1 / 2)
-
-
 def _list_length(k1: int, k2: int, m: int) -> int:
     return min(m, max(k1 + 1, k2, LIST_LENGTH))
-
-
-# ----------------------------------------------------------------------------- encoding
-def _reciprocal(lists: Tensor) -> Tensor:
-    """``mask[i, t]``: node ``i`` is in the list of its ``t``-th neighbour ``lists[i, t]``.
-
-    Edge :math:`i \to j` is reciprocal when edge :math:`j \to i` exists: the key
-    :math:`iM + j` of one edge equals the reversed key :math:`jM + i` of the other, so one sort
-    of all keys and reversed keys pairs them up.
-    """
-    m, w = lists.shape
-    e = m * w
-    src = torch.arange(m, device=lists.device).repeat_interleave(w)
-    dst = lists.flatten()
-    keys, order = torch.cat([src * m + dst, dst * m + src]).sort()
-    same = keys[1:] == keys[:-1]  # a key next to the reversed key of its reverse edge
-    a, b = order[:-1][same], order[1:][same]
-    found = torch.zeros(e, dtype=torch.bool, device=lists.device)
-    found[torch.where(a >= e, a, b) - e] = True
-    return found.view(m, w)
-
-
-#: Length of the neighbour lists searched for the distances of encoded pairs (pairs beyond
-#: them are computed).
-LOOKUP_LENGTH = 100
-
-
-def _encode(
-    nbr: Tensor, nbr_d: Tensor, row_max: Tensor, k1: int, k2: int, nodes, budget: int
-) -> Tensor:
-    r"""The k-reciprocal encodings :math:`\mathbf{V}` (after local query expansion), a CSR
-    :math:`(M, M)` matrix, from each node's neighbour list ``nbr`` (ascending distance, the
-    node itself first) with raw distances ``nbr_d`` and row maxima ``row_max``."""
-    m = nbr.shape[0]
-    dev = nbr.device
-    n1 = min(k1 + 1, m)
-    nh = min(_half(k1) + 1, m)
-    first, half = nbr[:, :n1], nbr[:, :nh]
-    rec1 = _reciprocal(first)
-    rech = _reciprocal(half)
-    # each node's list sorted by node id, to look distances up
-    lookup = min(nbr.shape[1], max(n1, LOOKUP_LENGTH))
-    sorted_ids, order = nbr[:, :lookup].sort(dim=1)
-    sorted_d = nbr_d[:, :lookup].gather(1, order)
-    width = n1 + n1 * nh  # R(i, k1), then R(c, k1/2) of every candidate c
-    step = max(1, budget // (4 * width))
-    counts, cols, vals = [], [], []
-    for a in range(0, m, step):
-        b = min(m, a + step)
-        f, r1 = first[a:b], rec1[a:b]
-        r_sorted = torch.where(r1, f, m).sort(dim=1).values  # R(i, k1), padded with m
-        h = torch.where(rech[f], half[f], m)  # R(c, k1/2) of each candidate c = f[i, t]
-        size = (h < m).sum(-1)
-        flat = h.flatten(1)
-        pos = torch.searchsorted(r_sorted, flat).clamp_(max=n1 - 1)
-        inside = (r_sorted.gather(1, pos) == flat) & (flat < m)
-        inter = inside.view_as(h).sum(-1)
-        accept = r1 & (3 * inter > 2 * size)  # |R(c) & R(i)| > 2/3 |R(c)|, in integers
-        members = torch.cat([r_sorted, torch.where(accept[..., None], h, m).flatten(1)], dim=1)
-        members = members.sort(dim=1).values
-        dup = torch.zeros_like(members, dtype=torch.bool)
-        dup[:, 1:] = members[:, 1:] == members[:, :-1]
-        valid = (members < m) & ~dup
-        # distances d(i, j): from i's own list where j is in it, else computed
-        pos = torch.searchsorted(sorted_ids[a:b], members).clamp_(max=lookup - 1)
-        hit = sorted_ids[a:b].gather(1, pos) == members
-        d = sorted_d[a:b].gather(1, pos)
-        miss = valid & ~hit
-        if bool(miss.any()):
-            mr, mc = miss.nonzero(as_tuple=True)
-            d[mr, mc] = nodes.pairs(mr + a, members[mr, mc])
-        rm = row_max[a:b, None]
-        dn = torch.where(rm > 0, d / rm.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
-        w = torch.exp(-dn).masked_fill_(~valid, 0)
-        w = w / w.sum(1, keepdim=True)
-        counts.append(valid.sum(1))
-        cols.append(members[valid])
-        vals.append(w[valid])
-    crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
-    crow[1:] = torch.cat(counts).cumsum(0)
-    v = sparse_csr(crow, torch.cat(cols), torch.cat(vals), (m, m))
-    if k2 == 1:
-        return v
-    # local query expansion: V_i <- mean of V_j over the first k2 of i's original ranking
-    n2 = min(k2, m)
-    qe_cols = nbr[:, :n2].sort(dim=1).values
-    qe = csr_from_rows(qe_cols, torch.full_like(qe_cols, 1.0 / n2, dtype=v.dtype), m)
-    return WeightedPropagation()(v, qe)
 
 
 # ----------------------------------------------------------------------------- final ranking
@@ -129,19 +48,19 @@ def _rank(
     query_ids: Tensor,
     budget: int,
 ) -> RerankResult:
-    r"""Top-``k`` gallery items of each query node by the final distance
+    r"""Top-``k`` database items of each query node by the final distance
 
     .. math:: d^*(i, j) = (1 - \lambda)\, d_J(i, j) + \lambda\, d(i, j).
 
-    ``v`` holds all :math:`M` encodings (queries first); gallery nodes are ``nq..M-1`` (all
+    ``v`` holds all :math:`M` encodings (queries first); database nodes are ``nq..M-1`` (all
     nodes when ``nq == 0``); ``query_ids`` are the node ids of the query rows, ``short_idx``
-    (gallery positions) and ``short_d`` (raw distances) each query's nearest gallery items.
+    (database positions) and ``short_d`` (raw distances) each query's nearest database items.
     """
     m = v.shape[0]
-    ng = m - nq
+    nd = m - nq
     vq = v if nq == 0 else csr_rows(v, 0, nq)
-    vg = v if nq == 0 else csr_rows(v, nq, m)
-    inv = csr_transpose(vg)
+    vd = v if nq == 0 else csr_rows(v, nq, m)
+    inv = csr_transpose(vd)
     lam = float(lambda_value)
     tiny = torch.finfo(short_d.dtype).tiny
     dn_short = short_d / row_max[query_ids, None].clamp(min=tiny)
@@ -157,20 +76,20 @@ def _rank(
         u = (1 - (-kth - lam * dn) / (1 - lam)).clamp(min=0)
         return (2 * u / (1 + u)) * (1 - 1e-6) - 1e-12  # err low: candidates are re-scored
 
-    cost = sp.overlap_cost(vq, inv)
+    cost = overlap_cost(vq, inv)
     nrows = vq.shape[0]
     scores = torch.empty(nrows, k, dtype=v.dtype, device=v.device)
     indices = torch.empty(nrows, k, dtype=torch.long, device=v.device)
-    for a, b in sp.row_chunks(cost, budget, max(1, budget // ng)):
-        buf = torch.zeros(b - a, ng, dtype=v.dtype, device=v.device)
-        sp.pair_overlap(csr_rows(vq, a, b), inv, "min", buf)
+    for a, b in row_chunks(cost, budget, max(1, budget // nd)):
+        buf = torch.zeros(b - a, nd, dtype=v.dtype, device=v.device)
+        pair_overlap(csr_rows(vq, a, b), inv, "min", buf)
         qid = query_ids[a:b]
 
         def base_of(r: Tensor, c: Tensor, qid=qid) -> Tensor:
             rows = qid[r]
             return nodes.pairs(rows, c + nq) / row_max[rows].clamp(min=tiny)
 
-        s, i = sp.select_topk(
+        s, i = select_topk(
             buf, short_idx[a:b], dn_short[a:b], k, score, base_of, min_overlap,
             higher_base_is_better=False,
         )  # fmt: skip
@@ -184,21 +103,21 @@ def _run(
     k1: int,
     k2: int,
     lambda_value: float,
-    gallery: dict[str, Tensor] | None = None,
+    database: dict[str, Tensor] | None = None,
     budget: int | None = None,
 ) -> RerankResult:
-    """The whole method over the nodes of one graph; ``gallery`` optionally holds the
+    """The whole method over the nodes of one graph; ``database`` optionally holds the
     database-only lists computed before (``indices``, ``values``, ``extreme``)."""
-    budget = sp.BLOCK_ELEMENTS if budget is None else budget
+    budget = _lists.BLOCK_ELEMENTS if budget is None else budget
     m = nodes.m
-    lists = sp.graph_lists(
+    lists = graph_lists(
         nodes,
         graph_k=min(m, max(k1 + 1, k2)),
         length=_list_length(k1, k2, m),
         k=k,
         largest=False,
         extreme=True,
-        gallery=gallery,
+        database=database,
         budget=budget,
     )
     nbr, nbr_d, row_max = lists["indices"], lists["values"], lists["extreme"]
@@ -207,16 +126,14 @@ def _run(
         lists["short_values"],
         lists["query_ids"],
     )
-    v = _encode(nbr, nbr_d, row_max, k1, k2, nodes, budget)
+    v = kreciprocal_encoding(nbr, nbr_d, row_max, k1, k2, nodes.pairs, budget)
     return _rank(
         v, nodes.nq, short_idx, short_d, row_max, k, lambda_value, nodes, query_ids, budget
     )
 
 
-def _check_settings(k1, k2, lambda_value) -> None:
-    check_int(k1, "k1", low=1)
-    check_int(k2, "k2", low=1)
-    check_real(lambda_value, "lambda_value", low=0.0, high=1.0)
+#: The settings of k-reciprocal re-ranking (the class and both function forms).
+_CONSTRAINTS: Constraints = {"k1": Int(1), "k2": Int(1), "lambda_value": Real(0.0, 1.0)}
 
 
 _MATH = r"""
@@ -317,15 +234,14 @@ class KReciprocal(Reranker):
     def _test_params(cls):
         return {"k1": 6, "k2": 3}
 
-    def _validate_params(self) -> None:
-        _check_settings(self.k1, self.k2, self.lambda_value)
+    _parameter_constraints: ClassVar[Constraints] = _CONSTRAINTS
 
     def _fit(self, database: Tensor) -> None:
         n = database.shape[0]
-        nodes = sp.FeatureNodes(None, database, "l2")
+        nodes = FeatureNodes(None, database, "l2")
         length = _list_length(self.k1, self.k2, n)
-        g = sp.scan(
-            nodes.block_fn("g", "g"),
+        g = scan(
+            nodes.block_fn("d", "d"),
             n,
             n,
             length,
@@ -338,7 +254,7 @@ class KReciprocal(Reranker):
         self.neighbor_distances_ = g["row_values"]
         self.row_max_ = g["row_extreme"]
 
-    def _gallery(self) -> dict[str, Tensor]:
+    def _database_lists(self) -> dict[str, Tensor]:
         return {
             "indices": self.neighbors_,
             "values": self.neighbor_distances_,
@@ -348,8 +264,8 @@ class KReciprocal(Reranker):
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
-        nodes = sp.FeatureNodes(queries, self.database_, "l2")
-        return _run(nodes, k, self.k1, self.k2, self.lambda_value, self._gallery())
+        nodes = FeatureNodes(queries, self.database_, "l2")
+        return _run(nodes, k, self.k1, self.k2, self.lambda_value, self._database_lists())
 
     def encodings(self) -> Tensor:
         r"""The encodings :math:`\mathbf{V}` (after local query expansion) of the database
@@ -358,15 +274,14 @@ class KReciprocal(Reranker):
         if not hasattr(self, "encodings_"):
             n = self.n_database_
             length = _list_length(self.k1, self.k2, n)
-            nodes = sp.FeatureNodes(None, self.database_, "l2")
-            self.encodings_ = _encode(
+            nodes = FeatureNodes(None, self.database_, "l2")
+            self.encodings_ = kreciprocal_encoding(
                 self.neighbors_[:, :length],
                 self.neighbor_distances_[:, :length],
                 self.row_max_,
                 self.k1,
                 self.k2,
-                nodes,
-                sp.BLOCK_ELEMENTS,
+                nodes.pairs,
             )
         return self.encodings_
 
@@ -380,11 +295,11 @@ class KReciprocal(Reranker):
         valid = candidates >= 0
         r = rows[:, None].expand(b, m)[valid]
         c = candidates[valid]
-        nodes = sp.FeatureNodes(None, self.database_, "l2")
+        nodes = FeatureNodes(None, self.database_, "l2")
         dn = nodes.pairs(r, c) / self.row_max_[r].clamp(min=torch.finfo(v.dtype).tiny)
         out = torch.full((b, m), float("-inf"), dtype=v.dtype, device=v.device)
         lam = float(self.lambda_value)
-        overlap = sp.pair_products(v, r, c, "min", sp.BLOCK_ELEMENTS)
+        overlap = pair_products(v, r, c, "min", _lists.BLOCK_ELEMENTS)
         out[valid] = 0.0 - ((1 - lam) * (1 - overlap / (2 - overlap)) + lam * dn)
         return out
 
@@ -479,23 +394,24 @@ def kreciprocal_rerank_distances(
         >>> kreciprocal_rerank_distances(d[:1, 1:], d[:1, :1], d[1:, 1:], k=3, k1=2, k2=1).indices
         tensor([[0, 1, 2]])
     """
-    _check_settings(k1, k2, lambda_value)
+    settings = {"k1": k1, "k2": k2, "lambda_value": lambda_value}
+    check_params(settings, _CONSTRAINTS)
     gg = _check_distance(g_g_dist, "g_g_dist")
-    ng = gg.shape[0]
-    if gg.shape[1] != ng:
+    nd = gg.shape[0]
+    if gg.shape[1] != nd:
         raise ValueError(f"g_g_dist must be square, got shape {tuple(gg.shape)}")
     if (q_g_dist is None) != (q_q_dist is None):
         raise ValueError("give both q_g_dist and q_q_dist, or neither (all-vs-all)")
     qg = qq = None
     if q_g_dist is not None:
         qg = _check_distance(q_g_dist, "q_g_dist")
-        if qg.shape[1] != ng:
+        if qg.shape[1] != nd:
             raise ValueError(
-                f"q_g_dist has {qg.shape[1]} columns but g_g_dist describes {ng} database items"
+                f"q_g_dist has {qg.shape[1]} columns but g_g_dist describes {nd} database items"
             )
         qq = _check_distance(q_q_dist, "q_q_dist", (qg.shape[0], qg.shape[0]))
         check_same_device(g_g_dist=gg, q_g_dist=qg, q_q_dist=qq)
         dtype = torch.promote_types(torch.promote_types(gg.dtype, qg.dtype), qq.dtype)
         gg, qg, qq = gg.to(dtype), qg.to(dtype), qq.to(dtype)
-    k = check_k(k, ng)
-    return _run(sp.DistanceNodes(qq, qg, gg), k, k1, k2, lambda_value)
+    k = check_k(k, nd)
+    return _run(DistanceNodes(qq, qg, gg), k, k1, k2, lambda_value)

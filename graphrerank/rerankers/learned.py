@@ -5,28 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, ClassVar, Literal, NamedTuple, Self
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import (
-    as_tensor,
-    check_features,
-    check_in,
-    check_int,
-    check_k,
-    check_real,
-    check_same_device,
-)
+from .._checks import as_tensor, check_features, check_k, check_same_device
 from .._io import CorruptFileError, load_arrays, save_arrays
+from .._params import Constraints, InstanceOf, Int, OneOf, Real
 from ..graph import KNNIndex
 from ..models.fusion import GAMMAS, LAMBDAS, FusionResult, rerank_shortlist, tune_fusion
 from ..models.matcher import LocalMatcher
 from ..models.scoring import score_shortlist
 from ..models.storage import STORAGES, StoredLocal, bytes_per_image, compress_local
-from ..typing import RerankResult, TensorLike
+from ..typing import BACKENDS, METRICS, Backend, Metric, RerankResult, TensorLike
 from .base import Reranker
 
 __all__ = ["LocalDescriptorReranker", "ShortlistLogits", "local_descriptor_rerank"]
@@ -174,8 +167,8 @@ class LocalDescriptorReranker(Reranker):
         db_descriptors: int | None = None,
         db_storage: Literal["float32", "float16", "binary"] = "float32",
         batch_size: int = 256,
-        metric: Literal["ip", "l2"] = "ip",
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        metric: Metric = "ip",
+        backend: Backend = "auto",
     ) -> None:
         self.model = model
         self.top_m = top_m
@@ -195,26 +188,21 @@ class LocalDescriptorReranker(Reranker):
     def _test_params(cls) -> dict[str, Any]:
         return {"top_m": 10, "batch_size": 64}
 
-    def _validate_params(self) -> None:
-        if self.model is not None and not isinstance(self.model, LocalMatcher):
-            raise TypeError(
-                f"model must be a graphrerank.models.LocalMatcher or None, got "
-                f"{type(self.model).__name__}"
-            )
-        check_int(self.top_m, "top_m", low=1)
-        check_in(self.mode, "mode", ("auto", "pairwise", "listwise"))
-        check_int(self.window, "window", low=1)
-        check_int(self.stride, "stride", low=1)
-        check_real(self.lambda_value, "lambda_value", low=0, high=1)
-        check_real(self.gamma, "gamma", low=0, low_open=True)
-        if self.query_descriptors is not None:
-            check_int(self.query_descriptors, "query_descriptors", low=1)
-        if self.db_descriptors is not None:
-            check_int(self.db_descriptors, "db_descriptors", low=1)
-        check_in(self.db_storage, "db_storage", STORAGES)
-        check_int(self.batch_size, "batch_size", low=1)
-        check_in(self.metric, "metric", ("ip", "l2"))
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+    _parameter_constraints: ClassVar[Constraints] = {
+        "model": InstanceOf(LocalMatcher, "a graphrerank.models.LocalMatcher or None") | None,
+        "top_m": Int(1),
+        "mode": OneOf(("auto", "pairwise", "listwise")),
+        "window": Int(1),
+        "stride": Int(1),
+        "lambda_value": Real(0, 1),
+        "gamma": Real(0, low_open=True),
+        "query_descriptors": Int(1) | None,
+        "db_descriptors": Int(1) | None,
+        "db_storage": OneOf(STORAGES),
+        "batch_size": Int(1),
+        "metric": OneOf(METRICS),
+        "backend": OneOf(BACKENDS),
+    }
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -227,7 +215,7 @@ class LocalDescriptorReranker(Reranker):
     ) -> Self:
         """Fit on global descriptors :math:`(N, D_g)` and local descriptors
         :math:`(N, L, D)` (and positions :math:`(N, L, 2)` for models that use them)."""
-        self._validate_params()
+        self.validate_params()
         db = check_features(database, "database")
         if local is None:
             raise TypeError(
@@ -567,7 +555,7 @@ class LocalDescriptorReranker(Reranker):
             model = model.to(device)
         try:
             r = cls(model=model, **meta["settings"])
-            r._validate_params()
+            r.validate_params()
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptFileError(f"{where} has invalid settings: {err}") from None
         db = tensor("database")

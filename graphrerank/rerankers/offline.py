@@ -5,31 +5,36 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .. import __version__
-from .._checks import check_features, check_in, check_int, check_normalized, check_real
+from .._checks import check_features, check_normalized
 from .._io import CorruptFileError, load_arrays, save_arrays
+from .._params import AnyOf, Bool, Constraints, Function, InstanceOf, Int, OneOf, Real
 from .._progress import ProgressCallback
-from ..diffusion.offline import (
-    _csr,
-    _laplacian_alpha,
-    _lists_and_candidates,
-    _mutual_graph,
-    _search_index,
-    late_truncation,
-    offline_diffusion_scores,
+from .._version import __version__
+from ..diffusion import offline_diffusion, offline_diffusion_scores
+from ..graph import EdgeRescorer, KNNIndex, database_index, knn_graph, mutual_knn_graph, symmetrize
+from ..graph.ranking import dense_ranking, rank_candidates, rank_csr, rank_dense
+from ..graph.sparse import csr, csr_row_normalize, csr_rows, csr_transpose
+from ..typing import (
+    BACKENDS,
+    SEARCHES,
+    TIES,
+    Backend,
+    KNNResult,
+    RerankResult,
+    Search,
+    TensorLike,
+    Ties,
 )
-from ..graph import EdgeRescorer, KNNIndex, knn_graph, symmetrize
-from ..typing import KNNResult, RerankResult
 from .base import Reranker
 
-__all__ = ["OfflineDiffusion", "RDiP"]
+__all__ = ["OfflineDiffusion", "RDiP", "offline_diffusion_rerank", "rdip_rerank"]
 
 _FORMAT = "graphrerank.OfflineDiffusion"
 _VERSION = 1
@@ -38,213 +43,6 @@ _VERSION = 1
 _RANK_ENTRIES = 2**23
 #: Largest (Q + N) x (Q + N) transductive matrix scored densely.
 _DENSE_ENTRIES = 2**25
-
-
-# ---------------------------------------------------------------------------- sparse helpers
-def _csr_rows(A: Tensor, start: int, end: int) -> Tensor:
-    """Rows ``start:end`` of a CSR matrix as a new CSR matrix (no copy of the other rows)."""
-    crow = A.crow_indices()
-    a, b = int(crow[start]), int(crow[end])
-    return _csr(
-        crow[start : end + 1] - crow[start],
-        A.col_indices()[a:b],
-        A.values()[a:b],
-        (end - start, A.shape[1]),
-    )
-
-
-def _row_ids(A: Tensor) -> Tensor:
-    crow = A.crow_indices().long()
-    counts = crow[1:] - crow[:-1]
-    return torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), counts)
-
-
-def _padded(A: Tensor) -> tuple[Tensor, Tensor]:
-    """A CSR matrix as ``(indices, values)`` of shape ``(rows, max row nnz)``, ``-1`` padding
-    (stored zeros are kept; the ranking treats them as absent)."""
-    crow = A.crow_indices().long()
-    counts = crow[1:] - crow[:-1]
-    b = A.shape[0]
-    m = max(1, int(counts.max())) if b else 1
-    nnz = A.col_indices().numel()
-    rows = torch.repeat_interleave(torch.arange(b, device=crow.device), counts, output_size=nnz)
-    dest = torch.arange(nnz, device=crow.device) + (rows * m - crow[:-1].index_select(0, rows))
-    idx = torch.full((b, m), -1, dtype=torch.long, device=crow.device)
-    val = torch.zeros(b, m, dtype=A.values().dtype, device=crow.device)
-    idx.view(-1).index_copy_(0, dest, A.col_indices().long())
-    val.view(-1).index_copy_(0, dest, A.values())
-    return idx, val
-
-
-def _l2_rows(A: Tensor) -> Tensor:
-    """Divide each row of a CSR matrix by its L2 norm (zero rows stay zero)."""
-    rows = _row_ids(A)
-    val = A.values()
-    norm = torch.zeros(A.shape[0], dtype=val.dtype, device=val.device)
-    norm.index_add_(0, rows, val * val)
-    inv = norm.sqrt().reciprocal().masked_fill_(norm == 0, 0)
-    return _csr(A.crow_indices(), A.col_indices(), val * inv.index_select(0, rows), A.shape)
-
-
-def _transpose(A: Tensor) -> Tensor:
-    """:math:`\\mathbf{A}^\\top` of a CSR matrix, as CSR."""
-    rows = _row_ids(A)
-    col = A.col_indices().long()
-    n0, n1 = A.shape
-    order = torch.argsort(col * n0 + rows)
-    r, c, v = col[order], rows[order], A.values()[order]
-    crow = torch.zeros(n1 + 1, dtype=torch.long, device=r.device)
-    crow[1:] = torch.bincount(r, minlength=n1).cumsum(0)
-    itype = A.crow_indices().dtype
-    return _csr(crow.to(itype), c.to(itype), v, (n1, n0))
-
-
-# ---------------------------------------------------------------------------- ranking
-def _rank(
-    cand_idx: Tensor,
-    cand_val: Tensor,
-    k: int,
-    queries: Tensor,
-    database: Tensor,
-    index: KNNIndex,
-    ties: str = "similarity",
-) -> RerankResult:
-    r"""The ``k`` best items per query for scores that are non-zero only at ``cand_idx``.
-
-    Every database item outside the candidates scores 0. Items are ordered by score, then
-    (``ties="similarity"``) by first-stage similarity :math:`\mathbf{q}^\top\mathbf{x}_j`,
-    so the many items that score exactly 0 (outside every truncation list involved) keep
-    their first-stage order, or (``ties="index"``) by database index, lowest first.
-
-    ``cand_idx``/``cand_val``: ``(B, M)`` with ``-1`` padding, ids unique per row.
-    """
-    b, m = cand_idx.shape
-    n = database.shape[0]
-    device, dtype = cand_idx.device, cand_val.dtype
-    sec_dtype = torch.float64 if ties == "index" else dtype
-    valid = (cand_idx >= 0) & (cand_val != 0)
-    if m >= k:
-        # fast path: k positive scores per query, no equal scores among the best k or at the
-        # boundary (the usual case) -> a plain top-k
-        pos_val = cand_val.masked_fill(~valid | (cand_val <= 0), float("-inf"))
-        top = pos_val.topk(k, dim=1)
-        v = top.values
-        if bool((v[:, -1] > 0).all()):
-            ties_inside = bool((v[:, 1:] == v[:, :-1]).any())
-            at_edge = (pos_val == v[:, -1:]).sum(1) > 1
-            if not ties_inside and not bool(at_edge.any()):
-                return RerankResult(v, cand_idx.gather(1, top.indices))
-    cand_idx = cand_idx.masked_fill(~valid, -1)
-    npos = (valid & (cand_val > 0)).sum(1)
-    nnz = valid.sum(1)
-    need0 = (k - npos).clamp(min=0)
-    idx_parts, val_parts = [cand_idx], [cand_val.masked_fill(~valid, 0)]
-    if ties == "index":
-        sec_parts = [-cand_idx.to(sec_dtype)]
-    else:
-        sec_parts = [torch.full(cand_idx.shape, float("nan"), dtype=sec_dtype, device=device)]
-    rows = need0.nonzero().squeeze(1)
-    if rows.numel():
-        # the best zero-scored items: the first-stage list (or the lowest indices) with the
-        # non-zero candidates removed; need0 + nnz first items always hold enough of them
-        mm = int(min(n, int((need0 + nnz).index_select(0, rows).max())))
-        if ties == "index":
-            fi = torch.arange(mm, device=device).expand(rows.numel(), mm)
-            fs = -fi.to(sec_dtype)
-        else:
-            fs, fi = index.search(queries.index_select(0, rows), mm)
-        cs = cand_idx.index_select(0, rows).masked_fill(~valid.index_select(0, rows), n)
-        cs = cs.sort(dim=1).values
-        at = torch.searchsorted(cs, fi.masked_fill(fi < 0, n + 1)).clamp_(max=cs.shape[1] - 1)
-        ok = (fi >= 0) & (cs.gather(1, at) != fi)
-        take = ok & ((ok.cumsum(1) - 1) < need0.index_select(0, rows)[:, None])
-        zi = torch.full((b, mm), -1, dtype=torch.long, device=device)
-        zs = torch.full((b, mm), float("-inf"), dtype=sec_dtype, device=device)
-        zi[rows] = torch.where(take, fi, -1)
-        zs[rows] = fs.to(sec_dtype)
-        idx_parts.append(zi)
-        val_parts.append(torch.zeros(b, mm, dtype=dtype, device=device))
-        sec_parts.append(zs)
-    idx = torch.cat(idx_parts, dim=1)
-    val = torch.cat(val_parts, dim=1)
-    sec = torch.cat(sec_parts, dim=1)
-    valid = idx >= 0
-    val = val.masked_fill(~valid, float("-inf"))
-
-    def fill_sec(mask: Tensor) -> None:
-        # first-stage similarities where they decide an order and are not known yet
-        todo = (mask & torch.isnan(sec)).nonzero()
-        if todo.numel():
-            r, c = todo[:, 0], todo[:, 1]
-            j = idx[r, c]
-            s = (queries.index_select(0, r) * database.index_select(0, j)).sum(1)
-            sec[r, c] = s.to(sec.dtype)
-
-    kk = min(k, idx.shape[1])
-    thr = val.topk(kk, dim=1).values[:, -1:]
-    gt = val > thr
-    eq = (val == thr) & valid
-    need = kk - gt.sum(1, keepdim=True)
-    crowded = eq.sum(1, keepdim=True) > need  # more tied items than places left
-    fill_sec(eq & crowded)
-    sec_eq = torch.where(eq, sec, float("-inf"))
-    chosen_pos = sec_eq.topk(kk, dim=1).indices
-    chosen = torch.zeros_like(eq)
-    chosen.scatter_(1, chosen_pos, torch.arange(kk, device=device)[None, :] < need)
-    selected = (gt | torch.where(crowded, chosen, eq)) & valid
-    # min(kk, #valid) selected per row; bring them to the front, best score first
-    key = val.masked_fill(~selected, float("-inf"))
-    pos = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :kk]
-    sel_ok = selected.gather(1, pos)
-    s_idx = idx.gather(1, pos).masked_fill(~sel_ok, -1)
-    s_val = val.gather(1, pos)
-    # order equal scores by the secondary key
-    dup = torch.zeros_like(sel_ok)
-    same = (s_val[:, 1:] == s_val[:, :-1]) & sel_ok[:, 1:] & sel_ok[:, :-1]
-    dup[:, 1:] |= same
-    dup[:, :-1] |= same
-    if bool(dup.any()):
-        mask = torch.zeros_like(selected).scatter_(1, pos, dup)
-        fill_sec(mask)
-        s_sec = sec.gather(1, pos).nan_to_num(nan=float("-inf"))
-        s_sec = s_sec.masked_fill(~sel_ok, float("-inf"))
-        o = torch.sort(s_sec, dim=1, descending=True, stable=True).indices
-        s_idx, s_val = s_idx.gather(1, o), s_val.gather(1, o)
-        o = torch.sort(s_val, dim=1, descending=True, stable=True).indices
-        s_idx, s_val = s_idx.gather(1, o), s_val.gather(1, o)
-    if kk < k:  # fewer items than k (tiny database with an approximate index)
-        pad = k - kk
-        s_idx = torch.cat([s_idx, s_idx.new_full((b, pad), -1)], dim=1)
-        s_val = torch.cat([s_val, s_val.new_full((b, pad), float("-inf"))], dim=1)
-    return RerankResult(s_val, s_idx)
-
-
-def _rank_dense(
-    scores: Tensor, k: int, queries: Tensor, database: Tensor, ties: str
-) -> RerankResult:
-    """:func:`_rank` for dense ``(B, N)`` scores and long lists (``k`` near ``N``): two stable
-    sorts, by the secondary key, then by score."""
-    if ties == "index":
-        order = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-    else:
-        sec = queries @ database.T
-        order = torch.sort(sec, dim=1, descending=True, stable=True).indices
-    by_score = torch.sort(scores.gather(1, order), dim=1, descending=True, stable=True)
-    idx = order.gather(1, by_score.indices[:, :k])
-    return RerankResult(by_score.values[:, :k], idx)
-
-
-def _dense_ranking(k: int, n: int) -> bool:
-    return 4 * k >= n
-
-
-def _rank_csr(
-    F: Tensor, k: int, queries: Tensor, database: Tensor, index: KNNIndex, ties: str
-) -> RerankResult:
-    if _dense_ranking(k, F.shape[1]):
-        return _rank_dense(F.to_dense(), k, queries, database, ties)
-    idx, val = _padded(F)
-    return _rank(idx, val, k, queries, database, index, ties)
 
 
 def _fingerprint(x: Tensor) -> str:
@@ -264,31 +62,22 @@ class _OfflineBase(Reranker):
         raise NotImplementedError
 
     def _num_candidates(self) -> int:
-        return self._kd()
+        return self.kd
 
-    def _kd(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _validate_common(self) -> None:
-        check_int(self.kq, "kq", low=1)
-        check_int(self.truncation, "truncation", low=1)
-        check_real(self.alpha, "alpha", low=0, high=1, low_open=True, high_open=True)
-        check_real(self.gamma, "gamma", low=0)
-        check_real(self.tol, "tol", low=0)
-        check_int(self.max_iter, "max_iter", low=0)
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
-        check_in(self.search, "search", ("auto", "exact", "ivf"))
-        check_in(self.ties, "ties", ("similarity", "index"))
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
-        if self.block_size is not None:
-            check_int(self.block_size, "block_size", low=1)
-        if not (
-            self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
-        ):
-            raise TypeError(
-                f"progress must be None, True, False or a callable, got {self.progress!r}"
-            )
+    _parameter_constraints: ClassVar[Constraints] = {
+        "kq": Int(1),
+        "truncation": Int(1),
+        "alpha": Real(0, 1, low_open=True, high_open=True),
+        "gamma": Real(0),
+        "tol": Real(0),
+        "max_iter": Int(0),
+        "normalize": Bool(),
+        "search": OneOf(SEARCHES),
+        "ties": OneOf(TIES),
+        "backend": OneOf(BACKENDS),
+        "block_size": Int(1) | None,
+        "progress": AnyOf(None, Bool(), Function(), what="None, True, False or a callable"),
+    }
 
     def _prepare(self, x: Tensor, name: str) -> Tensor:
         if self.normalize:
@@ -298,23 +87,22 @@ class _OfflineBase(Reranker):
     # ------------------------------------------------------------------ offline
     def _offline(self, x: Tensor, index: KNNIndex) -> Tensor:
         n = x.shape[0]
-        if self._kd() > n:
-            raise ValueError(
-                f"{self._kd_name()}={self._kd()} is larger than the database ({n} items)"
-            )
-        lists, cand = _lists_and_candidates(x, index, self.truncation, self._num_candidates())
-        graph = self._graph(x, cand)
-        return late_truncation(
-            _laplacian_alpha(graph, self.alpha),
-            lists,
+        if self.kd > n:
+            raise ValueError(f"kd={self.kd} is larger than the database ({n} items)")
+        return offline_diffusion(
+            x,
+            kd=self.kd,
+            truncation=self.truncation,
+            alpha=self.alpha,
+            gamma=self.gamma,
             tol=self.tol,
             max_iter=self.max_iter,
+            graph=self._graph,
             block_size=self.block_size,
             progress=self.progress,
+            index=index,
+            num_candidates=self._num_candidates(),
         )
-
-    def _kd_name(self) -> str:
-        return "kd"
 
     def _setup(self, x: Tensor) -> None:
         """Prepare what the graph needs besides the descriptors (R-DiP: its re-scorer)."""
@@ -323,7 +111,7 @@ class _OfflineBase(Reranker):
         x = self._prepare(database, "database")
         self.x_ = x
         self._setup(x)
-        self.index_ = _search_index(x, self.search, self.backend)
+        self.index_ = database_index(x, self.search, self.backend)
         self.C_ = self._offline(x, self.index_)
 
     # ------------------------------------------------------------------ online
@@ -346,12 +134,8 @@ class _OfflineBase(Reranker):
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
 
     def _online(self, knn: KNNResult, k: int, q: Tensor) -> RerankResult:
-        n = self.n_database_
-        if _dense_ranking(k, n):
-            F = offline_diffusion_scores(self.C_, knn, self.gamma)
-            return _rank_dense(F.to_dense(), k, q, self.x_, self.ties)
         F = offline_diffusion_scores(self.C_, knn, self.gamma)
-        return _rank_csr(F, k, q, self.x_, self.index_, self.ties)
+        return rank_csr(F, k, q, self.x_, self.index_, self.ties)
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -426,7 +210,7 @@ class _OfflineBase(Reranker):
             r = cls(**params)
         except TypeError as err:
             raise CorruptFileError(f"{str(path)!r} has invalid settings: {err}") from None
-        r._validate_params()
+        r.validate_params()
         db = check_features(database, "database")
         if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
             raise ValueError(
@@ -457,8 +241,8 @@ class _OfflineBase(Reranker):
         x = r._prepare(db, "database")
         r.x_ = x
         r._setup(x)
-        r.index_ = _search_index(x, r.search, r.backend)
-        r.C_ = _csr(
+        r.index_ = database_index(x, r.search, r.backend)
+        r.C_ = csr(
             torch.from_numpy(crow).to(device),
             torch.from_numpy(col).to(device),
             torch.from_numpy(values).to(device=device, dtype=x.dtype),
@@ -565,10 +349,10 @@ class OfflineDiffusion(_OfflineBase):
         tol: float = 1e-6,
         max_iter: int = 20,
         transductive: bool = False,
-        ties: Literal["similarity", "index"] = "similarity",
+        ties: Ties = "similarity",
         normalize: bool = False,
-        search: Literal["auto", "exact", "ivf"] = "auto",
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        search: Search = "auto",
+        backend: Backend = "auto",
         block_size: int | None = None,
         progress: bool | ProgressCallback | None = None,
     ) -> None:
@@ -592,17 +376,10 @@ class OfflineDiffusion(_OfflineBase):
     def _test_params(cls) -> dict[str, Any]:
         return {"kd": 8, "kq": 4, "truncation": 20}
 
-    def _validate_params(self) -> None:
-        check_int(self.kd, "kd", low=1)
-        if not isinstance(self.transductive, bool):
-            raise TypeError(f"transductive must be True or False, got {self.transductive!r}")
-        self._validate_common()
-
-    def _kd(self) -> int:
-        return self.kd
+    _parameter_constraints: ClassVar[Constraints] = {"kd": Int(1), "transductive": Bool()}
 
     def _graph(self, x: Tensor, knn: KNNResult) -> Data:
-        return _mutual_graph(knn, x, self.kd, self.gamma)
+        return mutual_knn_graph(x, self.kd, gamma=self.gamma, candidates=knn)
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -615,8 +392,8 @@ class OfflineDiffusion(_OfflineBase):
         else:
             q = self._prepare(queries, "queries")
             both = torch.cat([q, self.x_])
-            C = self._offline(both, _search_index(both, self.search, self.backend))
-        F = _l2_rows(C)
+            C = self._offline(both, database_index(both, self.search, self.backend))
+        F = csr_row_normalize(C)
         nq = q.shape[0]
         total = F.shape[0]
         out_s, out_i = [], []
@@ -629,21 +406,21 @@ class OfflineDiffusion(_OfflineBase):
             for s in range(0, nq, bs):
                 e = min(nq, s + bs)
                 scores = Fq[s:e] @ Fdb.T
-                if _dense_ranking(k, n):
-                    r = _rank_dense(scores, k, q[s:e], self.x_, self.ties)
+                if dense_ranking(k, n):
+                    r = rank_dense(scores, k, q[s:e], self.x_, self.ties)
                 else:
                     idx = cols.expand(e - s, n)
-                    r = _rank(idx, scores, k, q[s:e], self.x_, self.index_, self.ties)
+                    r = rank_candidates(idx, scores, k, q[s:e], self.x_, self.index_, self.ties)
                 out_s.append(r.scores)
                 out_i.append(r.indices)
             return RerankResult(torch.cat(out_s), torch.cat(out_i))
-        Fq = _csr_rows(F, 0, nq)
-        FdbT = _transpose(F if queries is None else _csr_rows(F, nq, nq + n))
+        Fq = csr_rows(F, 0, nq)
+        FdbT = csr_transpose(F if queries is None else csr_rows(F, nq, nq + n))
         bs = max(1, _RANK_ENTRIES // (2 * n))
         for s in range(0, nq, bs):
             e = min(nq, s + bs)
-            scores = _csr_rows(Fq, s, e) @ FdbT  # (b, N) cosines between rows of C
-            r = _rank_csr(scores, k, q[s:e], self.x_, self.index_, self.ties)
+            scores = csr_rows(Fq, s, e) @ FdbT  # (b, N) cosines between rows of C
+            r = rank_csr(scores, k, q[s:e], self.x_, self.index_, self.ties)
             out_s.append(r.scores)
             out_i.append(r.indices)
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
@@ -654,9 +431,9 @@ class RDiP(_OfflineBase):
     r"""R-DiP, re-ranking-based diffusion (Kato, Komamizu and Ide, DEXA 2024): offline diffusion
     over a database graph rebuilt with a re-ranker's similarities.
 
-    Offline: the ``k_m`` nearest items of every database item by the base similarity are
+    Offline: the ``km`` nearest items of every database item by the base similarity are
     re-scored by ``rescorer`` (an edge re-scoring hook,
-    :data:`~graphrerank.graph.EdgeRescorer`), the best ``k_d <= k_m`` by the new score
+    :data:`~graphrerank.graph.EdgeRescorer`), the best ``kd <= km`` by the new score
     :math:`s'_{ij}` (the item itself counted, then removed) become edges, and offline diffusion
     runs unchanged on that graph (:class:`OfflineDiffusion`, late truncation by the base
     similarity). Online: identical to offline diffusion, a query costs a kNN search and a
@@ -691,8 +468,8 @@ class RDiP(_OfflineBase):
       re-ranker, through its ``rerank``).
     * ``truncation=1000``: as offline diffusion; truncation lists use the base similarity.
 
-    ``k_m`` and ``k_d`` have no published defaults; ``k_d=50`` matches offline diffusion's
-    ``kd`` and ``k_m=100`` leaves the re-scorer twice as many candidates.
+    :math:`k_m` and :math:`k_d` have no published defaults; ``kd=50`` matches offline
+    diffusion's ``kd`` and ``km=100`` leaves the re-scorer twice as many candidates.
 
     Args:
         rescorer: ``None`` (the base similarity itself: R-DiP is then exactly offline
@@ -700,8 +477,9 @@ class RDiP(_OfflineBase):
             ``score_candidates`` (fitted on the database by :meth:`fit`, as a fresh copy
             with the same settings), or a callable ``(rows, candidates, scores) -> scores``
             over the database being fitted.
-        k_m: :math:`k_m`, candidates re-scored per item.
-        k_d: :math:`k_d \le k_m`, graph neighbours kept per item, the item itself included.
+        km: :math:`k_m`, candidates re-scored per item (``k_m`` in earlier releases).
+        kd: :math:`k_d \le k_m`, graph neighbours kept per item, the item itself included
+            (``k_d`` in earlier releases; spelled as :class:`OfflineDiffusion`'s ``kd``).
         kq: :math:`k_q`, database neighbours of a query (reference 10).
         truncation: :math:`|T_i|` (reference 1000; capped at :math:`N`).
         alpha: :math:`\alpha` (reference 0.99).
@@ -727,7 +505,7 @@ class RDiP(_OfflineBase):
           :math:`(Q, k)`
 
     Raises:
-        ValueError: a setting is out of range (e.g. ``k_d > k_m``), the re-scored graph is
+        ValueError: a setting is out of range (e.g. ``kd > km``), the re-scored graph is
             not symmetric with ``symmetrize="mutual"``, or no re-scored edge has a positive
             weight (e.g. distance-like scores weighted as similarities).
 
@@ -735,7 +513,7 @@ class RDiP(_OfflineBase):
         >>> x = torch.nn.functional.normalize(torch.tensor(
         ...     [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.1, 1.0], [0.2, 1.0], [0.3, 1.0]]), dim=1)
         >>> plain = OfflineDiffusion(kd=3, kq=2, truncation=4).fit(x).rerank(k=6)
-        >>> rdip = RDiP(k_m=4, k_d=3, kq=2, truncation=4).fit(x).rerank(k=6)
+        >>> rdip = RDiP(km=4, kd=3, kq=2, truncation=4).fit(x).rerank(k=6)
         >>> torch.equal(plain.indices, rdip.indices)  # no rescorer: plain offline diffusion
         True
     """
@@ -744,8 +522,8 @@ class RDiP(_OfflineBase):
         self,
         *,
         rescorer: Reranker | EdgeRescorer | None = None,
-        k_m: int = 100,
-        k_d: int = 50,
+        km: int = 100,
+        kd: int = 50,
         kq: int = 10,
         truncation: int = 1000,
         alpha: float = 0.99,
@@ -755,19 +533,19 @@ class RDiP(_OfflineBase):
             "auto", "rescored", "rescored_raw", "rescored_distance", "base"
         ] = "auto",
         query_scores: Literal["base", "rescored"] = "base",
-        ties: Literal["similarity", "index"] = "similarity",
+        ties: Ties = "similarity",
         tol: float = 1e-6,
         max_iter: int = 20,
         normalize: bool = False,
-        search: Literal["auto", "exact", "ivf"] = "auto",
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        search: Search = "auto",
+        backend: Backend = "auto",
         block_size: int | None = None,
         progress: bool | ProgressCallback | None = None,
         rescore_batch_size: int = 1024,
     ) -> None:
         self.rescorer = rescorer
-        self.k_m = k_m
-        self.k_d = k_d
+        self.km = km
+        self.kd = kd
         self.kq = kq
         self.truncation = truncation
         self.alpha = alpha
@@ -787,53 +565,45 @@ class RDiP(_OfflineBase):
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
-        return {"k_m": 12, "k_d": 8, "kq": 4, "truncation": 20}
+        return {"km": 12, "kd": 8, "kq": 4, "truncation": 20}
 
-    def _validate_params(self) -> None:
-        k_d = check_int(self.k_d, "k_d", low=1)
-        check_int(self.k_m, "k_m", low=k_d)
-        check_in(self.symmetrize, "symmetrize", ("min", "mutual", "max", "union"))
-        check_in(
-            self.edge_weights,
-            "edge_weights",
-            ("auto", "rescored", "rescored_raw", "rescored_distance", "base"),
-        )
-        check_in(self.query_scores, "query_scores", ("base", "rescored"))
-        check_int(self.rescore_batch_size, "rescore_batch_size", low=1)
-        r = self.rescorer
-        if not (r is None or isinstance(r, Reranker) or callable(r)):
-            raise TypeError(
-                "rescorer must be None, a Reranker or a callable (rows, candidates, scores) -> "
-                f"scores, got {type(r).__name__}"
-            )
-        self._validate_common()
+    _renamed_params: ClassVar[dict[str, str]] = {"k_m": "km", "k_d": "kd"}
 
-    def _kd(self) -> int:
-        return self.k_d
-
-    def _kd_name(self) -> str:
-        return "k_d"
+    _parameter_constraints: ClassVar[Constraints] = {
+        "rescorer": AnyOf(
+            None,
+            InstanceOf(Reranker, "a Reranker"),
+            Function("a callable"),
+            what="None, a Reranker or a callable (rows, candidates, scores) -> scores",
+        ),
+        "km": Int(low="kd"),
+        "kd": Int(1),
+        "symmetrize": OneOf(("min", "mutual", "max", "union")),
+        "edge_weights": OneOf(("auto", "rescored", "rescored_raw", "rescored_distance", "base")),
+        "query_scores": OneOf(("base", "rescored")),
+        "rescore_batch_size": Int(1),
+    }
 
     def _num_candidates(self) -> int:
-        return self.k_m
+        return self.km
 
     def _setup(self, x: Tensor) -> None:
         if isinstance(self.rescorer, Reranker):
             r = self.rescorer
-            self.rescorer_ = type(r)(**r.get_params()).fit(x)
+            self.rescorer_ = r.clone().fit(x)
             self.rescore_ = self.rescorer_.as_rescorer()
         else:
             self.rescore_ = self.rescorer
 
     def _graph(self, x: Tensor, knn: KNNResult) -> Data:
         n = x.shape[0]
-        km = min(self.k_m, n)
+        km = min(self.km, n)
         cand = KNNResult(knn.scores[:, :km], knn.indices[:, :km])
         weights = self._edge_weights()
         weight_gamma = self.gamma if weights in ("rescored", "base") else None
         g = knn_graph(
             x,
-            self.k_d,
+            self.kd,
             k_includes_self=True,
             gamma=weight_gamma,
             candidates=cand,
@@ -904,9 +674,9 @@ class RDiP(_OfflineBase):
     ) -> RerankResult:
         if queries is not None or self.query_scores == "base" or self.rescore_ is None:
             return self._inductive(queries, k)
-        # all-vs-all with re-scored query sides: re-score each item's k_m candidates
+        # all-vs-all with re-scored query sides: re-score each item's km candidates
         n = self.n_database_
-        km, kq = min(self.k_m, n), min(self.kq, n)
+        km, kq = min(self.km, n), min(self.kq, n)
         out_s, out_i = [], []
         bs = self._batch(kq * min(self.truncation, n))
         for s in range(0, n, bs):
@@ -921,3 +691,36 @@ class RDiP(_OfflineBase):
             out_s.append(r.scores)
             out_i.append(r.indices)
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
+
+
+def offline_diffusion_rerank(
+    queries: TensorLike | None, database: TensorLike, k: int = 100, **settings: Any
+) -> RerankResult:
+    """``OfflineDiffusion(**settings).fit(database).rerank(queries, k)``.
+
+    See :class:`OfflineDiffusion` for the method and its settings.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]]), dim=1)
+        >>> offline_diffusion_rerank(x[:1], x, k=4, kd=2, kq=1, truncation=2).indices
+        tensor([[0, 1, 3, 2]])
+    """
+    return OfflineDiffusion(**settings).fit(database).rerank(queries, k)
+
+
+def rdip_rerank(
+    queries: TensorLike | None, database: TensorLike, k: int = 100, **settings: Any
+) -> RerankResult:
+    """``RDiP(**settings).fit(database).rerank(queries, k)``: offline diffusion over a graph
+    rebuilt with a re-scorer's similarities (Kato, Komamizu and Ide, DEXA 2024).
+
+    See :class:`RDiP` for the method and its settings.
+
+    Example:
+        >>> x = torch.nn.functional.normalize(torch.tensor(
+        ...     [[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]]), dim=1)
+        >>> rdip_rerank(x[:1], x, k=4, km=3, kd=2, kq=1, truncation=2).indices
+        tensor([[0, 1, 3, 2]])
+    """
+    return RDiP(**settings).fit(database).rerank(queries, k)

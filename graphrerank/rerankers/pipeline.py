@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .._checks import check_int
+from .._params import Constraints, Int
 from ..typing import RerankResult
 from .base import Reranker
 
 __all__ = ["Pipeline"]
-
-
-def _clone(stage: Reranker) -> Reranker:
-    return type(stage)(**stage.get_params())
 
 
 class Pipeline(Reranker):
@@ -153,6 +149,9 @@ class Pipeline(Reranker):
         }
 
     # ------------------------------------------------------------------ fit / rerank
+    #: ``stages`` is checked by :meth:`_validate_params` (each element a re-ranker instance).
+    _parameter_constraints: ClassVar[Constraints] = {"stages": None, "depth": Int(1) | None}
+
     def _validate_params(self) -> None:
         if self.stages is not None and (
             isinstance(self.stages, Reranker) or not isinstance(self.stages, Sequence)
@@ -170,15 +169,13 @@ class Pipeline(Reranker):
                     f"stages[{i}] must be a re-ranker instance, got {what}"
                     + (f"; write {what}()" if isinstance(s, type) else "")
                 )
-        if self.depth is not None:
-            check_int(self.depth, "depth", low=1)
 
     def _fit(self, database: Tensor) -> None:
         fitted: list[Reranker] = []
         db = database
         stages = self._stages()
         for i, stage in enumerate(stages):
-            stage = _clone(stage).fit(db)
+            stage = stage.clone().fit(db)
             fitted.append(stage)
             if i + 1 < len(stages):
                 db = stage.transform_database()
@@ -209,7 +206,7 @@ class Pipeline(Reranker):
             if all_vs_all and stage.transductive:
                 if q is not None:
                     # One graph over the N transformed items, not 2N.
-                    stage = _clone(stage).fit(q)
+                    stage = stage.clone().fit(q)
                 run_q = None
             elif all_vs_all and q is None and db_changed:
                 run_q = self.database_  # the original items query the transformed database

@@ -3,19 +3,27 @@ r"""Fast spectral ranking (Iscen et al., CVPR 2018)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_in, check_int, check_k, check_normalized, check_real
-from ..diffusion.online import query_entries
-from ..diffusion.spectral import spectral_embedding
-from ..graph import knn_graph, normalize_adjacency
-from ..typing import RerankResult, TensorLike
+from .._checks import check_k, check_normalized
+from .._params import Constraints, Int, OneOf, Real
+from ..diffusion import query_entries, spectral_embedding
+from ..graph import knn_graph, normalize_adjacency, top_k_with_ties
+from ..typing import (
+    BACKENDS,
+    SYMMETRIZATIONS,
+    TIES,
+    Backend,
+    RerankResult,
+    Symmetrization,
+    TensorLike,
+    Ties,
+)
 from ._multivector import MultiVectorReranker, RegionalQueries
-from ._ranking import top_k_with_ties
 
 __all__ = ["FastSpectralRanking", "fsr_rerank"]
 
@@ -52,7 +60,8 @@ class FastSpectralRanking(MultiVectorReranker):
     to the CPU silently).
 
     Args:
-        k: Neighbours per item in the graph, the item itself included (reference 50).
+        kd: Neighbours per item in the graph, the item itself included (reference 50; ``k`` in
+            earlier releases).
         kq: Non-zeros of :math:`\mathbf{y}` (reference 10).
         alpha: :math:`\alpha \in [0, 1)` (reference 0.99).
         gamma: :math:`\gamma` (reference 3).
@@ -71,13 +80,13 @@ class FastSpectralRanking(MultiVectorReranker):
           :math:`\to` scores, indices :math:`(Q, k)`
 
     Raises:
-        ValueError: bad settings, descriptors not L2-normalised, ``k``/``kq`` larger than the
+        ValueError: bad settings, descriptors not L2-normalised, ``kd``/``kq`` larger than the
             database, ``eigensolver="scipy"`` on a CUDA database.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
-        >>> r = FastSpectralRanking(k=5, kq=3, rank=10, backend="torch").fit(x)
+        >>> r = FastSpectralRanking(kd=5, kq=3, rank=10, backend="torch").fit(x)
         >>> r.embedding_.shape
         torch.Size([30, 10])
         >>> r.rerank(x[:2], k=4).indices.shape
@@ -87,18 +96,18 @@ class FastSpectralRanking(MultiVectorReranker):
     def __init__(
         self,
         *,
-        k: int = 50,
+        kd: int = 50,
         kq: int = 10,
         alpha: float = 0.99,
         gamma: float = 3.0,
         rank: int = 2000,
-        symmetrize: Literal["mutual", "min", "union", "max"] = "mutual",
+        symmetrize: Symmetrization = "mutual",
         eigensolver: Literal["auto", "dense", "scipy"] = "auto",
-        ties: Literal["similarity", "index"] = "similarity",
+        ties: Ties = "similarity",
         batch_size: int | None = None,
-        backend: Literal["auto", "faiss", "torch"] = "auto",
+        backend: Backend = "auto",
     ) -> None:
-        self.k = k
+        self.kd = kd
         self.kq = kq
         self.alpha = alpha
         self.gamma = gamma
@@ -111,29 +120,31 @@ class FastSpectralRanking(MultiVectorReranker):
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
-        return {"k": 8, "kq": 4, "rank": 20, "backend": "torch"}
+        return {"kd": 8, "kq": 4, "rank": 20, "backend": "torch"}
 
-    def _validate_params(self) -> None:
-        check_int(self.k, "k", low=1)
-        check_int(self.kq, "kq", low=1)
-        check_real(self.alpha, "alpha", low=0, high=1, high_open=True)
-        check_real(self.gamma, "gamma", low=0)
-        check_int(self.rank, "rank", low=1)
-        check_in(self.symmetrize, "symmetrize", ("mutual", "min", "union", "max"))
-        check_in(self.eigensolver, "eigensolver", ("auto", "dense", "scipy"))
-        check_in(self.ties, "ties", ("similarity", "index"))
-        if self.batch_size is not None:
-            check_int(self.batch_size, "batch_size", low=1)
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
+    _renamed_params: ClassVar[dict[str, str]] = {"k": "kd", "num_neighbors": "kd"}
+
+    _parameter_constraints: ClassVar[Constraints] = {
+        "kd": Int(1),
+        "kq": Int(1),
+        "alpha": Real(0, 1, high_open=True),
+        "gamma": Real(0),
+        "rank": Int(1),
+        "symmetrize": OneOf(SYMMETRIZATIONS),
+        "eigensolver": OneOf(("auto", "dense", "scipy")),
+        "ties": OneOf(TIES),
+        "batch_size": Int(1) | None,
+        "backend": OneOf(BACKENDS),
+    }
 
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database")
         n = database.shape[0]
-        check_k(self.k, n, name="k")
+        check_k(self.kd, n, name="kd")
         check_k(self.kq, n, name="kq")
         graph = knn_graph(
             database,
-            self.k,
+            self.kd,
             k_includes_self=True,
             symmetrize=self.symmetrize,
             gamma=float(self.gamma),
@@ -190,17 +201,15 @@ def fsr_rerank(
     r"""Fast spectral ranking in one call:
     ``FastSpectralRanking(**settings).fit(database).rerank(queries, k)``.
 
-    See :class:`FastSpectralRanking`. Here ``k`` is the length of the ranked lists, so the
-    graph's neighbour count (the class's ``k``, reference 50) is passed as ``num_neighbors``.
+    See :class:`FastSpectralRanking`. ``k`` is the length of the ranked lists and ``kd`` the
+    graph's neighbour count (``num_neighbors`` in earlier releases).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.normalize(torch.randn(30, 4, generator=g), dim=1)
-        >>> fsr_rerank(None, x, k=3, num_neighbors=5, kq=3, rank=10, backend="torch").indices.shape
+        >>> fsr_rerank(None, x, k=3, kd=5, kq=3, rank=10, backend="torch").indices.shape
         torch.Size([30, 3])
     """
     settings = dict(settings)
     query_mask = settings.pop("query_mask", None)
-    if "num_neighbors" in settings:
-        settings["k"] = settings.pop("num_neighbors")
     return FastSpectralRanking(**settings).fit(database).rerank(queries, k, query_mask=query_mask)

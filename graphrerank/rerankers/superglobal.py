@@ -2,19 +2,19 @@ r"""SuperGlobal re-ranking (Shao et al., ICCV 2023): shortlist refinement of glo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .._checks import check_in, check_int, check_normalized, check_real
+from .._checks import check_normalized
+from .._params import Constraints, Int, OneOf, Real
 from ..graph import KNNIndex
-from ..typing import RerankResult, TensorLike
+from ..typing import BACKENDS, Backend, RerankResult, TensorLike
 from .base import Reranker
 
 __all__ = ["SuperGlobal", "superglobal_rerank"]
 
-Backend = Literal["auto", "faiss", "torch"]
 
 _DEFAULT_BLOCK_BYTES = 256 * 2**20
 # How much of each first-stage list the all-vs-all case reads (speed only, not results).
@@ -131,14 +131,14 @@ class SuperGlobal(Reranker):
         """The shortlist length :math:`M` an earlier stage should hand over."""
         return int(self.M)
 
-    def _validate_params(self) -> None:
-        check_int(self.M, "M", low=1)
-        check_int(self.K, "K", low=0)
-        check_real(self.beta, "beta", low=0)
-        if self.database_neighbors is not None:
-            check_int(self.database_neighbors, "database_neighbors", low=1)
-        check_in(self.backend, "backend", ("auto", "faiss", "torch"))
-        check_int(self.block_bytes, "block_bytes", low=1)
+    _parameter_constraints: ClassVar[Constraints] = {
+        "M": Int(1),
+        "K": Int(0),
+        "beta": Real(0),
+        "database_neighbors": Int(1) | None,
+        "backend": OneOf(BACKENDS),
+        "block_bytes": Int(1),
+    }
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:

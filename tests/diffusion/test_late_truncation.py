@@ -6,12 +6,13 @@ import scipy.sparse.linalg as spla
 import torch
 
 from graphrerank.diffusion import (
+    laplacian_alpha,
     late_truncation,
     offline_diffusion,
     offline_diffusion_scores,
     self_first,
 )
-from graphrerank.diffusion.offline import _laplacian_alpha, _mutual_graph
+from graphrerank.graph import mutual_knn_graph
 
 # ------------------------------------------------------------------ dense float64 reference
 # A straightforward transcription of Yang et al. (AAAI 2019) as the reference code computes it.
@@ -164,10 +165,13 @@ def test_isolated_node_row_is_the_unit_vector():
 
 def test_block_size_does_not_change_the_result():
     x = torch.from_numpy(clustered(n=50, seed=4))
-    g = _mutual_graph(
-        __import__("graphrerank").graph.knn_search(x, x, 50, backend="torch"), x, 8, 3.0
+    g = mutual_knn_graph(
+        x,
+        8,
+        gamma=3.0,
+        candidates=__import__("graphrerank").graph.knn_search(x, x, 50, backend="torch"),
     )
-    L = _laplacian_alpha(g, 0.99)
+    L = laplacian_alpha(g, 0.99)
     lists = self_first(
         __import__("graphrerank").graph.knn_search(x, x, 20, backend="torch").indices, 20
     )

@@ -40,7 +40,7 @@ def test_settings_are_keyword_only_and_stored_verbatim(cls):
             )
         assert p.default is not inspect.Parameter.empty, f"{cls.__name__}.{p.name} has no default"
     r = cls()
-    assert r.get_params() == cls._defaults()
+    assert r.get_params() == cls.default_params()
     assert not [a for a in vars(r) if a.endswith("_")], "no fitted state before fit"
 
 

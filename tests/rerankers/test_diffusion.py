@@ -36,7 +36,7 @@ def _queries(nq=5, d=6, seed=1, near=None):
 def test_rankings_match_the_dense_transcription(how, gamma, device):
     x = _clusters()
     q = _queries(near=x[:5])
-    r = Diffusion(k=6, kq=4, gamma=gamma, symmetrize=how, backend="torch")
+    r = Diffusion(kd=6, kq=4, gamma=gamma, symmetrize=how, backend="torch")
     out = r.fit(torch.from_numpy(x).to(device)).rerank(torch.from_numpy(q).to(device), k=60)
     ranks, scores = ref.online_diffusion(x, list(q), k=6, kq=4, gamma=gamma, how=how)
     np.testing.assert_array_equal(out.indices.cpu().numpy(), ranks)
@@ -47,7 +47,7 @@ def test_rankings_match_the_dense_transcription(how, gamma, device):
 
 def test_unreached_items_score_zero_and_follow_the_first_stage_order():
     x = _clusters()
-    out = Diffusion(k=6, kq=4, backend="torch").fit(torch.from_numpy(x)).rerank(None, k=60)
+    out = Diffusion(kd=6, kq=4, backend="torch").fit(torch.from_numpy(x)).rerank(None, k=60)
     zero = out.scores == 0
     assert zero.sum() > 60 * 20, "the mutual graph of well separated clusters is disconnected"
     sim = torch.from_numpy(x @ x.T)
@@ -55,7 +55,7 @@ def test_unreached_items_score_zero_and_follow_the_first_stage_order():
         tied = out.indices[i][zero[i]]
         s = sim[i, tied]
         assert bool((s[:-1] >= s[1:]).all())
-    by_index = Diffusion(k=6, kq=4, ties="index", backend="torch").fit(torch.from_numpy(x))
+    by_index = Diffusion(kd=6, kq=4, ties="index", backend="torch").fit(torch.from_numpy(x))
     out2 = by_index.rerank(None, k=60)
     for i in range(60):
         tied = out2.indices[i][out2.scores[i] == 0]
@@ -65,7 +65,7 @@ def test_unreached_items_score_zero_and_follow_the_first_stage_order():
 @pytest.mark.parametrize("iterate", ["best", "last"])
 def test_all_vs_all_matches_the_transcription(iterate):
     x = _clusters(n=50, spread=0.6, seed=3)
-    out = Diffusion(k=7, kq=3, iterate=iterate, backend="torch", batch_size=16)
+    out = Diffusion(kd=7, kq=3, iterate=iterate, backend="torch", batch_size=16)
     out = out.fit(torch.from_numpy(x)).rerank(None, k=50)
     ranks, _ = ref.online_diffusion(x, list(x), k=7, kq=3, best=iterate == "best")
     np.testing.assert_array_equal(out.indices.numpy(), ranks)
@@ -74,7 +74,7 @@ def test_all_vs_all_matches_the_transcription(iterate):
 def test_exact_solve_setting():
     x = _clusters(n=50, spread=0.6, seed=3)
     q = _queries(near=x[:4])
-    out = Diffusion(k=7, kq=3, tol=1e-14, max_iter=1000, backend="torch")
+    out = Diffusion(kd=7, kq=3, tol=1e-14, max_iter=1000, backend="torch")
     out = out.fit(torch.from_numpy(x)).rerank(torch.from_numpy(q), k=50)
     a = ref.mutual_affinity(x, 7, 3.0)
     lap = np.eye(50) - 0.99 * ref.transition(a)
@@ -87,7 +87,7 @@ def test_exact_solve_setting():
 def test_truncation_matches_the_per_query_transcription(ties, device):
     x = _clusters(n=70, spread=0.7, seed=4)
     q = _queries(near=x[:6])
-    r = Diffusion(k=8, kq=5, truncation=25, ties=ties, backend="torch", batch_size=4)
+    r = Diffusion(kd=8, kq=5, truncation=25, ties=ties, backend="torch", batch_size=4)
     out = r.fit(torch.from_numpy(x).to(device)).rerank(torch.from_numpy(q).to(device), k=70)
     ranks, scores = ref.online_diffusion(x, list(q), k=8, kq=5, truncation=25)
     if ties == "index":  # reorder equal scores inside the sub-graph by index
@@ -105,16 +105,16 @@ def test_truncation_matches_the_per_query_transcription(ties, device):
 def test_truncation_to_the_whole_database_is_plain_diffusion():
     x = _clusters(n=40, spread=0.7, seed=5)
     xt = torch.from_numpy(x)
-    full = Diffusion(k=6, kq=3, backend="torch").fit(xt).rerank(None, k=40)
-    trunc = Diffusion(k=6, kq=3, truncation=40, backend="torch").fit(xt).rerank(None, k=40)
+    full = Diffusion(kd=6, kq=3, backend="torch").fit(xt).rerank(None, k=40)
+    trunc = Diffusion(kd=6, kq=3, truncation=40, backend="torch").fit(xt).rerank(None, k=40)
     assert torch.equal(full.indices, trunc.indices)
     torch.testing.assert_close(full.scores, trunc.scores)
 
 
 def test_short_lists_with_truncation():
     x = torch.from_numpy(_clusters(n=40, spread=0.7, seed=5))
-    long = Diffusion(k=6, kq=3, truncation=10, backend="torch").fit(x).rerank(x[:3], k=40)
-    short = Diffusion(k=6, kq=3, truncation=10, backend="torch").fit(x).rerank(x[:3], k=4)
+    long = Diffusion(kd=6, kq=3, truncation=10, backend="torch").fit(x).rerank(x[:3], k=40)
+    short = Diffusion(kd=6, kq=3, truncation=10, backend="torch").fit(x).rerank(x[:3], k=4)
     assert torch.equal(short.indices, long.indices[:, :4])
 
 
@@ -123,7 +123,7 @@ def test_regional_queries_match_the_transcription(device):
     rng = np.random.default_rng(7)
     qs = [_queries(nq=r, seed=10 + r, near=x[[r] * r]) for r in (1, 3, 2)]
     ranks, scores = ref.online_diffusion(x, qs, k=6, kq=5)
-    r = Diffusion(k=6, kq=5, backend="torch").fit(torch.from_numpy(x).to(device))
+    r = Diffusion(kd=6, kq=5, backend="torch").fit(torch.from_numpy(x).to(device))
     as_list = r.rerank([torch.from_numpy(v).to(device) for v in qs], k=60)
     np.testing.assert_array_equal(as_list.indices.cpu().numpy(), ranks)
     padded = np.zeros((3, 3, 6))
@@ -137,7 +137,7 @@ def test_regional_queries_match_the_transcription(device):
     )
     assert torch.equal(as_3d.indices, as_list.indices)
     torch.testing.assert_close(as_3d.scores, as_list.scores)
-    trunc = Diffusion(k=6, kq=5, truncation=20, backend="torch").fit(torch.from_numpy(x))
+    trunc = Diffusion(kd=6, kq=5, truncation=20, backend="torch").fit(torch.from_numpy(x))
     t_ranks, _ = ref.online_diffusion(x, qs, k=6, kq=5, truncation=20)
     got = trunc.rerank([torch.from_numpy(v) for v in qs], k=60)
     np.testing.assert_array_equal(got.indices.numpy(), t_ranks)
@@ -189,7 +189,7 @@ def test_regional_database_matches_the_transcription(pooling, truncation, device
     expected = _regional_reference(
         v, ids, queries, k=7, kq=6, pooling=pooling, truncation=truncation
     )
-    r = RegionalDiffusion(k=7, kq=6, pooling=pooling, truncation=truncation, backend="torch")
+    r = RegionalDiffusion(kd=7, kq=6, pooling=pooling, truncation=truncation, backend="torch")
     r.fit(torch.from_numpy(v).to(device), image_ids=torch.from_numpy(ids).to(device))
     assert r.n_database_ == 24
     out = r.rerank([torch.from_numpy(q).to(device) for q in queries], k=24)
@@ -198,7 +198,7 @@ def test_regional_database_matches_the_transcription(pooling, truncation, device
 
 def test_regional_all_vs_all_uses_each_image_regions():
     v, ids = _regions()
-    r = RegionalDiffusion(k=7, kq=6, backend="torch").fit(
+    r = RegionalDiffusion(kd=7, kq=6, backend="torch").fit(
         torch.from_numpy(v), image_ids=torch.from_numpy(ids)
     )
     out = r.rerank(None, k=24)
@@ -212,7 +212,7 @@ def test_regional_all_vs_all_uses_each_image_regions():
         torch.from_numpy(v),
         torch.from_numpy(ids),
         k=24,
-        num_neighbors=7,
+        kd=7,
         kq=6,
         backend="torch",
     )
@@ -221,16 +221,16 @@ def test_regional_all_vs_all_uses_each_image_regions():
 
 def test_regional_without_ids_is_global_diffusion():
     x = torch.from_numpy(_clusters(n=40, spread=0.6, seed=9))
-    a = RegionalDiffusion(k=6, kq=4, backend="torch").fit(x).rerank(x[:5], k=40)
-    b = Diffusion(k=6, kq=4, backend="torch").fit(x).rerank(x[:5], k=40)
+    a = RegionalDiffusion(kd=6, kq=4, backend="torch").fit(x).rerank(x[:5], k=40)
+    b = Diffusion(kd=6, kq=4, backend="torch").fit(x).rerank(x[:5], k=40)
     assert torch.equal(a.indices, b.indices)
 
 
 def test_function_twin_equals_the_class():
     x = torch.from_numpy(_clusters(n=40, spread=0.6, seed=9))
     q = torch.from_numpy(_queries(near=x[:3].numpy()))
-    a = diffusion_rerank(q, x, k=10, num_neighbors=6, kq=4, backend="torch")
-    b = Diffusion(k=6, kq=4, backend="torch").fit(x).rerank(q, k=10)
+    a = diffusion_rerank(q, x, k=10, kd=6, kq=4, backend="torch")
+    b = Diffusion(kd=6, kq=4, backend="torch").fit(x).rerank(q, k=10)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
 
 
@@ -248,7 +248,7 @@ def test_diffusion_improves_a_manifold_ranking():
         return float((labels[out.indices[:, :at].numpy()] == labels[:, None]).mean())
 
     base = precision(KNN(backend="torch").fit(xt).rerank(None, k=20))
-    diff = precision(Diffusion(k=5, kq=2, backend="torch").fit(xt).rerank(None, k=20))
+    diff = precision(Diffusion(kd=5, kq=2, backend="torch").fit(xt).rerank(None, k=20))
     assert diff > base + 0.1
 
 
@@ -261,8 +261,8 @@ def test_diffusion_improves_a_manifold_ranking():
         ({"ties": "random"}, "ties must be one of"),
         ({"symmetrize": "both"}, "symmetrize must be one of"),
         ({"kq": 0}, "kq must be >= 1"),
-        ({"k": 41}, "k=41 is larger"),
-        ({"k": 5, "kq": 41}, "kq=41 is larger"),
+        ({"kd": 41}, "kd=41 is larger"),
+        ({"kd": 5, "kq": 41}, "kq=41 is larger"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
     ],
 )
@@ -275,8 +275,8 @@ def test_bad_settings(settings, match):
 def test_bad_inputs():
     x = torch.from_numpy(_clusters(n=40))
     with pytest.raises(ValueError, match="database must be L2-normalised"):
-        Diffusion(k=5).fit(2 * x)
-    r = Diffusion(k=5, kq=3, backend="torch").fit(x)
+        Diffusion(kd=5).fit(2 * x)
+    r = Diffusion(kd=5, kq=3, backend="torch").fit(x)
     with pytest.raises(ValueError, match="queries must be L2-normalised"):
         r.rerank(2 * x[:2], k=3)
     with pytest.raises(ValueError, match="queries must be L2-normalised"):
@@ -301,7 +301,7 @@ def test_bad_inputs():
 
 def test_bad_image_ids():
     x = torch.from_numpy(_clusters(n=12))
-    r = RegionalDiffusion(k=3, kq=3, backend="torch")
+    r = RegionalDiffusion(kd=3, kq=3, backend="torch")
     with pytest.raises(ValueError, match=r"image_ids must have shape \(12,\)"):
         r.fit(x, image_ids=torch.zeros(5, dtype=torch.long))
     with pytest.raises(TypeError, match="image_ids must hold integers"):

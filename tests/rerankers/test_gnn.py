@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from graphrerank.rerankers import GNNRerank, _sparse, gnn, gnn_rerank
+from graphrerank.graph import lists
+from graphrerank.rerankers import GNNRerank, gnn, gnn_rerank
 from graphrerank.testing import assert_close
 
 
@@ -115,8 +116,8 @@ def test_float32_agrees_with_float64_reference():
 
 def test_short_lists_and_small_blocks(monkeypatch):
     monkeypatch.setattr(gnn, "LIST_LENGTH", 3)
-    monkeypatch.setattr(_sparse, "SHORTLIST_MARGIN", 0)
-    monkeypatch.setattr(_sparse, "BLOCK_ELEMENTS", 97)
+    monkeypatch.setattr(lists, "SHORTLIST_MARGIN", 0)
+    monkeypatch.setattr(lists, "BLOCK_ELEMENTS", 97)
     x = _sphere(48, 4, seed=5)
     for nq, k, lam in ((8, 40, 0.3), (0, 48, 0.0), (8, 4, 0.0), (0, 4, 0.3)):
         m = nq + 40 if nq else 48

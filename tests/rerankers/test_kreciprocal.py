@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from graphrerank.graph import lists
 from graphrerank.rerankers import (
     KReciprocal,
-    _sparse,
     kreciprocal,
     kreciprocal_rerank,
     kreciprocal_rerank_distances,
@@ -149,8 +149,8 @@ def test_short_lists_and_small_blocks(monkeypatch):
     """Short stored lists (second search, distances computed for pairs outside the lists) and
     tiny blocks (every chunked loop runs many times) change nothing."""
     monkeypatch.setattr(kreciprocal, "LIST_LENGTH", 3)
-    monkeypatch.setattr(_sparse, "SHORTLIST_MARGIN", 0)
-    monkeypatch.setattr(_sparse, "BLOCK_ELEMENTS", 400)
+    monkeypatch.setattr(lists, "SHORTLIST_MARGIN", 0)
+    monkeypatch.setattr(lists, "BLOCK_ELEMENTS", 400)
     x = _clusters(48, 4, seed=5)
     for nq, k in ((8, 40), (0, 4)):
         m = nq + 40 if nq else 48

@@ -75,7 +75,7 @@ def test_settings_are_keyword_only_and_stored_verbatim():
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty
     r = cls()
-    assert r.get_params() == cls._defaults()
+    assert r.get_params() == cls.default_params()
     assert not [a for a in vars(r) if a.endswith("_")]
 
 
@@ -421,7 +421,7 @@ def test_learned_scores_rebuild_the_rdip_graph():
                     out[b, j] = lam * s + (1 - lam) / (1 + np.exp(-gam * _chamfer(xl[i], xl[c])))
         return out
 
-    settings = {"k_m": 12, "k_d": 6, "kq": 5, "truncation": 40}
+    settings = {"km": 12, "kd": 6, "kq": 5, "truncation": 40}
     got = RDiP(rescorer=learned.as_rescorer(), **settings).fit(x).rerank(None, k=40)
     ref = RDiP(rescorer=by_hand, **settings).fit(x).rerank(None, k=40)
     assert torch.equal(got.indices, ref.indices)

@@ -179,7 +179,7 @@ def test_function_twins():
     a = offline_diffusion_rerank(q, x, k=10, **SETTINGS)
     b = OfflineDiffusion(**SETTINGS).fit(x).rerank(q, k=10)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
-    c = rdip_rerank(q, x, k=10, k_m=12, k_d=8, kq=5, truncation=20, backend="torch")
+    c = rdip_rerank(q, x, k=10, km=12, kd=8, kq=5, truncation=20, backend="torch")
     assert torch.equal(c.indices, b.indices)
 
 
@@ -276,7 +276,7 @@ def test_rdip_with_the_identity_rescorer_is_offline_diffusion():
     q = torch.from_numpy(clustered(n=6, seed=17))
     plain = OfflineDiffusion(**SETTINGS).fit(x)
     for rescorer in (None, KNN(backend="torch"), KNN(backend="torch").fit(x).as_rescorer()):
-        rdip = RDiP(rescorer=rescorer, k_m=15, k_d=8, kq=5, truncation=20, backend="torch")
+        rdip = RDiP(rescorer=rescorer, km=15, kd=8, kq=5, truncation=20, backend="torch")
         rdip.fit(x)
         torch.testing.assert_close(rdip.C_.to_dense(), plain.C_.to_dense(), rtol=1e-12, atol=1e-14)
         assert torch.equal(rdip.rerank(q, k=60).indices, plain.rerank(q, k=60).indices)
@@ -296,15 +296,15 @@ def _rank_rescorer(x):
     return rescore
 
 
-def ref_rdip_affinity(x, k_m, k_d, gamma, rescore, symmetrize, edge_weights):
+def ref_rdip_affinity(x, km, kd, gamma, rescore, symmetrize, edge_weights):
     n = len(x)
     s = x @ x.T
-    cand = np.argsort(-s, axis=1, kind="stable")[:, :k_m]
+    cand = np.argsort(-s, axis=1, kind="stable")[:, :km]
     W = np.zeros((n, n))  # W[i, j]: weight of j in i's list
     for i in range(n):
         new = np.array([1.0 / (1 + p) + 0.5 * (j % 2 == 0) for p, j in enumerate(cand[i])])
         order = np.argsort(-new, kind="stable")
-        kept = [cand[i][o] for o in order if cand[i][o] != i][: k_d - 1]
+        kept = [cand[i][o] for o in order if cand[i][o] != i][: kd - 1]
         for j in kept:
             p = list(cand[i]).index(j)
             if edge_weights == "rescored":
@@ -329,8 +329,8 @@ def test_rdip_graph_matches_dense_reference(symmetrize, edge_weights):
     x = clustered(seed=18)
     r = RDiP(
         rescorer=_rank_rescorer(x),
-        k_m=12,
-        k_d=6,
+        km=12,
+        kd=6,
         kq=5,
         truncation=20,
         symmetrize=symmetrize,
@@ -349,7 +349,7 @@ def test_rdip_graph_matches_dense_reference(symmetrize, edge_weights):
 
 def test_rdip_mutual_refuses_an_asymmetric_rescorer():
     x = clustered(seed=20)
-    r = RDiP(rescorer=_rank_rescorer(x), k_m=12, k_d=6, symmetrize="mutual", backend="torch")
+    r = RDiP(rescorer=_rank_rescorer(x), km=12, kd=6, symmetrize="mutual", backend="torch")
     with pytest.raises(ValueError, match="not symmetric"):
         r.set_params(kq=5, truncation=20).fit(torch.from_numpy(x))
 
@@ -358,7 +358,7 @@ def test_rdip_rescored_query_side():
     x = clustered(seed=21)
     xt = torch.from_numpy(x)
     rescore = _rank_rescorer(x)
-    r = RDiP(rescorer=rescore, k_m=12, k_d=6, kq=4, truncation=20, query_scores="rescored")
+    r = RDiP(rescorer=rescore, km=12, kd=6, kq=4, truncation=20, query_scores="rescored")
     r.set_params(backend="torch").fit(xt)
     C = r.C_.to_dense().numpy()
     s = x @ x.T
@@ -373,9 +373,9 @@ def test_rdip_rescored_query_side():
     with pytest.raises(ValueError, match="rescorer must be a Reranker"):
         r.rerank(xt[:2], k=5)
     # with a re-ranker as rescorer, new queries are scored by its rerank()
-    rr = RDiP(rescorer=KNN(backend="torch"), k_m=12, k_d=6, kq=4, truncation=20)
+    rr = RDiP(rescorer=KNN(backend="torch"), km=12, kd=6, kq=4, truncation=20)
     rr.set_params(query_scores="rescored", backend="torch").fit(xt)
-    base = RDiP(rescorer=KNN(backend="torch"), k_m=12, k_d=6, kq=4, truncation=20)
+    base = RDiP(rescorer=KNN(backend="torch"), km=12, kd=6, kq=4, truncation=20)
     base.set_params(backend="torch").fit(xt)
     assert torch.equal(rr.rerank(xt[:3], k=20).indices, base.rerank(xt[:3], k=20).indices)
 
@@ -383,7 +383,7 @@ def test_rdip_rescored_query_side():
 @pytest.mark.parametrize(
     ("settings", "error", "match"),
     [
-        ({"k_m": 5, "k_d": 8}, ValueError, "k_m must be >= 8"),
+        ({"km": 5, "kd": 8}, ValueError, "km must be >= 8"),
         ({"symmetrize": None}, ValueError, "symmetrize must be one of"),
         ({"edge_weights": "gamma"}, ValueError, "edge_weights must be one of"),
         ({"query_scores": "both"}, ValueError, "query_scores must be one of"),
@@ -393,14 +393,14 @@ def test_rdip_rescored_query_side():
 )
 def test_rdip_bad_settings(settings, error, match):
     x = torch.from_numpy(clustered(seed=22))
-    params = {"k_m": 12, "k_d": 8, "kq": 4, "truncation": 20, **settings}
+    params = {"km": 12, "kd": 8, "kq": 4, "truncation": 20, **settings}
     with pytest.raises(error, match=match):
         RDiP(**params).fit(x)
 
 
 def test_rdip_save_load(tmp_path):
     x = torch.from_numpy(clustered(seed=23))
-    r = RDiP(rescorer=_rank_rescorer(x), k_m=12, k_d=6, kq=4, truncation=20, backend="torch")
+    r = RDiP(rescorer=_rank_rescorer(x), km=12, kd=6, kq=4, truncation=20, backend="torch")
     r.fit(x)
     back = RDiP.load(r.save(tmp_path / "rdip"), x)
     assert back.rescorer is None  # not stored; the online step does not need it
@@ -509,8 +509,8 @@ def test_rdip_refuses_a_graph_without_positive_weights():
     def neg_distance(rows, candidates, scores):
         return scores - 2.0
 
-    r = RDiP(rescorer=neg_distance, edge_weights="rescored", k_m=8, k_d=4, kq=3, truncation=10)
+    r = RDiP(rescorer=neg_distance, edge_weights="rescored", km=8, kd=4, kq=3, truncation=10)
     with pytest.raises(ValueError, match="no re-scored edge has a positive weight"):
         r.fit(x)
-    out = RDiP(rescorer=neg_distance, edge_weights="base", k_m=8, k_d=4, kq=3, truncation=10).fit(x)
+    out = RDiP(rescorer=neg_distance, edge_weights="base", km=8, kd=4, kq=3, truncation=10).fit(x)
     assert out.rerank(x[:2], k=5).indices.shape == (2, 5)

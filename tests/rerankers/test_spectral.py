@@ -34,7 +34,7 @@ def _scores_by_item(out, n):
 @pytest.mark.parametrize("rank", [8, 69])
 def test_scores_match_the_dense_eigen_decomposition(rank, device):
     x, q = _data()
-    r = FastSpectralRanking(k=8, kq=4, rank=rank, backend="torch")
+    r = FastSpectralRanking(kd=8, kq=4, rank=rank, backend="torch")
     out = r.fit(torch.from_numpy(x).to(device)).rerank(torch.from_numpy(q).to(device), k=70)
     assert r.embedding_.shape == (70, rank) and out.scores.device.type == device
     expected = _dense_fsr(x, list(q), k=8, kq=4, rank=rank)
@@ -45,8 +45,8 @@ def test_scores_match_the_dense_eigen_decomposition(rank, device):
 def test_near_full_rank_approaches_the_exact_solve():
     x, q = _data()
     xt, qt = torch.from_numpy(x), torch.from_numpy(q)
-    fsr = FastSpectralRanking(k=8, kq=4, backend="torch").fit(xt).rerank(qt, k=70)  # rank 69
-    exact = Diffusion(k=8, kq=4, tol=1e-14, max_iter=1000, backend="torch").fit(xt)
+    fsr = FastSpectralRanking(kd=8, kq=4, backend="torch").fit(xt).rerank(qt, k=70)  # rank 69
+    exact = Diffusion(kd=8, kq=4, tol=1e-14, max_iter=1000, backend="torch").fit(xt)
     exact = exact.rerank(qt, k=70)
     f_fsr = _scores_by_item(fsr, 70)
     f_exact = 0.01 * _scores_by_item(exact, 70)  # FSR is (1 - alpha) times the solve
@@ -58,7 +58,7 @@ def test_near_full_rank_approaches_the_exact_solve():
 
 def test_regional_queries_and_all_vs_all():
     x, q = _data()
-    r = FastSpectralRanking(k=8, kq=4, rank=30, backend="torch").fit(torch.from_numpy(x))
+    r = FastSpectralRanking(kd=8, kq=4, rank=30, backend="torch").fit(torch.from_numpy(x))
     queries = [q[:2], q[2:3]]
     out = r.rerank([torch.from_numpy(v) for v in queries], k=70)
     expected = _dense_fsr(x, queries, k=8, kq=4, rank=30)
@@ -72,8 +72,8 @@ def test_regional_queries_and_all_vs_all():
 def test_scipy_and_dense_eigensolvers_rank_alike():
     x, q = _data(n=120)
     xt, qt = torch.from_numpy(x), torch.from_numpy(q)
-    dense = FastSpectralRanking(k=8, kq=4, rank=40, eigensolver="dense", backend="torch")
-    lanczos = FastSpectralRanking(k=8, kq=4, rank=40, eigensolver="scipy", backend="torch")
+    dense = FastSpectralRanking(kd=8, kq=4, rank=40, eigensolver="dense", backend="torch")
+    lanczos = FastSpectralRanking(kd=8, kq=4, rank=40, eigensolver="scipy", backend="torch")
     a = dense.fit(xt).rerank(qt, k=20)
     b = lanczos.fit(xt).rerank(qt, k=20)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-8, rtol=0)
@@ -82,8 +82,8 @@ def test_scipy_and_dense_eigensolvers_rank_alike():
 def test_function_twin():
     x, q = _data()
     xt, qt = torch.from_numpy(x), torch.from_numpy(q)
-    a = fsr_rerank(qt, xt, k=5, num_neighbors=8, kq=4, rank=20, backend="torch")
-    b = FastSpectralRanking(k=8, kq=4, rank=20, backend="torch").fit(xt).rerank(qt, k=5)
+    a = fsr_rerank(qt, xt, k=5, kd=8, kq=4, rank=20, backend="torch")
+    b = FastSpectralRanking(kd=8, kq=4, rank=20, backend="torch").fit(xt).rerank(qt, k=5)
     assert torch.equal(a.indices, b.indices)
 
 
@@ -99,10 +99,10 @@ def test_function_twin():
 def test_bad_settings(settings, match):
     x, _ = _data()
     with pytest.raises(ValueError, match=match):
-        FastSpectralRanking(k=8, **settings).fit(torch.from_numpy(x))
+        FastSpectralRanking(kd=8, **settings).fit(torch.from_numpy(x))
 
 
 def test_unnormalised_database():
     x, _ = _data()
     with pytest.raises(ValueError, match="database must be L2-normalised"):
-        FastSpectralRanking(k=8).fit(torch.from_numpy(3 * x))
+        FastSpectralRanking(kd=8).fit(torch.from_numpy(3 * x))

@@ -1,0 +1,431 @@
+r"""Neighbour lists: blocked scans of pairwise scores, the nodes of transductive graphs, and
+the truncation lists of offline diffusion.
+
+Everything here runs on the device of its inputs with ``torch`` operations only, and keeps
+memory at :math:`O(N k)` plus fixed-size blocks:
+
+* :func:`scan`: one blocked pass over a pairwise score matrix that returns each row's best
+  ``k`` entries, its opposite extreme (the row maximum of a distance) and, optionally, each
+  column's best entries (so that one product serves both directions of a query-database
+  block);
+* :class:`FeatureNodes` / :class:`DistanceNodes`: the nodes of one transductive graph
+  (queries first, then the database) and their pairwise scores on demand;
+* :func:`graph_lists`: the neighbour lists of every node of such a graph (k-reciprocal and
+  GNN re-ranking);
+* :func:`self_first` / :func:`truncation_lists`: each node's nearest nodes with the node
+  itself first (offline diffusion's truncation lists).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from ..typing import KNNResult
+from .index import KNNIndex
+from .ranking import topk
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "SHORTLIST_MARGIN",
+    "DistanceNodes",
+    "FeatureNodes",
+    "graph_lists",
+    "scan",
+    "self_first",
+    "truncation_lists",
+]
+
+#: Elements of one dense working block (scores of a row block, a dense accumulator, ...).
+BLOCK_ELEMENTS = 2**22
+
+#: A query's shortlist holds its ``k + SHORTLIST_MARGIN`` nearest database items: the deeper
+#: the shortlist, the tighter the bound on the items outside it, the fewer of them need their
+#: original score computed.
+SHORTLIST_MARGIN = 400
+
+#: Rows searched at once by :func:`truncation_lists` (bounds temporaries of size rows x T).
+_SEARCH_ROWS = 2**14
+
+
+# ----------------------------------------------------------------------------- blocked scan
+def _merge(
+    vals: Tensor | None, idx: Tensor | None, block: Tensor, offset: int, k: int, largest: bool
+):
+    """The ``k`` best of a running selection and of a new block whose column ``c`` is
+    item ``offset + c``. The block is reduced first, to as many entries as the most any row
+    has that beat its current ``k``-th best (after the first blocks, few)."""
+    kk = min(k, block.shape[1])
+    if vals is not None and vals.shape[1] == k:
+        worst = vals[:, -1:]
+        better = block > worst if largest else block < worst
+        kk = min(kk, int(better.sum(1).max()))
+        if kk == 0:
+            return vals, idx
+    v, i = topk(block, kk, largest)
+    i += offset
+    if vals is None:
+        return v, i
+    cv, ci = torch.cat([vals, v], 1), torch.cat([idx, i], 1)
+    v, pos = topk(cv, min(k, cv.shape[1]), largest)
+    return v, ci.gather(1, pos)
+
+
+def scan(
+    block: Callable[[int, int, int, int], Tensor],
+    n_rows: int,
+    n_cols: int,
+    k: int,
+    *,
+    largest: bool,
+    col_k: int = 0,
+    extreme: bool = False,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget: int | None = None,
+) -> dict[str, Tensor]:
+    """One blocked pass over the ``(n_rows, n_cols)`` matrix that ``block(r0, r1, c0, c1)``
+    returns piece by piece.
+
+    Returns a dict with ``row_values``/``row_indices`` (each row's ``k`` best entries, best
+    first; ``largest`` says whether best is largest), ``row_extreme`` (with ``extreme``: the
+    row's opposite extreme, the maximum when ``largest=False``) and, with ``col_k > 0``, the
+    same for columns (``col_values``, ``col_indices``, ``col_extreme``).
+    """
+    budget = BLOCK_ELEMENTS if budget is None else budget
+    k = min(k, n_cols)
+    col_k = min(col_k, n_rows)
+    bc = max(1, min(n_cols, budget // max(1, min(n_rows, 1024))))
+    br = max(1, min(n_rows, budget // bc))
+    out: dict[str, Tensor] = {}
+    row_v = torch.empty(n_rows, k, device=device, dtype=dtype)
+    row_i = torch.empty(n_rows, k, device=device, dtype=torch.long)
+    row_x = torch.empty(n_rows, device=device, dtype=dtype) if extreme else None
+    cv = ci = cx = None
+    if col_k:
+        cv = [None] * math.ceil(n_cols / bc)
+        ci = [None] * len(cv)
+        cx = [None] * len(cv)
+    for r0 in range(0, n_rows, br):
+        r1 = min(n_rows, r0 + br)
+        bv = bi = bx = None
+        for b, c0 in enumerate(range(0, n_cols, bc)):
+            c1 = min(n_cols, c0 + bc)
+            s = block(r0, r1, c0, c1)
+            bv, bi = _merge(bv, bi, s, c0, k, largest)
+            if extreme:
+                e = s.amin(1) if largest else s.amax(1)
+                bx = (
+                    e if bx is None else (torch.minimum(bx, e) if largest else torch.maximum(bx, e))
+                )
+            if col_k:
+                st = s.T.contiguous()
+                cv[b], ci[b] = _merge(cv[b], ci[b], st, r0, col_k, largest)
+                if extreme:
+                    e = st.amin(1) if largest else st.amax(1)
+                    cx[b] = (
+                        e
+                        if cx[b] is None
+                        else (torch.minimum(cx[b], e) if largest else torch.maximum(cx[b], e))
+                    )
+        row_v[r0:r1], row_i[r0:r1] = bv, bi
+        if extreme:
+            row_x[r0:r1] = bx
+    out["row_values"], out["row_indices"] = row_v, row_i
+    if extreme:
+        out["row_extreme"] = row_x
+    if col_k:
+        out["col_values"], out["col_indices"] = torch.cat(cv), torch.cat(ci)
+        if extreme:
+            out["col_extreme"] = torch.cat(cx)
+    return out
+
+
+def graph_lists(
+    nodes,
+    *,
+    graph_k: int,
+    length: int,
+    k: int,
+    largest: bool,
+    extreme: bool,
+    database: dict[str, Tensor] | None = None,
+    budget: int | None = None,
+) -> dict[str, Tensor]:
+    """Neighbour lists of every node of a transductive graph, from blocked passes.
+
+    Returns ``indices``/``values`` :math:`(M, L)`: each node's nearest nodes, best first,
+    where the first ``graph_k`` entries are exact and the rest (up to ``length``) are further
+    known pairs (for looking scores up); ``extreme`` :math:`(M,)` (with ``extreme=True``, the
+    row maxima of a distance); ``short_indices``/``short_values``: each query row's
+    ``max(k + SHORTLIST_MARGIN, length)`` nearest *database* items (positions in the
+    database), exact; and
+    ``query_ids``: the node of each query row (all database nodes all-vs-all).
+
+    ``database`` holds the database-only lists of an earlier pass (``indices``, ``values``
+    and ``extreme``), reused when long enough.
+    """
+    nq, nd = nodes.nq, nodes.nd
+    dev, dt = nodes.device, nodes.dtype
+    kw = {"largest": largest, "extreme": extreme, "device": dev, "dtype": dt, "budget": budget}
+    kq = min(nd, max(k + SHORTLIST_MARGIN, length))
+    need = kq if nq == 0 else min(nd, length)
+    if database is None or database["indices"].shape[1] < need:
+        own = scan(nodes.block_fn("d", "d"), nd, nd, need, **kw)
+        database = {"indices": own["row_indices"], "values": own["row_values"]}
+        if extreme:
+            database["extreme"] = own["row_extreme"]
+    out: dict[str, Tensor] = {}
+    if nq == 0:
+        out["indices"] = database["indices"][:, :length]
+        out["values"] = database["values"][:, :length]
+        if extreme:
+            out["extreme"] = database["extreme"]
+        out["short_indices"] = database["indices"][:, :kq]
+        out["short_values"] = database["values"][:, :kq]
+        out["query_ids"] = torch.arange(nd, device=dev)
+        return out
+    qq = scan(nodes.block_fn("q", "q"), nq, nq, length, **kw)
+    qd = scan(nodes.block_fn("q", "d"), nq, nd, max(kq, length), col_k=min(graph_k, nq), **kw)
+
+    def best(parts_i: list[Tensor], parts_v: list[Tensor]) -> tuple[Tensor, Tensor]:
+        ci, cv = torch.cat(parts_i, 1), torch.cat(parts_v, 1)
+        v, pos = topk(cv, min(length, cv.shape[1]), largest)
+        return ci.gather(1, pos), v
+
+    # query rows: exact over all nodes; database rows: the queries enter their lists
+    qi, qv = best([qq["row_indices"], qd["row_indices"] + nq], [qq["row_values"], qd["row_values"]])
+    di, dv = best(
+        [qd["col_indices"], database["indices"][:, :length] + nq],
+        [qd["col_values"], database["values"][:, :length]],
+    )
+    width = min(qi.shape[1], di.shape[1])
+    out["indices"] = torch.cat([qi[:, :width], di[:, :width]])
+    out["values"] = torch.cat([qv[:, :width], dv[:, :width]])
+    if extreme:
+        pick = torch.minimum if largest else torch.maximum
+        out["extreme"] = torch.cat(
+            [
+                pick(qq["row_extreme"], qd["row_extreme"]),
+                pick(qd["col_extreme"], database["extreme"]),
+            ]
+        )
+    out["short_indices"] = qd["row_indices"][:, :kq]
+    out["short_values"] = qd["row_values"][:, :kq]
+    out["query_ids"] = torch.arange(nq, device=dev)
+    return out
+
+
+# ----------------------------------------------------------------------------- graph nodes
+class FeatureNodes:
+    """The nodes of one transductive graph: ``queries`` (node ids ``0..Q-1``, none in the
+    all-vs-all case) then ``database`` (ids ``Q..Q+N-1``), and their pairwise scores.
+
+    ``metric="l2"`` scores are squared Euclidean distances (exactly 0 between a node and
+    itself), ``"ip"`` scores inner products.
+    """
+
+    def __init__(self, queries: Tensor | None, database: Tensor, metric: str) -> None:
+        self.q, self.db, self.metric = queries, database, metric
+        self.nq = 0 if queries is None else int(queries.shape[0])
+        self.nd = int(database.shape[0])
+        self.m = self.nq + self.nd
+        self.device, self.dtype = database.device, database.dtype
+        self.db_sq = self.q_sq = None
+        if metric == "l2":
+            self.db_sq = database.pow(2).sum(1)
+            self.q_sq = None if queries is None else queries.pow(2).sum(1)
+
+    def _part(self, which: str):
+        return (self.q, self.q_sq) if which == "q" else (self.db, self.db_sq)
+
+    def block_fn(self, rows: str, cols: str) -> Callable[[int, int, int, int], Tensor]:
+        """``block(r0, r1, c0, c1)`` over the ``rows`` x ``cols`` parts (``"q"`` or ``"d"``)."""
+        xr, nr = self._part(rows)
+        xc, nc = self._part(cols)
+        same = rows == cols
+
+        def block(r0: int, r1: int, c0: int, c1: int) -> Tensor:
+            s = xr[r0:r1] @ xc[c0:c1].T
+            if self.metric == "ip":
+                return s
+            d = (nr[r0:r1, None] + nc[None, c0:c1]).sub_(s, alpha=2).clamp_(min=0)
+            if same:
+                lo, hi = max(r0, c0), min(r1, c1)
+                if lo < hi:
+                    ar = torch.arange(lo, hi, device=d.device)
+                    d[ar - r0, ar - c0] = 0
+            return d
+
+        return block
+
+    def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Scores of the node pairs ``(rows[p], cols[p])``, computed in blocks."""
+        out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
+        if self.q is None:
+            parts = [(slice(None), self.db, self.db_sq, rows, self.db, self.db_sq, cols)]
+        else:
+            parts = []
+            rq, cq = rows < self.nq, cols < self.nq
+            q, db, qs, ds, nq = self.q, self.db, self.q_sq, self.db_sq, self.nq
+            for sel, xr, sr, ro, xc, sc, co in (
+                (rq & cq, q, qs, 0, q, qs, 0),
+                (rq & ~cq, q, qs, 0, db, ds, nq),
+                (~rq & cq, db, ds, nq, q, qs, 0),
+                (~rq & ~cq, db, ds, nq, db, ds, nq),
+            ):
+                where = sel.nonzero().flatten()
+                if where.numel():
+                    parts.append((where, xr, sr, rows[where] - ro, xc, sc, cols[where] - co))
+        step = max(1, BLOCK_ELEMENTS // (2 * self.db.shape[1]))
+        for where, xr, sr, r_all, xc, sc, c_all in parts:
+            res = torch.empty(r_all.shape[0], device=self.device, dtype=self.dtype)
+            for a in range(0, r_all.shape[0], step):
+                r, c = r_all[a : a + step], c_all[a : a + step]
+                s = (xr.index_select(0, r) * xc.index_select(0, c)).sum(1)
+                if self.metric == "l2":
+                    s = (sr[r] + sc[c]).sub_(s, alpha=2).clamp_(min=0)
+                    if xr is xc:
+                        s = s.masked_fill_(r == c, 0)
+                res[a : a + step] = s
+            out[where] = res
+        return out
+
+
+class DistanceNodes:
+    r"""Graph nodes given by dense Euclidean distances ``qq`` :math:`(Q, Q)`, ``qd``
+    :math:`(Q, N)` and ``dd`` :math:`(N, N)` (``qq`` and ``qd`` are ``None`` all-vs-all).
+
+    Scores are squared distances read as the reference code reads them: row :math:`i` of its
+    normalised matrix is *column* :math:`i` of ``[[qq, qd], [qd^T, dd]]`` (the same for
+    symmetric ``qq`` and ``dd``). Entries are squared on the fly, so no extra dense matrix is
+    made.
+    """
+
+    metric = "l2"
+
+    def __init__(self, qq: Tensor | None, qd: Tensor | None, dd: Tensor) -> None:
+        self.qq, self.qd, self.dd = qq, qd, dd
+        self.nq = 0 if qd is None else int(qd.shape[0])
+        self.nd = int(dd.shape[0])
+        self.m = self.nq + self.nd
+        self.device, self.dtype = dd.device, dd.dtype
+
+    def _mat(self, rows: str, cols: str) -> Tensor:
+        # row i of the reference's matrix is column i of the given one
+        return {
+            ("q", "q"): lambda: self.qq.T,
+            ("q", "d"): lambda: self.qd,
+            ("d", "q"): lambda: self.qd.T,
+            ("d", "d"): lambda: self.dd.T,
+        }[(rows, cols)]()
+
+    def block_fn(self, rows: str, cols: str) -> Callable[[int, int, int, int], Tensor]:
+        mat = self._mat(rows, cols)
+        return lambda r0, r1, c0, c1: mat[r0:r1, c0:c1].square()
+
+    def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Squared distances of the node pairs ``(rows[p], cols[p])``."""
+        if self.nq == 0:
+            return self.dd[cols, rows].square()
+        out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
+        rq, cq = rows < self.nq, cols < self.nq
+        for sel, part, ro, co in (
+            (rq & cq, ("q", "q"), 0, 0),
+            (rq & ~cq, ("q", "d"), 0, self.nq),
+            (~rq & cq, ("d", "q"), self.nq, 0),
+            (~rq & ~cq, ("d", "d"), self.nq, self.nq),
+        ):
+            out[sel] = self._mat(*part)[rows[sel] - ro, cols[sel] - co].square()
+        return out
+
+
+# ----------------------------------------------------------------------------- truncation lists
+def self_first(indices: Tensor, truncation: int) -> Tensor:
+    r"""Truncation lists :math:`T_i` with node :math:`i` first, from a kNN of the nodes in
+    themselves.
+
+    Node :math:`i` is removed wherever it appears in row :math:`i` and put first; the other
+    entries keep their order, and the list is cut to ``truncation`` entries (``-1`` padding is
+    kept at the end, duplicate ids are kept once).
+
+    Args:
+        indices: :math:`(N, m)` int64 kNN of node :math:`i` (``-1`` for padding).
+        truncation: Length :math:`T` of each list, ``1 <= T``.
+
+    Returns:
+        :math:`(N, T)` int64 lists, ``-1`` where fewer than :math:`T` nodes are known.
+
+    Example:
+        >>> self_first(torch.tensor([[0, 2, 1], [0, 1, 2], [2, 2, -1]]), 3)
+        tensor([[ 0,  2,  1],
+                [ 1,  0,  2],
+                [ 2, -1, -1]])
+    """
+    truncation = check_int(truncation, "truncation", low=1)
+    rows = torch.arange(indices.shape[0], device=indices.device)[:, None]
+    return _self_first_rows(indices, rows, truncation)
+
+
+def _self_first_rows(indices: Tensor, rows: Tensor, truncation: int) -> Tensor:
+    n, m = indices.shape
+    idx = indices.masked_fill(indices == rows, -1)
+    # drop repeated ids within a row (keep the first occurrence)
+    if m > 1:
+        srt, order = idx.sort(dim=1, stable=True)
+        dup = torch.zeros_like(srt, dtype=torch.bool)
+        dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+        idx = idx.scatter(1, order, srt.masked_fill(dup, -1))
+    # move padding to the end, keeping the order of valid entries
+    key = (idx < 0).to(torch.int8)
+    order = key.sort(dim=1, stable=True).indices
+    idx = idx.gather(1, order)
+    out = torch.cat([rows.expand(n, 1), idx], dim=1)[:, :truncation]
+    if out.shape[1] < truncation:
+        pad = out.new_full((n, truncation - out.shape[1]), -1)
+        out = torch.cat([out, pad], dim=1)
+    return out
+
+
+def truncation_lists(
+    x: Tensor, index: KNNIndex, truncation: int, num_candidates: int
+) -> tuple[Tensor, KNNResult]:
+    """One kNN search of the nodes ``x`` :math:`(N, D)` in themselves (``index`` holds ``x``),
+    in chunks of rows, giving the truncation lists of offline diffusion (:func:`self_first`:
+    :math:`(N, T)`, int32 when the ids fit, node first) and the ``num_candidates`` best
+    neighbours of each node for its graph; memory stays ``N x (T + num_candidates)`` numbers.
+
+    Example:
+        >>> from graphrerank.graph import KNNIndex
+        >>> x = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]), dim=1)
+        >>> lists, cand = truncation_lists(x, KNNIndex(backend="torch").add(x), 2, 3)
+        >>> lists
+        tensor([[0, 1],
+                [1, 0],
+                [2, 1]], dtype=torch.int32)
+        >>> cand.indices
+        tensor([[0, 1, 2],
+                [1, 0, 2],
+                [2, 1, 0]])
+    """
+    n = x.shape[0]
+    t = min(truncation, n)
+    kc = min(num_candidates, n)
+    m = max(t, kc)
+    itype = torch.int32 if n < 2**31 - 1 else torch.int64
+    lists = torch.empty(n, t, dtype=itype, device=x.device)
+    cs = torch.empty(n, kc, dtype=x.dtype, device=x.device)
+    ci = torch.empty(n, kc, dtype=torch.long, device=x.device)
+    for s in range(0, n, _SEARCH_ROWS):
+        knn = index.search(x[s : s + _SEARCH_ROWS], m)
+        idx = knn.indices
+        # self_first needs the node ids of these rows
+        rows = torch.arange(s, s + idx.shape[0], device=idx.device)[:, None]
+        lists[s : s + idx.shape[0]] = _self_first_rows(idx, rows, t).to(itype)
+        cs[s : s + idx.shape[0]] = knn.scores[:, :kc]
+        ci[s : s + idx.shape[0]] = idx[:, :kc]
+    return lists, KNNResult(cs, ci)
