@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import platform
 import resource
 import statistics
 import time
@@ -13,32 +11,14 @@ from typing import Any
 
 
 def machine() -> str:
-    """One line describing where the numbers were taken."""
-    import torch
+    """One line describing where the numbers were taken.
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    parts = [
-        f"{cpu}, {os.cpu_count()} cores",
-        f"Python {platform.python_version()}",
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
-    ]
-    try:
-        import faiss
+    :func:`graphrerank.cli.report.machine` (the line ``graphrerank bench`` prints), naming the
+    faiss version (or "no faiss") in place of graphrerank's.
+    """
+    from graphrerank.cli.report import machine as describe
 
-        parts.append(f"faiss {faiss.__version__}")
-    except ImportError:
-        parts.append("no faiss")
-    if torch.cuda.is_available():
-        parts.append(f"GPU {torch.cuda.get_device_name()}")
-    return "; ".join(parts)
+    return describe(libraries=("faiss",))
 
 
 def rss_mb() -> float:

@@ -1,0 +1,32 @@
+r"""The ``graphrerank`` command line: evaluate re-rankers, time them, run the demo.
+
+.. code-block:: text
+
+    graphrerank evaluate --data digits --reranker KNN          # built-in data, class mAP
+    graphrerank evaluate --gnd gnd_roxford5k.pkl --features my_gem.mat --reranker "KNN"
+    graphrerank evaluate --reid pytorch_result.mat --reranker KNN --json result.json
+    graphrerank evaluate --database db.npy --labels labels.npy --reranker KNN --set metric=l2
+    graphrerank bench --size 10000 --dim 128 --repeats 3   # the speed table, synthetic data
+    graphrerank demo                                       # the quickstart on the digits set
+    graphrerank list                                       # every re-ranker and its settings
+
+Also ``python -m graphrerank``. A re-ranker is named by its class name in
+:data:`graphrerank.rerankers.RERANKERS` (case-insensitive), optionally with settings in call
+syntax, ``"KNN(metric='l2')"``; ``--set key=value`` after a ``--reranker`` changes one
+setting of that re-ranker; ``"A(...) | B(...)"`` chains stages into a pipeline where the
+library provides ``graphrerank.rerankers.Pipeline``. Bad files and settings end with a
+one-line message and exit status 2.
+
+The parts, from the bottom: :mod:`~graphrerank.cli.base` (the error type),
+:mod:`~graphrerank.cli.specs` (re-ranker specs), :mod:`~graphrerank.cli.tasks` (what to rank
+and how to score it), :mod:`~graphrerank.cli.report` (tables, JSON, the machine),
+:mod:`~graphrerank.cli.commands` (the sub-commands) and :mod:`~graphrerank.cli.parser` (the
+options and :func:`main`). The command line is the top layer: nothing else in graphrerank
+imports it.
+"""
+
+from .base import CLIError
+from .parser import build_parser, main
+from .specs import parse_reranker
+
+__all__ = ["CLIError", "build_parser", "main", "parse_reranker"]

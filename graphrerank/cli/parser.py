@@ -1,0 +1,172 @@
+"""The ``graphrerank`` argument parser and the entry point that runs a sub-command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..datasets import UnsafePickleError
+from . import commands
+from .base import PROG, CLIError
+
+__all__ = ["build_parser", "main"]
+
+
+class _RerankerAction(argparse.Action):
+    """``--reranker SPEC``: starts a new entry; ``--set k=v`` adds to the last one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        entries = getattr(namespace, "rerankers", None) or []
+        if self.dest == "rerankers":
+            entries.append([values, []])
+        else:
+            if not entries:
+                parser.error(f"{option_string} {values} comes before any --reranker")
+            entries[-1][1].append(values)
+        namespace.rerankers = entries
+
+
+def _add_reranker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reranker",
+        "-r",
+        dest="rerankers",
+        action=_RerankerAction,
+        metavar="SPEC",
+        help="a re-ranker by class name, optionally with settings: KNN, \"KNN(metric='l2')\", "
+        "'A(...) | B(...)' for a pipeline; repeat to compare several",
+    )
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action=_RerankerAction,
+        metavar="KEY=VALUE",
+        help="change one setting of the re-ranker named just before, e.g. --set k=50",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``graphrerank`` command (its sub-commands and options)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Image-retrieval re-ranking as graph computation: evaluate, benchmark, demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="re-rank descriptors and print the metric table",
+        description="Rank a database for queries with each re-ranker and score the rankings. "
+        "Data: one of --data, --gnd (revisitop), --reid (re-ID result file) or --database with "
+        "--labels (classes). The kNN baseline is added as the first row unless --no-baseline.",
+    )
+    g = ev.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        choices=("digits", "corel1k", "synthetic"),
+        help="built-in all-vs-all data (default digits when no other source is given)",
+    )
+    g.add_argument("--subset", type=int, help="first N items of --data only")
+    g.add_argument("--size", type=int, default=10_000, help="--data synthetic: items")
+    g.add_argument("--dim", type=int, default=128, help="--data synthetic: dimension")
+    g.add_argument("--classes", type=int, default=100, help="--data synthetic: classes")
+    g.add_argument("--seed", type=int, default=0, help="--data synthetic: seed")
+    g.add_argument(
+        "--benchmark",
+        choices=("roxford5k", "rparis6k"),
+        help="a revisitop benchmark laid out in --root (gnd_*.pkl and --features NAME)",
+    )
+    g.add_argument("--root", metavar="DIR", help="with --benchmark: its folder")
+    g.add_argument(
+        "--r1m", metavar="DIR", help="with --benchmark: folder of R1M distractors --features NAME"
+    )
+    g.add_argument("--gnd", metavar="PKL", help="revisitop ground truth, e.g. gnd_roxford5k.pkl")
+    g.add_argument(
+        "--features",
+        metavar="MAT|NAME",
+        help="with --gnd: .mat with X (D, N) and Q (D, Q); with --benchmark: the name NAME of "
+        "NAME.mat or NAME_database.npy + NAME_queries.npy in --root",
+    )
+    g.add_argument(
+        "--database", metavar="FILE", help="database descriptors (.npy (N, D), .npz, .mat (D, N))"
+    )
+    g.add_argument("--queries", metavar="FILE", help="query descriptors (same formats)")
+    g.add_argument("--distractors", metavar="FILE", help="with --gnd: distractors (e.g. R1M)")
+    g.add_argument("--reid", metavar="MAT", help="re-ID result file (query_f, gallery_f, ...)")
+    g.add_argument("--labels", metavar="FILE", help="database classes (.npy or text)")
+    g.add_argument("--query-labels", metavar="FILE", help="query classes (.npy or text)")
+    g.add_argument("--l2-normalize", action="store_true", help="L2-normalise the descriptors first")
+    _add_reranker_options(ev)
+    ev.add_argument("--k", type=int, help="ranking length (default: the whole database)")
+    ev.add_argument("--no-baseline", action="store_true", help="do not add the kNN baseline")
+    ev.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ev.set_defaults(func=commands.evaluate)
+
+    be = sub.add_parser(
+        "bench",
+        help="time re-rankers on synthetic data (the speed table)",
+        description="Time fit and rerank of each re-ranker (default: every one) on "
+        "make_retrieval_dataset data; prints a Markdown table of median times.",
+    )
+    be.add_argument("--size", type=int, default=10_000, help="database items (default 10000)")
+    be.add_argument("--dim", type=int, default=128, help="dimension (default 128)")
+    be.add_argument("--classes", type=int, default=100, help="classes (default 100)")
+    be.add_argument("--queries", type=int, default=0, help="separate queries (0: all-vs-all)")
+    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--k", type=int, default=None, help="ranking length (default min(100, N))")
+    be.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    be.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    _add_reranker_options(be)
+    be.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    be.set_defaults(func=commands.bench)
+
+    de = sub.add_parser(
+        "demo",
+        help="the quickstart: every re-ranker on the digits set",
+        description="Every re-ranker at its default settings on a built-in all-vs-all set; "
+        "prints mAP, Recall@K and times.",
+    )
+    de.add_argument("--data", choices=("digits", "corel1k"), default="digits")
+    de.add_argument("--fast", action="store_true", help="first 600 items only")
+    de.add_argument("--plot", metavar="PNG", help="write precision-recall curves here")
+    de.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    de.set_defaults(func=commands.demo)
+
+    li = sub.add_parser("list", help="list the re-rankers and their settings")
+    li.set_defaults(func=commands.list_rerankers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for bad input).
+
+    Args:
+        argv: The arguments after the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    args.argv = None if argv is None else list(argv)
+    if not hasattr(args, "rerankers") or args.rerankers is None:
+        args.rerankers = []
+    if args.command == "bench" and args.k is None:
+        args.k = min(100, args.size)
+    if os.environ.get("GRAPHRERANK_DEBUG"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except CLIError as err:
+        msg = str(err)
+    except UnsafePickleError as err:
+        msg = f"refused to read a file: {err}"
+    except (FileNotFoundError, ValueError, TypeError, ImportError, OSError) as err:
+        msg = str(err)
+    print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
+    return 2

@@ -1,0 +1,195 @@
+"""Re-ranker specs: ``Name``, ``Name(key=value, ...)``, ``--set key=value``, ``A() | B()``.
+
+A spec names a class of :data:`graphrerank.rerankers.RERANKERS` (case-insensitive) in call
+syntax; the values are Python literals, bare words (strings) or re-ranker specs themselves
+(for a setting that takes a re-ranker). Stages joined by ``|`` become a
+``graphrerank.rerankers.Pipeline``. Every problem is a :class:`~graphrerank.cli.CLIError`.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .. import rerankers
+from .base import CLIError
+
+__all__ = ["parse_reranker", "select_rerankers"]
+
+
+def _registry() -> dict[str, type]:
+    """The re-rankers the command line evaluates, by lower-case class name (read at each call:
+    the registry may change at run time)."""
+    return {cls.__name__.lower(): cls for cls in rerankers.RERANKERS}
+
+
+def _resolve(name: str) -> type:
+    table = _registry()
+    cls = table.get(name.lower())
+    local = {c.__name__.lower(): c for c in rerankers.RERANKERS_WITH_LOCAL}
+    if cls is None and name.lower() in local:
+        raise CLIError(
+            f"{local[name.lower()].__name__} needs local descriptors besides the global ones; "
+            "the command line evaluates global descriptors only: use it from Python "
+            "(see the tutorial on learned re-rankers)"
+        )
+    if cls is None:
+        known = ", ".join(c.__name__ for c in table.values())
+        raise CLIError(f"unknown re-ranker {name!r}; available: {known}")
+    return cls
+
+
+def _unreadable(spec: str) -> CLIError:
+    return CLIError(
+        f"cannot read the re-ranker spec {spec!r}: write Name, Name(key=value, ...) or "
+        "Stage1(...) | Stage2(...)"
+    )
+
+
+def _is_reranker_node(node: ast.expr) -> bool:
+    """``Name`` or ``Name(...)`` naming a re-ranker class (a setting that takes a re-ranker)."""
+    func = node.func if isinstance(node, ast.Call) else node
+    return isinstance(func, ast.Name) and func.id.lower() in _registry()
+
+
+def _parse_value(text: str) -> Any:
+    """A setting's value: a re-ranker spec (``KReciprocal(k1=10)``), a Python literal (``50``,
+    ``0.9``, ``None``, ``'l2'``), else the text itself."""
+    text = text.strip()
+    lowered = {"none": None, "true": True, "false": False}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return text
+    if _is_reranker_node(node):
+        return _stage(node, text)
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return text
+
+
+def _literal(node: ast.expr, where: str) -> Any:
+    if _is_reranker_node(node):  # a re-ranker as a setting: RDiP(rescorer=KReciprocal())
+        return _stage(node, ast.unparse(node))
+    if isinstance(node, ast.Name):  # a bare word: KNN(backend=torch)
+        return _parse_value(node.id)
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise CLIError(f"{where}: the value {ast.unparse(node)!r} is not a literal") from None
+
+
+def _check_settings(cls: type, settings: Iterable[str], where: str) -> None:
+    defaults = cls.default_params()
+    for name in settings:
+        if name not in defaults:
+            listing = ", ".join(f"{n}={d!r}" for n, d in defaults.items()) or "none"
+            raise CLIError(f"{where}: {cls.__name__} has no setting {name!r}; settings: {listing}")
+
+
+def _stage(node: ast.expr, spec: str) -> Any:
+    if isinstance(node, ast.Name):
+        return _resolve(node.id)()
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        cls = _resolve(node.func.id)
+        if node.args:
+            raise CLIError(f"{spec!r}: settings must be given by name, e.g. {cls.__name__}(k=50)")
+        kwargs = {}
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise CLIError(f"{spec!r}: '**' is not allowed in a re-ranker spec")
+            kwargs[kw.arg] = _literal(kw.value, repr(spec))
+        _check_settings(cls, kwargs, repr(spec))
+        return cls(**kwargs)
+    raise _unreadable(spec)
+
+
+def _flatten_pipe(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _flatten_pipe(node.left) + _flatten_pipe(node.right)
+    return [node]
+
+
+def _pipeline(stages: list[Any], spec: str) -> Any:
+    pipeline = getattr(rerankers, "Pipeline", None)
+    if pipeline is None:
+        raise CLIError(
+            f"{spec!r} chains stages with '|', but this version of graphrerank has no "
+            "graphrerank.rerankers.Pipeline"
+        )
+    return pipeline(stages)
+
+
+def parse_reranker(spec: str, settings: Sequence[str] = ()) -> Any:
+    """Build a re-ranker from a command-line spec.
+
+    Args:
+        spec: ``Name``, ``Name(key=value, ...)`` (values are Python literals, or re-ranker
+            specs for settings that take a re-ranker; a bare word is a string), or stages
+            joined by ``|`` for a pipeline. Names are class names of
+            :data:`graphrerank.rerankers.RERANKERS`, case-insensitive.
+        settings: ``"key=value"`` strings applied after the spec's own settings.
+
+    Returns:
+        The re-ranker (not fitted); its settings are validated.
+
+    Raises:
+        CLIError: unknown name or setting, malformed spec, or a setting's value is invalid.
+
+    Example:
+        >>> parse_reranker("knn(metric='l2')", ["backend=torch"])
+        KNN(metric='l2', backend='torch')
+    """
+    try:
+        tree = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError:
+        raise _unreadable(spec) from None
+    stages = [_stage(n, spec) for n in _flatten_pipe(tree)]
+    reranker = stages[0] if len(stages) == 1 else _pipeline(stages, spec)
+    updates = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects key=value, got {item!r}")
+        updates[key.strip()] = _parse_value(value)
+    if updates:
+        _check_settings(type(reranker), updates, f"--set for {spec!r}")
+        reranker.set_params(**updates)
+    try:
+        reranker.validate_params()
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"{spec!r}: {err}") from None
+    return reranker
+
+
+def select_rerankers(
+    entries: Sequence[tuple[str, Sequence[str]]] | None, *, default_all: bool, baseline: bool
+) -> list[Any]:
+    """The re-rankers a command runs, in order.
+
+    Args:
+        entries: ``(spec, settings)`` pairs of the ``--reranker`` / ``--set`` options, each
+            read by :func:`parse_reranker`.
+        default_all: without entries, every class of :data:`graphrerank.rerankers.RERANKERS`
+            at its default settings (else the kNN baseline alone).
+        baseline: put the kNN baseline at default settings first, unless it is listed.
+
+    Returns:
+        Re-rankers, not fitted.
+    """
+    knn = rerankers.KNN
+    if entries:
+        models = [parse_reranker(spec, settings) for spec, settings in entries]
+    elif default_all:
+        models = [cls() for cls in rerankers.RERANKERS]
+    else:
+        models = [knn()]
+    if baseline and not any(
+        type(m) is knn and m.get_params() == knn().get_params() for m in models
+    ):
+        models.insert(0, knn())
+    return models
