@@ -1,10 +1,11 @@
 """Declared settings: what each setting of an estimator may be, stated once per class.
 
-A re-ranker lists its settings in ``_parameter_constraints`` (scikit-learn's idea, in our own
-code)::
+A re-ranker declares each setting once, its default and what it may be together
+(scikit-learn's parameter constraints, in our own code)::
 
-    _parameter_constraints = {"kd": Int(1), "alpha": Real(0, 1, high_open=True),
-                              "backend": OneOf(BACKENDS), "batch_size": Int(1) | None}
+    kd: int = setting(50, Int(1))
+    alpha: float = setting(0.99, Real(0, 1, high_open=True))
+    batch_size: int | None = setting(None, Int(1) | None)
 
 and :meth:`~graphrerank.rerankers.Reranker.validate_params` checks every one of them at
 ``fit``. Each check raises the ``TypeError`` / ``ValueError`` of :mod:`graphrerank._checks`,
@@ -14,6 +15,7 @@ whose message names the setting and the value. A bound may name another setting
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "OneOf",
     "Real",
     "check_params",
+    "setting",
 ]
 
 
@@ -213,3 +216,12 @@ def check_params(params: Mapping[str, Any], constraints: Mapping[str, Constraint
         c = constraints.get(name)
         if c is not None:
             c.check(value, name, params)
+
+
+def setting(default: Any, constraint: Constraint | None = None, *, positional: bool = False):
+    """Declare a setting of a re-ranker: its ``default`` and its ``constraint`` (``None``:
+    anything goes), as a keyword-only dataclass field (``positional=True``: it may also be
+    passed by position)."""
+    return dataclasses.field(
+        default=default, metadata={"constraint": constraint}, kw_only=not positional
+    )

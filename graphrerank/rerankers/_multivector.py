@@ -1,17 +1,33 @@
-"""Re-rankers whose queries may hold several vectors each (regional descriptors)."""
+"""Diffusion re-rankers over the database graph whose queries may hold several vectors each
+(regional descriptors): the settings and the machinery that online diffusion and fast spectral
+ranking share."""
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch_geometric.data import Data
 
 from .._checks import as_tensor, check_features, check_k, check_normalized, check_same_device
+from .._params import Int, OneOf, Real, setting
+from ..graph import knn_graph, normalize_adjacency
 from ..graph.knn import knn_search
-from ..typing import KNNResult, RerankResult, TensorLike
+from ..typing import (
+    BACKENDS,
+    SYMMETRIZATIONS,
+    TIES,
+    Backend,
+    KNNResult,
+    RerankResult,
+    Symmetrization,
+    TensorLike,
+    Ties,
+)
 from .base import Reranker
 
 __all__ = ["MultiVectorReranker", "RegionalQueries"]
@@ -30,10 +46,60 @@ def _is_regional(queries: Any) -> bool:
 
 
 class MultiVectorReranker(Reranker):
-    """A re-ranker over L2-normalised descriptors whose queries may have several vectors.
+    """A diffusion re-ranker over the mutual kNN graph of L2-normalised database descriptors,
+    whose queries may have several vectors.
 
-    Subclasses implement :meth:`_search` for flat query vectors with the query of each.
+    The settings shared by :class:`~graphrerank.rerankers.Diffusion` and
+    :class:`~graphrerank.rerankers.FastSpectralRanking` are declared here once (see their
+    docstrings). Subclasses implement :meth:`_search` for flat query vectors with the query of
+    each.
     """
+
+    kd: int = setting(50, Int(1))
+    kq: int = setting(10, Int(1))
+    alpha: float = setting(0.99, Real(0, 1, high_open=True))
+    gamma: float = setting(3.0, Real(0))
+    symmetrize: Symmetrization = setting("mutual", OneOf(SYMMETRIZATIONS))
+    ties: Ties = setting("similarity", OneOf(TIES))
+    batch_size: int | None = setting(None, Int(1) | None)
+    backend: Backend = setting("auto", OneOf(BACKENDS))
+
+    _renamed_params: ClassVar[dict[str, str]] = {"k": "kd", "num_neighbors": "kd"}
+
+    # ------------------------------------------------------------------ the graph
+    def _database_graph(self, database: Tensor) -> tuple[Data, Data]:
+        r"""The affinity graph :math:`\mathbf{A}` (mutual kNN, :math:`s^\gamma`) of the
+        validated database and its normalisation :math:`\mathbf{S}`."""
+        check_normalized(database, "database")
+        n = database.shape[0]
+        check_k(self.kd, n, name="kd")
+        check_k(self.kq, n, name="kq")
+        graph = knn_graph(
+            database,
+            self.kd,
+            k_includes_self=True,
+            symmetrize=self.symmetrize,
+            gamma=float(self.gamma),
+            backend=self.backend,
+        )
+        s = normalize_adjacency(graph.edge_index, graph.edge_weight, n, "sym")
+        return graph, Data(edge_index=graph.edge_index, edge_weight=s, num_nodes=n)
+
+    def _first_stage(self) -> Tensor:
+        """The descriptors of the ranked items (equal scores are ordered by first-stage
+        similarity to them)."""
+        return self.database_
+
+    def _secondary(self, qsum: Tensor) -> Callable[[Tensor], Tensor]:
+        """The tie-breaking key of :func:`~graphrerank.graph.top_k_with_ties` for summed query
+        vectors ``qsum``: first-stage similarity, or minus the index (``ties="index"``)."""
+        items = self._first_stage()
+        n = items.shape[0]
+        if self.ties == "index":
+            return lambda rows: (
+                -torch.arange(n, dtype=torch.float64, device=rows.device).expand(rows.numel(), n)
+            )
+        return lambda rows: qsum[rows] @ items.T
 
     def rerank(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import inspect
 import warnings
@@ -27,11 +28,10 @@ class Reranker(abc.ABC):
 
     The contract (checked for every re-ranker by one shared test):
 
-    * settings are keyword-only constructor arguments, stored as given, declared once per
-      class in ``_parameter_constraints`` and checked by :meth:`validate_params` at
-      :meth:`fit`; :meth:`get_params` / :meth:`set_params` read and change them,
-      :meth:`default_params` lists them with their defaults and :meth:`clone` makes an
-      unfitted copy;
+    * settings are keyword-only constructor arguments, stored as given, and checked by
+      :meth:`validate_params` at :meth:`fit`; :meth:`get_params` / :meth:`set_params` read
+      and change them, :meth:`default_params` lists them with their defaults and
+      :meth:`clone` makes an unfitted copy;
     * :meth:`fit` takes the database :math:`(N, D)` (numpy or torch), stores fitted state in
       attributes ending with ``_`` and returns ``self``; fitting again discards the old state;
     * :meth:`rerank` returns a :class:`~graphrerank.typing.RerankResult` ``(scores, indices)``
@@ -57,6 +57,19 @@ class Reranker(abc.ABC):
 
     A method whose declaration depends on a setting overrides the attribute with a property;
     read these attributes from an instance.
+
+    **Declaring settings.** A subclass declares each setting once, as an annotated class
+    attribute with :func:`~graphrerank._params.setting` (default and constraint together)::
+
+        class MyReranker(Reranker):
+            kd: int = setting(50, Int(1))
+            backend: Backend = setting("auto", OneOf(BACKENDS))
+
+    Every subclass is made a :mod:`dataclasses` dataclass (keyword-only fields, no generated
+    ``__repr__`` or ``__eq__``), so the constructor is generated from the declarations and a
+    subclass inherits its parents' settings (redeclaring one changes its default). A subclass
+    that writes its own ``__init__`` keeps it; constraints may then be given in
+    ``_parameter_constraints``.
     """
 
     transductive: ClassVar[bool] = False
@@ -79,7 +92,10 @@ class Reranker(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__ and cls._all_renamed():
+        # settings declared as annotated fields become the constructor (an __init__ written in
+        # the class itself is kept)
+        dataclasses.dataclass(cls, kw_only=True, repr=False, eq=False)
+        if cls._all_renamed():
             init = cls.__dict__["__init__"]
 
             @functools.wraps(init)
@@ -123,6 +139,9 @@ class Reranker(abc.ABC):
         out: dict[str, Constraint | None] = {}
         for c in reversed(cls.__mro__):
             out.update(c.__dict__.get("_parameter_constraints", {}))
+        for f in dataclasses.fields(cls):
+            if "constraint" in f.metadata:
+                out[f.name] = f.metadata["constraint"]
         return out
 
     @classmethod

@@ -3,15 +3,13 @@ optional early truncation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, Literal, Self
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
 
-from .._checks import as_tensor, check_features, check_k, check_normalized, check_same_device
-from .._params import Constraints, Int, OneOf, Real
+from .._checks import as_tensor, check_features, check_same_device
+from .._params import Int, OneOf, Real, setting
 from ..diffusion import (
     diffuse,
     diffusion_operator,
@@ -20,18 +18,12 @@ from ..diffusion import (
     query_vector,
     truncated_diffuse,
 )
-from ..graph import knn_graph, normalize_adjacency, to_torch_csr, top_k_with_ties
+from ..graph import to_torch_csr, top_k_with_ties
 from ..typing import (
-    BACKENDS,
     ITERATES,
-    SYMMETRIZATIONS,
-    TIES,
-    Backend,
     Iterate,
     RerankResult,
-    Symmetrization,
     TensorLike,
-    Ties,
 )
 from ._multivector import MultiVectorReranker, RegionalQueries
 
@@ -137,74 +129,20 @@ class Diffusion(MultiVectorReranker):
         :class:`~graphrerank.nn.DiffusionPropagation`.
     """
 
-    def __init__(
-        self,
-        *,
-        kd: int = 50,
-        kq: int = 10,
-        alpha: float = 0.99,
-        gamma: float = 3.0,
-        tol: float = 1e-6,
-        max_iter: int = 20,
-        iterate: Iterate = "best",
-        truncation: int | None = None,
-        symmetrize: Symmetrization = "mutual",
-        ties: Ties = "similarity",
-        batch_size: int | None = None,
-        backend: Backend = "auto",
-    ) -> None:
-        self.kd = kd
-        self.kq = kq
-        self.alpha = alpha
-        self.gamma = gamma
-        self.tol = tol
-        self.max_iter = max_iter
-        self.iterate = iterate
-        self.truncation = truncation
-        self.symmetrize = symmetrize
-        self.ties = ties
-        self.batch_size = batch_size
-        self.backend = backend
+    tol: float = setting(1e-6, Real(0))
+    max_iter: int = setting(20, Int(0))
+    iterate: Iterate = setting("best", OneOf(ITERATES))
+    truncation: int | None = setting(None, Int(1) | None)
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
         return {"kd": 8, "kq": 4, "backend": "torch"}
 
-    _renamed_params: ClassVar[dict[str, str]] = {"k": "kd", "num_neighbors": "kd"}
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "kd": Int(1),
-        "kq": Int(1),
-        "alpha": Real(0, 1, high_open=True),
-        "gamma": Real(0),
-        "tol": Real(0),
-        "max_iter": Int(0),
-        "iterate": OneOf(ITERATES),
-        "truncation": Int(1) | None,
-        "symmetrize": OneOf(SYMMETRIZATIONS),
-        "ties": OneOf(TIES),
-        "batch_size": Int(1) | None,
-        "backend": OneOf(BACKENDS),
-    }
-
     # ------------------------------------------------------------------ fit
     def _fit(self, database: Tensor) -> None:
-        check_normalized(database, "database")
-        n = database.shape[0]
-        check_k(self.kd, n, name="kd")
-        check_k(self.kq, n, name="kq")
-        graph = knn_graph(
-            database,
-            self.kd,
-            k_includes_self=True,
-            symmetrize=self.symmetrize,
-            gamma=float(self.gamma),
-            backend=self.backend,
-        )
+        graph, normalized = self._database_graph(database)
         self.affinity_ = to_torch_csr(graph)
         if self.truncation is None:
-            s = normalize_adjacency(graph.edge_index, graph.edge_weight, n, "sym")
-            normalized = Data(edge_index=graph.edge_index, edge_weight=s, num_nodes=n)
             self.operator_ = diffusion_operator(normalized, float(self.alpha))
         self._fit_images(database)
 
@@ -239,13 +177,8 @@ class Diffusion(MultiVectorReranker):
     def _summed_queries(self, qv: Tensor, qid: Tensor, nb: int) -> Tensor:
         return torch.zeros(nb, qv.shape[1], dtype=qv.dtype, device=qv.device).index_add_(0, qid, qv)
 
-    def _secondary(self, qsum: Tensor) -> Callable[[Tensor], Tensor]:
-        n = self.pooled_.shape[0]
-        if self.ties == "index":
-            return lambda rows: (
-                -torch.arange(n, dtype=torch.float64, device=rows.device).expand(rows.numel(), n)
-            )
-        return lambda rows: qsum[rows] @ self.pooled_.T
+    def _first_stage(self) -> Tensor:
+        return self.pooled_
 
     def _search_full(self, qv: Tensor, qid: Tensor, nb: int, k: int) -> tuple[Tensor, Tensor]:
         db = self.database_
@@ -409,49 +342,14 @@ class RegionalDiffusion(Diffusion):
         tensor([[ 0,  3, 14]])
     """
 
-    def __init__(
-        self,
-        *,
-        kd: int = 200,
-        kq: int = 200,
-        pooling: Literal["gmp", "sum"] = "gmp",
-        gmp_lambda: float = 1.0,
-        alpha: float = 0.99,
-        gamma: float = 3.0,
-        tol: float = 1e-6,
-        max_iter: int = 20,
-        iterate: Iterate = "best",
-        truncation: int | None = None,
-        symmetrize: Symmetrization = "mutual",
-        ties: Ties = "similarity",
-        batch_size: int | None = None,
-        backend: Backend = "auto",
-    ) -> None:
-        super().__init__(
-            kd=kd,
-            kq=kq,
-            alpha=alpha,
-            gamma=gamma,
-            tol=tol,
-            max_iter=max_iter,
-            iterate=iterate,
-            truncation=truncation,
-            symmetrize=symmetrize,
-            ties=ties,
-            batch_size=batch_size,
-            backend=backend,
-        )
-        self.pooling = pooling
-        self.gmp_lambda = gmp_lambda
+    kd: int = setting(200, Int(1))
+    kq: int = setting(200, Int(1))
+    pooling: Literal["gmp", "sum"] = setting("gmp", OneOf(("gmp", "sum")))
+    gmp_lambda: float = setting(1.0, Real(0, low_open=True))
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
         return {"kd": 8, "kq": 4, "backend": "torch"}
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "pooling": OneOf(("gmp", "sum")),
-        "gmp_lambda": Real(0, low_open=True),
-    }
 
     def fit(self, database: TensorLike, /, image_ids: TensorLike | None = None) -> Self:
         """Fit on region vectors :math:`(M, D)` with the image of each, ``image_ids``

@@ -9,13 +9,13 @@ item itself with weight 1 and its :math:`k` *other* nearest items.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
 from .._checks import check_features, check_normalized
 from .._checks import check_same_device as _same_device
-from .._params import Constraints, Int, OneOf, Real
+from .._params import Int, OneOf, Real, setting
 from ..graph import KNNIndex, knn_graph, to_torch_csr
 from ..nn.expansion import ExpansionPropagation, bipartite_adjacency
 from ..typing import BACKENDS, Backend, RerankResult, TensorLike
@@ -36,12 +36,6 @@ class _QueryExpansion(Reranker):
 
     def _alpha(self) -> float:
         raise NotImplementedError
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "k": Int(1),
-        "iterations": Int(1),
-        "backend": OneOf(BACKENDS),
-    }
 
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database", offer_option=False)
@@ -134,10 +128,9 @@ class AverageQueryExpansion(_QueryExpansion):
         :func:`average_query_expansion`, :class:`AlphaQueryExpansion`
     """
 
-    def __init__(self, *, k: int = 5, iterations: int = 1, backend: Backend = "auto") -> None:
-        self.k = k
-        self.iterations = iterations
-        self.backend = backend
+    k: int = setting(5, Int(1))
+    iterations: int = setting(1, Int(1))
+    backend: Backend = setting("auto", OneOf(BACKENDS))
 
     def _alpha(self) -> float:
         return 0.0
@@ -204,20 +197,10 @@ class AlphaQueryExpansion(_QueryExpansion):
         :func:`alpha_query_expansion`, :class:`AverageQueryExpansion`
     """
 
-    def __init__(
-        self,
-        *,
-        k: int = 5,
-        alpha: float = 3.0,
-        iterations: int = 1,
-        backend: Backend = "auto",
-    ) -> None:
-        self.k = k
-        self.alpha = alpha
-        self.iterations = iterations
-        self.backend = backend
-
-    _parameter_constraints: ClassVar[Constraints] = {"alpha": Real(0)}
+    k: int = setting(5, Int(1))
+    alpha: float = setting(3.0, Real(0))
+    iterations: int = setting(1, Int(1))
+    backend: Backend = setting("auto", OneOf(BACKENDS))
 
     def _alpha(self) -> float:
         return float(self.alpha)
@@ -284,25 +267,10 @@ class DatabaseAugmentation(Reranker):
         :func:`database_augmentation`, :class:`AlphaQueryExpansion`
     """
 
-    def __init__(
-        self,
-        *,
-        k: int = 5,
-        alpha: float = 0.0,
-        iterations: int = 1,
-        backend: Backend = "auto",
-    ) -> None:
-        self.k = k
-        self.alpha = alpha
-        self.iterations = iterations
-        self.backend = backend
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "k": Int(1),
-        "alpha": Real(0),
-        "iterations": Int(1),
-        "backend": OneOf(BACKENDS),
-    }
+    k: int = setting(5, Int(1))
+    alpha: float = setting(0.0, Real(0))
+    iterations: int = setting(1, Int(1))
+    backend: Backend = setting("auto", OneOf(BACKENDS))
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
@@ -342,22 +310,20 @@ def average_query_expansion(
     k: int = 100,
     *,
     num_neighbors: int = 5,
-    iterations: int = 1,
-    backend: Backend = "auto",
+    **settings: Any,
 ) -> RerankResult:
     r"""Rank ``database`` for AQE-expanded ``queries`` in one call.
 
-    ``AverageQueryExpansion(k=num_neighbors, ...).fit(database).rerank(queries, k)``; see
-    :class:`AverageQueryExpansion` for the math. ``k`` here is the length of each ranked list;
-    the expansion's :math:`k` is ``num_neighbors``.
+    ``AverageQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)``;
+    see :class:`AverageQueryExpansion` for the math. ``k`` here is the length of each ranked
+    list; the expansion's :math:`k` is ``num_neighbors``.
 
     Args:
         queries: :math:`(Q, D)` L2-normalised, or ``None`` (all-vs-all).
         database: :math:`(N, D)` L2-normalised.
         k: Length of each ranked list.
         num_neighbors: Neighbours added to each query (the class's ``k``).
-        iterations: Rounds of search and expansion.
-        backend: kNN backend.
+        **settings: The class's other settings (``iterations``, ``backend``).
 
     Returns:
         ``(scores, indices)``, each :math:`(Q, k)`.
@@ -368,8 +334,7 @@ def average_query_expansion(
         >>> average_query_expansion(x[4:], x[:4], k=4, num_neighbors=3, backend="torch").indices
         tensor([[2, 1, 3, 0]])
     """
-    reranker = AverageQueryExpansion(k=num_neighbors, iterations=iterations, backend=backend)
-    return reranker.fit(database).rerank(queries, k)
+    return AverageQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)
 
 
 def alpha_query_expansion(
@@ -378,14 +343,12 @@ def alpha_query_expansion(
     k: int = 100,
     *,
     num_neighbors: int = 5,
-    alpha: float = 3.0,
-    iterations: int = 1,
-    backend: Backend = "auto",
+    **settings: Any,
 ) -> RerankResult:
     r"""Rank ``database`` for αQE-expanded ``queries`` in one call.
 
-    ``AlphaQueryExpansion(k=num_neighbors, alpha=alpha, ...).fit(database).rerank(queries, k)``;
-    see :class:`AlphaQueryExpansion` for the math. ``k`` here is the length of each ranked list;
+    ``AlphaQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)``; see
+    :class:`AlphaQueryExpansion` for the math. ``k`` here is the length of each ranked list;
     the expansion's :math:`k` is ``num_neighbors``.
 
     Args:
@@ -393,9 +356,7 @@ def alpha_query_expansion(
         database: :math:`(N, D)` L2-normalised.
         k: Length of each ranked list.
         num_neighbors: Neighbours added to each query (the class's ``k``).
-        alpha: Similarity exponent :math:`\alpha`.
-        iterations: Rounds of search and expansion.
-        backend: kNN backend.
+        **settings: The class's other settings (``alpha``, ``iterations``, ``backend``).
 
     Returns:
         ``(scores, indices)``, each :math:`(Q, k)`.
@@ -406,10 +367,7 @@ def alpha_query_expansion(
         >>> alpha_query_expansion(x[4:], x[:4], k=4, num_neighbors=3, backend="torch").indices
         tensor([[2, 1, 3, 0]])
     """
-    reranker = AlphaQueryExpansion(
-        k=num_neighbors, alpha=alpha, iterations=iterations, backend=backend
-    )
-    return reranker.fit(database).rerank(queries, k)
+    return AlphaQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)
 
 
 def database_augmentation(
@@ -418,13 +376,11 @@ def database_augmentation(
     k: int = 100,
     *,
     num_neighbors: int = 5,
-    alpha: float = 0.0,
-    iterations: int = 1,
-    backend: Backend = "auto",
+    **settings: Any,
 ) -> RerankResult:
     r"""Rank a DBA-augmented ``database`` for ``queries`` in one call.
 
-    ``DatabaseAugmentation(k=num_neighbors, alpha=alpha, ...).fit(database).rerank(queries, k)``;
+    ``DatabaseAugmentation(k=num_neighbors, **settings).fit(database).rerank(queries, k)``;
     see :class:`DatabaseAugmentation` for the math. ``k`` here is the length of each ranked
     list; the augmentation's :math:`k` is ``num_neighbors``.
 
@@ -433,9 +389,8 @@ def database_augmentation(
         database: :math:`(N, D)` L2-normalised.
         k: Length of each ranked list.
         num_neighbors: Neighbours of each database item (the class's ``k``).
-        alpha: Similarity exponent :math:`\alpha` (0: DBA, 3: αDBA).
-        iterations: Rounds of graph building and augmentation.
-        backend: kNN backend.
+        **settings: The class's other settings (``alpha``: 0 for DBA, 3 for αDBA;
+            ``iterations``, ``backend``).
 
     Returns:
         ``(scores, indices)``, each :math:`(Q, k)`.
@@ -446,7 +401,4 @@ def database_augmentation(
         >>> database_augmentation(x[4:], x[:4], k=2, num_neighbors=1, backend="torch").indices
         tensor([[3, 2]])
     """
-    reranker = DatabaseAugmentation(
-        k=num_neighbors, alpha=alpha, iterations=iterations, backend=backend
-    )
-    return reranker.fit(database).rerank(queries, k)
+    return DatabaseAugmentation(k=num_neighbors, **settings).fit(database).rerank(queries, k)

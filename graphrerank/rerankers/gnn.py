@@ -2,13 +2,13 @@ r"""GNN re-ranking (Zhang et al. 2020) as sparse message passing."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._checks import check_normalized, check_same_device
-from .._params import Constraints, Int, Real
+from .._params import Int, Real, setting
 from ..graph import lists as _lists
 from ..graph.lists import FeatureNodes, graph_lists, scan
 from ..graph.ranking import select_topk
@@ -156,32 +156,15 @@ class GNNRerank(Reranker):
     transductive = True
     needs_query_similarity = True
 
-    def __init__(
-        self,
-        *,
-        k1: int = 26,
-        k2: int = 7,
-        layers: int = 2,
-        lambda_value: float = 0.0,
-        max_nonzeros: int | None = None,
-    ) -> None:
-        self.k1 = k1
-        self.k2 = k2
-        self.layers = layers
-        self.lambda_value = lambda_value
-        self.max_nonzeros = max_nonzeros
+    k1: int = setting(26, Int(1))
+    k2: int = setting(7, Int(1, high="k1"))
+    layers: int = setting(2, Int(0))
+    lambda_value: float = setting(0.0, Real(0.0, 1.0))
+    max_nonzeros: int | None = setting(None, Int(1) | None)
 
     @classmethod
     def _test_params(cls):
         return {"k1": 8, "k2": 3}
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "k1": Int(1),
-        "k2": Int(1, high="k1"),
-        "layers": Int(0),
-        "lambda_value": Real(0.0, 1.0),
-        "max_nonzeros": Int(1) | None,
-    }
 
     def _fit(self, database: Tensor) -> None:
         check_normalized(database, "database")
@@ -241,15 +224,11 @@ def gnn_rerank(
     queries: TensorLike | None,
     database: TensorLike,
     k: int = 100,
-    *,
-    k1: int = 26,
-    k2: int = 7,
-    layers: int = 2,
-    lambda_value: float = 0.0,
-    max_nonzeros: int | None = None,
+    **settings: Any,
 ) -> RerankResult:
     r"""GNN re-ranking of ``database`` for ``queries`` (``None``: all-vs-all), the function
-    form of :class:`GNNRerank`: ``GNNRerank(**settings).fit(database).rerank(queries, k)``.
+    form of :class:`GNNRerank`: ``GNNRerank(**settings).fit(database).rerank(queries, k)``
+    (settings ``k1``, ``k2``, ``layers``, ``lambda_value``, ``max_nonzeros``).
 
     Example:
         >>> angles = torch.tensor([0.0, 0.1, 0.25, 0.45, 1.5, 1.6, 1.8, 2.1])
@@ -264,8 +243,4 @@ def gnn_rerank(
                 [6, 5, 4],
                 [7, 6, 5]])
     """
-    return (
-        GNNRerank(k1=k1, k2=k2, layers=layers, lambda_value=lambda_value, max_nonzeros=max_nonzeros)
-        .fit(database)
-        .rerank(queries, k)
-    )
+    return GNNRerank(**settings).fit(database).rerank(queries, k)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from torch import Tensor
 
-from .._params import Constraints, OneOf
+from .._params import OneOf, setting
 from ..graph import KNNIndex
 from ..typing import BACKENDS, METRICS, Backend, Metric, RerankResult
 from .base import Reranker
@@ -37,19 +35,8 @@ class KNN(Reranker):
                 [2, 1]])
     """
 
-    def __init__(
-        self,
-        *,
-        metric: Metric = "ip",
-        backend: Backend = "auto",
-    ) -> None:
-        self.metric = metric
-        self.backend = backend
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "metric": OneOf(METRICS),
-        "backend": OneOf(BACKENDS),
-    }
+    metric: Metric = setting("ip", OneOf(METRICS))
+    backend: Backend = setting("auto", OneOf(BACKENDS))
 
     def _fit(self, database: Tensor) -> None:
         self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)

@@ -2,13 +2,13 @@ r"""k-reciprocal encoding re-ranking (Zhong et al., CVPR 2017), computed sparsel
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._checks import as_tensor, check_k, check_same_device
-from .._params import Constraints, Int, Real, check_params
+from .._params import Int, Real, check_params, setting
 from ..graph import lists as _lists
 from ..graph.lists import DistanceNodes, FeatureNodes, graph_lists, scan
 from ..graph.ranking import select_topk
@@ -132,10 +132,6 @@ def _run(
     )
 
 
-#: The settings of k-reciprocal re-ranking (the class and both function forms).
-_CONSTRAINTS: Constraints = {"k1": Int(1), "k2": Int(1), "lambda_value": Real(0.0, 1.0)}
-
-
 _MATH = r"""
     For the :math:`M` items of one graph (the queries and the database together) with squared
     Euclidean distances normalised per row by the row's maximum over all :math:`M` items,
@@ -225,16 +221,13 @@ class KReciprocal(Reranker):
     candidate_scores = "negative_distance"
     needs_query_similarity = True
 
-    def __init__(self, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> None:
-        self.k1 = k1
-        self.k2 = k2
-        self.lambda_value = lambda_value
+    k1: int = setting(20, Int(1))
+    k2: int = setting(6, Int(1))
+    lambda_value: float = setting(0.3, Real(0.0, 1.0))
 
     @classmethod
     def _test_params(cls):
         return {"k1": 6, "k2": 3}
-
-    _parameter_constraints: ClassVar[Constraints] = _CONSTRAINTS
 
     def _fit(self, database: Tensor) -> None:
         n = database.shape[0]
@@ -308,14 +301,12 @@ def kreciprocal_rerank(
     queries: TensorLike | None,
     database: TensorLike,
     k: int = 100,
-    *,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
+    **settings: Any,
 ) -> RerankResult:
     r"""k-reciprocal re-ranking of ``database`` for ``queries`` (``None``: all-vs-all), the
     function form of :class:`KReciprocal`:
-    ``KReciprocal(k1=k1, k2=k2, lambda_value=lambda_value).fit(database).rerank(queries, k)``.
+    ``KReciprocal(**settings).fit(database).rerank(queries, k)`` (settings ``k1``, ``k2``,
+    ``lambda_value``).
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [2.5], [4.5], [10.0], [11.0], [13.0]])
@@ -328,7 +319,7 @@ def kreciprocal_rerank(
                 [5, 4, 6],
                 [6, 5, 4]])
     """
-    return KReciprocal(k1=k1, k2=k2, lambda_value=lambda_value).fit(database).rerank(queries, k)
+    return KReciprocal(**settings).fit(database).rerank(queries, k)
 
 
 def _check_distance(x, name: str, shape: tuple[int, int] | None = None) -> Tensor:
@@ -395,7 +386,7 @@ def kreciprocal_rerank_distances(
         tensor([[0, 1, 2]])
     """
     settings = {"k1": k1, "k2": k2, "lambda_value": lambda_value}
-    check_params(settings, _CONSTRAINTS)
+    check_params(settings, KReciprocal._constraints())
     gg = _check_distance(g_g_dist, "g_g_dist")
     nd = gg.shape[0]
     if gg.shape[1] != nd:

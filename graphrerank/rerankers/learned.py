@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._checks import as_tensor, check_features, check_k, check_same_device
 from .._io import CorruptFileError, load_arrays, save_arrays
-from .._params import Constraints, InstanceOf, Int, OneOf, Real
+from .._params import InstanceOf, Int, OneOf, Real, setting
 from ..graph import KNNIndex
 from ..models.fusion import GAMMAS, LAMBDAS, FusionResult, rerank_shortlist, tune_fusion
 from ..models.matcher import LocalMatcher
@@ -153,56 +153,27 @@ class LocalDescriptorReranker(Reranker):
     needs_query_similarity = False
     accepts_initial = True
 
-    def __init__(
-        self,
-        *,
-        model: LocalMatcher | None = None,
-        top_m: int = 100,
-        mode: Literal["auto", "pairwise", "listwise"] = "auto",
-        window: int = 100,
-        stride: int = 50,
-        lambda_value: float = 0.5,
-        gamma: float = 1.0,
-        query_descriptors: int | None = None,
-        db_descriptors: int | None = None,
-        db_storage: Literal["float32", "float16", "binary"] = "float32",
-        batch_size: int = 256,
-        metric: Metric = "ip",
-        backend: Backend = "auto",
-    ) -> None:
-        self.model = model
-        self.top_m = top_m
-        self.mode = mode
-        self.window = window
-        self.stride = stride
-        self.lambda_value = lambda_value
-        self.gamma = gamma
-        self.query_descriptors = query_descriptors
-        self.db_descriptors = db_descriptors
-        self.db_storage = db_storage
-        self.batch_size = batch_size
-        self.metric = metric
-        self.backend = backend
+    model: LocalMatcher | None = setting(
+        None, InstanceOf(LocalMatcher, "a graphrerank.models.LocalMatcher or None") | None
+    )
+    top_m: int = setting(100, Int(1))
+    mode: Literal["auto", "pairwise", "listwise"] = setting(
+        "auto", OneOf(("auto", "pairwise", "listwise"))
+    )
+    window: int = setting(100, Int(1))
+    stride: int = setting(50, Int(1))
+    lambda_value: float = setting(0.5, Real(0, 1))
+    gamma: float = setting(1.0, Real(0, low_open=True))
+    query_descriptors: int | None = setting(None, Int(1) | None)
+    db_descriptors: int | None = setting(None, Int(1) | None)
+    db_storage: Literal["float32", "float16", "binary"] = setting("float32", OneOf(STORAGES))
+    batch_size: int = setting(256, Int(1))
+    metric: Metric = setting("ip", OneOf(METRICS))
+    backend: Backend = setting("auto", OneOf(BACKENDS))
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
         return {"top_m": 10, "batch_size": 64}
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "model": InstanceOf(LocalMatcher, "a graphrerank.models.LocalMatcher or None") | None,
-        "top_m": Int(1),
-        "mode": OneOf(("auto", "pairwise", "listwise")),
-        "window": Int(1),
-        "stride": Int(1),
-        "lambda_value": Real(0, 1),
-        "gamma": Real(0, low_open=True),
-        "query_descriptors": Int(1) | None,
-        "db_descriptors": Int(1) | None,
-        "db_storage": OneOf(STORAGES),
-        "batch_size": Int(1),
-        "metric": OneOf(METRICS),
-        "backend": OneOf(BACKENDS),
-    }
 
     # ------------------------------------------------------------------ fitting
     def fit(

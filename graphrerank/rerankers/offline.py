@@ -14,7 +14,7 @@ from torch_geometric.data import Data
 
 from .._checks import check_features, check_normalized
 from .._io import CorruptFileError, load_arrays, save_arrays
-from .._params import AnyOf, Bool, Constraints, Function, InstanceOf, Int, OneOf, Real
+from .._params import AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
 from .._version import __version__
 from ..diffusion import offline_diffusion, offline_diffusion_scores
@@ -64,20 +64,21 @@ class _OfflineBase(Reranker):
     def _num_candidates(self) -> int:
         return self.kd
 
-    _parameter_constraints: ClassVar[Constraints] = {
-        "kq": Int(1),
-        "truncation": Int(1),
-        "alpha": Real(0, 1, low_open=True, high_open=True),
-        "gamma": Real(0),
-        "tol": Real(0),
-        "max_iter": Int(0),
-        "normalize": Bool(),
-        "search": OneOf(SEARCHES),
-        "ties": OneOf(TIES),
-        "backend": OneOf(BACKENDS),
-        "block_size": Int(1) | None,
-        "progress": AnyOf(None, Bool(), Function(), what="None, True, False or a callable"),
-    }
+    kd: int = setting(50, Int(1))
+    kq: int = setting(10, Int(1))
+    truncation: int = setting(1000, Int(1))
+    alpha: float = setting(0.99, Real(0, 1, low_open=True, high_open=True))
+    gamma: float = setting(3.0, Real(0))
+    ties: Ties = setting("similarity", OneOf(TIES))
+    tol: float = setting(1e-6, Real(0))
+    max_iter: int = setting(20, Int(0))
+    normalize: bool = setting(False, Bool())
+    search: Search = setting("auto", OneOf(SEARCHES))
+    backend: Backend = setting("auto", OneOf(BACKENDS))
+    block_size: int | None = setting(None, Int(1) | None)
+    progress: bool | ProgressCallback | None = setting(
+        None, AnyOf(None, Bool(), Function(), what="None, True, False or a callable")
+    )
 
     def _prepare(self, x: Tensor, name: str) -> Tensor:
         if self.normalize:
@@ -338,45 +339,12 @@ class OfflineDiffusion(_OfflineBase):
         torch.Size([6, 6])
     """
 
-    def __init__(
-        self,
-        *,
-        kd: int = 50,
-        kq: int = 10,
-        truncation: int = 1000,
-        alpha: float = 0.99,
-        gamma: float = 3.0,
-        tol: float = 1e-6,
-        max_iter: int = 20,
-        transductive: bool = False,
-        ties: Ties = "similarity",
-        normalize: bool = False,
-        search: Search = "auto",
-        backend: Backend = "auto",
-        block_size: int | None = None,
-        progress: bool | ProgressCallback | None = None,
-    ) -> None:
-        self.kd = kd
-        self.kq = kq
-        self.truncation = truncation
-        self.alpha = alpha
-        self.gamma = gamma
-        self.tol = tol
-        self.max_iter = max_iter
-        # the setting is also the instance's declaration (it shadows the class attribute)
-        self.transductive = transductive
-        self.ties = ties
-        self.normalize = normalize
-        self.search = search
-        self.backend = backend
-        self.block_size = block_size
-        self.progress = progress
+    # the setting is also the instance's declaration (it shadows the class attribute)
+    transductive: bool = setting(False, Bool())
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
         return {"kd": 8, "kq": 4, "truncation": 20}
-
-    _parameter_constraints: ClassVar[Constraints] = {"kd": Int(1), "transductive": Bool()}
 
     def _graph(self, x: Tensor, knn: KNNResult) -> Data:
         return mutual_knn_graph(x, self.kd, gamma=self.gamma, candidates=knn)
@@ -518,71 +486,30 @@ class RDiP(_OfflineBase):
         True
     """
 
-    def __init__(
-        self,
-        *,
-        rescorer: Reranker | EdgeRescorer | None = None,
-        km: int = 100,
-        kd: int = 50,
-        kq: int = 10,
-        truncation: int = 1000,
-        alpha: float = 0.99,
-        gamma: float = 3.0,
-        symmetrize: Literal["min", "mutual", "max", "union"] = "min",
-        edge_weights: Literal[
-            "auto", "rescored", "rescored_raw", "rescored_distance", "base"
-        ] = "auto",
-        query_scores: Literal["base", "rescored"] = "base",
-        ties: Ties = "similarity",
-        tol: float = 1e-6,
-        max_iter: int = 20,
-        normalize: bool = False,
-        search: Search = "auto",
-        backend: Backend = "auto",
-        block_size: int | None = None,
-        progress: bool | ProgressCallback | None = None,
-        rescore_batch_size: int = 1024,
-    ) -> None:
-        self.rescorer = rescorer
-        self.km = km
-        self.kd = kd
-        self.kq = kq
-        self.truncation = truncation
-        self.alpha = alpha
-        self.gamma = gamma
-        self.symmetrize = symmetrize
-        self.edge_weights = edge_weights
-        self.query_scores = query_scores
-        self.ties = ties
-        self.tol = tol
-        self.max_iter = max_iter
-        self.normalize = normalize
-        self.search = search
-        self.backend = backend
-        self.block_size = block_size
-        self.progress = progress
-        self.rescore_batch_size = rescore_batch_size
+    rescorer: Reranker | EdgeRescorer | None = setting(
+        None,
+        AnyOf(
+            None,
+            InstanceOf(Reranker, "a Reranker"),
+            Function("a callable"),
+            what="None, a Reranker or a callable (rows, candidates, scores) -> scores",
+        ),
+    )
+    km: int = setting(100, Int(low="kd"))
+    symmetrize: Literal["min", "mutual", "max", "union"] = setting(
+        "min", OneOf(("min", "mutual", "max", "union"))
+    )
+    edge_weights: Literal["auto", "rescored", "rescored_raw", "rescored_distance", "base"] = (
+        setting("auto", OneOf(("auto", "rescored", "rescored_raw", "rescored_distance", "base")))
+    )
+    query_scores: Literal["base", "rescored"] = setting("base", OneOf(("base", "rescored")))
+    rescore_batch_size: int = setting(1024, Int(1))
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
         return {"km": 12, "kd": 8, "kq": 4, "truncation": 20}
 
     _renamed_params: ClassVar[dict[str, str]] = {"k_m": "km", "k_d": "kd"}
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "rescorer": AnyOf(
-            None,
-            InstanceOf(Reranker, "a Reranker"),
-            Function("a callable"),
-            what="None, a Reranker or a callable (rows, candidates, scores) -> scores",
-        ),
-        "km": Int(low="kd"),
-        "kd": Int(1),
-        "symmetrize": OneOf(("min", "mutual", "max", "union")),
-        "edge_weights": OneOf(("auto", "rescored", "rescored_raw", "rescored_distance", "base")),
-        "query_scores": OneOf(("base", "rescored")),
-        "rescore_batch_size": Int(1),
-    }
 
     def _num_candidates(self) -> int:
         return self.km

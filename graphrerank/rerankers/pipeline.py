@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
-from .._params import Constraints, Int
+from .._params import Int, setting
 from ..typing import RerankResult
 from .base import Reranker
 
@@ -91,11 +91,9 @@ class Pipeline(Reranker):
 
     _positional_settings = ("stages",)
 
-    def __init__(
-        self, stages: Sequence[Reranker] | None = None, *, depth: int | None = None
-    ) -> None:
-        self.stages = stages
-        self.depth = depth
+    #: ``stages`` is checked by :meth:`_validate_params` (each element a re-ranker instance).
+    stages: Sequence[Reranker] | None = setting(None, positional=True)
+    depth: int | None = setting(None, Int(1) | None)
 
     # ------------------------------------------------------------------ declarations
     def _stages(self) -> list[Reranker]:
@@ -149,9 +147,6 @@ class Pipeline(Reranker):
         }
 
     # ------------------------------------------------------------------ fit / rerank
-    #: ``stages`` is checked by :meth:`_validate_params` (each element a re-ranker instance).
-    _parameter_constraints: ClassVar[Constraints] = {"stages": None, "depth": Int(1) | None}
-
     def _validate_params(self) -> None:
         if self.stages is not None and (
             isinstance(self.stages, Reranker) or not isinstance(self.stages, Sequence)

@@ -2,26 +2,17 @@ r"""Fast spectral ranking (Iscen et al., CVPR 2018)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
 
-from .._checks import check_k, check_normalized
-from .._params import Constraints, Int, OneOf, Real
+from .._params import Int, OneOf, setting
 from ..diffusion import query_entries, spectral_embedding
-from ..graph import knn_graph, normalize_adjacency, top_k_with_ties
+from ..graph import top_k_with_ties
 from ..typing import (
-    BACKENDS,
-    SYMMETRIZATIONS,
-    TIES,
-    Backend,
     RerankResult,
-    Symmetrization,
     TensorLike,
-    Ties,
 )
 from ._multivector import MultiVectorReranker, RegionalQueries
 
@@ -93,76 +84,20 @@ class FastSpectralRanking(MultiVectorReranker):
         torch.Size([2, 4])
     """
 
-    def __init__(
-        self,
-        *,
-        kd: int = 50,
-        kq: int = 10,
-        alpha: float = 0.99,
-        gamma: float = 3.0,
-        rank: int = 2000,
-        symmetrize: Symmetrization = "mutual",
-        eigensolver: Literal["auto", "dense", "scipy"] = "auto",
-        ties: Ties = "similarity",
-        batch_size: int | None = None,
-        backend: Backend = "auto",
-    ) -> None:
-        self.kd = kd
-        self.kq = kq
-        self.alpha = alpha
-        self.gamma = gamma
-        self.rank = rank
-        self.symmetrize = symmetrize
-        self.eigensolver = eigensolver
-        self.ties = ties
-        self.batch_size = batch_size
-        self.backend = backend
+    rank: int = setting(2000, Int(1))
+    eigensolver: Literal["auto", "dense", "scipy"] = setting(
+        "auto", OneOf(("auto", "dense", "scipy"))
+    )
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
         return {"kd": 8, "kq": 4, "rank": 20, "backend": "torch"}
 
-    _renamed_params: ClassVar[dict[str, str]] = {"k": "kd", "num_neighbors": "kd"}
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "kd": Int(1),
-        "kq": Int(1),
-        "alpha": Real(0, 1, high_open=True),
-        "gamma": Real(0),
-        "rank": Int(1),
-        "symmetrize": OneOf(SYMMETRIZATIONS),
-        "eigensolver": OneOf(("auto", "dense", "scipy")),
-        "ties": OneOf(TIES),
-        "batch_size": Int(1) | None,
-        "backend": OneOf(BACKENDS),
-    }
-
     def _fit(self, database: Tensor) -> None:
-        check_normalized(database, "database")
-        n = database.shape[0]
-        check_k(self.kd, n, name="kd")
-        check_k(self.kq, n, name="kq")
-        graph = knn_graph(
-            database,
-            self.kd,
-            k_includes_self=True,
-            symmetrize=self.symmetrize,
-            gamma=float(self.gamma),
-            backend=self.backend,
-        )
-        s = normalize_adjacency(graph.edge_index, graph.edge_weight, n, "sym")
-        normalized = Data(edge_index=graph.edge_index, edge_weight=s, num_nodes=n)
+        _, normalized = self._database_graph(database)
         self.embedding_, self.eigenvalues_ = spectral_embedding(
             normalized, self.rank, alpha=float(self.alpha), eigensolver=self.eigensolver
         )
-
-    def _secondary(self, qsum: Tensor) -> Callable[[Tensor], Tensor]:
-        n = self.database_.shape[0]
-        if self.ties == "index":
-            return lambda rows: (
-                -torch.arange(n, dtype=torch.float64, device=rows.device).expand(rows.numel(), n)
-            )
-        return lambda rows: qsum[rows] @ self.database_.T
 
     def _search(self, qv: Tensor, qid: Tensor, nq: int, k: int) -> RerankResult:
         db, emb = self.database_, self.embedding_

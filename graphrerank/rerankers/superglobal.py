@@ -2,13 +2,13 @@ r"""SuperGlobal re-ranking (Shao et al., ICCV 2023): shortlist refinement of glo
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._checks import check_normalized
-from .._params import Constraints, Int, OneOf, Real
+from .._params import Int, OneOf, Real, setting
 from ..graph import KNNIndex
 from ..typing import BACKENDS, Backend, RerankResult, TensorLike
 from .base import Reranker
@@ -109,36 +109,17 @@ class SuperGlobal(Reranker):
 
     accepts_initial = True
 
-    def __init__(
-        self,
-        *,
-        M: int = 400,
-        K: int = 9,
-        beta: float = 0.15,
-        database_neighbors: int | None = None,
-        backend: Backend = "auto",
-        block_bytes: int = _DEFAULT_BLOCK_BYTES,
-    ) -> None:
-        self.M = M
-        self.K = K
-        self.beta = beta
-        self.database_neighbors = database_neighbors
-        self.backend = backend
-        self.block_bytes = block_bytes
+    M: int = setting(400, Int(1))
+    K: int = setting(9, Int(0))
+    beta: float = setting(0.15, Real(0))
+    database_neighbors: int | None = setting(None, Int(1) | None)
+    backend: Backend = setting("auto", OneOf(BACKENDS))
+    block_bytes: int = setting(_DEFAULT_BLOCK_BYTES, Int(1))
 
     @property
     def shortlist_size(self) -> int:
         """The shortlist length :math:`M` an earlier stage should hand over."""
         return int(self.M)
-
-    _parameter_constraints: ClassVar[Constraints] = {
-        "M": Int(1),
-        "K": Int(0),
-        "beta": Real(0),
-        "database_neighbors": Int(1) | None,
-        "backend": OneOf(BACKENDS),
-        "block_bytes": Int(1),
-    }
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
@@ -443,25 +424,19 @@ def superglobal_rerank(
     database: TensorLike,
     k: int = 100,
     *,
-    M: int = 400,
-    K: int = 9,
-    beta: float = 0.15,
-    backend: Backend = "auto",
     initial: RerankResult | tuple[Tensor, Tensor] | None = None,
+    **settings: Any,
 ) -> RerankResult:
     r"""SuperGlobal re-ranking in one call:
-    ``SuperGlobal(M=M, K=K, beta=beta, backend=backend).fit(database).rerank(queries, k,
-    initial=initial)``; see :class:`SuperGlobal` for the math.
+    ``SuperGlobal(**settings).fit(database).rerank(queries, k, initial=initial)``; see
+    :class:`SuperGlobal` for the math and the settings (``M``, ``K``, ``beta``, ...).
 
     Args:
         queries: :math:`(Q, D)` L2-normalised, or ``None`` (all-vs-all).
         database: :math:`(N, D)` L2-normalised.
         k: Length of each ranked list.
-        M: Shortlist length.
-        K: Neighbours in the refinements.
-        beta: Neighbour weight of the database-side refinement.
-        backend: kNN backend of the first-stage search.
         initial: Optional first-stage ``(scores, indices)`` :math:`(Q, m)`.
+        **settings: The settings of :class:`SuperGlobal`.
 
     Returns:
         ``(scores, indices)``, each :math:`(Q, k)`.
@@ -473,5 +448,4 @@ def superglobal_rerank(
         >>> superglobal_rerank(q, x, k=5, M=10, K=2, backend="torch").indices
         tensor([[28,  7,  1,  3, 11]])
     """
-    reranker = SuperGlobal(M=M, K=K, beta=beta, backend=backend)
-    return reranker.fit(database).rerank(queries, k, initial=initial)
+    return SuperGlobal(**settings).fit(database).rerank(queries, k, initial=initial)
