@@ -14,7 +14,22 @@ from ..graph import lists as _lists
 from ..graph.sparse import csr, csr_from_rows
 from .propagate import WeightedPropagation
 
-__all__ = ["LOOKUP_LENGTH", "kreciprocal_encoding", "reciprocal_mask", "round_half"]
+__all__ = [
+    "ENCODING_MATH",
+    "LOOKUP_LENGTH",
+    "kreciprocal_encoding",
+    "reciprocal_mask",
+    "round_half",
+]
+
+#: The encoding's formulas, lines of an aligned ``.. math::`` block (shared with the docstring
+#: of :class:`~graphrerank.rerankers.KReciprocal`).
+ENCODING_MATH = r"""R(i, k) &= \{ j \in N(i, k) : i \in N(j, k) \}, \\
+        R^*(i) &= R(i, k_1) \cup \bigcup \{ R(c, \tilde k) : c \in R(i, k_1),\
+            |R(c, \tilde k) \cap R(i, k_1)| > \tfrac23 |R(c, \tilde k)| \},
+            \quad \tilde k = \operatorname{round}(k_1 / 2), \\
+        V_{ij} &= \frac{e^{-d(i, j)}}{\sum_{l \in R^*(i)} e^{-d(i, l)}}\,[j \in R^*(i)],
+        \qquad \mathbf{V}_i \leftarrow \frac{1}{k_2} \sum_{j \in N(i, k_2 - 1)} \mathbf{V}_j"""
 
 
 def round_half(k1: int) -> int:
@@ -68,12 +83,7 @@ def kreciprocal_encoding(
     :math:`N(i, k)` the first :math:`k + 1` entries of :math:`i`'s list (itself included):
 
     .. math::
-        R(i, k) &= \{ j \in N(i, k) : i \in N(j, k) \}, \\
-        R^*(i) &= R(i, k_1) \cup \bigcup \{ R(c, \tilde k) : c \in R(i, k_1),\
-            |R(c, \tilde k) \cap R(i, k_1)| > \tfrac23 |R(c, \tilde k)| \},
-            \quad \tilde k = \operatorname{round}(k_1 / 2), \\
-        V_{ij} &= \frac{e^{-d(i, j)}}{\sum_{l \in R^*(i)} e^{-d(i, l)}}\,[j \in R^*(i)],
-        \qquad \mathbf{V}_i \leftarrow \frac{1}{k_2} \sum_{j \in N(i, k_2 - 1)} \mathbf{V}_j,
+        {ENCODING_MATH},
 
     where :math:`\tilde k` rounds halves to even (as numpy does) and the local query
     expansion (right) is skipped when :math:`k_2 = 1`; it is one hop of
@@ -165,3 +175,8 @@ def kreciprocal_encoding(
     qe_cols = nbr[:, :n2].sort(dim=1).values
     qe = csr_from_rows(qe_cols, torch.full_like(qe_cols, 1.0 / n2, dtype=v.dtype), m)
     return WeightedPropagation()(v, qe)
+
+
+kreciprocal_encoding.__doc__ = kreciprocal_encoding.__doc__.replace(
+    "{ENCODING_MATH}", ENCODING_MATH
+)

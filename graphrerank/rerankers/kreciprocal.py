@@ -20,7 +20,7 @@ from ..graph.sparse import (
     pair_products,
     row_chunks,
 )
-from ..nn.kreciprocal import kreciprocal_encoding
+from ..nn.kreciprocal import ENCODING_MATH, kreciprocal_encoding
 from ..typing import RerankResult, TensorLike
 from .base import Reranker
 
@@ -140,18 +140,13 @@ _MATH = r"""
     ranking (itself included):
 
     .. math::
-        R(i, k) &= \{ j \in N(i, k) : i \in N(j, k) \}, \\
-        R^*(i) &= R(i, k_1) \cup \bigcup \{ R(c, \tilde k) : c \in R(i, k_1),\
-            |R(c, \tilde k) \cap R(i, k_1)| > \tfrac23 |R(c, \tilde k)| \},
-            \quad \tilde k = \operatorname{round}(k_1 / 2), \\
-        V_{ij} &= \frac{e^{-d(i, j)}}{\sum_{l \in R^*(i)} e^{-d(i, l)}}\,[j \in R^*(i)],
-        \qquad \mathbf{V}_i \leftarrow \frac{1}{k_2} \sum_{j \in N(i, k_2 - 1)} \mathbf{V}_j, \\
+        {ENCODING_MATH}, \\
         d_J(i, j) &= 1 - \frac{m_{ij}}{2 - m_{ij}}, \quad m_{ij} = \sum_l \min(V_{il}, V_{jl}),
         \qquad d^*(i, j) = (1 - \lambda)\, d_J(i, j) + \lambda\, d(i, j),
 
     where :math:`\tilde k` rounds halves to even (as numpy does) and the local query expansion
     (second line, right) is skipped when :math:`k_2 = 1`. The result is ranked by
-    :math:`d^*` (scores are :math:`-d^*`)."""
+    :math:`d^*` (scores are :math:`-d^*`).""".replace("{ENCODING_MATH}", ENCODING_MATH)
 
 
 class KReciprocal(Reranker):
