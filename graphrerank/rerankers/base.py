@@ -6,6 +6,8 @@ import abc
 import dataclasses
 import functools
 import inspect
+import os
+import sys
 import warnings
 from typing import Any, ClassVar, Self
 
@@ -100,7 +102,7 @@ class Reranker(abc.ABC):
 
             @functools.wraps(init)
             def __init__(self, *args: Any, **kw: Any) -> None:
-                init(self, *args, **type(self)._renamed(kw, stacklevel=4))
+                init(self, *args, **type(self)._renamed(kw))
 
             cls.__init__ = __init__
 
@@ -112,7 +114,7 @@ class Reranker(abc.ABC):
         return out
 
     @classmethod
-    def _renamed(cls, params: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
+    def _renamed(cls, params: dict[str, Any]) -> dict[str, Any]:
         renamed = cls._all_renamed()
         if not renamed or not any(name in params for name in renamed):
             return params
@@ -129,7 +131,7 @@ class Reranker(abc.ABC):
                 f"{cls.__name__}({old}=...) is deprecated and will be removed in the next "
                 f"release; use {new}=...",
                 DeprecationWarning,
-                stacklevel=stacklevel,
+                stacklevel=_user_stacklevel(),
             )
             params[new] = params.pop(old)
         return params
@@ -377,3 +379,18 @@ def _clone_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and any(isinstance(v, Reranker) for v in value):
         return type(value)(v.clone() if isinstance(v, Reranker) else v for v in value)
     return value
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the caller of this function) of the first
+    frame outside graphrerank, so that a warning names the user's line, whether the user called
+    a constructor, ``set_params`` or a one-call function."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
