@@ -6,13 +6,12 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CorruptFileError", "load_arrays", "save_arrays"]
+__all__ = ["CorruptFileError", "load_arrays", "read_format", "save_arrays"]
 
 _META_KEY = "__graphrerank_meta__"
 
@@ -81,8 +80,12 @@ def load_arrays(
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
-        raise CorruptFileError(f"{str(path)!r} is not a readable graphrerank file: {err}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # damaged zip or .npy headers fail in many ways inside numpy
+        raise CorruptFileError(
+            f"{str(path)!r} is not a readable graphrerank file: {type(err).__name__}: {err}"
+        ) from None
     raw = arrays.pop(_META_KEY, None)
     if raw is None:
         raise CorruptFileError(f"{str(path)!r} has no graphrerank metadata")
@@ -100,3 +103,20 @@ def load_arrays(
     if meta.get("sha256") != _digest(arrays):
         raise CorruptFileError(f"{str(path)!r} failed its checksum: the file is corrupt")
     return arrays, meta
+
+
+def read_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` a file written by :func:`save_arrays` declares, read from its metadata
+    alone (nothing is verified: :func:`load_arrays` does that); ``None`` when there is no
+    readable metadata."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            if _META_KEY not in z.files:
+                return None
+            meta = json.loads(z[_META_KEY].tobytes().decode())
+    except MemoryError:
+        raise
+    except Exception:  # unreadable: load_arrays says why
+        return None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    return fmt if isinstance(fmt, str) else None

@@ -100,7 +100,9 @@ def _imports(path: Path, package_dir: Path = PACKAGE) -> list[tuple[int, str]]:
 
 #: Every module but the root (which may import everything) and ``python -m graphrerank``.
 FILES = sorted(
-    p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.stem not in ("__init__", "__main__")
+    p
+    for p in PACKAGE.rglob("*.py")
+    if p.parent != PACKAGE or p.stem not in ("__init__", "__main__")
 )
 
 

@@ -306,17 +306,24 @@ class KNNIndex:
         The vectors (torch backend) or faiss' own serialisation (faiss backend) are stored with
         the settings and a checksum; :meth:`load` verifies both.
         """
+        arrays, meta = self._state()
+        arrays = {
+            k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v for k, v in arrays.items()
+        }
+        return save_arrays(path, arrays, meta)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(arrays, meta)``: the stored vectors (a tensor, torch backend) or faiss'
+        serialisation (a uint8 array), and the settings (what :meth:`save` writes)."""
         if self._dim is None:
             raise ValueError("cannot save an empty index: add vectors first")
         if self._backend == "torch":
-            arrays = {"vectors": self._vectors.detach().cpu().numpy()}
-        else:
-            faiss = require_faiss("KNNIndex.save")
-            index = self._index
-            if self._device.type == "cuda":
-                index = faiss.index_gpu_to_cpu(index)
-            arrays = {"faiss": faiss.serialize_index(index)}
-        return save_arrays(path, arrays, self._meta())
+            return {"vectors": self._vectors}, self._meta()
+        faiss = require_faiss("KNNIndex.save")
+        index = self._index
+        if self._device.type == "cuda":
+            index = faiss.index_gpu_to_cpu(index)
+        return {"faiss": faiss.serialize_index(index)}, self._meta()
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> KNNIndex:
@@ -327,36 +334,41 @@ class KNNIndex:
             CorruptFileError: the file is truncated, altered, of another format or inconsistent.
         """
         arrays, meta = load_arrays(path, format=_FORMAT, version=_VERSION)
+        return cls._from_state(arrays, meta, torch.device(device), repr(str(path)))
+
+    @classmethod
+    def _from_state(
+        cls, arrays: dict[str, Any], meta: dict[str, Any], device: torch.device, where: str
+    ) -> KNNIndex:
+        """The index of :meth:`_state`'s ``(arrays, meta)`` on ``device`` (``where`` names the
+        file in error messages); ``arrays["vectors"]`` may be a numpy array or a tensor."""
         try:
             index = cls(**meta["params"])
             storage, dim, ntotal = meta["storage"], int(meta["dim"]), int(meta["ntotal"])
         except (KeyError, TypeError, ValueError) as err:
-            raise CorruptFileError(f"{str(path)!r} has invalid index settings: {err}") from None
-        device = torch.device(device)
+            raise CorruptFileError(f"{where} has invalid index settings: {err}") from None
         index._dim, index._device, index._backend = dim, device, storage
         if storage == "torch":
             vec = arrays.get("vectors")
-            if vec is None or vec.ndim != 2 or vec.shape != (ntotal, dim):
-                raise CorruptFileError(f"{str(path)!r}: stored vectors do not match the metadata")
-            index._vectors = torch.from_numpy(vec).to(device)
+            if vec is None or vec.ndim != 2 or tuple(vec.shape) != (ntotal, dim):
+                raise CorruptFileError(f"{where}: stored vectors do not match the metadata")
+            index._vectors = (vec if isinstance(vec, Tensor) else torch.from_numpy(vec)).to(device)
         elif storage == "faiss":
             faiss = require_faiss("KNNIndex.load")
             blob = arrays.get("faiss")
             if blob is None or blob.dtype != np.uint8:
-                raise CorruptFileError(f"{str(path)!r}: no faiss index stored")
+                raise CorruptFileError(f"{where}: no faiss index stored")
             try:
                 fi = faiss.deserialize_index(blob)
             except RuntimeError as err:
-                raise CorruptFileError(
-                    f"{str(path)!r}: faiss could not read the index: {err}"
-                ) from None
+                raise CorruptFileError(f"{where}: faiss could not read the index: {err}") from None
             if fi.d != dim or fi.ntotal != ntotal:
-                raise CorruptFileError(f"{str(path)!r}: faiss index does not match the metadata")
+                raise CorruptFileError(f"{where}: faiss index does not match the metadata")
             if device.type == "cuda":
                 fi = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, fi)
             index._index = fi
         else:
-            raise CorruptFileError(f"{str(path)!r}: unknown storage {storage!r}")
+            raise CorruptFileError(f"{where}: unknown storage {storage!r}")
         return index
 
 

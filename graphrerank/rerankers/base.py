@@ -9,6 +9,7 @@ import inspect
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
@@ -353,6 +354,73 @@ class Reranker(abc.ABC):
         """
         self._check_fitted()
         return queries
+
+    # ------------------------------------------------------------------ persistence
+    #: Fitted attributes that are not stored by :meth:`save` but rebuilt by
+    #: :meth:`_after_load` (e.g. a bound method).
+    _derived_state: ClassVar[tuple[str, ...]] = ()
+
+    def save(self, path: str | os.PathLike, *, include_database: bool = True) -> Path:
+        """Write the fitted re-ranker to ``path`` (``.npz``): atomically, with a checksum and
+        without pickle.
+
+        Stored: the class, the settings, every fitted attribute (neighbour lists, graphs,
+        operators, offline matrices, kNN indexes, embeddings), nested re-rankers with theirs
+        (a pipeline's stages, R-DiP's re-scorer), a format version, and the database's shape,
+        dtype and SHA-256 fingerprint. The database itself is stored too unless
+        ``include_database=False`` (for a large database kept elsewhere: :meth:`load` then
+        needs it). Settings that are not plain values (a callable re-scorer or progress
+        callback) are not stored; pass them to :meth:`load` again.
+
+        Returns:
+            The path written (``.npz`` appended if missing).
+
+        Raises:
+            NotFittedError: the re-ranker is not fitted.
+            TypeError: a fitted attribute has no stored form (a custom object).
+        """
+        from ._persist import save_reranker
+
+        return save_reranker(self, path, include_database=include_database)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        database: TensorLike | None = None,
+        *,
+        device: str | torch.device | None = None,
+        **settings: Any,
+    ) -> Self:
+        """A fitted re-ranker from a file written by :meth:`save`, ready to :meth:`rerank`;
+        nothing is recomputed.
+
+        ``Reranker.load(path)`` returns whatever re-ranker the file holds; ``Diffusion.load``
+        refuses a file of another class. Its results are those of the saved re-ranker.
+
+        Args:
+            path: The file.
+            database: The database the re-ranker was fitted on: needed when the file was saved
+                with ``include_database=False``, otherwise optional (it is then checked against
+                the stored fingerprint and used in place of the stored copy).
+            device: Where the loaded state lives (default: the database's device, else the
+                CPU).
+            **settings: Settings to set on load: those that were not stored (callables), or
+                ones that do not change the fitted state (e.g. ``ties``, ``transductive``).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CorruptFileError: the file is truncated, altered, of another format or class, of a
+                newer format version, or inconsistent.
+            ValueError: ``database`` is not the database of the file, or it is needed and
+                missing.
+        """
+        from ._persist import load_reranker
+
+        return load_reranker(cls, path, database, device=device, settings=settings)
+
+    def _after_load(self) -> None:  # noqa: B027 - optional hook
+        """Rebuild the :attr:`_derived_state` after :meth:`load` set the stored state."""
 
     def fit_rerank(
         self, database: TensorLike, queries: TensorLike | None = None, k: int = 100, **kwargs: Any

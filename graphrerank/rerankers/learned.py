@@ -24,7 +24,8 @@ from .base import Reranker
 
 __all__ = ["LocalDescriptorReranker", "ShortlistLogits", "local_descriptor_rerank"]
 
-_FORMAT = "graphrerank.LocalDescriptorReranker"
+#: The format of :meth:`LocalDescriptorReranker.save` files.
+FORMAT = "graphrerank.LocalDescriptorReranker"
 _VERSION = 1
 
 
@@ -476,7 +477,7 @@ class LocalDescriptorReranker(Reranker):
         if self.positions_ is not None:
             arrays["positions"] = self.positions_.detach().cpu().numpy()
         meta: dict[str, Any] = {
-            "format": _FORMAT,
+            "format": FORMAT,
             "version": _VERSION,
             "settings": settings,
             "local_storage": self.local_.storage,
@@ -491,16 +492,29 @@ class LocalDescriptorReranker(Reranker):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, device: str | torch.device = "cpu"
+        cls,
+        path: str | os.PathLike,
+        database: TensorLike | None = None,
+        *,
+        device: str | torch.device | None = None,
+        **settings: Any,
     ) -> LocalDescriptorReranker:
-        """Read a re-ranker written by :meth:`save`, fitted and ready, on ``device``.
+        """Read a re-ranker written by :meth:`save`, fitted and ready, on ``device`` (default:
+        the CPU, or ``database``'s device).
+
+        The file holds its database (global and local descriptors); a ``database`` given is
+        checked against it. ``settings`` override stored settings (e.g. ``top_m``,
+        ``lambda_value``).
 
         Raises:
             FileNotFoundError: no file at ``path``.
             CorruptFileError: another format, a newer version, a failed checksum or
                 inconsistent contents.
+            ValueError: ``database`` differs from the stored one.
         """
-        arrays, meta = load_arrays(path, format=_FORMAT, version=_VERSION)
+        if device is None:
+            device = "cpu" if database is None else as_tensor(database, "database").device
+        arrays, meta = load_arrays(path, format=FORMAT, version=_VERSION)
         where = repr(str(path))
 
         def tensor(name):
@@ -525,11 +539,15 @@ class LocalDescriptorReranker(Reranker):
             model.metadata = dict(meta["model"].get("metadata") or {})
             model = model.to(device)
         try:
-            r = cls(model=model, **meta["settings"])
+            r = cls(model=model, **{**meta["settings"], **settings})
             r.validate_params()
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptFileError(f"{where} has invalid settings: {err}") from None
         db = tensor("database")
+        if database is not None:
+            given = check_features(database, "database").to(db.device)
+            if given.shape != db.shape or not torch.equal(given.to(db.dtype), db):
+                raise ValueError(f"database differs from the one stored in {where}")
         stored = StoredLocal(tensor("local"), meta.get("local_storage"), meta.get("local_dim"))
         if stored.storage not in STORAGES or stored.data.shape[0] != db.shape[0]:
             raise CorruptFileError(f"{where} has inconsistent local descriptors")

@@ -2,10 +2,8 @@ r"""Offline diffusion (Yang et al., AAAI 2019) and R-DiP (Kato, Komamizu and Ide
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -13,10 +11,9 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .._checks import check_features, check_normalized
-from .._io import CorruptFileError, load_arrays, save_arrays
+from .._io import CorruptFileError, load_arrays
 from .._params import AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
-from .._version import __version__
 from ..diffusion import offline_diffusion, offline_diffusion_scores
 from ..graph import EdgeRescorer, KNNIndex, database_index, knn_graph, mutual_knn_graph, symmetrize
 from ..graph.ranking import dense_ranking, rank_candidates, rank_csr, rank_dense
@@ -32,25 +29,19 @@ from ..typing import (
     TensorLike,
     Ties,
 )
+from ._persist import fingerprint
 from .base import Reranker
 
 __all__ = ["OfflineDiffusion", "RDiP", "offline_diffusion_rerank", "rdip_rerank"]
 
-_FORMAT = "graphrerank.OfflineDiffusion"
-_VERSION = 1
+#: The first format of offline-diffusion files, still read (:func:`load_legacy`).
+LEGACY_FORMAT = "graphrerank.OfflineDiffusion"
+_LEGACY_VERSION = 1
 
 #: Candidate entries (queries x non-zero scores) handled at once when ranking.
 _RANK_ENTRIES = 2**23
 #: Largest (Q + N) x (Q + N) transductive matrix scored densely.
 _DENSE_ENTRIES = 2**25
-
-
-def _fingerprint(x: Tensor) -> str:
-    a = np.ascontiguousarray(x.detach().cpu().numpy())
-    h = hashlib.sha256()
-    h.update(f"{a.dtype}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- base class
@@ -142,114 +133,6 @@ class _OfflineBase(Reranker):
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
         return self._inductive(queries, k)
-
-    # ------------------------------------------------------------------ persistence
-    def _json_params(self) -> dict[str, Any]:
-        out = {}
-        for name, value in self.get_params().items():
-            if value is None or isinstance(value, (bool, int, float, str)):
-                out[name] = value
-        return out
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the offline result to ``path`` (``.npz``) atomically, without pickle.
-
-        Stored: :math:`\\mathbf{C}` (CSR arrays), the settings and a fingerprint (SHA-256) of
-        the database. Settings that are not plain values (a callable ``progress``, a
-        ``rescorer``) are not stored; pass them again to :meth:`load` if needed.
-        """
-        self._check_fitted()
-        C = self.C_
-        arrays = {
-            "crow": C.crow_indices().cpu().numpy(),
-            "col": C.col_indices().cpu().numpy(),
-            "values": C.values().cpu().numpy(),
-        }
-        meta = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "graphrerank": __version__,
-            "class": type(self).__name__,
-            "params": self._json_params(),
-            "database": {
-                "shape": list(self.database_.shape),
-                "dtype": str(self.database_.dtype),
-                "sha256": _fingerprint(self.database_),
-            },
-        }
-        return save_arrays(path, arrays, meta)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, database: Any, **settings: Any) -> Self:
-        """A fitted re-ranker from a file written by :meth:`save` and the same database.
-
-        The offline matrix is read from ``path`` (no diffusion is solved) and the kNN index of
-        ``database`` is rebuilt; the result lives on ``database``'s device.
-
-        Args:
-            path: File written by :meth:`save`.
-            database: The database :math:`(N, D)` the file was computed from.
-            **settings: Settings that were not stored (e.g. ``progress``, ``rescorer``).
-
-        Raises:
-            FileNotFoundError: no file at ``path``.
-            CorruptFileError: the file is truncated, altered, of another format or inconsistent.
-            ValueError: ``database`` is not the database the file was computed from.
-        """
-        arrays, meta = load_arrays(path, format=_FORMAT, version=_VERSION)
-        if meta.get("class") != cls.__name__:
-            raise CorruptFileError(
-                f"{str(path)!r} holds a {meta.get('class')!r} result, not a {cls.__name__!r}"
-            )
-        try:
-            params = dict(meta["params"])
-            fp = meta["database"]
-        except (KeyError, TypeError) as err:
-            raise CorruptFileError(f"{str(path)!r} has invalid metadata: {err}") from None
-        params.update(settings)
-        try:
-            r = cls(**params)
-        except TypeError as err:
-            raise CorruptFileError(f"{str(path)!r} has invalid settings: {err}") from None
-        r.validate_params()
-        db = check_features(database, "database")
-        if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
-            raise ValueError(
-                f"database {tuple(db.shape)} {db.dtype} is not the database of {str(path)!r} "
-                f"({tuple(fp.get('shape', ()))} {fp.get('dtype')})"
-            )
-        if _fingerprint(db) != fp.get("sha256"):
-            raise ValueError(
-                f"database differs from the one {str(path)!r} was computed from (fingerprint "
-                "mismatch); fit the re-ranker on this database instead"
-            )
-        n = db.shape[0]
-        crow, col, values = arrays.get("crow"), arrays.get("col"), arrays.get("values")
-        if (
-            crow is None
-            or col is None
-            or values is None
-            or crow.shape != (n + 1,)
-            or col.shape != values.shape
-            or col.ndim != 1
-            or int(crow[-1]) != col.shape[0]
-            or (col.size and (int(col.min()) < 0 or int(col.max()) >= n))
-            or bool((np.diff(crow) < 0).any())
-        ):
-            raise CorruptFileError(f"{str(path)!r}: the stored matrix does not match the database")
-        device = db.device
-        r.database_ = db
-        x = r._prepare(db, "database")
-        r.x_ = x
-        r._setup(x)
-        r.index_ = database_index(x, r.search, r.backend)
-        r.C_ = csr(
-            torch.from_numpy(crow).to(device),
-            torch.from_numpy(col).to(device),
-            torch.from_numpy(values).to(device=device, dtype=x.dtype),
-            (n, n),
-        )
-        return r
 
 
 # ---------------------------------------------------------------------------- offline diffusion
@@ -511,8 +394,14 @@ class RDiP(_OfflineBase):
 
     _renamed_params: ClassVar[dict[str, str]] = {"k_m": "km", "k_d": "kd"}
 
+    _derived_state: ClassVar[tuple[str, ...]] = ("rescore_",)
+
     def _num_candidates(self) -> int:
         return self.km
+
+    def _after_load(self) -> None:
+        r = getattr(self, "rescorer_", None)
+        self.rescore_ = r.as_rescorer() if r is not None else self.rescorer
 
     def _setup(self, x: Tensor) -> None:
         if isinstance(self.rescorer, Reranker):
@@ -651,3 +540,70 @@ def rdip_rerank(
         tensor([[0, 1, 3, 2]])
     """
     return RDiP(**settings).fit(database).rerank(queries, k)
+
+
+def load_legacy(
+    cls: type, path: str | os.PathLike, database: Any, settings: dict[str, Any]
+) -> _OfflineBase:
+    """Read a file of the first offline-diffusion format (``C`` and the settings only; the
+    kNN index is rebuilt from ``database``)."""
+    if database is None:
+        raise ValueError(
+            f"{str(path)!r} holds an offline matrix without its database: pass the database "
+            "to load(path, database)"
+        )
+    arrays, meta = load_arrays(path, format=LEGACY_FORMAT, version=_LEGACY_VERSION)
+    if cls.__name__ not in ("Reranker", meta.get("class")):
+        raise CorruptFileError(
+            f"{str(path)!r} holds a {meta.get('class')!r} result, not a {cls.__name__!r}"
+        )
+    try:
+        params = dict(meta["params"])
+        fp = meta["database"]
+    except (KeyError, TypeError) as err:
+        raise CorruptFileError(f"{str(path)!r} has invalid metadata: {err}") from None
+    params.update(settings)
+    target = OfflineDiffusion if meta.get("class") == "OfflineDiffusion" else RDiP
+    try:
+        r = target(**params)
+    except TypeError as err:
+        raise CorruptFileError(f"{str(path)!r} has invalid settings: {err}") from None
+    r.validate_params()
+    db = check_features(database, "database")
+    if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
+        raise ValueError(
+            f"database {tuple(db.shape)} {db.dtype} is not the database of {str(path)!r} "
+            f"({tuple(fp.get('shape', ()))} {fp.get('dtype')})"
+        )
+    if fingerprint(db) != fp.get("sha256"):
+        raise ValueError(
+            f"database differs from the one {str(path)!r} was computed from (fingerprint "
+            "mismatch); fit the re-ranker on this database instead"
+        )
+    n = db.shape[0]
+    crow, col, values = arrays.get("crow"), arrays.get("col"), arrays.get("values")
+    if (
+        crow is None
+        or col is None
+        or values is None
+        or crow.shape != (n + 1,)
+        or col.shape != values.shape
+        or col.ndim != 1
+        or int(crow[-1]) != col.shape[0]
+        or (col.size and (int(col.min()) < 0 or int(col.max()) >= n))
+        or bool((np.diff(crow) < 0).any())
+    ):
+        raise CorruptFileError(f"{str(path)!r}: the stored matrix does not match the database")
+    device = db.device
+    r.database_ = db
+    x = r._prepare(db, "database")
+    r.x_ = x
+    r._setup(x)
+    r.index_ = database_index(x, r.search, r.backend)
+    r.C_ = csr(
+        torch.from_numpy(crow).to(device),
+        torch.from_numpy(col).to(device),
+        torch.from_numpy(values).to(device=device, dtype=x.dtype),
+        (n, n),
+    )
+    return r
