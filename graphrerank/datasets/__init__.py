@@ -10,19 +10,29 @@ from .digits import load_digits_retrieval
 from .reid import Market1501, ReIDFeatures, load_reid_result, parse_reid_filename
 from .revisitop import (
     REVISITOP_URL,
+    CorruptFileError,
+    GndStatus,
     RevisitopBenchmark,
     RevisitopGroundTruth,
     RevisitopR1M,
     ROxford5k,
     RParis6k,
     UnsafePickleError,
+    gnd_from_labels,
+    gnd_from_status,
     load_features,
     load_revisitop_gnd,
+    save_revisitop_gnd,
+    status_from_gnd,
+    subset_gnd,
+    write_revisitop_pickle,
 )
 from .synthetic import make_retrieval_dataset
 
 __all__ = [
     "REVISITOP_URL",
+    "CorruptFileError",
+    "GndStatus",
     "LocalDescriptorSet",
     "Market1501",
     "ROxford5k",
@@ -33,6 +43,8 @@ __all__ = [
     "RevisitopGroundTruth",
     "RevisitopR1M",
     "UnsafePickleError",
+    "gnd_from_labels",
+    "gnd_from_status",
     "load_corel1k",
     "load_corel1k_local",
     "load_digits_retrieval",
@@ -41,4 +53,8 @@ __all__ = [
     "load_revisitop_gnd",
     "make_retrieval_dataset",
     "parse_reid_filename",
+    "save_revisitop_gnd",
+    "status_from_gnd",
+    "subset_gnd",
+    "write_revisitop_pickle",
 ]

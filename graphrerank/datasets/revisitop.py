@@ -8,6 +8,13 @@ containers and numpy arrays and refuses every other global before it is called.
 
 Descriptors are the user's own (graphrerank never downloads anything): :func:`load_features`
 reads ``.npy``, ``.npz`` and MATLAB ``.mat`` files.
+
+A ground truth of one's own images is built with :func:`gnd_from_status` (a status per query and
+image, :class:`GndStatus`) or :func:`gnd_from_labels` (same label = positive), cut down to a
+subset of images or queries with :func:`subset_gnd`, and written without pickle with
+:func:`save_revisitop_gnd` (a checksummed ``.npz`` that :func:`load_revisitop_gnd` reads back);
+:func:`write_revisitop_pickle` writes the original ``gnd_*.pkl`` layout for the official
+revisitop evaluation scripts.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ import codecs
 import io
 import os
 import pickle
-from collections.abc import Sequence
+import pickletools
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
+from numbers import Number
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +37,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in
+from .._io import CorruptFileError, load_arrays, save_arrays
+from .._version import __version__
 from ._files import (
     as_float_matrix,
     existing_file,
@@ -37,20 +50,31 @@ from ._files import (
 
 __all__ = [
     "REVISITOP_URL",
+    "CorruptFileError",
+    "GndStatus",
     "ROxford5k",
     "RParis6k",
     "RevisitopBenchmark",
     "RevisitopGroundTruth",
     "RevisitopR1M",
     "UnsafePickleError",
+    "gnd_from_labels",
+    "gnd_from_status",
     "load_features",
     "load_revisitop_gnd",
+    "save_revisitop_gnd",
+    "status_from_gnd",
+    "subset_gnd",
+    "write_revisitop_pickle",
 ]
 
 #: Home page of the revisitop project (given as text; graphrerank downloads nothing).
 REVISITOP_URL = "http://cmp.felk.cvut.cz/revisitop/"
 
 PathLike = str | os.PathLike
+
+#: The three per-query index lists of a revisitop ground truth.
+_KEYS = ("easy", "hard", "junk")
 
 
 # --------------------------------------------------------------------------- restricted pickle
@@ -133,12 +157,65 @@ class RevisitopGroundTruth:
             of 0-based indices into ``imlist`` (each of shape ``(n,)``), and ``"bbx"``, the
             ``(4,)`` float64 query box ``x1, y1, x2, y2``, or ``None``.
         name: the benchmark, e.g. ``"roxford5k"`` (from the file name ``gnd_roxford5k.pkl``).
+
+    Two ground truths are equal (``==``) when they have the same name, the same image and
+    query names in the same order, and for every query the same ``easy``, ``hard`` and
+    ``junk`` indices in the same order and the same box (or both none).
     """
 
     imlist: np.ndarray
     qimlist: np.ndarray
     gnd: list[dict[str, np.ndarray | None]]
     name: str = "revisitop"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RevisitopGroundTruth):
+            return NotImplemented
+        if self.name != other.name or len(self.gnd) != len(other.gnd):
+            return False
+        if not (
+            np.array_equal(np.asarray(self.imlist), np.asarray(other.imlist))
+            and np.array_equal(np.asarray(self.qimlist), np.asarray(other.qimlist))
+        ):
+            return False
+        for a, b in zip(self.gnd, other.gnd):
+            for key in _KEYS:
+                if not np.array_equal(np.asarray(a.get(key)), np.asarray(b.get(key))):
+                    return False
+            box_a, box_b = a.get("bbx"), b.get("bbx")
+            if (box_a is None) != (box_b is None):
+                return False
+            if box_a is not None and not np.array_equal(box_a, box_b):
+                return False
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The revisitop dict of plain Python lists: what a ``gnd_*.pkl`` file holds.
+
+        ``{"imlist": [str], "qimlist": [str], "gnd": [{"easy": [int], "hard": [int],
+        "junk": [int], "bbx": [x1, y1, x2, y2]}]}``; ``"bbx"`` is left out for a query
+        without a box. :func:`~graphrerank.metrics.revisited_map` accepts this dict as its
+        ``gnd`` argument, as it accepts the list :attr:`gnd`.
+
+        Example:
+            >>> from graphrerank.datasets import gnd_from_status
+            >>> gt = gnd_from_status([[1, 0, -1]], imlist=["a", "b", "c"], qimlist=["q"])
+            >>> gt.to_dict()
+            {'imlist': ['a', 'b', 'c'], 'qimlist': ['q'], 'gnd': [{'easy': [0], 'hard': [], 'junk': [2]}]}
+        """
+        gnd = []
+        for entry in self.gnd:
+            item: dict[str, Any] = {
+                key: [int(i) for i in np.asarray(entry[key]).reshape(-1)] for key in _KEYS
+            }
+            if entry.get("bbx") is not None:
+                item["bbx"] = [float(v) for v in np.asarray(entry["bbx"]).reshape(-1)]
+            gnd.append(item)
+        return {
+            "imlist": [str(v) for v in self.imlist],
+            "qimlist": [str(v) for v in self.qimlist],
+            "gnd": gnd,
+        }
 
     @property
     def num_database(self) -> int:
@@ -230,19 +307,25 @@ def _ground_truth(data: Any, where: str, name: str) -> RevisitopGroundTruth:
 
 
 def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
-    """Read a revisitop ground-truth pickle (``gnd_roxford5k.pkl``, ``gnd_rparis6k.pkl``).
+    """Read a revisitop ground truth: a ``gnd_*.pkl`` pickle or a file of :func:`save_revisitop_gnd`.
 
-    The file is read by a restricted unpickler: it builds dicts, lists, numbers, strings and
+    A ``.npz`` file (or any zip archive) is read as the pickle-free, checksummed format that
+    :func:`save_revisitop_gnd` writes: no pickle is involved, and a truncated, altered or
+    foreign file raises :class:`CorruptFileError`. Its benchmark name is the one stored in it.
+
+    Any other file is taken as a revisitop pickle (``gnd_roxford5k.pkl``, ``gnd_rparis6k.pkl``)
+    and read by a restricted unpickler: it builds dicts, lists, numbers, strings and
     numpy arrays, and refuses any global *before* calling it, so a crafted file cannot run
     code, except the few that numpy arrays need: numpy's own reconstruction functions
     (``numpy.core.multiarray._reconstruct``, ``scalar``, ``numpy.core.numeric._frombuffer``,
     under ``numpy.core`` or ``numpy._core``), ``numpy.ndarray``, ``numpy.dtype``, and for
-    pickle protocols 0 to 2 ``_codecs.encode`` with the ``latin1`` codec and ``bytes()``. The structure is then checked: keys ``imlist``, ``qimlist`` and ``gnd``;
+    pickle protocols 0 to 2 ``_codecs.encode`` with the ``latin1`` codec and ``bytes()``. The
+    structure is then checked: keys ``imlist``, ``qimlist`` and ``gnd``;
     one ``gnd`` entry per query with ``easy``, ``hard`` and ``junk`` 0-based indices below
-    ``len(imlist)``, and an optional ``bbx``.
+    ``len(imlist)``, and an optional ``bbx``. The name is the file name without ``gnd_``.
 
     Args:
-        path: the ``.pkl`` file.
+        path: the ``.pkl`` or ``.npz`` file.
 
     Returns:
         The ground truth, with index lists as numpy int64 arrays.
@@ -251,7 +334,9 @@ def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
         FileNotFoundError: ``path`` does not exist.
         UnsafePickleError: the pickle names a global other than the allowed ones (a subclass
             of ValueError; the message names the refused global).
-        ValueError: the file is truncated or not a pickle, or its content is not a revisitop
+        CorruptFileError: a ``.npz`` file is truncated, fails its checksum, was written by
+            something else or holds an inconsistent ground truth (a subclass of ValueError).
+        ValueError: the pickle is truncated or not a pickle, or its content is not a revisitop
             ground truth (the message names the path and what is wrong).
 
     Example:
@@ -269,6 +354,10 @@ def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
         (array([0]), dtype('int64'))
     """
     path = existing_file(path, "revisitop ground-truth file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if path.suffix.lower() == ".npz" or head in _ZIP_MAGIC:
+        return _load_gnd_npz(path)
     data = path.read_bytes()
     try:
         obj = _restricted_loads(data)
@@ -281,6 +370,819 @@ def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
         ) from None
     name = path.stem.removeprefix("gnd_")
     return _ground_truth(obj, repr(str(path)), name)
+
+
+# --------------------------------------------------------------------------- building
+class GndStatus(IntEnum):
+    """The status of one database image for one query, as :func:`gnd_from_status` reads it.
+
+    The codes follow the relevance convention of
+    :func:`~graphrerank.metrics.relevance_from_gnd` (1 positive, 0 negative, -1 junk) and add
+    2 for hard positives, so a relevance matrix can be passed as a status matrix as it is
+    (all its positives are then easy). A boolean matrix is read as ``True`` = easy,
+    ``False`` = negative.
+
+    Example:
+        >>> from graphrerank.datasets import GndStatus
+        >>> [(s.name, int(s)) for s in GndStatus]
+        [('NEGATIVE', 0), ('EASY', 1), ('HARD', 2), ('JUNK', -1)]
+        >>> GndStatus(2)
+        <GndStatus.HARD: 2>
+    """
+
+    #: Not relevant to the query: a miss wherever it is ranked.
+    NEGATIVE = 0
+    #: An easy positive: relevant under the Easy and Medium protocols, ignored under Hard.
+    EASY = 1
+    #: A hard positive: relevant under the Medium and Hard protocols, ignored under Easy.
+    HARD = 2
+    #: Ignored by every protocol (removed from the ranking before scoring).
+    JUNK = -1
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_STATUS_TEXT = ", ".join(f"{s.name}={int(s)}" for s in GndStatus)
+
+
+def _to_numpy(value: Any, where: str) -> np.ndarray:
+    """A numpy array of a numpy array, a tensor (any device) or a (nested) list."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        return t.numpy()
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif isinstance(value, (list, tuple, range)):
+        try:
+            arr = np.asarray(value)
+        except ValueError as err:
+            raise ValueError(f"{where} could not be read as an array (ragged?): {err}") from None
+    else:
+        raise TypeError(
+            f"{where} must be a numpy array, a torch.Tensor or a list, got {type(value).__name__}"
+        )
+    if arr.dtype == object:
+        raise TypeError(f"{where} must hold numbers, got an array of Python objects")
+    return arr
+
+
+def _whole_numbers(arr: np.ndarray, where: str) -> np.ndarray:
+    """``arr`` as int64; floats must be finite whole numbers."""
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{where} must hold whole numbers, got {arr[at].item()!r} at position "
+                f"{at[0] if len(at) == 1 else at}"
+            )
+        return arr.astype(np.int64)
+    raise TypeError(f"{where} must hold integers, got dtype {arr.dtype}")
+
+
+def _status_matrix(status: Any) -> np.ndarray:
+    """``(Q, N)`` int8 status codes from a matrix or a list of per-query rows."""
+    if isinstance(status, (list, tuple)) and not any(
+        isinstance(r, (Number, np.generic)) for r in status
+    ):
+        if not status:
+            raise ValueError("status is empty: it has no queries")
+        rows = [_to_numpy(r, f"status[{i}]") for i, r in enumerate(status)]
+        for i, r in enumerate(rows):
+            if r.ndim != 1:
+                raise ValueError(
+                    f"status[{i}] must be a 1-D (N,) array over the database images, got shape "
+                    f"{r.shape}"
+                )
+            if r.shape != rows[0].shape:
+                raise ValueError(
+                    f"status[{i}] has {r.shape[0]} entries but status[0] has {rows[0].shape[0]}: "
+                    "every query needs one status per database image"
+                )
+        dtypes = {r.dtype for r in rows}
+        arr = np.stack(rows) if len(dtypes) == 1 else np.stack([r.astype(np.float64) for r in rows])
+    else:
+        if isinstance(status, (list, tuple)):
+            raise ValueError(
+                "status must be a (Q, N) matrix or a list of (N,) arrays, got a flat list of "
+                "numbers; for a single query pass [status]"
+            )
+        arr = _to_numpy(status, "status")
+        if arr.ndim != 2:
+            raise ValueError(
+                f"status must be a 2-D (num_queries, num_database) array, got shape {arr.shape}"
+                + ("; for a single query pass status[None]" if arr.ndim == 1 else "")
+            )
+    if arr.shape[0] == 0:
+        raise ValueError(f"status is empty: shape {arr.shape} has no queries")
+    if arr.shape[1] == 0:
+        raise ValueError(f"status is empty: shape {arr.shape} has no database images")
+    if arr.dtype.kind == "b":
+        return arr.astype(np.int8)
+    codes = _whole_numbers(arr, "status")
+    bad = ~np.isin(codes, [int(s) for s in GndStatus])
+    if bad.any():
+        q, n = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"status[{q}, {n}] is {int(codes[q, n])}, not a status code ({_STATUS_TEXT}; "
+            f"see GndStatus); {int(bad.sum())} entries are unknown codes"
+        )
+    return codes.astype(np.int8)
+
+
+def _entry_of_codes(row: np.ndarray) -> dict[str, np.ndarray | None]:
+    return {
+        "easy": np.flatnonzero(row == GndStatus.EASY).astype(np.int64),
+        "hard": np.flatnonzero(row == GndStatus.HARD).astype(np.int64),
+        "junk": np.flatnonzero(row == GndStatus.JUNK).astype(np.int64),
+    }
+
+
+def _names(values: Any, count: int, where: str, what: str, *, unique: bool) -> np.ndarray:
+    """Image names: given (checked) or ``"0" .. str(count - 1)``."""
+    if values is None:
+        return np.asarray([str(i) for i in range(count)], dtype=str)
+    if isinstance(values, Tensor):
+        raise TypeError(f"{where} must be a list of names (str), got a torch.Tensor")
+    names = str_array(values, where)
+    if len(names) != count:
+        raise ValueError(f"{where} has {len(names)} names but there are {count} {what}")
+    if unique:
+        uniq, first, counts = np.unique(names, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][0]
+            at = np.flatnonzero(names == dup)[:2].tolist()
+            raise ValueError(
+                f"{where} names {str(dup)!r} twice (at positions {at[0]} and {at[1]}); each "
+                "image needs a name of its own"
+            )
+    return names
+
+
+def _bboxes(bbx: Any, count: int) -> list[np.ndarray | None]:
+    """One box (or ``None``) per query from ``None``, a ``(Q, 4)`` array or a list."""
+    if bbx is None:
+        return [None] * count
+    if isinstance(bbx, (Tensor, np.ndarray)):
+        arr = _to_numpy(bbx, "bbx")
+        if arr.shape != (count, 4):
+            raise ValueError(
+                f"bbx must have shape ({count}, 4), one x1, y1, x2, y2 box per query, got shape "
+                f"{arr.shape}"
+            )
+        return [_bbx(arr[i], f"bbx[{i}]") for i in range(count)]
+    if isinstance(bbx, (list, tuple)):
+        if len(bbx) != count:
+            raise ValueError(
+                f"bbx has {len(bbx)} entries but there are {count} queries (give one box or "
+                "None per query)"
+            )
+        return [
+            _bbx(b.detach().cpu().numpy() if isinstance(b, Tensor) else b, f"bbx[{i}]")
+            for i, b in enumerate(bbx)
+        ]
+    raise TypeError(
+        f"bbx must be None, a (Q, 4) array or a list of boxes, got {type(bbx).__name__}"
+    )
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not name:
+        raise ValueError("name must not be empty")
+    return name
+
+
+def _has_positive(entry: Mapping[str, Any]) -> bool:
+    return bool(np.asarray(entry["easy"]).size + np.asarray(entry["hard"]).size)
+
+
+def _finish(
+    gnd: list[dict[str, np.ndarray | None]],
+    num_database: int,
+    imlist: Any,
+    qimlist: Any,
+    bbx: Any,
+    name: Any,
+    source: str,
+) -> RevisitopGroundTruth:
+    name = _check_name(name)
+    images = _names(imlist, num_database, "imlist", "database images", unique=True)
+    queries = _names(qimlist, len(gnd), "qimlist", "queries", unique=False)
+    for entry, box in zip(gnd, _bboxes(bbx, len(gnd))):
+        entry["bbx"] = box
+    if not any(_has_positive(e) for e in gnd):
+        raise ValueError(
+            f"no query has a positive (an easy or hard image) in {source}: the revisited "
+            "mAP would be undefined"
+        )
+    return RevisitopGroundTruth(imlist=images, qimlist=queries, gnd=gnd, name=name)
+
+
+def gnd_from_status(
+    status: Any,
+    *,
+    imlist: Sequence[str] | None = None,
+    qimlist: Sequence[str] | None = None,
+    bbx: Any = None,
+    name: str = "custom",
+) -> RevisitopGroundTruth:
+    """Build a revisitop ground truth from the status of every database image for every query.
+
+    ``status[q, n]`` is a :class:`GndStatus` code: ``1`` easy, ``2`` hard, ``-1`` junk,
+    ``0`` negative (a boolean matrix reads as ``True`` = easy). Query ``q`` gets the sorted
+    indices ``n`` of each kind as ``easy``, ``hard`` and ``junk``. A query without any
+    positive is kept (:func:`~graphrerank.metrics.revisited_map` leaves it out of its means),
+    but at least one query must have one.
+
+    Args:
+        status: ``(Q, N)`` integer, whole-float or boolean numpy array or torch tensor, or a
+            list of ``Q`` such ``(N,)`` rows.
+        imlist: ``N`` database image names; default ``"0"``, ``"1"``, ... ``str(N - 1)``.
+            Names must be distinct.
+        qimlist: ``Q`` query names; default ``"0"`` ... ``str(Q - 1)``.
+        bbx: query boxes ``x1, y1, x2, y2``: ``None`` (no boxes), a ``(Q, 4)`` array, or a
+            list with a box or ``None`` for each query.
+        name: the benchmark name (stored in the file by :func:`save_revisitop_gnd`).
+
+    Returns:
+        The ground truth; ``revisited_map(indices, gt.gnd, num_database=gt.num_database)``
+        scores a ranking against it.
+
+    Raises:
+        TypeError: ``status`` of another type or dtype, names that are not ``str``.
+        ValueError: ``status`` not 2-D, empty, ragged, with an unknown code (the message gives
+            the position and value) or with no positive at all; names of the wrong count or
+            repeated in ``imlist``; malformed boxes.
+
+    Example:
+        >>> from graphrerank.datasets import gnd_from_status, GndStatus as S
+        >>> gt = gnd_from_status([[S.EASY, S.NEGATIVE, S.HARD, S.JUNK],
+        ...                       [S.NEGATIVE, S.EASY, S.EASY, S.NEGATIVE]])
+        >>> gt
+        RevisitopGroundTruth(name='custom', num_database=4, num_queries=2)
+        >>> gt.gnd[0]
+        {'easy': array([0]), 'hard': array([2]), 'junk': array([3]), 'bbx': None}
+        >>> gt.imlist.tolist(), gt.gnd[1]["easy"]
+        (['0', '1', '2', '3'], array([1, 2]))
+    """
+    codes = _status_matrix(status)
+    gnd = [_entry_of_codes(row) for row in codes]
+    return _finish(gnd, codes.shape[1], imlist, qimlist, bbx, name, "status")
+
+
+def _labels(value: Any, where: str) -> np.ndarray:
+    arr = _to_numpy(value, where)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"{where} must be a 1-D array of labels, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{where} is empty: it has no labels")
+    if arr.dtype.kind == "S":
+        return np.char.decode(arr, "utf-8")
+    if arr.dtype.kind == "U":
+        return arr
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{where} must hold integer or str labels, got dtype bool")
+    return _whole_numbers(arr, where)
+
+
+def _mask(value: Any, q: int, n: int, where: str) -> np.ndarray | None:
+    """A ``(1, N)`` or ``(Q, N)`` boolean mask, or ``None``."""
+    if value is None:
+        return None
+    arr = _to_numpy(value, where)
+    if arr.dtype.kind != "b":
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"{where} must be a boolean mask, got dtype {arr.dtype}")
+        bad = (arr != 0) & (arr != 1)
+        if bad.any():
+            raise ValueError(
+                f"{where} must be a boolean mask (or 0/1), got the value "
+                f"{arr[tuple(np.argwhere(bad)[0])].item()!r}"
+            )
+        arr = arr != 0
+    if arr.shape == (n,):
+        return arr[None, :]
+    if arr.shape == (q, n):
+        return arr
+    raise ValueError(
+        f"{where} must be an (N,) = ({n},) mask over the database images or a (Q, N) = "
+        f"({q}, {n}) mask per query, got shape {arr.shape}"
+    )
+
+
+def gnd_from_labels(
+    database_labels: Any,
+    query_labels: Any,
+    *,
+    hard: Any = None,
+    junk: Any = None,
+    imlist: Sequence[str] | None = None,
+    qimlist: Sequence[str] | None = None,
+    bbx: Any = None,
+    name: str = "custom",
+) -> RevisitopGroundTruth:
+    """Build a revisitop ground truth from labels: positives are the images of the same label.
+
+    For query ``q`` and database image ``n``, in this order of precedence:
+
+    * ``junk[q, n]`` (or ``junk[n]``) set: junk, whatever the labels (e.g. the query's own
+      image when the queries are part of the database: ``junk=np.eye(N, dtype=bool)`` for
+      leave-one-out);
+    * same label and ``hard[q, n]`` (or ``hard[n]``) set: a hard positive;
+    * same label: an easy positive;
+    * otherwise a negative (``hard`` set on an image of another label changes nothing).
+
+    A query whose label no database image has is kept without positive (the metric leaves it
+    out of its means), but at least one query must have a positive.
+
+    Args:
+        database_labels: ``(N,)`` labels of the database images: integers (whole floats are
+            accepted) or strings; numpy, torch or a list.
+        query_labels: ``(Q,)`` labels of the queries, of the same kind.
+        hard: optional boolean mask, ``(N,)`` (the same for every query) or ``(Q, N)``.
+        junk: optional boolean mask, ``(N,)`` or ``(Q, N)``.
+        imlist: ``N`` database image names; default ``"0"`` ... ``str(N - 1)``.
+        qimlist: ``Q`` query names; default ``"0"`` ... ``str(Q - 1)``.
+        bbx: query boxes, as in :func:`gnd_from_status`.
+        name: the benchmark name.
+
+    Returns:
+        The ground truth, indices sorted within each list.
+
+    Raises:
+        TypeError: labels that are neither integers nor strings, or one of each kind; masks
+            that are not boolean.
+        ValueError: labels not 1-D or empty, masks of the wrong shape, no positive at all,
+            names of the wrong count.
+
+    Example:
+        >>> import numpy as np
+        >>> from graphrerank.datasets import gnd_from_labels
+        >>> labels = np.array([0, 0, 1, 1, 0])
+        >>> gt = gnd_from_labels(labels, labels, hard=[False, True, False, False, False],
+        ...                      junk=np.eye(5, dtype=bool))  # leave-one-out
+        >>> gt.gnd[0]
+        {'easy': array([4]), 'hard': array([1]), 'junk': array([0]), 'bbx': None}
+        >>> gt.gnd[2]
+        {'easy': array([3]), 'hard': array([], dtype=int64), 'junk': array([2]), 'bbx': None}
+    """
+    db = _labels(database_labels, "database_labels")
+    ql = _labels(query_labels, "query_labels")
+    if (db.dtype.kind == "U") != (ql.dtype.kind == "U"):
+        kind = {True: "strings", False: "integers"}
+        raise TypeError(
+            f"database_labels hold {kind[db.dtype.kind == 'U']} but query_labels hold "
+            f"{kind[ql.dtype.kind == 'U']}: give labels of one kind"
+        )
+    n, q = db.shape[0], ql.shape[0]
+    hard_mask = _mask(hard, q, n, "hard")
+    junk_mask = _mask(junk, q, n, "junk")
+    gnd = []
+    for i in range(q):
+        same = db == ql[i]
+        row = same.astype(np.int8)
+        if hard_mask is not None:
+            row[same & hard_mask[i if hard_mask.shape[0] > 1 else 0]] = GndStatus.HARD
+        if junk_mask is not None:
+            row[junk_mask[i if junk_mask.shape[0] > 1 else 0]] = GndStatus.JUNK
+        gnd.append(_entry_of_codes(row))
+    return _finish(gnd, n, imlist, qimlist, bbx, name, "the labels")
+
+
+def _checked_gt(gt: Any, where: str = "gt") -> RevisitopGroundTruth:
+    """A validated copy (index lists as int64 arrays) of a ground truth or a revisitop dict."""
+    if isinstance(gt, RevisitopGroundTruth):
+        name = _check_name(gt.name)
+        data = {"imlist": gt.imlist, "qimlist": gt.qimlist, "gnd": list(gt.gnd)}
+        return _ground_truth(data, where, name)
+    if isinstance(gt, Mapping):
+        return _ground_truth(dict(gt), where, "revisitop")
+    raise TypeError(
+        f"{where} must be a RevisitopGroundTruth (from load_revisitop_gnd or gnd_from_*) or a "
+        f"revisitop dict, got {type(gt).__name__}"
+    )
+
+
+def status_from_gnd(gt: RevisitopGroundTruth | Mapping[str, Any]) -> np.ndarray:
+    """The :class:`GndStatus` of every database image for every query: ``(Q, N)`` int8.
+
+    The inverse of :func:`gnd_from_status` (up to the order of indices within a list).
+
+    Args:
+        gt: a ground truth, or the revisitop dict of a ``gnd_*.pkl`` file.
+
+    Returns:
+        ``(Q, N)`` int8 array of codes ``1`` easy, ``2`` hard, ``-1`` junk, ``0`` negative.
+
+    Raises:
+        TypeError: ``gt`` is neither a ground truth nor a dict.
+        ValueError: a malformed ground truth, or an image in two lists of one query (it would
+            need two codes).
+
+    Example:
+        >>> from graphrerank.datasets import status_from_gnd
+        >>> gt = {"imlist": ["a", "b", "c"], "qimlist": ["q"],
+        ...       "gnd": [{"easy": [2], "hard": [0], "junk": []}]}
+        >>> status_from_gnd(gt)
+        array([[2, 0, 1]], dtype=int8)
+    """
+    gt = _checked_gt(gt)
+    out = np.zeros((gt.num_queries, gt.num_database), dtype=np.int8)
+    codes = {"easy": GndStatus.EASY, "hard": GndStatus.HARD, "junk": GndStatus.JUNK}
+    for i, entry in enumerate(gt.gnd):
+        row = out[i]
+        for key, code in codes.items():
+            idx = entry[key]
+            prev = row[idx]
+            clash = (prev != GndStatus.NEGATIVE) & (prev != code)
+            if clash.any():
+                j = int(idx[clash][0])
+                other = GndStatus(int(prev[clash][0])).name.lower()
+                raise ValueError(
+                    f"gt: gnd[{i}] lists image {j} both as {other!r} and as {key!r}; a status "
+                    "matrix gives each image one status"
+                )
+            row[idx] = code
+    return out
+
+
+# --------------------------------------------------------------------------- subsets
+def _selection(value: Any, names: np.ndarray, where: str, what: str) -> np.ndarray:
+    """0-based int64 positions from indices, names or a boolean mask (checked, no repeats)."""
+    n = len(names)
+    whats = "queries" if what == "query" else f"{what}s"
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{where} must be a list of {what} indices or names, got a single str")
+    arr = _to_numpy(value, where)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{where} must be a 1-D list of {what} indices, names or a boolean mask, got shape "
+            f"{arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{where} is empty: select at least one {what}")
+    if arr.dtype.kind == "b":
+        if arr.shape != (n,):
+            raise ValueError(
+                f"a boolean {where} mask needs one entry per {what} ({n}), got {arr.shape[0]}"
+            )
+        idx = np.flatnonzero(arr).astype(np.int64)
+        if idx.size == 0:
+            raise ValueError(f"{where} selects no {what}: the mask is all False")
+        return idx
+    if arr.dtype.kind in "US":
+        if arr.dtype.kind == "S":
+            arr = np.char.decode(arr, "utf-8")
+        lookup: dict[str, list[int]] = {}
+        for i, name in enumerate(names.tolist()):
+            lookup.setdefault(name, []).append(i)
+        idx = np.empty(arr.size, dtype=np.int64)
+        for j, name in enumerate(arr.tolist()):
+            found = lookup.get(name)
+            if found is None:
+                raise ValueError(f"{where}[{j}] = {name!r} is not the name of any {what}")
+            if len(found) > 1:
+                raise ValueError(
+                    f"{where}[{j}] = {name!r} is ambiguous: {len(found)} {whats} have that name "
+                    f"(positions {found[:3]}); select by index instead"
+                )
+            idx[j] = found[0]
+    else:
+        idx = _whole_numbers(arr, where)
+        bad = (idx < 0) | (idx >= n)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{where}[{j}] = {int(idx[j])} is outside the {n} {whats} (0-based indices, "
+                "negative ones are not allowed)"
+            )
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        dup = int(uniq[counts > 1][0])
+        at = np.flatnonzero(idx == dup)[:2].tolist()
+        raise ValueError(
+            f"{where} selects {what} {dup} ({str(names[dup])!r}) twice, at positions {at[0]} "
+            f"and {at[1]}; a subset lists each {what} once"
+        )
+    return idx
+
+
+def subset_gnd(
+    gt: RevisitopGroundTruth | Mapping[str, Any],
+    database: Any,
+    *,
+    queries: Any = None,
+    empty_queries: str = "keep",
+    return_indices: bool = False,
+) -> RevisitopGroundTruth | tuple[RevisitopGroundTruth, np.ndarray, np.ndarray]:
+    """Cut a ground truth down to some database images (and optionally some queries).
+
+    The new database is ``database`` in the order given: image ``database[j]`` of ``gt``
+    becomes image ``j``. Every ``easy``, ``hard`` and ``junk`` list keeps the images of the
+    subset, renumbered, in their original order, and loses the others; ``imlist`` and
+    ``qimlist`` are cut the same way, boxes and the name are kept. Selecting every image in
+    its order gives back an equal ground truth.
+
+    A query can lose all its positives (easy and hard). ``empty_queries`` says what happens
+    to it:
+
+    * ``"keep"`` (default): it stays, so the queries still match the rows of the query
+      descriptors; :func:`~graphrerank.metrics.revisited_map` gives it NaN AP and leaves it
+      out of every mean, as it leaves out a query without easy positive from the Easy
+      protocol;
+    * ``"drop"``: it is removed (``return_indices=True`` tells which queries remain);
+    * ``"raise"``: a ValueError names the queries.
+
+    If no query keeps a positive, a ValueError is raised whatever ``empty_queries`` says.
+
+    Args:
+        gt: a ground truth, or the revisitop dict of a ``gnd_*.pkl`` file.
+        database: the images to keep: 0-based indices into ``gt.imlist``, names from it, or
+            an ``(N,)`` boolean mask (then in their original order). No repeats.
+        queries: the queries to keep, in the same forms over ``gt.qimlist``; default all.
+        empty_queries: ``"keep"``, ``"drop"`` or ``"raise"``.
+        return_indices: also return the positions in ``gt`` of the kept database images and
+            queries, to cut the descriptors the same way.
+
+    Returns:
+        The new ground truth, or ``(gt, database_indices, query_indices)`` (int64 arrays)
+        with ``return_indices=True``.
+
+    Raises:
+        TypeError: ``gt`` is not a ground truth, a selection of another type.
+        ValueError: an empty selection, an index out of range, an unknown or ambiguous name, a
+            repeated image or query, a mask of the wrong length, an unknown ``empty_queries``,
+            or no positive left.
+
+    Example:
+        >>> from graphrerank.datasets import gnd_from_status, subset_gnd
+        >>> gt = gnd_from_status([[1, 0, 2, -1], [0, 1, 0, 0]], imlist=["a", "b", "c", "d"])
+        >>> sub = subset_gnd(gt, ["d", "c", "a"])
+        >>> sub.imlist.tolist(), sub.gnd[0]
+        (['d', 'c', 'a'], {'easy': array([2]), 'hard': array([1]), 'junk': array([0]), 'bbx': None})
+        >>> sub.gnd[1]["easy"]  # its only positive, "b", is gone: kept without positive
+        array([], dtype=int64)
+        >>> sub, db_idx, q_idx = subset_gnd(gt, [0, 2], empty_queries="drop", return_indices=True)
+        >>> sub.num_queries, db_idx, q_idx
+        (1, array([0, 2]), array([0]))
+        >>> subset_gnd(gt, [0, 1, 2, 3]) == gt
+        True
+    """
+    gt = _checked_gt(gt)
+    check_in(empty_queries, "empty_queries", ("keep", "drop", "raise"))
+    if not isinstance(return_indices, bool):
+        raise TypeError(f"return_indices must be True or False, got {return_indices!r}")
+    db_idx = _selection(database, gt.imlist, "database", "database image")
+    if queries is None:
+        q_idx = np.arange(gt.num_queries, dtype=np.int64)
+    else:
+        q_idx = _selection(queries, gt.qimlist, "queries", "query")
+    position = np.full(gt.num_database, -1, dtype=np.int64)
+    position[db_idx] = np.arange(db_idx.size)
+    entries = []
+    for q in q_idx:
+        old = gt.gnd[q]
+        new: dict[str, np.ndarray | None] = {}
+        for key in _KEYS:
+            mapped = position[old[key]]
+            new[key] = mapped[mapped >= 0]
+        new["bbx"] = None if old["bbx"] is None else old["bbx"].copy()
+        entries.append(new)
+    empty = [i for i, e in enumerate(entries) if not _has_positive(e)]
+    if len(empty) == len(entries):
+        raise ValueError(
+            f"the subset of {db_idx.size} database images leaves none of the "
+            f"{len(entries)} selected queries a positive (easy or hard image)"
+        )
+    if empty and empty_queries == "raise":
+        shown = ", ".join(f"{int(q_idx[i])} ({str(gt.qimlist[q_idx[i]])!r})" for i in empty[:5])
+        raise ValueError(
+            f"{len(empty)} queries have no positive left in the subset: {shown}"
+            + (", ..." if len(empty) > 5 else "")
+            + "; pass empty_queries='keep' or 'drop'"
+        )
+    if empty and empty_queries == "drop":
+        keep = np.setdiff1d(np.arange(len(entries)), empty)
+        entries = [entries[i] for i in keep]
+        q_idx = q_idx[keep]
+    result = RevisitopGroundTruth(
+        imlist=gt.imlist[db_idx], qimlist=gt.qimlist[q_idx], gnd=entries, name=gt.name
+    )
+    if return_indices:
+        return result, db_idx, q_idx
+    return result
+
+
+# --------------------------------------------------------------------------- writing
+_GND_FORMAT = "graphrerank.revisitop_gnd"
+_GND_VERSION = 1
+#: Pickle protocol of :func:`write_revisitop_pickle`: readable by Python 2.3+ and 3.
+_PICKLE_PROTOCOL = 2
+#: Opcodes that build objects other than plain containers; never in our pickles.
+_OBJECT_OPCODES = frozenset(
+    {
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "REDUCE",
+        "BUILD",
+        "INST",
+        "OBJ",
+        "NEWOBJ",
+        "NEWOBJ_EX",
+        "PERSID",
+        "BINPERSID",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+    }
+)
+
+
+def save_revisitop_gnd(gt: RevisitopGroundTruth | Mapping[str, Any], path: PathLike) -> Path:
+    """Write a ground truth to a pickle-free ``.npz`` file that :func:`load_revisitop_gnd` reads.
+
+    The file holds numpy arrays only (names as unicode arrays, each index list kind
+    concatenated with its offsets per query, boxes with a has-box mask) and JSON metadata
+    (format, version, name); it is written to a temporary file, flushed and renamed over
+    ``path`` (a crash leaves the old file or the new one) and carries a SHA-256 checksum of
+    the arrays. Reading it back gives an equal ground truth (``==``), name included.
+
+    Args:
+        gt: a ground truth, or the revisitop dict of a ``gnd_*.pkl`` file.
+        path: the file; ``.npz`` is appended when it has another suffix. A ``.pkl`` suffix is
+            refused (see :func:`write_revisitop_pickle`).
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``gt`` is not a ground truth.
+        ValueError: a malformed ground truth, or a ``.pkl`` path.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from graphrerank.datasets import gnd_from_labels, load_revisitop_gnd, save_revisitop_gnd
+        >>> gt = gnd_from_labels([0, 1, 1, 0], [1, 0], name="mine", bbx=[None, [0, 0, 5, 5]])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_revisitop_gnd(gt, pathlib.Path(tmp) / "gnd_mine.npz")
+        ...     back = load_revisitop_gnd(path)
+        >>> back == gt, back.name, back.gnd[1]["bbx"]
+        (True, 'mine', array([0., 0., 5., 5.]))
+    """
+    gt = _checked_gt(gt)
+    path = Path(path)
+    if path.suffix.lower() == ".pkl":
+        raise ValueError(
+            f"path {str(path)!r} ends in .pkl, but save_revisitop_gnd writes the pickle-free "
+            ".npz format; use write_revisitop_pickle for the revisitop pickle layout"
+        )
+    arrays: dict[str, np.ndarray] = {
+        "imlist": np.asarray(gt.imlist.tolist(), dtype=str),
+        "qimlist": np.asarray(gt.qimlist.tolist(), dtype=str),
+    }
+    for key in _KEYS:
+        parts = [np.asarray(e[key], dtype=np.int64) for e in gt.gnd]
+        sizes = np.asarray([p.size for p in parts], dtype=np.int64)
+        arrays[key] = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        arrays[f"{key}_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    arrays["has_bbx"] = np.asarray([e["bbx"] is not None for e in gt.gnd], dtype=bool)
+    arrays["bbx"] = np.asarray(
+        [np.zeros(4) if e["bbx"] is None else e["bbx"] for e in gt.gnd], dtype=np.float64
+    ).reshape(-1, 4)
+    meta = {
+        "format": _GND_FORMAT,
+        "version": _GND_VERSION,
+        "graphrerank": __version__,
+        "name": gt.name,
+        "num_database": gt.num_database,
+        "num_queries": gt.num_queries,
+    }
+    return save_arrays(path, arrays, meta)
+
+
+def _load_gnd_npz(path: Path) -> RevisitopGroundTruth:
+    where = repr(str(path))
+    try:
+        arrays, meta = load_arrays(path, format=_GND_FORMAT, version=_GND_VERSION)
+    except (CorruptFileError, FileNotFoundError, MemoryError):
+        raise
+    except Exception as err:  # whatever else a torn archive raises
+        raise CorruptFileError(
+            f"{where} is not a readable ground-truth file (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}"
+        ) from None
+
+    def array(key: str, kinds: str, ndim: int) -> np.ndarray:
+        a = arrays.get(key)
+        if a is None or a.dtype.kind not in kinds or a.ndim != ndim:
+            raise CorruptFileError(f"{where} lacks a valid {key!r} array")
+        return a
+
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise CorruptFileError(f"{where} has no valid benchmark name in its metadata")
+    imlist, qimlist = array("imlist", "U", 1), array("qimlist", "U", 1)
+    q = qimlist.shape[0]
+    if meta.get("num_database") != imlist.shape[0] or meta.get("num_queries") != q:
+        raise CorruptFileError(f"{where}: the image counts do not match the metadata")
+    has_bbx, bbx = array("has_bbx", "b", 1), array("bbx", "f", 2)
+    if has_bbx.shape != (q,) or bbx.shape != (q, 4):
+        raise CorruptFileError(f"{where}: the boxes do not match the {q} queries")
+    gnd: list[dict[str, Any]] = [{} for _ in range(q)]
+    for key in _KEYS:
+        flat, offsets = array(key, "iu", 1), array(f"{key}_offsets", "iu", 1)
+        if (
+            offsets.shape != (q + 1,)
+            or offsets[0] != 0
+            or offsets[-1] != flat.shape[0]
+            or (np.diff(offsets) < 0).any()
+        ):
+            raise CorruptFileError(f"{where}: the {key!r} offsets are inconsistent")
+        for i in range(q):
+            gnd[i][key] = flat[offsets[i] : offsets[i + 1]]
+    for i in range(q):
+        gnd[i]["bbx"] = bbx[i] if has_bbx[i] else None
+    try:
+        return _ground_truth({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, where, name)
+    except ValueError as err:
+        raise CorruptFileError(f"{err} (an inconsistent ground-truth file)") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_revisitop_pickle(gt: RevisitopGroundTruth | Mapping[str, Any], path: PathLike) -> Path:
+    """Write a ground truth in the original ``gnd_*.pkl`` layout, for the revisitop scripts.
+
+    For the official revisitop / cirtorch evaluation code, which reads ``gnd_NAME.pkl`` with
+    ``pickle.load``. Prefer :func:`save_revisitop_gnd` for everything else: graphrerank never
+    needs pickle for its own files.
+
+    The file is a pickle (protocol 2, readable by Python 2 and 3) of
+    :meth:`RevisitopGroundTruth.to_dict`: a dict of plain lists of ``str``, ``int`` and
+    ``float`` only (no numpy arrays), with 0-based indices, ``"bbx"`` left out for a query
+    without a box (the official scripts crop every query by its box, so give boxes there).
+    The bytes are checked to hold no opcode that imports or builds an object (no global at
+    all), and written atomically (temporary file, then rename). :func:`load_revisitop_gnd`
+    reads it back equal, the name coming from the file name ``gnd_NAME.pkl``.
+
+    Args:
+        gt: a ground truth, or the revisitop dict of a ``gnd_*.pkl`` file.
+        path: the file; it must end in ``.pkl``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``gt`` is not a ground truth.
+        ValueError: a malformed ground truth, or a path not ending in ``.pkl``.
+
+    Example:
+        >>> import pickle, tempfile, pathlib
+        >>> from graphrerank.datasets import gnd_from_status, load_revisitop_gnd
+        >>> from graphrerank.datasets import write_revisitop_pickle
+        >>> gt = gnd_from_status([[1, 0, 2]], bbx=[[0, 0, 9, 9]], name="toy")
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = write_revisitop_pickle(gt, pathlib.Path(tmp) / "gnd_toy.pkl")
+        ...     plain = pickle.loads(path.read_bytes())  # what the official scripts see
+        ...     back = load_revisitop_gnd(path)
+        >>> plain["gnd"]
+        [{'easy': [0], 'hard': [2], 'junk': [], 'bbx': [0.0, 0.0, 9.0, 9.0]}]
+        >>> back == gt
+        True
+    """
+    gt = _checked_gt(gt)
+    path = Path(path)
+    if path.suffix != ".pkl":
+        raise ValueError(
+            f"path {str(path)!r} must end in .pkl (the revisitop scripts read gnd_NAME.pkl); "
+            "for graphrerank's own pickle-free format use save_revisitop_gnd"
+        )
+    data = pickle.dumps(gt.to_dict(), protocol=_PICKLE_PROTOCOL)
+    used = {op.name for op, _, _ in pickletools.genops(data)} & _OBJECT_OPCODES
+    if used:  # cannot happen for plain lists and dicts; a guard for future edits
+        raise ValueError(f"refusing to write a pickle with object opcodes {sorted(used)}")
+    _atomic_write(path, data)
+    return path
 
 
 # --------------------------------------------------------------------------- descriptor files
