@@ -4,9 +4,10 @@ Build (from the repository root; executes every tutorial, fails on any warning):
 
     .venv/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-Nothing is fetched from the network at build time. Set GRAPHRERANK_DOCS_INTERSPHINX=1 to link
-to the PyTorch, PyG, NumPy, SciPy and matplotlib documentation (their inventories are then
-downloaded).
+Nothing is fetched from the network at build time, and the built pages need none either: MathJax
+is bundled (sphinx-mathjax-offline copies it into _static/mathjax), so the math renders offline.
+Set GRAPHRERANK_DOCS_INTERSPHINX=1 to link to the PyTorch, PyG, NumPy, SciPy and matplotlib
+documentation (their inventories are then downloaded).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # MathJax 3 shipped in the package, copied into _build/html/_static/mathjax, with
+    # mathjax_path pointed at it: no CDN, so the math renders offline (tested by
+    # tests/test_docs_render.py in a headless browser with the network blocked).
+    "sphinx-mathjax-offline",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "sphinx_gallery.gen_gallery",
@@ -141,3 +146,8 @@ def _reexported_data_doc(app, what, name, obj, options, lines) -> None:
 
 def setup(app) -> None:
     app.connect("autodoc-process-docstring", _reexported_data_doc)
+    # sphinx-mathjax-offline only copies its files once the build has finished, but does not
+    # declare that it is safe in parallel: say so, or a ``-j`` build warns (an error under -W).
+    mathjax_offline = app.extensions.get("sphinx-mathjax-offline")
+    if mathjax_offline is not None:
+        mathjax_offline.parallel_read_safe = mathjax_offline.parallel_write_safe = True
