@@ -23,6 +23,7 @@ from .._progress import Progress, ProgressCallback
 from ..graph.build import mutual_knn_graph
 from ..graph.index import KNNIndex, database_index
 from ..graph.lists import self_first, truncation_lists
+from ..graph.scores import ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
 from ..typing import SEARCHES, Backend, KNNResult, Search, TensorLike
 from .cg import conjugate_gradient
@@ -245,7 +246,7 @@ def _progress_args(progress: Any) -> tuple[bool | None, ProgressCallback | None]
 
 
 def offline_diffusion(
-    x: TensorLike,
+    x: TensorLike | ScoreMatrix,
     *,
     kd: int = 50,
     truncation: int = 1000,
@@ -280,7 +281,9 @@ def offline_diffusion(
     :math:`d_i^{-1/2} = 0`.
 
     Args:
-        x: L2-normalised database descriptors :math:`(N, D)`.
+        x: L2-normalised database descriptors :math:`(N, D)`, or the database's
+            :math:`(N, N)` similarity :class:`~graphrerank.graph.ScoreMatrix` (dense or
+            sparse top-k: truncation lists and graph then come from its rows).
         kd: :math:`k_d`, neighbours per node in the graph, the node itself included
             (reference 50).
         truncation: :math:`|T_i|`, nodes per truncated system (reference 1000), capped at
@@ -320,8 +323,14 @@ def offline_diffusion(
                 [0, 0, 0, 1, 1],
                 [0, 0, 0, 1, 1]], dtype=torch.int32)
     """
-    x = check_features(x, "x")
-    check_normalized(x, "x")
+    if isinstance(x, ScoreMatrix):
+        if x.kind != "similarity":
+            raise ValueError("offline diffusion weights similarities: pass kind='similarity'")
+        x.check_database("x")
+        index = ScoreIndex(x.shape[0]) if index is None else index
+    else:
+        x = check_features(x, "x")
+        check_normalized(x, "x")
     n = x.shape[0]
     kd = check_int(kd, "kd", low=1, high=n)
     truncation = check_int(truncation, "truncation", low=1)

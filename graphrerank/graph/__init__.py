@@ -22,6 +22,7 @@ from .index import KNNIndex, database_index
 from .knn import FAISS_GPU_MAX_K, knn_search, resolve_backend
 from .lists import DistanceNodes, FeatureNodes, graph_lists, scan, self_first, truncation_lists
 from .ranking import rank_candidates, rank_csr, rank_dense, select_topk, top_k_with_ties
+from .scores import ScoreIndex, ScoreMatrix
 
 __all__ = [
     "FAISS_GPU_MAX_K",
@@ -29,6 +30,8 @@ __all__ = [
     "EdgeRescorer",
     "FeatureNodes",
     "KNNIndex",
+    "ScoreIndex",
+    "ScoreMatrix",
     "database_index",
     "edge_weights",
     "from_scipy",

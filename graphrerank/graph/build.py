@@ -20,6 +20,7 @@ from ..typing import (
     TensorLike,
 )
 from .knn import knn_search
+from .scores import ScoreMatrix
 
 __all__ = [
     "EdgeRescorer",
@@ -158,7 +159,7 @@ def normalize_adjacency(
 
 
 def knn_graph(
-    x: TensorLike,
+    x: TensorLike | ScoreMatrix,
     k: int,
     *,
     metric: Metric = "ip",
@@ -203,7 +204,12 @@ def knn_graph(
     7. normalisation ``"sym"`` or ``"row"`` or none.
 
     Args:
-        x: Node descriptors :math:`(N, D)`.
+        x: Node descriptors :math:`(N, D)`, or a precomputed :math:`(N, N)`
+            :class:`~graphrerank.graph.ScoreMatrix` of the nodes against each other (dense or
+            sparse top-k): the one place where a score matrix becomes edges. Its candidates
+            are each row's best entries; weights come from its "higher is better" scores
+            (minus the distance for distances, so use ``gamma=None`` or convert them with
+            :meth:`~graphrerank.graph.ScoreMatrix.as_similarity`).
         k: Neighbours per node (see ``k_includes_self``).
         metric: ``"ip"`` or ``"l2"`` as in :func:`~graphrerank.graph.knn_search`.
         k_includes_self: Whether the node itself counts as one of its ``k`` neighbours.
@@ -232,7 +238,9 @@ def knn_graph(
         >>> g.edge_weight
         tensor([0.8000, 0.8000])
     """
-    x = check_features(x, "x")
+    smat = x.check_database("x") if isinstance(x, ScoreMatrix) else None
+    if smat is None:
+        x = check_features(x, "x")
     n = x.shape[0]
     k = check_int(k, "k", low=1)
     if symmetrize is not None:
@@ -252,35 +260,40 @@ def knn_graph(
         m = k if k_includes_self else k + 1
         if num_candidates is not None:
             m = check_int(num_candidates, "num_candidates", low=m, high=n)
-        scores, idx = knn_search(x, x, min(m, n), metric=metric, backend=backend)
+        if smat is not None:
+            cand_s, idx = smat.topk(min(m, n))
+        else:
+            cand_s, idx = knn_search(x, x, min(m, n), metric=metric, backend=backend)
     else:
-        scores, idx = candidates
-        if scores.shape != idx.shape or scores.dim() != 2 or scores.shape[0] != n:
+        cand_s, idx = candidates
+        if cand_s.shape != idx.shape or cand_s.dim() != 2 or cand_s.shape[0] != n:
             raise ValueError(
                 f"candidates must be (scores, indices) of shape ({n}, m), got "
-                f"{tuple(scores.shape)} and {tuple(idx.shape)}"
+                f"{tuple(cand_s.shape)} and {tuple(idx.shape)}"
             )
-        if idx.device != x.device or scores.device != x.device:
+        if idx.device != x.device or cand_s.device != x.device:
             raise ValueError(f"candidates are on {idx.device} but x is on {x.device}")
-        if scores.shape[1] < k_others:
-            raise ValueError(f"candidates hold {scores.shape[1]} per node, fewer than k={k}")
-        scores, idx = scores.to(x.dtype), idx.long()
+        if cand_s.shape[1] < k_others:
+            raise ValueError(f"candidates hold {cand_s.shape[1]} per node, fewer than k={k}")
+        cand_s, idx = cand_s.to(x.dtype), idx.long()
     rows = torch.arange(n, device=x.device)
     if rescore is not None:
-        scores, idx = _rescore(
-            rescore, rows, idx, scores, check_int(rescore_batch_size, "rescore_batch_size", low=1)
+        cand_s, idx = _rescore(
+            rescore, rows, idx, cand_s, check_int(rescore_batch_size, "rescore_batch_size", low=1)
         )
-    valid = (idx >= 0) & (idx != rows[:, None]) & (scores > float("-inf"))
+    valid = (idx >= 0) & (idx != rows[:, None]) & (cand_s > float("-inf"))
     rank = valid.cumsum(1) - 1
     keep = valid & (rank < k_others)
     src = idx[keep]
     dst = rows[:, None].expand_as(idx)[keep]
     edge_index = torch.stack([src, dst])
-    weight = edge_weights(scores[keep], gamma)
+    weight = edge_weights(cand_s[keep], gamma)
     if symmetrize is not None:
         edge_index, weight = _symmetrize(edge_index, weight, n, symmetrize)
     if loop:
-        if metric == "ip":
+        if smat is not None:
+            self_score = smat.diagonal()
+        elif metric == "ip":
             self_score = (x * x).sum(1)
         else:
             self_score = torch.zeros(n, dtype=x.dtype, device=x.device)

@@ -34,6 +34,7 @@ __all__ = [
     "SHORTLIST_MARGIN",
     "DistanceNodes",
     "FeatureNodes",
+    "ScoreNodes",
     "graph_lists",
     "scan",
     "self_first",
@@ -341,6 +342,50 @@ class DistanceNodes:
             (~rq & ~cq, ("d", "d"), self.nq, self.nq),
         ):
             out[sel] = self._mat(*part)[rows[sel] - ro, cols[sel] - co].square()
+        return out
+
+
+class ScoreNodes:
+    r"""Graph nodes given by dense *similarities* ``qq`` :math:`(Q, Q)`, ``qd`` :math:`(Q, N)`
+    and ``dd`` :math:`(N, N)` (``qq`` and ``qd`` are ``None`` all-vs-all): row :math:`i` of
+    ``[[qq, qd], [qd^T, dd]]`` holds node :math:`i`'s similarities, read as given (the
+    similarity counterpart of :class:`DistanceNodes`, for GNN re-ranking of precomputed scores).
+    """
+
+    metric = "ip"
+
+    def __init__(self, qq: Tensor | None, qd: Tensor | None, dd: Tensor) -> None:
+        self.qq, self.qd, self.dd = qq, qd, dd
+        self.nq = 0 if qd is None else int(qd.shape[0])
+        self.nd = int(dd.shape[0])
+        self.m = self.nq + self.nd
+        self.device, self.dtype = dd.device, dd.dtype
+
+    def _mat(self, rows: str, cols: str) -> Tensor:
+        return {
+            ("q", "q"): lambda: self.qq,
+            ("q", "d"): lambda: self.qd,
+            ("d", "q"): lambda: self.qd.T,
+            ("d", "d"): lambda: self.dd,
+        }[(rows, cols)]()
+
+    def block_fn(self, rows: str, cols: str) -> Callable[[int, int, int, int], Tensor]:
+        mat = self._mat(rows, cols)
+        return lambda r0, r1, c0, c1: mat[r0:r1, c0:c1]
+
+    def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Similarities of the node pairs ``(rows[p], cols[p])``."""
+        if self.nq == 0:
+            return self.dd[rows, cols]
+        out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
+        rq, cq = rows < self.nq, cols < self.nq
+        for sel, part, ro, co in (
+            (rq & cq, ("q", "q"), 0, 0),
+            (rq & ~cq, ("q", "d"), 0, self.nq),
+            (~rq & cq, ("d", "q"), self.nq, 0),
+            (~rq & ~cq, ("d", "d"), self.nq, self.nq),
+        ):
+            out[sel] = self._mat(*part)[rows[sel] - ro, cols[sel] - co]
         return out
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch_geometric.utils import lexsort
 
 from ..typing import RerankResult
+from .scores import ScoreMatrix
 from .sparse import csr_padded
 
 __all__ = [
@@ -132,9 +133,11 @@ def rank_candidates(
         cand_idx: :math:`(B, M)` candidate ids, ``-1`` padding, unique per row.
         cand_val: :math:`(B, M)` their scores.
         k: List length.
-        queries: :math:`(B, D)` query descriptors (for first-stage similarities).
-        database: :math:`(N, D)` database descriptors.
-        index: Index of ``database`` searched for the best zero-scored items.
+        queries: :math:`(B, D)` query descriptors (for first-stage similarities), or the
+            queries' :class:`~graphrerank.graph.ScoreMatrix` against the database.
+        database: :math:`(N, D)` database descriptors (unused with a score matrix).
+        index: Index of ``database`` searched for the best zero-scored items (a
+            :class:`~graphrerank.graph.ScoreIndex` with a score matrix).
         ties: ``"similarity"`` or ``"index"``.
 
     Returns:
@@ -200,7 +203,10 @@ def rank_candidates(
         if todo.numel():
             r, c = todo[:, 0], todo[:, 1]
             j = idx[r, c]
-            s = (queries.index_select(0, r) * database.index_select(0, j)).sum(1)
+            if isinstance(queries, ScoreMatrix):
+                s = queries.pairs(r, j)
+            else:
+                s = (queries.index_select(0, r) * database.index_select(0, j)).sum(1)
             sec[r, c] = s.to(sec.dtype)
 
     kk = min(k, idx.shape[1])
@@ -248,7 +254,8 @@ def rank_dense(
     if ties == "index":
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     else:
-        order = lexsort_desc(scores, queries @ database.T)[:, :k]
+        first = queries.similarities() if isinstance(queries, ScoreMatrix) else queries @ database.T
+        order = lexsort_desc(scores, first)[:, :k]
     return RerankResult(scores.gather(1, order), order)
 
 

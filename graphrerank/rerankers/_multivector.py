@@ -15,7 +15,7 @@ from torch_geometric.data import Data
 
 from .._checks import as_tensor, check_features, check_k, check_normalized, check_same_device
 from .._params import Int, OneOf, Real, setting
-from ..graph import knn_graph, normalize_adjacency
+from ..graph import ScoreMatrix, knn_graph, normalize_adjacency
 from ..graph.knn import knn_search
 from ..typing import (
     BACKENDS,
@@ -70,7 +70,15 @@ class MultiVectorReranker(Reranker):
     def _database_graph(self, database: Tensor) -> tuple[Data, Data]:
         r"""The affinity graph :math:`\mathbf{A}` (mutual kNN, :math:`s^\gamma`) of the
         validated database and its normalisation :math:`\mathbf{S}`."""
-        check_normalized(database, "database")
+        if isinstance(database, ScoreMatrix):
+            if database.kind != "similarity":
+                raise ValueError(
+                    f"{type(self).__name__} weights similarities (max(s, 0)^gamma): pass "
+                    "kind='similarity' scores (ScoreMatrix.as_similarity() converts Euclidean "
+                    "distances of unit vectors)"
+                )
+        else:
+            check_normalized(database, "database")
         n = database.shape[0]
         check_k(self.kd, n, name="kd")
         check_k(self.kq, n, name="kq")
@@ -90,16 +98,25 @@ class MultiVectorReranker(Reranker):
         similarity to them)."""
         return self.database_
 
-    def _secondary(self, qsum: Tensor) -> Callable[[Tensor], Tensor]:
+    def _secondary(self, qsum: Tensor | ScoreMatrix) -> Callable[[Tensor], Tensor]:
         """The tie-breaking key of :func:`~graphrerank.graph.top_k_with_ties` for summed query
-        vectors ``qsum``: first-stage similarity, or minus the index (``ties="index"``)."""
+        vectors ``qsum`` (or the queries' score rows): first-stage similarity, or minus the
+        index (``ties="index"``)."""
         items = self._first_stage()
         n = items.shape[0]
         if self.ties == "index":
             return lambda rows: (
                 -torch.arange(n, dtype=torch.float64, device=rows.device).expand(rows.numel(), n)
             )
+        if isinstance(qsum, ScoreMatrix):
+            return lambda rows: qsum.index_select(0, rows).similarities()
         return lambda rows: qsum[rows] @ items.T
+
+    def _summed_queries(self, qv: Tensor | ScoreMatrix, qid: Tensor, nb: int) -> Tensor:
+        """Each query's vectors summed (its first-stage descriptor); score rows as they are."""
+        if isinstance(qv, ScoreMatrix):
+            return qv
+        return torch.zeros(nb, qv.shape[1], dtype=qv.dtype, device=qv.device).index_add_(0, qid, qv)
 
     def rerank(
         self,
@@ -190,6 +207,9 @@ class MultiVectorReranker(Reranker):
     ) -> RerankResult:
         if queries is None:
             qv, qid, nq = self._all_queries()
+        elif isinstance(queries, ScoreMatrix):
+            nq = queries.shape[0]
+            qv, qid = queries, torch.arange(nq, device=queries.device)
         else:
             check_normalized(queries, "queries")
             nq = queries.shape[0]
@@ -229,10 +249,12 @@ class MultiVectorReranker(Reranker):
             nb = min(size, nq - lo)
             yield qv[bounds[b] : bounds[b + 1]], qid[bounds[b] : bounds[b + 1]] - lo, lo, nb
 
-    def _knn(self, queries: Tensor, database: Tensor, k: int) -> KNNResult:
+    def _knn(self, queries: Tensor | ScoreMatrix, database: Tensor, k: int) -> KNNResult:
         """Inner-product kNN of validated queries in a fitted (already validated) matrix,
         without :func:`~graphrerank.graph.knn_search`'s per-call checks of the whole database
         (they cost more than a single query's search)."""
+        if isinstance(queries, ScoreMatrix):
+            return queries.topk(k)
         if queries.dtype != database.dtype:
             queries = queries.to(database.dtype)
         return knn_search(queries, database, k, backend=self.backend, check_input=False)

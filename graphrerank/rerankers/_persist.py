@@ -35,7 +35,7 @@ from torch import Tensor
 from .._checks import check_features
 from .._io import CorruptFileError, load_arrays, read_format, save_arrays
 from .._version import __version__
-from ..graph import KNNIndex
+from ..graph import KNNIndex, ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class _Writer:
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
         self._keys: dict[int, str] = {}
+        self._objects: dict[int, str] = {}
         self._keep: list[Any] = []  # keeps ids unique while writing
 
     def _add(self, obj: Any, array: np.ndarray) -> str:
@@ -109,6 +110,20 @@ class _Writer:
             if v.dtype == object:
                 raise _Unsaved("an array of Python objects")
             return {"__ndarray__": self._add(v, v)}
+        if isinstance(v, ScoreMatrix):  # one object however often referenced
+            ref = self._objects.get(id(v))
+            if ref is not None:
+                return {"__ref__": ref}
+            ref = self._objects[id(v)] = f"o{len(self._objects)}"
+            self._keep.append(v)
+            return {
+                "__scores__": v.kind,
+                "id": ref,
+                "matrix": self.value(v.matrix),
+                "query_scores": self.value(v.query_scores),
+            }
+        if isinstance(v, ScoreIndex):
+            return {"__scoreindex__": v.num_items}
         if isinstance(v, KNNIndex):
             arrays, meta = v._state()
             enc = {
@@ -161,6 +176,7 @@ class _Reader:
     ) -> None:
         self.arrays, self.device, self.where, self.classes = arrays, device, where, classes
         self._tensors: dict[str, Tensor] = {}
+        self._objects: dict[str, Any] = {}
         if database is not None:  # the caller's database stands for the stored one
             self._tensors[database[0]] = database[1]
 
@@ -212,6 +228,21 @@ class _Reader:
             if a is None:
                 raise self.bad(f"array {j['__ndarray__']!r} is missing")
             return a
+        if "__ref__" in j:
+            obj = self._objects.get(j["__ref__"])
+            if obj is None:
+                raise self.bad(f"a reference to an unknown object {j['__ref__']!r}")
+            return obj
+        if "__scores__" in j:
+            out = object.__new__(ScoreMatrix)
+            out.kind, out.matrix = j["__scores__"], self.value(j.get("matrix"))
+            out.query_scores = self.value(j.get("query_scores"))
+            if out.kind not in ("similarity", "distance") or not isinstance(out.matrix, Tensor):
+                raise self.bad("a stored score matrix is inconsistent")
+            self._objects[str(j.get("id"))] = out
+            return out
+        if "__scoreindex__" in j:
+            return ScoreIndex(int(j["__scoreindex__"]))
         if "__knnindex__" in j:
             refs = j.get("arrays", {})
             arrays = {}
@@ -279,7 +310,11 @@ def save_reranker(r: Reranker, path: str | os.PathLike, *, include_database: boo
     r._check_fitted()
     w = _Writer()
     db = r.database_
-    if include_database:
+    if isinstance(db, ScoreMatrix):  # scores are stored with the state
+        include_database = True
+        db = db.matrix if not db.is_sparse else db.matrix.values()
+        key = None
+    elif include_database:
         key = w.tensor(db)
     else:
         key = _DATABASE
@@ -360,6 +395,13 @@ def load_reranker(
             )
         dev = torch.device("cpu" if device is None else device)
     key = fp.get("key")
+    if key is None:  # fitted on scores: stored with the state
+        if database is not None:
+            raise ValueError(
+                f"{where} holds a re-ranker fitted on a ScoreMatrix (stored in the file); "
+                "load it without a database"
+            )
+        return _Reader(arrays, dev, where, classes, None).node(root, settings)
     if not isinstance(key, str) or (fp.get("stored") and key not in arrays):
         raise CorruptFileError(f"{where}: the stored database is missing")
     reader = _Reader(arrays, dev, where, classes, None if db is None else (key, db))

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._checks import check_features, check_k, check_same_device
 from .._params import Constraint, check_params
+from ..graph.scores import ScoreMatrix
 from ..typing import RerankResult, TensorLike
 
 __all__ = ["NotFittedError", "Reranker"]
@@ -57,6 +58,9 @@ class Reranker(abc.ABC):
       more similar, about in :math:`[-1, 1]`) or ``"negative_distance"`` (minus a distance in
       :math:`[0, 1]`, as k-reciprocal's :math:`-d^*`); R-DiP turns it into edge weights
       accordingly.
+    * ``accepts_scores``: it can be fitted on a precomputed database x database
+      :class:`~graphrerank.graph.ScoreMatrix` instead of descriptors, and then re-ranks the
+      queries' :class:`~graphrerank.graph.ScoreMatrix` against the database.
 
     A method whose declaration depends on a setting overrides the attribute with a property;
     read these attributes from an instance.
@@ -79,6 +83,7 @@ class Reranker(abc.ABC):
     needs_query_similarity: ClassVar[bool] = False
     accepts_initial: ClassVar[bool] = False
     candidate_scores: ClassVar[str] = "similarity"
+    accepts_scores: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
     #: Settings that may also be passed by position (a :class:`Pipeline`'s ``stages``); every
@@ -232,9 +237,20 @@ class Reranker(abc.ABC):
 
     # ------------------------------------------------------------------ public API
     def fit(self, database: TensorLike, /) -> Self:
-        """Fit on the database descriptors :math:`(N, D)` and return ``self``."""
+        """Fit on the database descriptors :math:`(N, D)`, or (where ``accepts_scores``) on a
+        database x database :class:`~graphrerank.graph.ScoreMatrix`, and return ``self``."""
         self.validate_params()
-        db = check_features(database, "database")
+        if isinstance(database, ScoreMatrix):
+            if not self.accepts_scores:
+                raise TypeError(
+                    f"{type(self).__name__} needs database descriptors, not a ScoreMatrix (it "
+                    "computes with the vectors themselves); methods that take a score matrix: "
+                    "KNN, KReciprocal, GNNRerank, Diffusion, FastSpectralRanking, "
+                    "OfflineDiffusion, RDiP"
+                )
+            db = database.check_database("database")
+        else:
+            db = check_features(database, "database")
         for attr in self._fitted_attributes():
             delattr(self, attr)
         self.database_ = db
@@ -273,6 +289,8 @@ class Reranker(abc.ABC):
             if asymmetric:
                 raise ValueError("asymmetric=True needs explicit queries, got queries=None")
             q = None
+        elif isinstance(self.database_, ScoreMatrix) or isinstance(queries, ScoreMatrix):
+            q = self._check_query_scores(queries)
         else:
             q = check_features(queries, "queries", dim=self.database_.shape[1])
             check_same_device(database=self.database_, queries=q)
@@ -288,6 +306,34 @@ class Reranker(abc.ABC):
             )
         nq = self.n_database_ if q is None else q.shape[0]
         return self._rerank(q, k, initial=self._check_initial(initial, nq))
+
+    def _check_query_scores(self, queries: Any) -> ScoreMatrix:
+        db = self.database_
+        name = type(self).__name__
+        if not isinstance(db, ScoreMatrix):
+            raise TypeError(
+                f"this {name} was fitted on descriptors: pass query descriptors, not a "
+                "ScoreMatrix (or fit it on the database x database ScoreMatrix)"
+            )
+        if not isinstance(queries, ScoreMatrix):
+            raise TypeError(
+                f"this {name} was fitted on a ScoreMatrix: pass the queries' scores against the "
+                f"database as a ScoreMatrix, got {type(queries).__name__}"
+            )
+        if queries.shape[1] != db.shape[0]:
+            raise ValueError(
+                f"queries' scores have {queries.shape[1]} columns but the database holds "
+                f"{db.shape[0]} items"
+            )
+        if queries.kind != db.kind:
+            raise ValueError(
+                f"queries' scores are {queries.kind}s but the database's are {db.kind}s; use "
+                "one kind (ScoreMatrix.as_distance / as_similarity convert)"
+            )
+        check_same_device(database=db.matrix, queries=queries.matrix)
+        if queries.dtype != db.dtype:
+            queries = queries._converted(queries.kind, lambda m: m.to(db.dtype))
+        return queries
 
     def _check_initial(self, initial, num_queries: int) -> RerankResult:
         try:

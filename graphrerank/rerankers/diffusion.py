@@ -18,7 +18,7 @@ from ..diffusion import (
     query_vector,
     truncated_diffuse,
 )
-from ..graph import to_torch_csr, top_k_with_ties
+from ..graph import ScoreMatrix, to_torch_csr, top_k_with_ties
 from ..typing import (
     ITERATES,
     Iterate,
@@ -129,6 +129,8 @@ class Diffusion(MultiVectorReranker):
         :class:`~graphrerank.nn.DiffusionPropagation`.
     """
 
+    accepts_scores = True
+
     tol: float = setting(1e-6, Real(0))
     max_iter: int = setting(20, Int(0))
     iterate: Iterate = setting("best", OneOf(ITERATES))
@@ -173,9 +175,6 @@ class Diffusion(MultiVectorReranker):
             scores.append(s)
             indices.append(i)
         return RerankResult(torch.cat(scores), torch.cat(indices))
-
-    def _summed_queries(self, qv: Tensor, qid: Tensor, nb: int) -> Tensor:
-        return torch.zeros(nb, qv.shape[1], dtype=qv.dtype, device=qv.device).index_add_(0, qid, qv)
 
     def _first_stage(self) -> Tensor:
         return self.pooled_
@@ -342,6 +341,8 @@ class RegionalDiffusion(Diffusion):
         tensor([[ 0,  3, 14]])
     """
 
+    accepts_scores = False
+
     kd: int = setting(200, Int(1))
     kq: int = setting(200, Int(1))
     pooling: Literal["gmp", "sum"] = setting("gmp", OneOf(("gmp", "sum")))
@@ -355,6 +356,11 @@ class RegionalDiffusion(Diffusion):
         """Fit on region vectors :math:`(M, D)` with the image of each, ``image_ids``
         :math:`(M,)` (``None``: one vector per image); returns ``self``."""
         self.validate_params()
+        if isinstance(database, ScoreMatrix):
+            raise TypeError(
+                "RegionalDiffusion needs region vectors (it pools region scores per image), not "
+                "a ScoreMatrix; Diffusion takes an image x image score matrix"
+            )
         db = check_features(database, "database")
         for attr in self._fitted_attributes():
             delattr(self, attr)

@@ -12,10 +12,12 @@ from .._params import Int, Real, setting
 from ..graph import lists as _lists
 from ..graph.lists import FeatureNodes, graph_lists, scan
 from ..graph.ranking import select_topk
+from ..graph.scores import ScoreMatrix
 from ..graph.sparse import csr_rows, csr_transpose, overlap_cost, pair_products, row_chunks
 from ..nn import gnn_propagate
 from ..typing import RerankResult, TensorLike
 from .base import Reranker
+from .kreciprocal import _score_nodes
 
 __all__ = ["GNNRerank", "gnn_rerank"]
 
@@ -154,6 +156,7 @@ class GNNRerank(Reranker):
     """
 
     transductive = True
+    accepts_scores = True
     needs_query_similarity = True
 
     k1: int = setting(26, Int(1))
@@ -166,10 +169,17 @@ class GNNRerank(Reranker):
     def _test_params(cls):
         return {"k1": 8, "k2": 3}
 
+    def _nodes(self, queries, database=None):
+        db = self.database_ if database is None else database
+        if isinstance(db, ScoreMatrix):
+            return _score_nodes(db, queries, "GNN re-ranking", "similarity")
+        return FeatureNodes(queries, db, "ip")
+
     def _fit(self, database: Tensor) -> None:
-        check_normalized(database, "database")
+        if not isinstance(database, ScoreMatrix):
+            check_normalized(database, "database")
         n = database.shape[0]
-        nodes = FeatureNodes(None, database, "ip")
+        nodes = self._nodes(None, database)
         length = min(n, max(self.k1, LIST_LENGTH))
         g = scan(nodes.block_fn("d", "d"), n, n, length, largest=True,
                     device=database.device, dtype=database.dtype)  # fmt: skip
@@ -182,9 +192,9 @@ class GNNRerank(Reranker):
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
-        if queries is not None:
+        if queries is not None and not isinstance(queries, ScoreMatrix):
             check_normalized(queries, "queries")
-        nodes = FeatureNodes(queries, self.database_, "ip")
+        nodes = self._nodes(queries)
         return _run(nodes, k, self.k1, self.k2, self.layers, self.lambda_value,
                     self.max_nonzeros, self._database_lists())  # fmt: skip
 
@@ -213,7 +223,7 @@ class GNNRerank(Reranker):
         lam = float(self.lambda_value)
         sim = pair_products(a, r, c, "mul", _lists.BLOCK_ELEMENTS)
         if lam:
-            cos = FeatureNodes(None, self.database_, "ip").pairs(r, c)
+            cos = self._nodes(None).pairs(r, c)
             sim = (1 - lam) * sim + lam * cos
         out = torch.full((b, m), float("-inf"), dtype=a.dtype, device=a.device)
         out[valid] = sim

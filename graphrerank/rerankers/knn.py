@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._params import OneOf, setting
-from ..graph import KNNIndex
+from ..graph import KNNIndex, ScoreIndex, ScoreMatrix
 from ..typing import BACKENDS, METRICS, Backend, Metric, RerankResult
 from .base import Reranker
 
@@ -35,11 +35,16 @@ class KNN(Reranker):
                 [2, 1]])
     """
 
+    accepts_scores = True
+
     metric: Metric = setting("ip", OneOf(METRICS))
     backend: Backend = setting("auto", OneOf(BACKENDS))
 
-    def _fit(self, database: Tensor) -> None:
-        self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)
+    def _fit(self, database: Tensor | ScoreMatrix) -> None:
+        if isinstance(database, ScoreMatrix):
+            self.index_ = ScoreIndex(database.shape[0])
+        else:
+            self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -51,6 +56,10 @@ class KNN(Reranker):
         """The plain similarity of each (row, candidate) pair (an identity re-scorer)."""
         self._check_fitted()
         x = self.database_
+        if isinstance(x, ScoreMatrix):
+            rr = rows[:, None].expand_as(candidates)
+            s = x.pairs(rr.reshape(-1), candidates.clamp(min=0).reshape(-1)).view_as(candidates)
+            return s.masked_fill(candidates < 0, float("-inf"))
         cand = x[candidates.clamp(min=0)]
         q = x[rows]
         if self.metric == "ip":

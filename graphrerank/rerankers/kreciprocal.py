@@ -10,8 +10,9 @@ from torch import Tensor
 from .._checks import as_tensor, check_k, check_same_device
 from .._params import Int, Real, check_params, setting
 from ..graph import lists as _lists
-from ..graph.lists import DistanceNodes, FeatureNodes, graph_lists, scan
+from ..graph.lists import DistanceNodes, FeatureNodes, ScoreNodes, graph_lists, scan
 from ..graph.ranking import select_topk
+from ..graph.scores import ScoreMatrix
 from ..graph.sparse import (
     csr_rows,
     csr_transpose,
@@ -213,6 +214,7 @@ class KReciprocal(Reranker):
     )
 
     transductive = True
+    accepts_scores = True
     candidate_scores = "negative_distance"
     needs_query_similarity = True
 
@@ -224,9 +226,15 @@ class KReciprocal(Reranker):
     def _test_params(cls):
         return {"k1": 6, "k2": 3}
 
+    def _nodes(self, queries, database=None):
+        db = self.database_ if database is None else database
+        if isinstance(db, ScoreMatrix):
+            return _score_nodes(db, queries, "k-reciprocal re-ranking", "distance")
+        return FeatureNodes(queries, db, "l2")
+
     def _fit(self, database: Tensor) -> None:
         n = database.shape[0]
-        nodes = FeatureNodes(None, database, "l2")
+        nodes = self._nodes(None, database)
         length = _list_length(self.k1, self.k2, n)
         g = scan(
             nodes.block_fn("d", "d"),
@@ -252,7 +260,7 @@ class KReciprocal(Reranker):
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
-        nodes = FeatureNodes(queries, self.database_, "l2")
+        nodes = self._nodes(queries)
         return _run(nodes, k, self.k1, self.k2, self.lambda_value, self._database_lists())
 
     def encodings(self) -> Tensor:
@@ -262,7 +270,7 @@ class KReciprocal(Reranker):
         if not hasattr(self, "encodings_"):
             n = self.n_database_
             length = _list_length(self.k1, self.k2, n)
-            nodes = FeatureNodes(None, self.database_, "l2")
+            nodes = self._nodes(None)
             self.encodings_ = kreciprocal_encoding(
                 self.neighbors_[:, :length],
                 self.neighbor_distances_[:, :length],
@@ -283,13 +291,41 @@ class KReciprocal(Reranker):
         valid = candidates >= 0
         r = rows[:, None].expand(b, m)[valid]
         c = candidates[valid]
-        nodes = FeatureNodes(None, self.database_, "l2")
+        nodes = self._nodes(None)
         dn = nodes.pairs(r, c) / self.row_max_[r].clamp(min=torch.finfo(v.dtype).tiny)
         out = torch.full((b, m), float("-inf"), dtype=v.dtype, device=v.device)
         lam = float(self.lambda_value)
         overlap = pair_products(v, r, c, "min", _lists.BLOCK_ELEMENTS)
         out[valid] = 0.0 - ((1 - lam) * (1 - overlap / (2 - overlap)) + lam * dn)
         return out
+
+
+def _score_nodes(database: ScoreMatrix, queries: ScoreMatrix | None, method: str, kind: str):
+    """The graph nodes of precomputed scores (dense, of ``kind``; the queries' own scores
+    among themselves are needed: the method compares queries with queries)."""
+    for name, s in (("database", database), ("queries", queries)):
+        if s is None:
+            continue
+        if s.kind != kind:
+            conv = "as_distance" if kind == "distance" else "as_similarity"
+            raise ValueError(
+                f"{method} works on {kind}s: pass kind={kind!r} {name} scores (ScoreMatrix."
+                f"{conv}() converts with the unit-sphere identity d^2 = 2 - 2 s)"
+            )
+        if s.is_sparse:
+            raise ValueError(
+                f"{method} needs every pair's score (row extremes, reciprocal lists, the scores "
+                f"of pairs outside the top lists): pass dense {name} scores, not a sparse top-k"
+            )
+    nodes = DistanceNodes if kind == "distance" else ScoreNodes
+    if queries is None:
+        return nodes(None, None, database.matrix)
+    if queries.query_scores is None:
+        raise ValueError(
+            f"{method} compares queries with each other: give the queries' scores among "
+            "themselves, ScoreMatrix(query_x_database, query_scores=query_x_query)"
+        )
+    return nodes(queries.query_scores, queries.matrix, database.matrix)
 
 
 def kreciprocal_rerank(

@@ -15,7 +15,16 @@ from .._io import CorruptFileError, load_arrays
 from .._params import AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
 from ..diffusion import offline_diffusion, offline_diffusion_scores
-from ..graph import EdgeRescorer, KNNIndex, database_index, knn_graph, mutual_knn_graph, symmetrize
+from ..graph import (
+    EdgeRescorer,
+    KNNIndex,
+    ScoreIndex,
+    ScoreMatrix,
+    database_index,
+    knn_graph,
+    mutual_knn_graph,
+    symmetrize,
+)
 from ..graph.ranking import dense_ranking, rank_candidates, rank_csr, rank_dense
 from ..graph.sparse import csr, csr_row_normalize, csr_rows, csr_transpose
 from ..typing import (
@@ -71,7 +80,17 @@ class _OfflineBase(Reranker):
         None, AnyOf(None, Bool(), Function(), what="None, True, False or a callable")
     )
 
-    def _prepare(self, x: Tensor, name: str) -> Tensor:
+    accepts_scores = True
+
+    def _prepare(self, x: Tensor | ScoreMatrix, name: str) -> Tensor | ScoreMatrix:
+        if isinstance(x, ScoreMatrix):
+            if x.kind != "similarity":
+                raise ValueError(
+                    f"{type(self).__name__} weights similarities (max(s, 0)^gamma): pass "
+                    f"kind='similarity' {name} scores (ScoreMatrix.as_similarity() converts "
+                    "Euclidean distances of unit vectors)"
+                )
+            return x
         if self.normalize:
             return torch.nn.functional.normalize(x, dim=1)
         return check_normalized(x, name)
@@ -103,7 +122,10 @@ class _OfflineBase(Reranker):
         x = self._prepare(database, "database")
         self.x_ = x
         self._setup(x)
-        self.index_ = database_index(x, self.search, self.backend)
+        if isinstance(x, ScoreMatrix):
+            self.index_ = ScoreIndex(x.shape[0])
+        else:
+            self.index_ = database_index(x, self.search, self.backend)
         self.C_ = self._offline(x, self.index_)
 
     # ------------------------------------------------------------------ online
@@ -237,6 +259,11 @@ class OfflineDiffusion(_OfflineBase):
     ) -> RerankResult:
         if not self.transductive:
             return self._inductive(queries, k)
+        if isinstance(self.x_, ScoreMatrix):
+            raise ValueError(
+                "transductive=True inserts the queries into the graph, which needs the "
+                "descriptors; with a ScoreMatrix use transductive=False (the paper's method)"
+            )
         n = self.n_database_
         if queries is None:
             q, C = self.x_, self.C_
@@ -326,8 +353,11 @@ class RDiP(_OfflineBase):
         rescorer: ``None`` (the base similarity itself: R-DiP is then exactly offline
             diffusion), a :class:`~graphrerank.rerankers.Reranker` implementing
             ``score_candidates`` (fitted on the database by :meth:`fit`, as a fresh copy
-            with the same settings), or a callable ``(rows, candidates, scores) -> scores``
-            over the database being fitted.
+            with the same settings), a database x database
+            :class:`~graphrerank.graph.ScoreMatrix` of similarities (precomputed re-scores:
+            a chamfer or a cross-encoder matrix, dense or sparse, read for each candidate
+            pair), or a callable ``(rows, candidates, scores) -> scores`` over the database
+            being fitted.
         km: :math:`k_m`, candidates re-scored per item (``k_m`` in earlier releases).
         kd: :math:`k_d \le k_m`, graph neighbours kept per item, the item itself included
             (``k_d`` in earlier releases; spelled as :class:`OfflineDiffusion`'s ``kd``).
@@ -369,13 +399,15 @@ class RDiP(_OfflineBase):
         True
     """
 
-    rescorer: Reranker | EdgeRescorer | None = setting(
+    rescorer: Reranker | EdgeRescorer | ScoreMatrix | None = setting(
         None,
         AnyOf(
             None,
             InstanceOf(Reranker, "a Reranker"),
+            InstanceOf(ScoreMatrix, "a ScoreMatrix"),
             Function("a callable"),
-            what="None, a Reranker or a callable (rows, candidates, scores) -> scores",
+            what="None, a Reranker, a ScoreMatrix or a callable (rows, candidates, scores) -> "
+            "scores",
         ),
     )
     km: int = setting(100, Int(low="kd"))
@@ -401,13 +433,20 @@ class RDiP(_OfflineBase):
 
     def _after_load(self) -> None:
         r = getattr(self, "rescorer_", None)
-        self.rescore_ = r.as_rescorer() if r is not None else self.rescorer
+        if r is not None:
+            self.rescore_ = r.as_rescorer()
+        elif isinstance(self.rescorer, ScoreMatrix):
+            self.rescore_ = _matrix_rescorer(self.rescorer, self.n_database_)
+        else:
+            self.rescore_ = self.rescorer
 
     def _setup(self, x: Tensor) -> None:
         if isinstance(self.rescorer, Reranker):
             r = self.rescorer
             self.rescorer_ = r.clone().fit(x)
             self.rescore_ = self.rescorer_.as_rescorer()
+        elif isinstance(self.rescorer, ScoreMatrix):
+            self.rescore_ = _matrix_rescorer(self.rescorer, x.shape[0])
         else:
             self.rescore_ = self.rescorer
 
@@ -433,7 +472,10 @@ class RDiP(_OfflineBase):
             w = (1 + w).clamp(min=0).pow(self.gamma)
         elif weights == "base":
             src, dst = g.edge_index
-            s = (x.index_select(0, src) * x.index_select(0, dst)).sum(1)
+            if isinstance(x, ScoreMatrix):
+                s = x.pairs(dst, src)
+            else:
+                s = (x.index_select(0, src) * x.index_select(0, dst)).sum(1)
             w = s.clamp(min=0).pow(self.gamma)
         if self.rescore_ is not None and n > 1 and w.numel() and not bool((w > 0).any()):
             raise ValueError(
@@ -607,3 +649,25 @@ def load_legacy(
         (n, n),
     )
     return r
+
+
+def _matrix_rescorer(scores: ScoreMatrix, n: int):
+    """The edge re-scoring hook that reads each (row, candidate) pair from a database x
+    database similarity matrix (pairs a sparse matrix does not store: ``-inf``, dropped)."""
+    if scores.shape != (n, n):
+        raise ValueError(
+            f"rescorer scores must be ({n}, {n}), the database against itself, got {scores.shape}"
+        )
+    if scores.kind != "similarity":
+        raise ValueError(
+            "rescorer scores weigh edges as similarities: pass kind='similarity' "
+            "(ScoreMatrix.as_similarity() converts Euclidean distances of unit vectors)"
+        )
+
+    def rescore(rows: Tensor, candidates: Tensor, base: Tensor) -> Tensor:
+        r = rows[:, None].expand_as(candidates).reshape(-1)
+        c = candidates.clamp(min=0).reshape(-1)
+        out = scores.pairs(r.to(scores.device), c.to(scores.device)).view_as(candidates)
+        return out.to(base.device, base.dtype).masked_fill(candidates < 0, float("-inf"))
+
+    return rescore

@@ -84,6 +84,8 @@ class FastSpectralRanking(MultiVectorReranker):
         torch.Size([2, 4])
     """
 
+    accepts_scores = True
+
     rank: int = setting(2000, Int(1))
     eigensolver: Literal["auto", "dense", "scipy"] = setting(
         "auto", OneOf(("auto", "dense", "scipy"))
@@ -118,9 +120,7 @@ class FastSpectralRanking(MultiVectorReranker):
             z = torch.zeros(nb, emb.shape[1], dtype=emb.dtype, device=emb.device)
             z.index_add_(0, q, emb[node] * value[:, None].to(emb.dtype))
             f = z @ emb.T
-            qsum = torch.zeros(nb, db.shape[1], dtype=db.dtype, device=db.device).index_add_(
-                0, qid_b, qv_b
-            )
+            qsum = self._summed_queries(qv_b, qid_b, nb)
             vals, idx = top_k_with_ties(f, k, self._secondary(qsum))
             scores.append(vals)
             indices.append(idx)
