@@ -12,6 +12,7 @@ ORDER = [
     "tutorial_diffusion.py",
     "tutorial_superglobal.py",
     "tutorial_pipelines.py",
+    "tutorial_score_matrices.py",
     "tutorial_learned_rerankers.py",
 ]
 

@@ -86,8 +86,23 @@ def _check_kreciprocal_gnn(out: str) -> None:
     assert re.search(r"^KReciprocal\(\) +mAP", out, re.M)
 
 
+def _check_score_matrices(out: str) -> None:
+    """What the score-matrix tutorial claims holds in its own output."""
+    maps = dict(re.findall(r"^(\S.*?) +mAP ([\d.]+)$", out, re.M))
+    maps = {k: float(v) for k, v in maps.items()}
+    assert {"chamfer", "chamfer + k-reciprocal", "chamfer + GNN"} <= set(maps)
+    assert maps["chamfer + k-reciprocal"] >= maps["chamfer"]
+    assert maps["chamfer + GNN"] >= maps["chamfer"]
+    assert "look like distances" in out  # the wrong convention is refused
+    assert "dense vs top-50 sparse: 100.0% identical" in out
+    assert "GNNRerank reloaded: True" in out
+
+
 #: Checks of a tutorial's printed output (its claims), by file stem.
-TUTORIAL_CHECKS = {"tutorial_kreciprocal_gnn": _check_kreciprocal_gnn}
+TUTORIAL_CHECKS = {
+    "tutorial_kreciprocal_gnn": _check_kreciprocal_gnn,
+    "tutorial_score_matrices": _check_score_matrices,
+}
 
 
 @pytest.mark.parametrize("path", TUTORIAL_FILES, ids=[p.stem for p in TUTORIAL_FILES])
