@@ -22,6 +22,7 @@ from typing import Any
 from ._checks import check_in, check_int, check_real
 
 __all__ = [
+    "PROGRESS",
     "AnyOf",
     "Bool",
     "Constraint",
@@ -207,6 +208,11 @@ class AnyOf(Constraint):
 
     def describe(self) -> str:
         return self.what or " or ".join(o.describe() for o in self.options)
+
+
+#: The ``progress`` setting of long steps: ``None`` (a bar on a terminal only), ``True`` /
+#: ``False``, or a callback ``callback(done, total)``.
+PROGRESS = AnyOf(None, Bool(), Function(), what="None, True, False or a callable")
 
 
 def check_params(params: Mapping[str, Any], constraints: Mapping[str, Constraint | None]) -> None:

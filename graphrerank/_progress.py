@@ -17,8 +17,9 @@ class Progress:
     """Report progress of ``total`` units of work.
 
     Draws a one-line bar on ``stream`` when ``show`` is true, or when ``show`` is ``None`` and
-    the stream is a terminal (so logs and pipes stay clean); calls ``callback(done, total)``
-    after each update when given.
+    the stream is a terminal (so logs and pipes stay clean), once the step has run ``delay``
+    seconds (short steps draw nothing); calls ``callback(done, total)`` after each update
+    when given.
 
     Example:
         >>> seen = []
@@ -38,6 +39,7 @@ class Progress:
         callback: ProgressCallback | None = None,
         stream: TextIO | None = None,
         min_interval: float = 0.1,
+        delay: float = 0.0,
     ) -> None:
         self.total = max(int(total), 0)
         self.desc = desc
@@ -47,6 +49,8 @@ class Progress:
         self.callback = callback
         self.done = 0
         self.min_interval = min_interval
+        self.delay = delay
+        self._drawn = False
         self._start = time.perf_counter()
         self._last = 0.0
 
@@ -63,6 +67,8 @@ class Progress:
             self.callback(self.done, self.total)
         if self.show:
             now = time.perf_counter()
+            if now - self._start < self.delay:  # short steps draw nothing
+                return
             if now - self._last >= self.min_interval or self.done >= self.total:
                 self._last = now
                 self._draw(now)
@@ -77,11 +83,14 @@ class Progress:
             f"\r{self.desc} [{bar}] {self.done}/{self.total} {elapsed:.1f}s elapsed, {eta:.1f}s left"
         )
         self.stream.flush()
+        self._drawn = True
 
     def close(self) -> None:
         """End the bar's line."""
         if self.show:
-            self._draw(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
+            now = time.perf_counter()
+            if self._drawn or now - self._start >= self.delay:
+                self._draw(now)
+                self.stream.write("\n")
+                self.stream.flush()
             self.show = False

@@ -311,7 +311,7 @@ def test_clone_copies_rdip_rescorer_but_shares_callables():
     c = r.clone()
     assert c.rescorer is not r.rescorer
     assert isinstance(c.rescorer, KReciprocal)
-    assert c.rescorer.get_params() == {"k1": 7, "k2": 2, "lambda_value": 0.3}
+    assert c.rescorer.get_params() == {"k1": 7, "k2": 2, "lambda_value": 0.3, "progress": None}
     assert (c.km, c.kd) == (12, 8)
 
     def fn(rows, cand, scores):

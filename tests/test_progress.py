@@ -28,3 +28,16 @@ def test_bar_on_a_terminal_and_callback():
     assert "4/4" in out
     assert out.endswith("\n")
     assert calls == [(2, 4), (4, 4)]
+
+
+def test_short_steps_draw_nothing_until_the_delay():
+    import io
+
+    quick = io.StringIO()
+    with Progress(3, "quick", show=True, stream=quick, delay=60) as p:
+        p.update(3)
+    assert quick.getvalue() == ""
+    slow = io.StringIO()
+    with Progress(3, "slow", show=True, stream=slow, delay=0) as p:
+        p.update(3)
+    assert "slow [" in slow.getvalue() and slow.getvalue().endswith("\n")

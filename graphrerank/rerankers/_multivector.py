@@ -14,7 +14,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .._checks import as_tensor, check_features, check_k, check_normalized, check_same_device
-from .._params import Int, OneOf, Real, setting
+from .._params import PROGRESS, Int, OneOf, Real, setting
+from .._progress import ProgressCallback
 from ..graph import ScoreMatrix, knn_graph, normalize_adjacency
 from ..graph.knn import knn_search
 from ..typing import (
@@ -63,6 +64,7 @@ class MultiVectorReranker(Reranker):
     ties: Ties = setting("similarity", OneOf(TIES))
     batch_size: int | None = setting(None, Int(1) | None)
     backend: Backend = setting("auto", OneOf(BACKENDS))
+    progress: bool | ProgressCallback | None = setting(None, PROGRESS)
 
     _renamed_params: ClassVar[dict[str, str]] = {"k": "kd", "num_neighbors": "kd"}
 

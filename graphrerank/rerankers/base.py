@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._checks import check_features, check_k, check_same_device
 from .._params import Constraint, check_params
+from .._progress import Progress
 from ..graph.scores import ScoreMatrix
 from ..typing import RerankResult, TensorLike
 
@@ -400,6 +401,14 @@ class Reranker(abc.ABC):
         """
         self._check_fitted()
         return queries
+
+    def _progress_bar(self, total: int, desc: str) -> Progress:
+        """A :class:`~graphrerank._progress.Progress` of ``total`` units for the method's
+        ``progress`` setting (``None``: a bar on a terminal after a second; a callable:
+        called, no bar)."""
+        p = getattr(self, "progress", None)
+        show, callback = (p, None) if p is None or isinstance(p, bool) else (False, p)
+        return Progress(total, desc or type(self).__name__, show=show, callback=callback, delay=1.0)
 
     # ------------------------------------------------------------------ persistence
     #: Fitted attributes that are not stored by :meth:`save` but rebuilt by

@@ -103,6 +103,9 @@ class Diffusion(MultiVectorReranker):
             and on a CPU about :math:`2^{20}` (at least 8 queries), which keeps the block in
             cache during the sparse products.
         backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        progress: Progress of long re-rankings: ``None`` (a bar on a terminal, once a step
+            runs longer than a second), ``True`` / ``False``, or a callback
+            ``callback(done, total)``.
 
     Shapes:
         - **fit:** database :math:`(N, D)`, L2-normalised
@@ -167,13 +170,15 @@ class Diffusion(MultiVectorReranker):
             nodes = 4 * width * int(self.kd)
         scores, indices = [], []
         batches = self._batches(qv, qid, nq, nodes, cache_bound=self.truncation is None)
-        for qv_b, qid_b, _, nb in batches:
-            if self.truncation is None:
-                s, i = self._search_full(qv_b, qid_b, nb, k)
-            else:
-                s, i = self._search_truncated(qv_b, qid_b, nb, k)
-            scores.append(s)
-            indices.append(i)
+        with self._progress_bar(nq, type(self).__name__) as bar:
+            for qv_b, qid_b, _, nb in batches:
+                if self.truncation is None:
+                    s, i = self._search_full(qv_b, qid_b, nb, k)
+                else:
+                    s, i = self._search_truncated(qv_b, qid_b, nb, k)
+                scores.append(s)
+                indices.append(i)
+                bar.update(nb)
         return RerankResult(torch.cat(scores), torch.cat(indices))
 
     def _first_stage(self) -> Tensor:
@@ -316,7 +321,8 @@ class RegionalDiffusion(Diffusion):
         kq: Non-zeros of :math:`\mathbf{y}` (reference 200 for regions).
         pooling: ``"gmp"`` (reference) or ``"sum"``.
         gmp_lambda: :math:`\lambda` of generalized max pooling (reference 1).
-        alpha, gamma, tol, max_iter, iterate, truncation, symmetrize, ties, batch_size, backend:
+        alpha, gamma, tol, max_iter, iterate, truncation, symmetrize, ties, batch_size, backend,
+        progress:
             As in :class:`Diffusion`.
 
     Shapes:

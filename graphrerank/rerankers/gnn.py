@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_normalized, check_same_device
-from .._params import Int, Real, setting
+from .._params import PROGRESS, Int, Real, setting
+from .._progress import ProgressCallback
 from ..graph import lists as _lists
 from ..graph.lists import FeatureNodes, graph_lists, scan
 from ..graph.ranking import select_topk
@@ -26,7 +27,7 @@ __all__ = ["GNNRerank", "gnn_rerank"]
 LIST_LENGTH = 500
 
 
-def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, budget: int):
+def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, budget: int, bar=None):
     """Top-``k`` database items of each query row by the GNN score (see :class:`GNNRerank`)."""
     m = a.shape[0]
     nd = m - nq
@@ -59,10 +60,14 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
             higher_base_is_better=True,
         )  # fmt: skip
         scores[r0:r1], indices[r0:r1] = s, i
+        if bar is not None:
+            bar.update(r1 - r0)
     return RerankResult(scores, indices)
 
 
-def _run(nodes, k, k1, k2, layers, lambda_value, max_nonzeros, database=None, budget=None):
+def _run(
+    nodes, k, k1, k2, layers, lambda_value, max_nonzeros, database=None, budget=None, bar=None
+):
     budget = _lists.BLOCK_ELEMENTS if budget is None else budget
     m = nodes.m
     lists = graph_lists(
@@ -78,7 +83,7 @@ def _run(nodes, k, k1, k2, layers, lambda_value, max_nonzeros, database=None, bu
     a = gnn_propagate(lists["indices"], lists["values"], k1, k2, layers, max_nonzeros)
     return _rank(
         a, nodes.nq, lists["short_indices"], lists["short_values"], k, float(lambda_value),
-        nodes, budget,
+        nodes, budget, bar,
     )  # fmt: skip
 
 
@@ -128,6 +133,9 @@ class GNNRerank(Reranker):
             form; the current reference uses 0.3).
         max_nonzeros: Keep only this many largest entries per row of :math:`\mathbf{A}` after
             each layer (``None``: exact).
+        progress: Progress of long re-rankings: ``None`` (a bar on a terminal, once a step
+            runs longer than a second), ``True`` / ``False``, or a callback
+            ``callback(done, total)``.
 
     Shapes:
         - **fit:** database :math:`(N, D)`, rows L2-normalised
@@ -164,6 +172,7 @@ class GNNRerank(Reranker):
     layers: int = setting(2, Int(0))
     lambda_value: float = setting(0.0, Real(0.0, 1.0))
     max_nonzeros: int | None = setting(None, Int(1) | None)
+    progress: bool | ProgressCallback | None = setting(None, PROGRESS)
 
     @classmethod
     def _test_params(cls):
@@ -195,8 +204,9 @@ class GNNRerank(Reranker):
         if queries is not None and not isinstance(queries, ScoreMatrix):
             check_normalized(queries, "queries")
         nodes = self._nodes(queries)
-        return _run(nodes, k, self.k1, self.k2, self.layers, self.lambda_value,
-                    self.max_nonzeros, self._database_lists())  # fmt: skip
+        with self._progress_bar(nodes.nq or nodes.nd, "GNNRerank") as bar:
+            return _run(nodes, k, self.k1, self.k2, self.layers, self.lambda_value,
+                        self.max_nonzeros, self._database_lists(), bar=bar)  # fmt: skip
 
     def propagated(self) -> Tensor:
         r"""The propagated adjacency :math:`\mathbf{A}` of the database graph (all-vs-all),

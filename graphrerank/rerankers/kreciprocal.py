@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from .._checks import as_tensor, check_k, check_same_device
-from .._params import Int, Real, check_params, setting
+from .._params import PROGRESS, Int, Real, check_params, setting
+from .._progress import ProgressCallback
 from ..graph import lists as _lists
 from ..graph.lists import DistanceNodes, FeatureNodes, ScoreNodes, graph_lists, scan
 from ..graph.ranking import select_topk
@@ -48,6 +49,7 @@ def _rank(
     nodes,
     query_ids: Tensor,
     budget: int,
+    bar=None,
 ) -> RerankResult:
     r"""Top-``k`` database items of each query node by the final distance
 
@@ -95,6 +97,8 @@ def _rank(
             higher_base_is_better=False,
         )  # fmt: skip
         scores[a:b], indices[a:b] = s, i
+        if bar is not None:
+            bar.update(b - a)
     return RerankResult(scores, indices)
 
 
@@ -106,9 +110,11 @@ def _run(
     lambda_value: float,
     database: dict[str, Tensor] | None = None,
     budget: int | None = None,
+    bar=None,
 ) -> RerankResult:
     """The whole method over the nodes of one graph; ``database`` optionally holds the
-    database-only lists computed before (``indices``, ``values``, ``extreme``)."""
+    database-only lists computed before (``indices``, ``values``, ``extreme``); ``bar`` (a
+    progress bar over the query rows) advances as they are ranked."""
     budget = _lists.BLOCK_ELEMENTS if budget is None else budget
     m = nodes.m
     lists = graph_lists(
@@ -129,7 +135,7 @@ def _run(
     )
     v = kreciprocal_encoding(nbr, nbr_d, row_max, k1, k2, nodes.pairs, budget)
     return _rank(
-        v, nodes.nq, short_idx, short_d, row_max, k, lambda_value, nodes, query_ids, budget
+        v, nodes.nq, short_idx, short_d, row_max, k, lambda_value, nodes, query_ids, budget, bar
     )
 
 
@@ -186,6 +192,9 @@ class KReciprocal(Reranker):
         lambda_value: Weight :math:`\lambda \in [0, 1]` of the original distance (reference
             0.3). Items with equal :math:`d^*` (with :math:`\lambda = 0`, all that share
             nothing with the query: :math:`d^* = 1`) are ordered by the original distance.
+        progress: Progress of long re-rankings: ``None`` (a bar on a terminal, once a step
+            runs longer than a second), ``True`` / ``False``, or a callback
+            ``callback(done, total)``.
 
     Shapes:
         - **fit:** database :math:`(N, D)`
@@ -221,6 +230,7 @@ class KReciprocal(Reranker):
     k1: int = setting(20, Int(1))
     k2: int = setting(6, Int(1))
     lambda_value: float = setting(0.3, Real(0.0, 1.0))
+    progress: bool | ProgressCallback | None = setting(None, PROGRESS)
 
     @classmethod
     def _test_params(cls):
@@ -261,7 +271,10 @@ class KReciprocal(Reranker):
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
         nodes = self._nodes(queries)
-        return _run(nodes, k, self.k1, self.k2, self.lambda_value, self._database_lists())
+        with self._progress_bar(nodes.nq or nodes.nd, "KReciprocal") as bar:
+            return _run(
+                nodes, k, self.k1, self.k2, self.lambda_value, self._database_lists(), bar=bar
+            )
 
     def encodings(self) -> Tensor:
         r"""The encodings :math:`\mathbf{V}` (after local query expansion) of the database

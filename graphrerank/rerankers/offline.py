@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 
 from .._checks import check_features, check_normalized
 from .._io import CorruptFileError, load_arrays
-from .._params import AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
+from .._params import PROGRESS, AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
 from ..diffusion import offline_diffusion, offline_diffusion_scores
 from ..graph import (
@@ -76,9 +76,7 @@ class _OfflineBase(Reranker):
     search: Search = setting("auto", OneOf(SEARCHES))
     backend: Backend = setting("auto", OneOf(BACKENDS))
     block_size: int | None = setting(None, Int(1) | None)
-    progress: bool | ProgressCallback | None = setting(
-        None, AnyOf(None, Bool(), Function(), what="None, True, False or a callable")
-    )
+    progress: bool | ProgressCallback | None = setting(None, PROGRESS)
 
     accepts_scores = True
 

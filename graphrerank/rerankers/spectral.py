@@ -64,6 +64,9 @@ class FastSpectralRanking(MultiVectorReranker):
         batch_size: Queries per block of scores (memory :math:`N \times` ``batch_size``);
             ``None`` picks it so that a block holds about :math:`2^{24}` scores.
         backend: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        progress: Progress of long re-rankings: ``None`` (a bar on a terminal, once a step
+            runs longer than a second), ``True`` / ``False``, or a callback
+            ``callback(done, total)``.
 
     Shapes:
         - **fit:** database :math:`(N, D)`, L2-normalised; embedding :math:`(N, r)`
@@ -105,6 +108,7 @@ class FastSpectralRanking(MultiVectorReranker):
         db, emb = self.database_, self.embedding_
         n = db.shape[0]
         scores, indices = [], []
+        bar = self._progress_bar(nq, "FastSpectralRanking")
         for qv_b, qid_b, _, nb in self._batches(qv, qid, nq, n):
             s, i = self._knn(qv_b, db, min(self.kq, n))
             q, node, value = query_entries(
@@ -124,6 +128,8 @@ class FastSpectralRanking(MultiVectorReranker):
             vals, idx = top_k_with_ties(f, k, self._secondary(qsum))
             scores.append(vals)
             indices.append(idx)
+            bar.update(nb)
+        bar.close()
         return RerankResult(torch.cat(scores), torch.cat(indices))
 
 

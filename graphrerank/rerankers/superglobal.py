@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_normalized
-from .._params import Int, OneOf, Real, setting
+from .._params import PROGRESS, Int, OneOf, Real, setting
+from .._progress import ProgressCallback
 from ..graph import KNNIndex
 from ..typing import BACKENDS, Backend, RerankResult, TensorLike
 from .base import Reranker
@@ -80,6 +81,9 @@ class SuperGlobal(Reranker):
             itself, :math:`N^2 D`). It changes speed, not results (up to ties).
         backend: kNN backend of the first-stage search, ``"auto"``, ``"faiss"`` or ``"torch"``.
         block_bytes: Upper bound of the per-block working memory, in bytes.
+        progress: Progress of long re-rankings: ``None`` (a bar on a terminal, once a step
+            runs longer than a second), ``True`` / ``False``, or a callback
+            ``callback(done, total)``.
 
     Shapes:
         - **fit:** database :math:`(N, D)`, rows L2-normalised
@@ -115,6 +119,7 @@ class SuperGlobal(Reranker):
     database_neighbors: int | None = setting(None, Int(1) | None)
     backend: Backend = setting("auto", OneOf(BACKENDS))
     block_bytes: int = setting(_DEFAULT_BLOCK_BYTES, Int(1))
+    progress: bool | ProgressCallback | None = setting(None, PROGRESS)
 
     @property
     def shortlist_size(self) -> int:
@@ -340,8 +345,10 @@ class SuperGlobal(Reranker):
         out_s = torch.empty(nq, out_k, dtype=scores.dtype, device=scores.device)
         out_i = torch.empty(nq, out_k, dtype=torch.long, device=idx.device)
         bs = self._block_size(ms, lists)
+        bar = self._progress_bar(nq, "SuperGlobal")
         for s in range(0, nq, bs):
             e = min(nq, s + bs)
+            bar.update(e - s)
             head = idx[s:e, :ms]
             a, final = self._refine(q[s:e], head, lists)
             # As the reference: sort by a, then (stably) by the final score.
@@ -353,6 +360,7 @@ class SuperGlobal(Reranker):
             tail_s, tail_i = self._tail(scores[s:e, ms:], idx[s:e, ms:], new_s)
             out_s[s:e] = torch.cat([new_s, tail_s], 1)[:, :out_k]
             out_i[s:e] = torch.cat([new_i, tail_i], 1)[:, :out_k]
+        bar.close()
         if out_k < k:
             pad = k - out_k
             out_s = torch.cat([out_s, out_s.new_full((nq, pad), float("-inf"))], 1)

@@ -1,5 +1,7 @@
 """The contract every re-ranker in graphrerank.rerankers.RERANKERS must keep."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +200,24 @@ def test_score_candidates_shape_when_supported(cls):
     assert out.shape == (3, 8)
     assert torch.isinf(out[0, -1]) and out[0, -1] < 0
     assert torch.isfinite(out[idx >= 0]).all()
+
+
+@pytest.mark.parametrize(
+    "name", ["Diffusion", "FastSpectralRanking", "KReciprocal", "GNNRerank", "SuperGlobal"]
+)
+def test_long_steps_report_progress(name):
+    import graphrerank.rerankers as rr
+
+    cls = getattr(rr, name)
+    q, x = _data()
+    seen = []
+    r = _make(cls, progress=lambda done, total: seen.append((done, total))).fit(x)
+    seen.clear()
+    r.rerank(q, k=5)
+    assert seen and seen[-1] == (6, 6)  # every query accounted for
+    assert all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
+    seen.clear()
+    r.rerank(None, k=5)
+    assert seen[-1] == (40, 40)
+    with pytest.raises(TypeError, match="progress must be None, True, False or a callable"):
+        _make(cls, progress=3).fit(x)

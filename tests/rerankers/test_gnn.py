@@ -200,4 +200,5 @@ def test_declarations():
         "layers": 2,
         "lambda_value": 0.0,
         "max_nonzeros": None,
+        "progress": None,
     }

@@ -252,4 +252,9 @@ def test_refuses_asymmetric_queries():
 def test_declarations():
     assert KReciprocal.transductive and KReciprocal.needs_query_similarity
     assert not KReciprocal.accepts_initial
-    assert KReciprocal().get_params() == {"k1": 20, "k2": 6, "lambda_value": 0.3}
+    assert KReciprocal().get_params() == {
+        "k1": 20,
+        "k2": 6,
+        "lambda_value": 0.3,
+        "progress": None,
+    }

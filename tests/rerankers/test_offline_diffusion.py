@@ -387,7 +387,11 @@ def test_rdip_rescored_query_side():
         ({"symmetrize": None}, ValueError, "symmetrize must be one of"),
         ({"edge_weights": "gamma"}, ValueError, "edge_weights must be one of"),
         ({"query_scores": "both"}, ValueError, "query_scores must be one of"),
-        ({"rescorer": 3}, TypeError, "rescorer must be None, a Reranker or a callable"),
+        (
+            {"rescorer": 3},
+            TypeError,
+            "rescorer must be None, a Reranker, a ScoreMatrix or a callable",
+        ),
         ({"rescore_batch_size": 0}, ValueError, "rescore_batch_size must be >= 1"),
     ],
 )
