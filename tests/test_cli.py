@@ -1,19 +1,24 @@
 """The ``graphrerank`` command line, end to end (in-process ``main`` and one subprocess)."""
 
+import io
 import json
 import os
 import pickle
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.io import savemat
 
 import graphrerank as gr
+from graphrerank._io import load_arrays
 from graphrerank.cli import CLIError, main, parse_reranker
+from graphrerank.cli.report import RANKINGS_FORMAT, Step
 from graphrerank.testing import data_dir, requires_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +43,25 @@ def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _table(out):
+    """The Markdown table printed in ``out``: the header and the rows, cells stripped."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    return cells[0], cells[2:]
+
+
+def _header(out):
+    return _table(out)[0]
+
+
+SYNTHETIC = ["--data", "synthetic", "--size", "300", "--dim", "16", "--classes", "10"]
+
+
+def _synthetic():
+    ds = gr.datasets.make_retrieval_dataset(num_items=300, dim=16, num_classes=10)
+    return ds.database, ds.database_labels
 
 
 # --------------------------------------------------------------------------- specs
@@ -87,6 +111,59 @@ def test_pipeline_spec_needs_a_pipeline_class():
     else:
         with pytest.raises(CLIError, match="no graphrerank.rerankers.Pipeline"):
             parse_reranker("KNN | KNN")
+
+
+def test_pipeline_call_parses_as_the_pipe_form():
+    stages = "DatabaseAugmentation(k=3), AlphaQueryExpansion(k=4, alpha=2.0)"
+    pipe_spec = "DatabaseAugmentation(k=3) | AlphaQueryExpansion(k=4, alpha=2.0)"
+    pipe = parse_reranker(pipe_spec)
+    for spec in (f"Pipeline([{stages}])", f"pipeline(stages=[{stages}])", f"Pipeline(({stages}))"):
+        r = parse_reranker(spec)
+        assert isinstance(r, gr.rerankers.Pipeline)
+        assert repr(r) == repr(pipe) == f"Pipeline([{stages}])"
+        assert [repr(s) for s in r.stages] == [repr(s) for s in pipe.stages]
+        assert [s.get_params() for s in r.stages] == [s.get_params() for s in pipe.stages]
+    # settings of the pipeline itself, in the call or by --set
+    with_depth = parse_reranker(f"Pipeline([{stages}], depth=7)")
+    assert with_depth.depth == 7
+    assert repr(with_depth) == f"Pipeline([{stages}], depth=7)"
+    assert repr(parse_reranker(f"Pipeline([{stages}])", ["depth=7"])) == repr(with_depth)
+    assert repr(parse_reranker(pipe_spec, ["depth=7"])) == repr(with_depth)
+    # a pipeline as a stage and as a setting's value
+    nested = parse_reranker("KNN | Pipeline([KNN(metric='l2'), KNN])")
+    assert repr(nested) == "Pipeline([KNN(), Pipeline([KNN(metric='l2'), KNN()])])"
+    # both forms rank alike
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(60, 8, generator=g), dim=1)
+    a = parse_reranker(f"Pipeline([{stages}])").fit(x).rerank(x[:5], 10)
+    b = pipe.fit(x).rerank(x[:5], 10)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("Pipeline([KNN], [KNN])", r"Pipeline takes only stages by position"),
+        ("Pipeline([KNN], stages=[KNN])", r"the setting 'stages' is given twice"),
+        ("Pipeline([KNN(), __import__('os').system('true')])", r"is not a literal"),
+        ("Pipeline([KNN(), open('x')])", r"open\('x'\).? is not a literal"),
+        ("Pipeline(*x)", r"'\*' is not allowed"),
+        ("Pipeline([])", r"at least one re-ranker"),
+        ("Pipeline([1, KNN])", r"must be a re-ranker instance"),
+        ("Diffusion(kd=2**10**10)", r"is not a literal"),
+        ("Diffusion(kd=(-8)**0.5)", r"is not a literal"),
+        ("Diffusion(kd=1//0)", r"is not a literal"),
+    ],
+)
+def test_pipeline_and_arithmetic_specs_stay_literal_only(spec, match):
+    with pytest.raises(CLIError, match=match):
+        parse_reranker(spec)
+
+
+def test_numbers_may_be_written_as_arithmetic():
+    assert parse_reranker("Diffusion(kd=10**6)").kd == 10**6
+    assert parse_reranker("Diffusion(kd=2 * 25, alpha=1 - 1e-3)").get_params()["alpha"] == 0.999
+    assert parse_reranker("Diffusion", ["kd=(-2) ** 4"]).kd == 16
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -149,6 +226,7 @@ def test_evaluate_class_label_files_with_separate_queries(capsys, tmp_path):
     assert row["metrics"]["map"] == pytest.approx(expected, abs=1e-12)
     assert row["metrics"]["recall@1"] == 1.0
     assert f"{100 * expected:.2f}" in out
+    assert row["per_query"]["ap"] == pytest.approx([(1 + 1 + 3 / 5) / 3, 1], abs=1e-12)
 
 
 def _toy_gnd():
@@ -197,6 +275,11 @@ def test_evaluate_revisitop_self_made_files(capsys, tmp_path):
     # Hard: only query a has a hard positive (1); junk 2 and easy 0 removed: 5, 1 -> rank 2
     assert m["hard_map"] == pytest.approx((0 + 1 / 2) / 2, abs=1e-12)
     assert "E mAP" in out and "M mAP" in out and "H mAP" in out
+    # per query and protocol; query b has no hard positive: null
+    assert row["per_query"]["medium"] == pytest.approx([ap_a, ap_b], abs=1e-12)
+    assert row["per_query"]["hard"][0] == pytest.approx((0 + 1 / 2) / 2, abs=1e-12)
+    assert row["per_query"]["hard"][1] is None
+    assert set(row["per_query"]) == {"easy", "medium", "hard"}
 
 
 def test_evaluate_benchmark_folder_with_r1m_distractors(capsys, tmp_path):
@@ -301,6 +384,407 @@ def test_evaluate_self_made_reid_file(capsys, tmp_path):
     assert row["metrics"]["map"] == pytest.approx(0.5, abs=1e-12)
     assert row["metrics"]["rank1"] == 0.0
     assert "R-1" in out
+    assert row["per_query"] == {"ap": [0.5, 0.5]}
+    assert _header(out) == ["method", "mAP", "R-1", "mINP", "gain mAP", "fit ms", "rerank ms"]
+
+
+# --------------------------------------------------------------------------- rows that fail
+def test_a_failing_reranker_gets_its_row_and_the_others_complete(capsys, tmp_path):
+    # Diffusion with kd above the database size fails at fit (ValueError), between two rows
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        *SYNTHETIC,
+        "-r",
+        "KNN",
+        "-r",
+        "Diffusion(kd=10**6)",
+        "-r",
+        "AlphaQueryExpansion(k=5)",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert code == 1, err
+    message = "ValueError: kd=1000000 is larger than the database, which holds 300 item(s)"
+    assert f"graphrerank evaluate: Diffusion(kd=1000000) failed at fit: {message}" in err
+    header, body = _table(out)
+    assert header[-1] == "error" and header[:2] == ["method", "mAP"]
+    assert [r[0] for r in body] == ["KNN()", "Diffusion(kd=1000000)", "AlphaQueryExpansion()"]
+    failed = dict(zip(header, body[1]))
+    assert failed["error"] == f"failed at fit: {message}"
+    assert failed["mAP"] == failed["gain mAP"] == failed["fit ms"] == "-"
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["complete"] is True and payload["exit_status"] == 1
+    knn, diffusion, aqe = payload["results"]
+    assert diffusion["status"] == "failed" and diffusion["failed_at"] == "fit"
+    assert diffusion["error"] == message and diffusion["metrics"] == {}
+    assert diffusion["settings"]["kd"] == 10**6
+    x, y = _synthetic()
+    for row, cells, model in (
+        (knn, body[0], gr.KNN()),
+        (aqe, body[2], gr.rerankers.AlphaQueryExpansion(k=5)),
+    ):
+        assert row["status"] == "ok" and row["error"] is None
+        ranking = model.fit(x).rerank(None, 300)
+        expected = gr.metrics.class_map(ranking.indices, y, leave_one_out=True)
+        assert row["metrics"]["map"] == pytest.approx(expected, abs=1e-12)
+        assert dict(zip(header, cells))["mAP"] == f"{100 * expected:.2f}"
+        assert dict(zip(header, cells))["error"] == ""
+
+
+class _FailsAtFit(gr.KNN):
+    def fit(self, database):
+        raise MemoryError("cannot allocate 80 GiB (test)")
+
+
+class _FailsAtRerank(gr.KNN):
+    def rerank(self, queries=None, k=100, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access | test")
+
+
+class _NeedsAModule(gr.KNN):
+    def fit(self, database):
+        raise ImportError("_NeedsAModule requires faiss: pip install 'graphrerank[faiss-cpu]'")
+
+
+class _Interrupts(gr.KNN):
+    def fit(self, database):
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def failing(monkeypatch):
+    extra = (_FailsAtFit, _FailsAtRerank, _NeedsAModule, _Interrupts)
+    monkeypatch.setattr(gr.rerankers, "RERANKERS", (*gr.rerankers.RERANKERS, *extra))
+
+
+def test_memory_and_runtime_errors_fail_their_rows_only(capsys, tmp_path, failing):
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        *SYNTHETIC,
+        "--k",
+        "50",
+        "-r",
+        "_FailsAtFit",
+        "-r",
+        "_FailsAtRerank",
+        "-r",
+        "KNN(metric='l2')",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--save-rankings",
+        str(tmp_path / "rankings"),
+    )
+    assert code == 1
+    header, body = _table(out)
+    rows = {r[0]: dict(zip(header, r)) for r in body}
+    assert list(rows) == ["KNN()", "_FailsAtFit()", "_FailsAtRerank()", "KNN(metric='l2')"]
+    assert (
+        rows["_FailsAtFit()"]["error"]
+        == "failed at fit: MemoryError: cannot allocate 80 GiB (test)"
+    )
+    # a '|' in a message does not break the table
+    assert rows["_FailsAtRerank()"]["error"] == (
+        "failed at rerank: RuntimeError: CUDA error: an illegal memory access \\| test"
+    )
+    assert (
+        rows["_FailsAtRerank()"]["fit ms"] != "-" and rows["_FailsAtRerank()"]["rerank ms"] == "-"
+    )
+    assert rows["KNN(metric='l2')"]["error"] == "" and rows["KNN(metric='l2')"]["mAP"] != "-"
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [(r["status"], r["failed_at"]) for r in results] == [
+        ("ok", None),
+        ("failed", "fit"),
+        ("failed", "rerank"),
+        ("ok", None),
+    ]
+    assert results[2]["fit_s"] >= 0 and results[2]["rerank_s"] is None
+    # rankings are saved for the rows that have them, and only those
+    assert [bool(r.get("rankings")) for r in results] == [True, False, False, True]
+    assert sorted(p.name for p in (tmp_path / "rankings").iterdir()) == [
+        "01-KNN.npz",
+        "04-KNN_metric_l2.npz",
+    ]
+
+
+def test_a_missing_optional_dependency_skips_the_row(capsys, tmp_path, failing):
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        *SYNTHETIC,
+        "--k",
+        "20",
+        "-r",
+        "_NeedsAModule",
+        "--json",
+        str(tmp_path / "r"),
+    )
+    assert code == 1
+    assert "_NeedsAModule() skipped at fit: ImportError: _NeedsAModule requires faiss" in err
+    header, body = _table(out)
+    assert dict(zip(header, body[1]))["error"].startswith("skipped at fit: ImportError: ")
+    knn, skipped = json.loads((tmp_path / "r").read_text())["results"]
+    assert knn["status"] == "ok" and skipped["status"] == "skipped"
+    assert skipped["error"].startswith("ImportError: _NeedsAModule requires faiss")
+
+
+def test_ctrl_c_is_not_swallowed_and_finished_rows_are_kept(capsys, tmp_path, failing):
+    with pytest.raises(KeyboardInterrupt):
+        main(
+            [
+                "evaluate",
+                *SYNTHETIC,
+                "-r",
+                "KNN(metric='l2')",
+                "-r",
+                "_Interrupts",
+                "-r",
+                "KNN(backend=torch)",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+    out, err = capsys.readouterr()
+    assert "interrupted after 2 row(s)" in err
+    _, body = _table(out)
+    assert [r[0] for r in body] == ["KNN()", "KNN(metric='l2')"]
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["complete"] is False and payload["exit_status"] is None
+    assert [r["reranker"] for r in payload["results"]] == ["KNN()", "KNN(metric='l2')"]
+
+
+def test_bench_failing_row(capsys, tmp_path, failing):
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--size",
+        "200",
+        "--dim",
+        "8",
+        "--classes",
+        "10",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--k",
+        "20",
+        "-r",
+        "Diffusion(kd=10**6)",
+        "-r",
+        "_FailsAtRerank",
+        "-r",
+        "KNN(backend=torch)",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
+    assert code == 1
+    assert "Diffusion(kd=1000000) failed at fit: ValueError: kd=1000000 is larger" in err
+    header, body = _table(out)
+    assert header == [
+        "method",
+        "fit s",
+        "rerank s",
+        "total s",
+        "x KNN()",
+        "mAP@20 %",
+        "error",
+    ]
+    rows = {r[0]: dict(zip(header, r)) for r in body}
+    assert rows["Diffusion(kd=1000000)"]["error"].startswith("failed at fit: ValueError: kd=")
+    assert rows["_FailsAtRerank()"]["error"].startswith("failed at rerank: RuntimeError: ")
+    assert rows["KNN(backend='torch')"]["x KNN()"] != "-" and rows["KNN()"]["x KNN()"] == "1.00"
+    payload = json.loads((tmp_path / "b.json").read_text())
+    assert payload["complete"] is True and payload["exit_status"] == 1
+    results = {r["reranker"]: r for r in payload["results"]}
+    assert results["Diffusion(kd=1000000)"]["map"] is None
+    assert results["Diffusion(kd=1000000)"]["status"] == "failed"
+    assert results["KNN(backend='torch')"]["map"] > 0 and results["KNN()"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- headers
+class _Reversed(gr.KNN):
+    """The kNN ranking read backwards (worst first): a ranking that differs from the baseline."""
+
+    def rerank(self, queries=None, k=100, **kw):
+        s, i = super().rerank(queries, k, **kw)
+        return gr.typing.RerankResult(-s.flip(1), i.flip(1))
+
+
+def test_revisitop_headers_name_their_metric_and_the_gain_is_medium_map(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(gr.rerankers, "RERANKERS", (*gr.rerankers.RERANKERS, _Reversed))
+    gnd_path = tmp_path / "gnd_toy.pkl"
+    gnd_path.write_bytes(pickle.dumps(_toy_gnd(), protocol=2))
+    sa = np.array([0.6, 0.7, 0.9, 0.1, 0.2, 0.8])
+    sb = np.array([0.8, 0.1, 0.2, 0.9, 0.7, 0.3])
+    savemat(tmp_path / "f.mat", {"X": np.stack([sa, sb, np.zeros(6)], 0), "Q": np.eye(3)[:, :2]})
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--gnd",
+        str(gnd_path),
+        "--features",
+        str(tmp_path / "f.mat"),
+        "-r",
+        "_Reversed",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert code == 0, err
+    header, body = _table(out)
+    assert header == [
+        "method",
+        "E mAP",
+        "M mAP",
+        "H mAP",
+        "M mP@10",
+        "H mP@10",
+        "gain M mAP",
+        "fit ms",
+        "rerank ms",
+    ]
+    assert "gain M mAP: the M mAP of each row minus that of the first row" in out
+    payload = json.loads((tmp_path / "r.json").read_text())
+    base, rev = (r["metrics"] for r in payload["results"])
+    assert rev["medium_map"] != base["medium_map"] and rev["easy_map"] != base["easy_map"]
+    gain = dict(zip(header, body[1]))["gain M mAP"]
+    assert gain == f"{100 * (rev['medium_map'] - base['medium_map']):+.2f}"
+    assert gain != f"{100 * (rev['easy_map'] - base['easy_map']):+.2f}"
+    assert payload["gain"] == {"metric": "medium_map", "header": "gain M mAP", "reference": "KNN()"}
+    assert payload["columns"]["medium_mp@10"] == "M mP@10"
+    assert payload["query_names"] == ["qa", "qb"]
+
+
+def test_class_table_headers(capsys):
+    code, out, _ = run(capsys, "evaluate", *SYNTHETIC, "--k", "20")
+    assert code == 0
+    assert _header(out) == [
+        "method",
+        "mAP",
+        "R@1",
+        "R@5",
+        "R@10",
+        "gain mAP",
+        "fit ms",
+        "rerank ms",
+    ]
+
+
+# --------------------------------------------------------------------------- per query, rankings
+def test_json_per_query_ap_and_saved_rankings_equal_the_rerankers_own(capsys, tmp_path):
+    folder = tmp_path / "rankings"
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        *SYNTHETIC,
+        "--k",
+        "40",
+        "-r",
+        "Pipeline([DatabaseAugmentation(k=3), AlphaQueryExpansion(k=3)])",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--save-rankings",
+        str(folder),
+    )
+    assert code == 0, err
+    payload = json.loads((tmp_path / "r.json").read_text())
+    x, y = _synthetic()
+    models = [gr.KNN(), parse_reranker("DatabaseAugmentation(k=3) | AlphaQueryExpansion(k=3)")]
+    assert [r["reranker"] for r in payload["results"]] == [repr(m) for m in models]
+    for number, (row, model) in enumerate(zip(payload["results"], models), 1):
+        path = Path(row["rankings"])
+        assert path.parent == folder and path.name.startswith(f"{number:02d}-")
+        assert f"{row['reranker']}: {path}" in out  # named on screen too
+        with np.load(path, allow_pickle=False) as saved:
+            indices, scores = saved["indices"], saved["scores"]
+        own = model.fit(x).rerank(None, 40)
+        np.testing.assert_array_equal(indices, own.indices.numpy())
+        np.testing.assert_array_equal(scores, own.scores.numpy())
+        assert indices.dtype == np.int64 and indices.shape == (300, 40)
+        # per-query AP in the JSON: that of graphrerank.metrics on these rankings
+        ap = gr.metrics.class_average_precision(own.indices, y, leave_one_out=True)
+        assert row["per_query"]["ap"] == pytest.approx(ap.tolist(), abs=1e-12)
+        assert row["metrics"]["map"] == pytest.approx(
+            gr.metrics.class_map(own.indices, y, leave_one_out=True), abs=1e-12
+        )
+        _, meta = load_arrays(path, format=RANKINGS_FORMAT, version=1)
+        assert meta["reranker"] == row["reranker"] and meta["k"] == 40 and meta["all_vs_all"]
+
+
+@requires_data("revisitop/gnd_roxford5k.pkl")
+def test_real_ground_truth_per_query_ap_by_protocol(capsys, tmp_path):
+    gnd_path = data_dir() / "revisitop" / "gnd_roxford5k.pkl"
+    gnd = gr.datasets.load_revisitop_gnd(gnd_path)
+    g = torch.Generator().manual_seed(0)
+    db = torch.nn.functional.normalize(torch.randn(gnd.num_database, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(gnd.num_queries, 16, generator=g), dim=1)
+    np.save(tmp_path / "db.npy", db.numpy())
+    np.save(tmp_path / "q.npy", q.numpy())
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--gnd",
+        str(gnd_path),
+        "--database",
+        str(tmp_path / "db.npy"),
+        "--queries",
+        str(tmp_path / "q.npy"),
+        "--k",
+        "1000",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--save-rankings",
+        str(tmp_path / "rk"),
+    )
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    with np.load(row["rankings"]) as saved:
+        indices = saved["indices"]
+    np.testing.assert_array_equal(indices, gr.KNN().fit(db).rerank(q, 1000).indices.numpy())
+    expected = gr.metrics.revisited_map(torch.from_numpy(indices), gnd.gnd, num_database=len(db))
+    for proto in ("easy", "medium", "hard"):
+        ap = expected[proto].ap.tolist()
+        got = row["per_query"][proto]
+        assert len(got) == 70
+        assert [v is None for v in got] == [np.isnan(v) for v in ap]  # no positive: null
+        assert [v for v in got if v is not None] == pytest.approx(
+            [v for v in ap if not np.isnan(v)], abs=1e-12
+        )
+        assert row["metrics"][f"{proto}_map"] == pytest.approx(expected[proto].map, abs=1e-12)
+
+
+def test_unwritable_outputs_are_bad_input_found_before_any_work(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, "evaluate", *SYNTHETIC, "--save-rankings", str(tmp_path / "file"))
+    assert code == 2 and "--save-rankings" in err
+    code, out, err = run(capsys, "evaluate", *SYNTHETIC, "--json", str(tmp_path))
+    assert code == 2 and "cannot write" in err and "| method" not in out
+
+
+# --------------------------------------------------------------------------- progress
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_long_steps_show_a_line_on_a_terminal_only():
+    tty = _Terminal()
+    with Step("[1/2] KNN(): fit", stream=tty, delay=0.0, interval=0.01):
+        time.sleep(0.2)
+    text = tty.getvalue()
+    assert "[1/2] KNN(): fit" in text and re.search(r"\d+\.\ds", text)
+    assert text.endswith("\r\x1b[K")  # erased when done
+    quick = _Terminal()
+    with Step("quick", stream=quick):  # done before the default one-second delay
+        pass
+    assert quick.getvalue() == ""
+    pipe = io.StringIO()  # not a terminal: nothing
+    with Step("slow", stream=pipe, delay=0.0, interval=0.01):
+        time.sleep(0.05)
+    assert pipe.getvalue() == ""
 
 
 @pytest.fixture

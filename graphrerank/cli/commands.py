@@ -1,16 +1,22 @@
 """The sub-commands ``evaluate``, ``bench``, ``demo`` and ``list``.
 
 Each takes the options parsed by :func:`~graphrerank.cli.build_parser` and returns the exit
-status; bad input raises :class:`~graphrerank.cli.CLIError`, which
-:func:`~graphrerank.cli.main` reports.
+status: :data:`EXIT_OK` when every row has its result, :data:`EXIT_ROW_FAILED` when a
+re-ranker failed (its row says why, the other rows are complete); bad input raises
+:class:`~graphrerank.cli.CLIError`, which :func:`~graphrerank.cli.main` reports with
+:data:`EXIT_BAD_INPUT`. A ``KeyboardInterrupt`` prints the rows finished so far (and writes
+them to ``--json``), then goes on up.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +25,39 @@ from torch import Tensor
 
 from .. import plot, rerankers
 from .._imports import has_faiss
-from .._progress import Progress
 from ..datasets import make_retrieval_dataset
 from ..metrics import class_map
 from .base import PROG, CLIError
-from .report import bench_table, describe_reranker, machine, metric_table, write_json
+from .report import (
+    Step,
+    bench_table,
+    describe_reranker,
+    gain_header,
+    json_safe,
+    machine,
+    metric_table,
+    save_rankings,
+    write_json,
+)
 from .specs import select_rerankers
 from .tasks import Task, builtin_task, load_task
 
-__all__ = ["bench", "demo", "evaluate", "list_rerankers"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_OK",
+    "EXIT_ROW_FAILED",
+    "bench",
+    "demo",
+    "evaluate",
+    "list_rerankers",
+]
+
+#: Exit status: every row has its result.
+EXIT_OK = 0
+#: Exit status: at least one re-ranker failed or was skipped; the other rows are complete.
+EXIT_ROW_FAILED = 1
+#: Exit status: bad options, files or settings (nothing was run); also argparse's usage errors.
+EXIT_BAD_INPUT = 2
 
 
 # --------------------------------------------------------------------------- running
@@ -71,86 +101,236 @@ def _warm_up() -> None:
         import faiss  # noqa: F401
 
 
+def _exit_status(rows: list[dict]) -> int:
+    return EXIT_OK if all(r["status"] == "ok" for r in rows) else EXIT_ROW_FAILED
+
+
+def _say_failures(rows: list[dict]) -> None:
+    """After the table: how many rows have no result (nothing when all have)."""
+    bad = sum(r["status"] != "ok" for r in rows)
+    if bad:
+        print(
+            f"\n{bad} of {len(rows)} row(s) without result: see the error column "
+            f"(exit status {EXIT_ROW_FAILED})"
+        )
+
+
+def _error_text(err: BaseException) -> str:
+    """``Type: message`` on one line."""
+    msg = " ".join(str(err).split())
+    return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
+
+
+def _fail(row: dict, stage: str, err: Exception, device: torch.device, command: str) -> None:
+    """Mark ``row`` as failed at ``stage`` (``skipped`` for a missing optional dependency) and
+    say so on standard error (with the traceback when ``GRAPHRERANK_DEBUG`` is set)."""
+    row["status"] = "skipped" if isinstance(err, ImportError) else "failed"
+    row["failed_at"] = stage
+    row["error"] = _error_text(err)
+    print(
+        f"{PROG} {command}: {row['reranker']} {row['status']} at {stage}: {row['error']}",
+        file=sys.stderr,
+    )
+    if os.environ.get("GRAPHRERANK_DEBUG"):
+        traceback.print_exception(err, file=sys.stderr)
+    if device.type == "cuda":  # after an out-of-memory error, give the next row its memory
+        torch.cuda.empty_cache()
+
+
 def _fit_rerank(
-    model: Any, db: Tensor, q: Tensor | None, k: int, device: torch.device
+    model: Any,
+    db: Tensor,
+    q: Tensor | None,
+    k: int,
+    device: torch.device,
+    label: str,
+    row: dict,
+    record: bool = False,
 ) -> tuple[Any, float, float]:
     """``model.fit(db)`` then ``model.rerank(q, k)``: the result and the seconds of each.
 
-    An ``ImportError`` (an optional dependency of one method) passes through; invalid
-    settings or data become a :class:`CLIError` naming the re-ranker.
+    Each step shows a progress line when it takes long; ``row["failed_at"]`` names the step
+    under way, for the caller's error report, and with ``record`` ``row["fit_s"]`` is set as
+    soon as the fit is done (a row that fails at rerank keeps it). Exceptions pass through.
     """
-    try:
+    row["failed_at"] = "fit"
+    with Step(f"{label}: fit"):
         _sync(device)
         t0 = time.perf_counter()
         model.fit(db)
         _sync(device)
         t1 = time.perf_counter()
+    if record:
+        row["fit_s"] = t1 - t0
+    row["failed_at"] = "rerank"
+    with Step(f"{label}: rerank"):
         result = model.rerank(q, k)
         _sync(device)
         t2 = time.perf_counter()
-    except (ValueError, TypeError) as err:
-        raise CLIError(f"{model!r}: {err}") from None
+    row["failed_at"] = None
     return result, t1 - t0, t2 - t1
 
 
-def _run(task: Task, models: list[Any], k: int, device: torch.device) -> list[dict]:
-    """Fit and re-rank each model once on ``task`` and score its rankings."""
+def _to_device(db: Tensor, q: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    try:
+        with Step(f"moving the data to {device}"):
+            return db.to(device), None if q is None else q.to(device)
+    except RuntimeError as err:  # e.g. CUDA out of memory: nothing was run
+        raise CLIError(f"cannot move the data to {device}: {_error_text(err)}") from None
+
+
+def _new_row(model: Any) -> dict:
+    return {
+        "reranker": repr(model),
+        "class": type(model).__name__,
+        "settings": model.get_params(),
+        "status": "ok",
+        "error": None,
+        "failed_at": None,
+    }
+
+
+def _rows(
+    task: Task,
+    models: list[Any],
+    k: int,
+    device: torch.device,
+    command: str,
+    after: Callable[[int, dict], None] | None = None,
+) -> Iterator[dict]:
+    """Fit and re-rank each model once on ``task`` and score its rankings; yields one row per
+    model, in order, as each finishes. A re-ranker that raises (``ValueError``,
+    ``RuntimeError``, ``MemoryError``, a missing optional dependency...) gives a row with
+    ``status`` ``"failed"`` (or ``"skipped"``), its ``error`` and the step it ``failed_at``;
+    ``KeyboardInterrupt`` and ``SystemExit`` go on up. ``after(number, row)`` runs on each
+    successful row before it is yielded (to save its rankings); its failure fails the row
+    (step ``"save"``). ``models`` is emptied as the rows are made, so that each fitted
+    model, which can be large, is freed once its row is done."""
     _warm_up()
-    db = task.database.to(device)
-    q = None if task.queries is None else task.queries.to(device)
-    rows = []
-    with Progress(len(models), "re-ranking") as bar:
-        for model in models:
-            try:
-                result, fit_s, rerank_s = _fit_rerank(model, db, q, k, device)
-            except ImportError as err:
-                print(f"{model!r}: skipped ({err})")
-                bar.update(1)
-                continue
-            rows.append(
-                {
-                    "reranker": repr(model),
-                    "class": type(model).__name__,
-                    "settings": model.get_params(),
-                    "metrics": task.score(result.indices),
-                    "fit_s": fit_s,
-                    "rerank_s": rerank_s,
-                    "result": result,
-                }
-            )
-            bar.update(1)
-    return rows
+    db, q = _to_device(task.database, task.queries, device)
+    total = len(models)
+    for number in range(1, total + 1):
+        model = models.pop(0)
+        label = f"[{number}/{total}] {model!r}"
+        row = _new_row(model)
+        row.update(metrics={}, per_query={}, fit_s=None, rerank_s=None)
+        try:
+            result, _, row["rerank_s"] = _fit_rerank(model, db, q, k, device, label, row, True)
+            row["failed_at"] = "score"
+            with Step(f"{label}: scoring"):
+                scores = task.score(result.indices)
+            row.update(metrics=scores.metrics, per_query=scores.per_query, result=result)
+            if after is not None:
+                row["failed_at"] = "save"
+                after(number, row)
+            row["failed_at"] = None
+        except Exception as err:  # any failure of one re-ranker is its row's
+            row.pop("result", None)
+            row.update(metrics={}, per_query={})
+            _fail(row, row["failed_at"] or "fit", err, device, command)
+        model = result = scores = None  # the row holds what is kept
+        yield row
+
+
+def _json_rows(rows: list[dict]) -> list[dict]:
+    return [{a: b for a, b in r.items() if a != "result"} for r in rows]
+
+
+def _interrupted(rows: list[dict], report: Callable[[], None]) -> None:
+    """On Ctrl-C: say so and report the rows finished so far (the caller re-raises)."""
+    so_far = "; the rows so far:" if rows else ""
+    print(f"\n{PROG}: interrupted after {len(rows)} row(s){so_far}", file=sys.stderr)
+    if rows:
+        report()
 
 
 # --------------------------------------------------------------------------- commands
 def evaluate(args: argparse.Namespace) -> int:
     """``graphrerank evaluate``: re-rank the data the options name, print the metric table and
-    optionally write it as JSON."""
+    optionally write it as JSON (with per-query AP) and each row's rankings."""
     models = select_rerankers(args.rerankers, default_all=False, baseline=not args.no_baseline)
     device = _device(args.device)
-    task = load_task(args)
+    with Step("loading the data"):
+        task = load_task(args)
     if args.l2_normalize:
         task.database, task.queries = _normalize(task.database), _normalize(task.queries)
     k = _k(args.k, task.num_database)
+    folder = None
+    if args.save_rankings:
+        folder = Path(args.save_rankings)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CLIError(f"--save-rankings {args.save_rankings!r}: {err}") from None
     print(task.describe(k, device))
-    print("scores in %; gain: difference of the first metric with the first row\n")
-    rows = _run(task, models, k, device)
-    print(metric_table(task, rows))
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "command": _command_line(args),
-                "data": {"name": task.name, "kind": task.kind, **task.info},
-                "num_database": task.num_database,
-                "num_queries": None if task.queries is None else int(task.queries.shape[0]),
-                "k": k,
-                "device": str(device),
-                "machine": machine(),
-                "results": [{a: b for a, b in r.items() if a != "result"} for r in rows],
+    print(
+        f"scores in %; {gain_header(task)}: the {task.primary_header} of each row minus that "
+        "of the first row, in points\n"
+    )
+    command = _command_line(args)
+    num_queries = None if task.queries is None else int(task.queries.shape[0])
+    meta = {
+        "data": task.name,
+        "kind": task.kind,
+        "k": k,
+        "num_database": task.num_database,
+        "num_queries": num_queries if num_queries is not None else task.num_database,
+        "all_vs_all": task.queries is None,
+        "command": command,
+    }
+
+    def save(number: int, row: dict) -> None:
+        if folder is not None:
+            row["rankings"] = str(save_rankings(folder, number, row, meta))
+        row.pop("result", None)  # scored (and saved): the rankings are not needed any more
+
+    def payload(complete: bool) -> dict:
+        return {
+            "command": command,
+            "data": {"name": task.name, "kind": task.kind, **task.info},
+            "num_database": task.num_database,
+            "num_queries": num_queries,
+            "k": k,
+            "device": str(device),
+            "machine": machine(),
+            "columns": dict(task.columns),
+            "gain": {
+                "metric": task.primary,
+                "header": gain_header(task),
+                "reference": rows[0]["reranker"] if rows else None,
             },
-        )
-    return 0
+            "query_names": task.query_names,
+            "complete": complete,
+            "exit_status": _exit_status(rows) if complete else None,
+            "results": _json_rows(rows),
+        }
+
+    def report() -> None:
+        print(metric_table(task, rows))
+        _say_failures(rows)
+        saved = [(r["reranker"], r["rankings"]) for r in rows if r.get("rankings")]
+        if saved:
+            print("\nrankings (indices and scores, numpy.load):")
+            for name, path in saved:
+                print(f"  {name}: {path}")
+
+    rows: list[dict] = []
+    if args.json:  # an unwritable path is bad input: found before any work
+        write_json(args.json, payload(False), quiet=True)
+    try:
+        for row in _rows(task, models, k, device, "evaluate", after=save):
+            rows.append(row)
+            if args.json:
+                write_json(args.json, payload(False), quiet=True)
+    except KeyboardInterrupt:
+        _interrupted(rows, report)
+        if args.json and rows:
+            write_json(args.json, payload(False))
+        raise
+    report()
+    if args.json:
+        write_json(args.json, payload(True))
+    return _exit_status(rows)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -159,15 +339,26 @@ def demo(args: argparse.Namespace) -> int:
     models = select_rerankers(None, default_all=True, baseline=True)
     device = _device(args.device)
     args.subset = 600 if args.fast else None
-    task = builtin_task(args.data, args)
+    with Step("loading the data"):
+        task = builtin_task(args.data, args)
     k = task.num_database
     print(task.describe(k, device))
-    print("every re-ranker at its papers' default settings; scores in %\n")
-    rows = _run(task, models, k, device)
+    print(
+        f"every re-ranker at its papers' default settings; scores in %; {gain_header(task)}: "
+        "difference with the first row\n"
+    )
+    rows: list[dict] = []
+    try:
+        for row in _rows(task, models, k, device, "demo"):
+            rows.append(row)
+    except KeyboardInterrupt:
+        _interrupted(rows, lambda: print(metric_table(task, rows)))
+        raise
     print(metric_table(task, rows))
+    _say_failures(rows)
     if args.plot:
         fig = plot.precision_recall(
-            {r["reranker"]: r["result"] for r in rows},
+            {r["reranker"]: r["result"] for r in rows if r["status"] == "ok"},
             task.labels.to(device),
             leave_one_out=True,
             title=f"{task.name}, all-vs-all",
@@ -177,28 +368,70 @@ def demo(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CLIError(f"cannot write {args.plot!r}: {err}") from None
         print(f"\nwrote {Path(args.plot).resolve()}")
-    return 0
+    return _exit_status(rows)
+
+
+def _bench_row(
+    model: Any,
+    number: int,
+    total: int,
+    db: Tensor,
+    q: Tensor | None,
+    ds: Any,
+    k: int,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict:
+    row = _new_row(model)
+    row.update(fit_s=None, rerank_s=None, total_s=None, map=None)
+    fits, reranks = [], []
+    runs = args.warmup + args.repeats
+    try:
+        for i in range(runs):
+            kind = "warm-up" if i < args.warmup else "run"
+            label = f"[{number}/{total}] {model!r} {kind} {i + 1}/{runs}"
+            result, fit_s, rerank_s = _fit_rerank(model, db, q, k, device, label, row)
+            if i >= args.warmup:
+                fits.append(fit_s)
+                reranks.append(rerank_s)
+        row["failed_at"] = "score"
+        m = class_map(
+            result.indices,
+            ds.database_labels.to(device),
+            None if q is None else ds.query_labels.to(device),
+            leave_one_out=q is None,
+        )
+        row["failed_at"] = None
+    except Exception as err:  # any failure of one re-ranker is its row's
+        _fail(row, row["failed_at"] or "fit", err, device, "bench")
+        return row
+    fit_s, rerank_s = statistics.median(fits), statistics.median(reranks)
+    row.update(fit_s=fit_s, rerank_s=rerank_s, total_s=fit_s + rerank_s, map=m)
+    return row
 
 
 def bench(args: argparse.Namespace) -> int:
     """``graphrerank bench``: median fit and rerank times of each re-ranker on synthetic data,
-    with the mAP of its rankings; optionally as JSON."""
+    with the mAP of its rankings; optionally as JSON. A re-ranker that fails gets a row that
+    says why; the others are timed."""
     models = select_rerankers(args.rerankers, default_all=True, baseline=True)
     device = _device(args.device)
     if args.size < 2:
         raise CLIError(f"--size must be at least 2, got {args.size}")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be at least 1, got {args.repeats}")
-    ds = make_retrieval_dataset(
-        num_items=args.size,
-        dim=args.dim,
-        num_classes=args.classes,
-        num_queries=args.queries,
-        seed=args.seed,
-    )
-    db = ds.database.to(device)
-    q = None if ds.queries is None else ds.queries.to(device)
+    if args.warmup < 0:
+        raise CLIError(f"--warmup must be at least 0, got {args.warmup}")
     k = _k(args.k, args.size)
+    with Step("making the synthetic data"):
+        ds = make_retrieval_dataset(
+            num_items=args.size,
+            dim=args.dim,
+            num_classes=args.classes,
+            num_queries=args.queries,
+            seed=args.seed,
+        )
+    db, q = _to_device(ds.database, ds.queries, device)
     qdesc = "all-vs-all" if q is None else f"{q.shape[0]} queries"
     print(
         f"synthetic: {args.size} items, {args.dim}-d, {args.classes} classes, {qdesc}; "
@@ -207,54 +440,45 @@ def bench(args: argparse.Namespace) -> int:
     print(f"machine: {machine()}")
     command = _command_line(args)
     print(f"command: {' '.join(command)}\n")
-    rows = []
-    with Progress(len(models) * (args.repeats + args.warmup), "timing") as bar:
-        for model in models:
-            fits, reranks = [], []
-            try:
-                for i in range(args.warmup + args.repeats):
-                    result, fit_s, rerank_s = _fit_rerank(model, db, q, k, device)
-                    if i >= args.warmup:
-                        fits.append(fit_s)
-                        reranks.append(rerank_s)
-                    bar.update(1)
-            except ImportError as err:
-                print(f"{model!r}: skipped ({err})")
-                continue
-            m = class_map(
-                result.indices,
-                ds.database_labels.to(device),
-                None if q is None else ds.query_labels.to(device),
-                leave_one_out=q is None,
-            )
-            fit_s, rerank_s = statistics.median(fits), statistics.median(reranks)
-            rows.append(
-                {
-                    "reranker": repr(model),
-                    "fit_s": fit_s,
-                    "rerank_s": rerank_s,
-                    "total_s": fit_s + rerank_s,
-                    "map": m,
-                }
-            )
+
+    def payload(complete: bool) -> dict:
+        return {
+            "command": command,
+            "machine": machine(),
+            "size": args.size,
+            "dim": args.dim,
+            "classes": args.classes,
+            "queries": args.queries,
+            "k": k,
+            "repeats": args.repeats,
+            "device": str(device),
+            "complete": complete,
+            "exit_status": _exit_status(rows) if complete else None,
+            "results": json_safe(rows),
+        }
+
+    _warm_up()
+    rows: list[dict] = []
+    if args.json:  # an unwritable path is bad input: found before any work
+        write_json(args.json, payload(False), quiet=True)
+    total = len(models)
+    try:
+        for number in range(1, total + 1):
+            model = models.pop(0)  # freed once its row is done
+            rows.append(_bench_row(model, number, total, db, q, ds, k, args, device))
+            del model
+            if args.json:
+                write_json(args.json, payload(False), quiet=True)
+    except KeyboardInterrupt:
+        _interrupted(rows, lambda: print(bench_table(rows, k)))
+        if args.json and rows:
+            write_json(args.json, payload(False))
+        raise
     print(bench_table(rows, k))
+    _say_failures(rows)
     if args.json:
-        write_json(
-            args.json,
-            {
-                "command": command,
-                "machine": machine(),
-                "size": args.size,
-                "dim": args.dim,
-                "classes": args.classes,
-                "queries": args.queries,
-                "k": k,
-                "repeats": args.repeats,
-                "device": str(device),
-                "results": rows,
-            },
-        )
-    return 0
+        write_json(args.json, payload(True))
+    return _exit_status(rows)
 
 
 def list_rerankers(args: argparse.Namespace) -> int:

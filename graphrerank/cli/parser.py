@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from .._version import __version__
@@ -29,6 +30,13 @@ class _RerankerAction(argparse.Action):
         namespace.rerankers = entries
 
 
+_EXIT_CODES = f"""exit status:
+  {commands.EXIT_OK}  every row has its result
+  {commands.EXIT_ROW_FAILED}  a re-ranker failed or was skipped (its row and the JSON say why); the
+     other rows are complete
+  {commands.EXIT_BAD_INPUT}  bad options, files or settings: nothing was run"""
+
+
 def _add_reranker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reranker",
@@ -37,7 +45,8 @@ def _add_reranker_options(p: argparse.ArgumentParser) -> None:
         action=_RerankerAction,
         metavar="SPEC",
         help="a re-ranker by class name, optionally with settings: KNN, \"KNN(metric='l2')\", "
-        "'A(...) | B(...)' for a pipeline; repeat to compare several",
+        "'A(...) | B(...)' or 'Pipeline([A(...), B(...)])' for a pipeline; repeat to compare "
+        "several",
     )
     p.add_argument(
         "--set",
@@ -61,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate",
         help="re-rank descriptors and print the metric table",
-        description="Rank a database for queries with each re-ranker and score the rankings. "
-        "Data: one of --data, --gnd (revisitop), --reid (re-ID result file) or --database with "
-        "--labels (classes). The kNN baseline is added as the first row unless --no-baseline.",
+        description=textwrap.fill(
+            "Rank a database for queries with each re-ranker and score the rankings. "
+            "Data: one of --data, --gnd (revisitop), --reid (re-ID result file) or --database with "
+            "--labels (classes). The kNN baseline is added as the first row unless --no-baseline. "
+            "A re-ranker that fails gets a row with its error; the other rows complete.",
+        ),
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = ev.add_argument_group("data")
     g.add_argument(
@@ -104,14 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reranker_options(ev)
     ev.add_argument("--k", type=int, help="ranking length (default: the whole database)")
     ev.add_argument("--no-baseline", action="store_true", help="do not add the kNN baseline")
-    ev.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ev.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the results as JSON: every metric and the AP of every query (by "
+        "protocol for revisitop) of each row, or its error; rewritten after each row",
+    )
+    ev.add_argument(
+        "--save-rankings",
+        metavar="DIR",
+        help="write each row's top-k lists (indices and scores) to DIR/NN-NAME.npz "
+        "(pickle-free, numpy.load); the JSON names each file",
+    )
     ev.set_defaults(func=commands.evaluate)
 
     be = sub.add_parser(
         "bench",
         help="time re-rankers on synthetic data (the speed table)",
-        description="Time fit and rerank of each re-ranker (default: every one) on "
-        "make_retrieval_dataset data; prints a Markdown table of median times.",
+        description=textwrap.fill(
+            "Time fit and rerank of each re-ranker (default: every one) on "
+            "make_retrieval_dataset data; prints a Markdown table of median times. A re-ranker "
+            "that fails gets a row with its error; the other rows complete.",
+        ),
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     be.add_argument("--size", type=int, default=10_000, help="database items (default 10000)")
     be.add_argument("--dim", type=int, default=128, help="dimension (default 128)")
@@ -143,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, or 2 for bad input).
+    """Run the command line; returns the exit status.
+
+    0: every row has its result; 1: a re-ranker failed or was skipped (its row says why, the
+    other rows are complete); 2: bad options, files or settings (a one-line message on
+    standard error). ``KeyboardInterrupt`` is not caught: the rows finished so far are
+    printed (and written to ``--json``) first.
 
     Args:
         argv: The arguments after the program name (default: ``sys.argv[1:]``).
@@ -152,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return commands.EXIT_BAD_INPUT
     args.argv = None if argv is None else list(argv)
     if not hasattr(args, "rerankers") or args.rerankers is None:
         args.rerankers = []
@@ -169,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError, ImportError, OSError) as err:
         msg = str(err)
     print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
-    return 2
+    return commands.EXIT_BAD_INPUT

@@ -1,14 +1,20 @@
 """Re-ranker specs: ``Name``, ``Name(key=value, ...)``, ``--set key=value``, ``A() | B()``.
 
 A spec names a class of :data:`graphrerank.rerankers.RERANKERS` (case-insensitive) in call
-syntax; the values are Python literals, bare words (strings) or re-ranker specs themselves
-(for a setting that takes a re-ranker). Stages joined by ``|`` become a
-``graphrerank.rerankers.Pipeline``. Every problem is a :class:`~graphrerank.cli.CLIError`.
+syntax; the values are Python literals, arithmetic on numbers (``10**6``), bare words
+(strings), re-ranker specs themselves (for a setting that takes a re-ranker) and lists or
+tuples of these. Stages joined by ``|`` become a
+``graphrerank.rerankers.Pipeline``, the same as ``Pipeline([A(), B()])``. A setting is given
+by name, except those a class takes by position (``Pipeline``'s stages). Nothing is evaluated:
+the spec is parsed, and only literals and re-ranker names are accepted. Every problem is a
+:class:`~graphrerank.cli.CLIError`.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -42,8 +48,8 @@ def _resolve(name: str) -> type:
 
 def _unreadable(spec: str) -> CLIError:
     return CLIError(
-        f"cannot read the re-ranker spec {spec!r}: write Name, Name(key=value, ...) or "
-        "Stage1(...) | Stage2(...)"
+        f"cannot read the re-ranker spec {spec!r}: write Name, Name(key=value, ...), "
+        "Stage1(...) | Stage2(...) or Pipeline([Stage1(...), Stage2(...)])"
     )
 
 
@@ -69,16 +75,64 @@ def _parse_value(text: str) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
+        pass
+    try:
+        return _number(node)
+    except ValueError:
         return text
+
+
+_ARITHMETIC = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+
+
+def _number(node: ast.expr) -> int | float:
+    """A number written as arithmetic on numbers (``10**6``, ``2 * 1024``, ``1 / 3``);
+    ``ValueError`` for anything else (exponents are capped at 64: nothing is evaluated but
+    numbers)."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = _number(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        a, b = _number(node.left), _number(node.right)
+        if isinstance(node.op, ast.Pow) and abs(b) > 64:
+            raise ValueError("exponent above 64")
+        try:
+            value = _ARITHMETIC[type(node.op)](a, b)
+        except (ArithmeticError, ValueError) as err:
+            raise ValueError(str(err)) from None
+        if type(value) not in (int, float):  # (-8) ** 0.5 is complex
+            raise ValueError("not a real number")
+        return value
+    raise ValueError("not a number")
 
 
 def _literal(node: ast.expr, where: str) -> Any:
     if _is_reranker_node(node):  # a re-ranker as a setting: RDiP(rescorer=KReciprocal())
         return _stage(node, ast.unparse(node))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):  # a pipeline as a value
+        text = ast.unparse(node)
+        return _pipeline([_stage(n, text) for n in _flatten_pipe(node)], text)
     if isinstance(node, ast.Name):  # a bare word: KNN(backend=torch)
         return _parse_value(node.id)
+    if isinstance(node, (ast.List, ast.Tuple)):  # Pipeline([KNN(), Diffusion(k=20)])
+        items = [_literal(e, where) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
     try:
         return ast.literal_eval(node)
+    except ValueError:
+        pass
+    try:
+        return _number(node)
     except ValueError:
         raise CLIError(f"{where}: the value {ast.unparse(node)!r} is not a literal") from None
 
@@ -91,17 +145,39 @@ def _check_settings(cls: type, settings: Iterable[str], where: str) -> None:
             raise CLIError(f"{where}: {cls.__name__} has no setting {name!r}; settings: {listing}")
 
 
+def _positional(cls: type) -> list[str]:
+    """The settings ``cls`` takes by position (``Pipeline``: its stages), from its signature."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds]
+
+
 def _stage(node: ast.expr, spec: str) -> Any:
     if isinstance(node, ast.Name):
         return _resolve(node.id)()
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         cls = _resolve(node.func.id)
-        if node.args:
-            raise CLIError(f"{spec!r}: settings must be given by name, e.g. {cls.__name__}(k=50)")
-        kwargs = {}
+        positional = _positional(cls)
+        if len(node.args) > len(positional):
+            if not positional:
+                raise CLIError(
+                    f"{spec!r}: settings must be given by name, e.g. {cls.__name__}(k=50)"
+                )
+            raise CLIError(
+                f"{spec!r}: {cls.__name__} takes only {', '.join(positional)} by position; "
+                "give the other settings by name"
+            )
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            raise CLIError(f"{spec!r}: '*' is not allowed in a re-ranker spec")
+        kwargs = {name: _literal(a, repr(spec)) for name, a in zip(positional, node.args)}
         for kw in node.keywords:
             if kw.arg is None:
                 raise CLIError(f"{spec!r}: '**' is not allowed in a re-ranker spec")
+            if kw.arg in kwargs:
+                raise CLIError(f"{spec!r}: the setting {kw.arg!r} is given twice")
             kwargs[kw.arg] = _literal(kw.value, repr(spec))
         _check_settings(cls, kwargs, repr(spec))
         return cls(**kwargs)
@@ -129,9 +205,10 @@ def parse_reranker(spec: str, settings: Sequence[str] = ()) -> Any:
 
     Args:
         spec: ``Name``, ``Name(key=value, ...)`` (values are Python literals, or re-ranker
-            specs for settings that take a re-ranker; a bare word is a string), or stages
-            joined by ``|`` for a pipeline. Names are class names of
-            :data:`graphrerank.rerankers.RERANKERS`, case-insensitive.
+            specs for settings that take a re-ranker, or lists of these; a bare word is a
+            string), or stages joined by ``|`` for a pipeline, which is the same as
+            ``Pipeline([Stage1(...), Stage2(...)])``. Names are class names of
+            :data:`graphrerank.rerankers.RERANKERS`, case-insensitive. Nothing is evaluated.
         settings: ``"key=value"`` strings applied after the spec's own settings.
 
     Returns:
@@ -143,6 +220,10 @@ def parse_reranker(spec: str, settings: Sequence[str] = ()) -> Any:
     Example:
         >>> parse_reranker("knn(metric='l2')", ["backend=torch"])
         KNN(metric='l2', backend='torch')
+        >>> parse_reranker("Pipeline([DatabaseAugmentation(k=3), AlphaQueryExpansion(k=4)])")
+        Pipeline([DatabaseAugmentation(k=3), AlphaQueryExpansion(k=4)])
+        >>> parse_reranker("DatabaseAugmentation(k=3) | AlphaQueryExpansion(k=4)")
+        Pipeline([DatabaseAugmentation(k=3), AlphaQueryExpansion(k=4)])
     """
     try:
         tree = ast.parse(spec.strip(), mode="eval").body

@@ -17,10 +17,29 @@ import torch
 from torch import Tensor
 
 from .. import datasets
-from ..metrics import class_map, recall_at_k, reid_metrics, revisited_map
+from ..metrics import class_average_precision, recall_at_k, reid_metrics, revisited_map
 from .base import CLIError
 
-__all__ = ["Task", "builtin_task", "load_task"]
+__all__ = ["Scores", "Task", "builtin_task", "load_task"]
+
+
+@dataclass
+class Scores:
+    """The scores of one ranking.
+
+    Attributes:
+        metrics: every metric by name, fractions in [0, 1] (the means over the queries).
+        per_query: AP of every query, in query order (all-vs-all: database item ``i`` is query
+            ``i``), NaN where a query has no positive; by protocol for revisitop (``"easy"``,
+            ``"medium"``, ``"hard"``), else one list ``"ap"``.
+    """
+
+    metrics: dict[str, float]
+    per_query: dict[str, list[float]]
+
+
+def _floats(t: Tensor) -> list[float]:
+    return [float(v) for v in t.detach().cpu().double().tolist()]
 
 
 @dataclass
@@ -32,22 +51,30 @@ class Task:
         kind: ``"classes"``, ``"revisitop"`` or ``"reid"``.
         database: ``(N, D)`` descriptors.
         queries: ``(Q, D)`` descriptors, or ``None`` for all-vs-all.
-        score: rankings ``(Q, k)`` (or ``(N, k)``) -> metrics by name.
-        primary: the metric the ``gain`` column compares.
+        score: rankings ``(Q, k)`` (or ``(N, k)``) -> :class:`Scores` (metrics by name and
+            per-query AP).
+        primary: the metric the ``gain`` column compares (its header names it).
         columns: ``(metric, header)`` of the table, in order.
         info: what the one-line description and the JSON report say of the data.
         labels: database classes (``kind == "classes"`` only).
+        query_names: the queries' names where the data has them (revisitop), in query order.
     """
 
     name: str
     kind: str
     database: Tensor
     queries: Tensor | None
-    score: Callable[[Tensor], dict[str, float]]
+    score: Callable[[Tensor], Scores]
     primary: str
     columns: list[tuple[str, str]]
     info: dict[str, Any] = field(default_factory=dict)
     labels: Tensor | None = None
+    query_names: list[str] | None = None
+
+    @property
+    def primary_header(self) -> str:
+        """The table header of :attr:`primary` (``"M mAP"``, ``"mAP"``)."""
+        return dict(self.columns).get(self.primary, self.primary)
 
     @property
     def num_database(self) -> int:
@@ -68,14 +95,16 @@ class Task:
 def _class_task(name, database, labels, queries=None, query_labels=None) -> Task:
     all_vs_all = queries is None
 
-    def score(indices: Tensor) -> dict[str, float]:
+    def score(indices: Tensor) -> Scores:
         ks = tuple(k for k in (1, 5, 10) if k <= indices.shape[1])
         db = labels.to(indices.device)  # the rankings may be on a GPU
         q = None if query_labels is None else query_labels.to(indices.device)
-        out = {"map": class_map(indices, db, q, leave_one_out=all_vs_all)}
+        ap = class_average_precision(indices, db, q, leave_one_out=all_vs_all)
+        valid = ~ap.isnan()  # the mean of graphrerank.metrics.class_map
+        out = {"map": float(ap[valid].mean()) if bool(valid.any()) else float("nan")}
         recalls = recall_at_k(indices, db, q, ks=ks, leave_one_out=all_vs_all)
         out.update({f"recall@{k}": v for k, v in recalls.items()})
-        return out
+        return Scores(out, {"ap": _floats(ap)})
 
     return Task(
         name=name,
@@ -97,15 +126,16 @@ def _class_task(name, database, labels, queries=None, query_labels=None) -> Task
 def _revisitop_task(name, database, queries, gnd, num_distractors=0) -> Task:
     n = database.shape[0]
 
-    def score(indices: Tensor) -> dict[str, float]:
+    def score(indices: Tensor) -> Scores:
         res = revisited_map(indices, gnd.gnd, num_database=n)
-        out = {}
+        out, per_query = {}, {}
         for proto in ("easy", "medium", "hard"):
             r = res[proto]
             out[f"{proto}_map"] = r.map
             for kappa, v in r.mp_at_k.items():
                 out[f"{proto}_mp@{kappa}"] = v
-        return out
+            per_query[proto] = _floats(r.ap)
+        return Scores(out, per_query)
 
     return Task(
         name=name,
@@ -126,11 +156,12 @@ def _revisitop_task(name, database, queries, gnd, num_distractors=0) -> Task:
             "queries": int(queries.shape[0]),
             "distractors": int(num_distractors),
         },
+        query_names=[str(name) for name in gnd.qimlist],
     )
 
 
 def _reid_task(feats: datasets.ReIDFeatures) -> Task:
-    def score(indices: Tensor) -> dict[str, float]:
+    def score(indices: Tensor) -> Scores:
         dev = indices.device  # the rankings may be on a GPU
         r = reid_metrics(
             indices,
@@ -145,7 +176,7 @@ def _reid_task(feats: datasets.ReIDFeatures) -> Task:
             out["rank5"] = r.rank5
         if indices.shape[1] >= 10:
             out["rank10"] = r.rank10
-        return out
+        return Scores(out, {"ap": _floats(r.ap)})
 
     return Task(
         name=feats.name,
