@@ -78,8 +78,16 @@ def load_arrays(
     if not path.exists():
         raise FileNotFoundError(f"no saved file at {str(path)!r}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CorruptFileError(
+                f"{str(path)!r} holds a single numpy array, not a graphrerank file (an .npz "
+                "archive with metadata)"
+            )
+        with z:
             arrays = {k: z[k] for k in z.files}
+    except CorruptFileError:
+        raise
     except MemoryError:
         raise
     except Exception as err:  # damaged zip or .npy headers fail in many ways inside numpy

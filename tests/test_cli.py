@@ -963,3 +963,58 @@ def test_module_entry_point_exit_status_and_clean_message():
     assert "Traceback" not in bad.stderr
     assert bad.stderr.startswith("graphrerank evaluate: error: ")
     assert "does not exist" in bad.stderr
+
+
+# --------------------------------------------------------------------------- save / load
+def test_save_then_load_ranks_as_the_fitted_reranker(tmp_path, capsys):
+    data = gr.datasets.load_digits_retrieval()
+    x = data.database[:300]
+    np.save(tmp_path / "db.npy", x.numpy())
+    np.save(tmp_path / "q.npy", x[:4].numpy())
+    model = tmp_path / "model.npz"
+    assert main(["save", "--database", str(tmp_path / "db.npy"), "-r", "Diffusion(kd=10)",
+                 "-o", str(model)]) == 0  # fmt: skip
+    assert "saved with its database" in capsys.readouterr().out
+    out = tmp_path / "rankings.npz"
+    assert main(["load", str(model), "--queries", str(tmp_path / "q.npy"), "--k", "15",
+                 "-o", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Diffusion(kd=10), fitted on a database (300, 64)" in printed
+    with np.load(out) as z:
+        expected = gr.rerankers.Diffusion(kd=10).fit(x).rerank(x[:4], k=15)
+        np.testing.assert_array_equal(z["indices"], expected.indices.numpy())
+        np.testing.assert_array_equal(z["scores"], expected.scores.numpy())
+
+
+def test_save_without_the_database_needs_it_at_load(tmp_path, capsys):
+    x = gr.datasets.load_digits_retrieval().database[:200]
+    np.save(tmp_path / "db.npy", x.numpy())
+    model = tmp_path / "light.npz"
+    args = ["save", "--database", str(tmp_path / "db.npy"), "-r", "KReciprocal(k1=6, k2=3)"]
+    assert main([*args, "-o", str(model), "--no-database"]) == 0
+    assert main(["load", str(model), "--all-vs-all"]) == 2
+    assert "--database" in capsys.readouterr().err
+    other = x.clone()
+    other[0] = -other[0]
+    np.save(tmp_path / "other.npy", other.numpy())
+    assert main(["load", str(model), "--database", str(tmp_path / "other.npy")]) == 2
+    assert "fingerprint mismatch" in capsys.readouterr().err
+    assert main(["load", str(model), "--database", str(tmp_path / "db.npy"), "--all-vs-all",
+                 "--k", "5"]) == 0  # fmt: skip
+    assert "ranked 200 database items, top 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["save", "--data", "digits", "-r", "KNN", "-r", "KNN", "-o", "x.npz"], "exactly one"),
+        (["save", "--data", "digits", "-o", "x.npz"], "exactly one"),
+        (["load", "missing.npz"], "no saved file"),
+        (["load", "q.npy"], "not a graphrerank file"),
+    ],
+)
+def test_save_load_bad_input(argv, match, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "q.npy", np.zeros((2, 3), np.float32))
+    assert main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)

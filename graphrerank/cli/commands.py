@@ -1,4 +1,4 @@
-"""The sub-commands ``evaluate``, ``bench``, ``demo`` and ``list``.
+"""The sub-commands ``evaluate``, ``bench``, ``demo``, ``save``, ``load`` and ``list``.
 
 Each takes the options parsed by :func:`~graphrerank.cli.build_parser` and returns the exit
 status: :data:`EXIT_OK` when every row has its result, :data:`EXIT_ROW_FAILED` when a
@@ -50,6 +50,8 @@ __all__ = [
     "demo",
     "evaluate",
     "list_rerankers",
+    "load",
+    "save",
 ]
 
 #: Exit status: every row has its result.
@@ -479,6 +481,81 @@ def bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, payload(True))
     return _exit_status(rows)
+
+
+def save(args: argparse.Namespace) -> int:
+    """``graphrerank save``: fit one re-ranker on the database of the data options and write
+    it (:meth:`~graphrerank.rerankers.Reranker.save`)."""
+    if len(args.rerankers) != 1:
+        raise CLIError(f"save takes exactly one re-ranker (-r SPEC), got {len(args.rerankers)}")
+    from ..datasets import load_features
+
+    (model,) = select_rerankers(args.rerankers, default_all=False, baseline=False)
+    device = _device(args.device)
+    with Step("loading the data"):
+        if args.database and not (args.gnd or args.labels):  # no ground truth needed to fit
+            db, name = load_features(args.database), Path(args.database).name
+        else:
+            task = load_task(args)
+            db, name = task.database, task.name
+    if args.l2_normalize:
+        db = _normalize(db)
+    db = db.to(device)
+    with Step(f"{model!r}: fit"):
+        model.fit(db)
+    path = model.save(args.output, include_database=not args.no_database)
+    stored = "without its database" if args.no_database else "with its database"
+    print(f"{model!r} fitted on {name} {tuple(db.shape)}, saved {stored} to {path}")
+    print(f"{path.stat().st_size / 2**20:.1f} MiB; read it with: {PROG} load {path}")
+    return EXIT_OK
+
+
+def _describe_loaded(r: rerankers.Reranker, path: str) -> str:
+    from ..graph import ScoreMatrix
+
+    db = r.database_
+    what = repr(db) if isinstance(db, ScoreMatrix) else f"a database {tuple(db.shape)} {db.dtype}"
+    return f"{path}: {r!r}, fitted on {what}, on {r.device_}"
+
+
+def load(args: argparse.Namespace) -> int:
+    """``graphrerank load``: read a saved re-ranker, say what it holds and optionally rank
+    queries (or the database itself) with it, writing the top-k lists."""
+    from .._io import save_arrays
+    from ..datasets import load_features
+
+    device = _device(args.device)
+    database = None
+    if args.database:
+        database = load_features(args.database).to(device)
+    with Step("loading the re-ranker"):
+        r = rerankers.Reranker.load(args.path, database, device=device)
+    print(_describe_loaded(r, args.path))
+    if args.queries and args.all_vs_all:
+        raise CLIError("give --queries or --all-vs-all, not both")
+    if not (args.queries or args.all_vs_all):
+        if args.output:
+            raise CLIError("--output needs --queries or --all-vs-all (what to rank)")
+        return EXIT_OK
+    queries = None
+    if args.queries:
+        queries = load_features(args.queries).to(device)
+    k = _k(args.k, r.n_database_)
+    with Step(f"{r!r}: rerank"):
+        out = r.rerank(queries, k)
+    n = out.indices.shape[0]
+    print(f"ranked {n} {'queries' if queries is not None else 'database items'}, top {k}")
+    for i in range(min(3, n)):
+        print(f"  {i}: " + " ".join(str(int(j)) for j in out.indices[i, :10].tolist()))
+    if args.output:
+        path = save_arrays(
+            args.output,
+            {"indices": out.indices.cpu().numpy(), "scores": out.scores.cpu().numpy()},
+            {"format": "graphrerank.rankings", "version": 1, "reranker": repr(r), "k": k,
+             "source": str(args.path)},
+        )  # fmt: skip
+        print(f"rankings (indices and scores, numpy.load): {path}")
+    return EXIT_OK
 
 
 def list_rerankers(args: argparse.Namespace) -> int:

@@ -58,28 +58,8 @@ def _add_reranker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``graphrerank`` command (its sub-commands and options)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Image-retrieval re-ranking as graph computation: evaluate, benchmark, demo.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    ev = sub.add_parser(
-        "evaluate",
-        help="re-rank descriptors and print the metric table",
-        description=textwrap.fill(
-            "Rank a database for queries with each re-ranker and score the rankings. "
-            "Data: one of --data, --gnd (revisitop), --reid (re-ID result file) or --database with "
-            "--labels (classes). The kNN baseline is added as the first row unless --no-baseline. "
-            "A re-ranker that fails gets a row with its error; the other rows complete.",
-        ),
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    g = ev.add_argument_group("data")
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
     g.add_argument(
         "--data",
         choices=("digits", "corel1k", "synthetic"),
@@ -115,6 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--labels", metavar="FILE", help="database classes (.npy or text)")
     g.add_argument("--query-labels", metavar="FILE", help="query classes (.npy or text)")
     g.add_argument("--l2-normalize", action="store_true", help="L2-normalise the descriptors first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``graphrerank`` command (its sub-commands and options)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Image-retrieval re-ranking as graph computation: evaluate, benchmark, demo, "
+        "save and load fitted re-rankers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="re-rank descriptors and print the metric table",
+        description=textwrap.fill(
+            "Rank a database for queries with each re-ranker and score the rankings. "
+            "Data: one of --data, --gnd (revisitop), --reid (re-ID result file) or --database with "
+            "--labels (classes). The kNN baseline is added as the first row unless --no-baseline. "
+            "A re-ranker that fails gets a row with its error; the other rows complete.",
+        ),
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_options(ev)
     _add_reranker_options(ev)
     ev.add_argument("--k", type=int, help="ranking length (default: the whole database)")
     ev.add_argument("--no-baseline", action="store_true", help="do not add the kNN baseline")
@@ -166,6 +171,51 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--plot", metavar="PNG", help="write precision-recall curves here")
     de.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     de.set_defaults(func=commands.demo)
+
+    sv = sub.add_parser(
+        "save",
+        help="fit one re-ranker on a database and save it (graphrerank load reads it)",
+        description=textwrap.fill(
+            "Fit the re-ranker named by -r on the database of the data options (as for "
+            "evaluate: --data, --database, --gnd, ...) and write it, fitted, to --output: "
+            "settings, fitted state and the database (unless --no-database), atomically, "
+            "checksummed and without pickle."
+        ),
+    )
+    _add_data_options(sv)
+    _add_reranker_options(sv)
+    sv.add_argument("--output", "-o", required=True, metavar="NPZ", help="the file to write")
+    sv.add_argument(
+        "--no-database",
+        action="store_true",
+        help="do not store the database in the file (load then needs --database)",
+    )
+    sv.set_defaults(func=commands.save)
+
+    lo = sub.add_parser(
+        "load",
+        help="load a saved re-ranker: what it holds, and rankings of new queries",
+        description=textwrap.fill(
+            "Read a re-ranker written by graphrerank save (or Reranker.save) and print what it "
+            "holds; with --queries, rank them (or the database itself with --all-vs-all) and "
+            "write the top-k lists to --output (indices and scores, pickle-free .npz)."
+        ),
+    )
+    lo.add_argument("path", metavar="NPZ", help="the saved re-ranker")
+    lo.add_argument(
+        "--database",
+        metavar="FILE",
+        help="the database it was fitted on (needed when saved with --no-database; checked "
+        "against the stored fingerprint)",
+    )
+    lo.add_argument(
+        "--queries", metavar="FILE", help="query descriptors to rank (.npy, .npz, .mat)"
+    )
+    lo.add_argument("--all-vs-all", action="store_true", help="rank the database itself")
+    lo.add_argument("--k", type=int, default=100, help="ranking length (default 100)")
+    lo.add_argument("--output", "-o", metavar="NPZ", help="write the rankings here")
+    lo.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    lo.set_defaults(func=commands.load)
 
     li = sub.add_parser("list", help="list the re-rankers and their settings")
     li.set_defaults(func=commands.list_rerankers)

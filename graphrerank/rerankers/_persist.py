@@ -391,7 +391,7 @@ def load_reranker(
         if not fp.get("stored"):
             raise ValueError(
                 f"{where} was saved without its database (include_database=False): pass the "
-                "database to load(path, database)"
+                "database, load(path, database) (graphrerank load --database FILE)"
             )
         dev = torch.device("cpu" if device is None else device)
     key = fp.get("key")
