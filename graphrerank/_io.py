@@ -6,12 +6,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["CorruptFileError", "load_arrays", "read_format", "save_arrays"]
+__all__ = ["CorruptFileError", "atomic_write", "load_arrays", "read_format", "save_arrays"]
 
 _META_KEY = "__graphrerank_meta__"
 
@@ -50,10 +51,20 @@ def save_arrays(
     meta = dict(meta, sha256=_digest(arrays))
     payload = dict(arrays)
     payload[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload))
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same folder, which
+    is flushed to disk and renamed over ``path``; a crash leaves the old file or the new one,
+    never a torn one, and the temporary file is removed on any error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,7 +72,6 @@ def save_arrays(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def load_arrays(

@@ -24,7 +24,6 @@ import io
 import os
 import pickle
 import pickletools
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in
-from .._io import CorruptFileError, load_arrays, save_arrays
+from .._io import CorruptFileError, atomic_write, load_arrays, save_arrays
 from .._version import __version__
 from ._files import (
     as_float_matrix,
@@ -1116,18 +1115,7 @@ def _load_gnd_npz(path: Path) -> RevisitopGroundTruth:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_revisitop_pickle(gt: RevisitopGroundTruth | Mapping[str, Any], path: PathLike) -> Path:

@@ -325,14 +325,18 @@ class DistanceNodes:
             ("d", "d"): lambda: self.dd.T,
         }[(rows, cols)]()
 
+    def _read(self, block: Tensor) -> Tensor:
+        """Entries as scores: distances are squared, as the reference does."""
+        return block.square()
+
     def block_fn(self, rows: str, cols: str) -> Callable[[int, int, int, int], Tensor]:
         mat = self._mat(rows, cols)
-        return lambda r0, r1, c0, c1: mat[r0:r1, c0:c1].square()
+        return lambda r0, r1, c0, c1: self._read(mat[r0:r1, c0:c1])
 
     def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
-        """Squared distances of the node pairs ``(rows[p], cols[p])``."""
+        """Scores of the node pairs ``(rows[p], cols[p])`` (squared distances here)."""
         if self.nq == 0:
-            return self.dd[cols, rows].square()
+            return self._read(self._mat("d", "d")[rows, cols])
         out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
         rq, cq = rows < self.nq, cols < self.nq
         for sel, part, ro, co in (
@@ -341,11 +345,11 @@ class DistanceNodes:
             (~rq & cq, ("d", "q"), self.nq, 0),
             (~rq & ~cq, ("d", "d"), self.nq, self.nq),
         ):
-            out[sel] = self._mat(*part)[rows[sel] - ro, cols[sel] - co].square()
+            out[sel] = self._read(self._mat(*part)[rows[sel] - ro, cols[sel] - co])
         return out
 
 
-class ScoreNodes:
+class ScoreNodes(DistanceNodes):
     r"""Graph nodes given by dense *similarities* ``qq`` :math:`(Q, Q)`, ``qd`` :math:`(Q, N)`
     and ``dd`` :math:`(N, N)` (``qq`` and ``qd`` are ``None`` all-vs-all): row :math:`i` of
     ``[[qq, qd], [qd^T, dd]]`` holds node :math:`i`'s similarities, read as given (the
@@ -353,13 +357,6 @@ class ScoreNodes:
     """
 
     metric = "ip"
-
-    def __init__(self, qq: Tensor | None, qd: Tensor | None, dd: Tensor) -> None:
-        self.qq, self.qd, self.dd = qq, qd, dd
-        self.nq = 0 if qd is None else int(qd.shape[0])
-        self.nd = int(dd.shape[0])
-        self.m = self.nq + self.nd
-        self.device, self.dtype = dd.device, dd.dtype
 
     def _mat(self, rows: str, cols: str) -> Tensor:
         return {
@@ -369,24 +366,8 @@ class ScoreNodes:
             ("d", "d"): lambda: self.dd,
         }[(rows, cols)]()
 
-    def block_fn(self, rows: str, cols: str) -> Callable[[int, int, int, int], Tensor]:
-        mat = self._mat(rows, cols)
-        return lambda r0, r1, c0, c1: mat[r0:r1, c0:c1]
-
-    def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
-        """Similarities of the node pairs ``(rows[p], cols[p])``."""
-        if self.nq == 0:
-            return self.dd[rows, cols]
-        out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
-        rq, cq = rows < self.nq, cols < self.nq
-        for sel, part, ro, co in (
-            (rq & cq, ("q", "q"), 0, 0),
-            (rq & ~cq, ("q", "d"), 0, self.nq),
-            (~rq & cq, ("d", "q"), self.nq, 0),
-            (~rq & ~cq, ("d", "d"), self.nq, self.nq),
-        ):
-            out[sel] = self._mat(*part)[rows[sel] - ro, cols[sel] - co]
-        return out
+    def _read(self, block: Tensor) -> Tensor:
+        return block
 
 
 # ----------------------------------------------------------------------------- truncation lists

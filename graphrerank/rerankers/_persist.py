@@ -41,13 +41,34 @@ from ..graph.sparse import csr
 if TYPE_CHECKING:
     from .base import Reranker
 
-__all__ = ["FORMAT", "VERSION", "fingerprint", "load_reranker", "save_reranker"]
+__all__ = ["FORMAT", "VERSION", "checked_database", "fingerprint", "load_reranker", "save_reranker"]
 
 FORMAT = "graphrerank.Reranker"
 VERSION = 1
 
 #: Placeholder array key of a root database that is not stored in the file.
 _DATABASE = "__database__"
+
+
+def checked_database(database: Any, fp: dict[str, Any], where: str) -> Tensor:
+    """``database`` validated and checked against a file's stored shape, dtype and
+    fingerprint ``fp`` (``where`` names the file).
+
+    Raises:
+        ValueError: another shape or dtype, or another content (fingerprint mismatch).
+    """
+    db = check_features(database, "database")
+    if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
+        raise ValueError(
+            f"database {tuple(db.shape)} {db.dtype} is not the database of {where} "
+            f"({tuple(fp.get('shape', ()))} {fp.get('dtype')})"
+        )
+    if fingerprint(db) != fp.get("sha256"):
+        raise ValueError(
+            f"database differs from the one {where} was computed from (fingerprint "
+            "mismatch); fit the re-ranker on this database instead"
+        )
+    return db
 
 
 def fingerprint(x: Tensor) -> str:
@@ -373,17 +394,7 @@ def load_reranker(
             )
     db = None
     if database is not None:
-        db = check_features(database, "database")
-        if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
-            raise ValueError(
-                f"database {tuple(db.shape)} {db.dtype} is not the database of {where} "
-                f"({tuple(fp.get('shape', ()))} {fp.get('dtype')})"
-            )
-        if fingerprint(db) != fp.get("sha256"):
-            raise ValueError(
-                f"database differs from the one {where} was computed from (fingerprint "
-                "mismatch); fit the re-ranker on this database instead"
-            )
+        db = checked_database(database, fp, where)
         if device is not None and torch.device(device) != db.device:
             raise ValueError(f"device={device!r} but the database is on {db.device}")
         dev = db.device

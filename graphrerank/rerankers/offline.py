@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_features, check_normalized
+from .._checks import check_normalized
 from .._io import CorruptFileError, load_arrays
 from .._params import PROGRESS, AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
@@ -38,7 +38,7 @@ from ..typing import (
     TensorLike,
     Ties,
 )
-from ._persist import fingerprint
+from ._persist import checked_database
 from .base import Reranker
 
 __all__ = ["OfflineDiffusion", "RDiP", "offline_diffusion_rerank", "rdip_rerank"]
@@ -609,17 +609,7 @@ def load_legacy(
     except TypeError as err:
         raise CorruptFileError(f"{str(path)!r} has invalid settings: {err}") from None
     r.validate_params()
-    db = check_features(database, "database")
-    if list(db.shape) != fp.get("shape") or str(db.dtype) != fp.get("dtype"):
-        raise ValueError(
-            f"database {tuple(db.shape)} {db.dtype} is not the database of {str(path)!r} "
-            f"({tuple(fp.get('shape', ()))} {fp.get('dtype')})"
-        )
-    if fingerprint(db) != fp.get("sha256"):
-        raise ValueError(
-            f"database differs from the one {str(path)!r} was computed from (fingerprint "
-            "mismatch); fit the re-ranker on this database instead"
-        )
+    db = checked_database(database, fp, repr(str(path)))
     n = db.shape[0]
     crow, col, values = arrays.get("crow"), arrays.get("col"), arrays.get("values")
     if (
