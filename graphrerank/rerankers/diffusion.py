@@ -321,8 +321,8 @@ class RegionalDiffusion(Diffusion):
         kq: Non-zeros of :math:`\mathbf{y}` (reference 200 for regions).
         pooling: ``"gmp"`` (reference) or ``"sum"``.
         gmp_lambda: :math:`\lambda` of generalized max pooling (reference 1).
-        alpha, gamma, tol, max_iter, iterate, truncation, symmetrize, ties, batch_size, backend,
-        progress:
+        progress: As in :class:`Diffusion`.
+        alpha, gamma, tol, max_iter, iterate, truncation, symmetrize, ties, batch_size, backend:
             As in :class:`Diffusion`.
 
     Shapes:
