@@ -7,10 +7,25 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["Progress", "ProgressCallback"]
+__all__ = ["Progress", "ProgressCallback", "progress_options"]
 
 #: ``callback(done, total)``: called as a long step advances.
 ProgressCallback = Callable[[int, int], None]
+
+
+def progress_options(progress: object) -> tuple[bool | None, ProgressCallback | None]:
+    """``(show, callback)`` of :class:`Progress` for a ``progress`` setting: ``None`` (a bar on
+    a terminal only), ``True`` / ``False``, or a callback ``callback(done, total)`` (called, no
+    bar).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if progress is None or isinstance(progress, bool):
+        return progress, None
+    if callable(progress):
+        return False, progress
+    raise TypeError(f"progress must be None, True, False or a callable, got {progress!r}")
 
 
 class Progress:

@@ -73,13 +73,17 @@ def _parse_value(text: str) -> Any:
     if _is_reranker_node(node):
         return _stage(node, text)
     try:
-        return ast.literal_eval(node)
-    except ValueError:
-        pass
-    try:
-        return _number(node)
+        return _constant(node)
     except ValueError:
         return text
+
+
+def _constant(node: ast.expr) -> Any:
+    """A Python literal, or arithmetic on numbers (``10**6``); ``ValueError`` otherwise."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return _number(node)
 
 
 _ARITHMETIC = {
@@ -128,11 +132,7 @@ def _literal(node: ast.expr, where: str) -> Any:
         items = [_literal(e, where) for e in node.elts]
         return items if isinstance(node, ast.List) else tuple(items)
     try:
-        return ast.literal_eval(node)
-    except ValueError:
-        pass
-    try:
-        return _number(node)
+        return _constant(node)
     except ValueError:
         raise CLIError(f"{where}: the value {ast.unparse(node)!r} is not a literal") from None
 

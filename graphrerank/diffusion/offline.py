@@ -11,7 +11,6 @@ nodes are stacked into one block-diagonal sparse operator and handed to one call
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .._checks import check_features, check_in, check_int, check_normalized, check_real
-from .._progress import Progress, ProgressCallback
+from .._progress import Progress, ProgressCallback, progress_options
 from ..graph.build import mutual_knn_graph
 from ..graph.index import KNNIndex, database_index
 from ..graph.lists import self_first, truncation_lists
@@ -215,7 +214,7 @@ def late_truncation(
     out_val = torch.empty(n * t, dtype=val.dtype, device=lists.device)
     counts = torch.empty(n, dtype=torch.long, device=lists.device)
     fill = 0
-    show, callback = _progress_args(progress)
+    show, callback = progress_options(progress)
     with Progress(n, "offline diffusion", show=show, callback=callback) as bar:
         for s in range(0, n, block_size):
             e = min(n, s + block_size)
@@ -235,14 +234,6 @@ def late_truncation(
     else:
         out_col, out_val = out_col[:fill], out_val[:fill]
     return csr(crow_c, out_col, out_val, (n, n))
-
-
-def _progress_args(progress: Any) -> tuple[bool | None, ProgressCallback | None]:
-    if progress is None or isinstance(progress, bool):
-        return progress, None
-    if callable(progress):
-        return False, progress
-    raise TypeError(f"progress must be None, True, False or a callable, got {progress!r}")
 
 
 def offline_diffusion(

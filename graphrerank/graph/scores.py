@@ -348,6 +348,8 @@ class ScoreMatrix:
             ValueError: not square, or the diagonal is the row's best entry in fewer than half
                 of the rows.
         """
+        if getattr(self, "_database_ok", False):  # fit, knn_graph and offline_diffusion all ask
+            return self
         n, m = self.shape
         if n != m:
             raise ValueError(
@@ -359,11 +361,13 @@ class ScoreMatrix:
         ok = diag >= best - tol
         if int(ok.sum()) * 2 < n:
             other = "distance" if self.kind == "similarity" else "similarity"
+            plural = "distances" if other == "distance" else "similarities"
             raise ValueError(
                 f"{name}: an item's score against itself is its row's best entry in only "
-                f"{int(ok.sum())} of {n} rows; these scores look like {other}s given as "
+                f"{int(ok.sum())} of {n} rows; these scores look like {plural} given as "
                 f"kind={self.kind!r} (pass kind={other!r})"
             )
+        self._database_ok = True
         return self
 
 

@@ -37,6 +37,7 @@ from .._io import CorruptFileError, load_arrays, read_format, save_arrays
 from .._version import __version__
 from ..graph import KNNIndex, ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
+from .base import _user_stacklevel
 
 if TYPE_CHECKING:
     from .base import Reranker
@@ -297,7 +298,7 @@ class _Reader:
                 f"{name} settings {missing} were not stored (they are not plain values) and take "
                 "their defaults; pass them to load(...) if the method needs them",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=_user_stacklevel(),
             )
         params.update(settings)
         try:

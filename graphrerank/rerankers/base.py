@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._checks import check_features, check_k, check_same_device
 from .._params import Constraint, check_params
-from .._progress import Progress
+from .._progress import Progress, progress_options
 from ..graph.scores import ScoreMatrix
 from ..typing import RerankResult, TensorLike
 
@@ -406,8 +406,7 @@ class Reranker(abc.ABC):
         """A :class:`~graphrerank._progress.Progress` of ``total`` units for the method's
         ``progress`` setting (``None``: a bar on a terminal after a second; a callable:
         called, no bar)."""
-        p = getattr(self, "progress", None)
-        show, callback = (p, None) if p is None or isinstance(p, bool) else (False, p)
+        show, callback = progress_options(getattr(self, "progress", None))
         return Progress(total, desc or type(self).__name__, show=show, callback=callback, delay=1.0)
 
     # ------------------------------------------------------------------ persistence
