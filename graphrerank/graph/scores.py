@@ -275,12 +275,6 @@ class ScoreMatrix:
         d = self.matrix.diagonal()
         return d if self.kind == "similarity" else -d
 
-    def squared_distances(self) -> Tensor:
-        """The dense :math:`(R, N)` squared distances (distances only; dense only)."""
-        if self.kind != "distance" or self.is_sparse:
-            raise ValueError("squared distances need a dense kind='distance' matrix")
-        return self.matrix.square()
-
     # ------------------------------------------------------------------ conversions
     def as_distance(self) -> ScoreMatrix:
         r"""Cosine-like similarities as the Euclidean distances of unit vectors with those

@@ -36,7 +36,6 @@ __all__ = [
     "pair_products",
     "quiet_sparse_warnings",
     "row_chunks",
-    "sparse_csr",
 ]
 
 
@@ -64,9 +63,6 @@ def csr(
         return torch.sparse_csr_tensor(
             crow, col, val, tuple(shape), dtype=dtype, check_invariants=False
         )
-
-
-sparse_csr = csr  # the name of earlier releases (``graph._csr``)
 
 
 def compact_csr(a: Tensor) -> Tensor:
