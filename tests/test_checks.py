@@ -92,3 +92,95 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
         save_arrays(path, {"a": np.arange(4)}, {"format": "f", "version": 1})
     assert path.read_bytes() == before, "the old file survives a failed write"
     assert [p.name for p in tmp_path.iterdir()] == ["x.npz"], "no temporary file left"
+
+
+def test_as_tensor_refuses_meta_and_detaches():
+    with pytest.raises(ValueError, match="x is on the meta device"):
+        as_tensor(torch.ones(2, device="meta"), "x")
+    t = torch.ones(2, requires_grad=True)
+    assert as_tensor(t, "x") is t
+    assert not as_tensor(t, "x", detach=True).requires_grad
+    neg = np.arange(6.0).reshape(2, 3)[::-1]  # negative strides are copied, not refused
+    assert torch.equal(as_tensor(neg, "x"), torch.tensor([[3.0, 4.0, 5.0], [0.0, 1.0, 2.0]]))
+
+
+def test_check_index_and_edge_index():
+    from graphrerank._checks import check_edge_index, check_index
+
+    assert check_index(
+        np.array([[0, 2], [1, -1]], np.int32), "ids", high=3, padding=True
+    ).dtype == (torch.int64)
+    with pytest.raises(
+        ValueError, match=r"ids holds the id 3, out of range: ids must lie in \[0, 2\]"
+    ):
+        check_index(torch.tensor([0, 3]), "ids", high=3)
+    with pytest.raises(ValueError, match="ids holds the id -1"):
+        check_index(torch.tensor([-1]), "ids", high=3)
+    with pytest.raises(TypeError, match="ids must hold integer ids"):
+        check_index(torch.tensor([0.0]), "ids", high=3)
+    with pytest.raises(ValueError, match="repeats an id within row 1"):
+        check_index(torch.tensor([[0, 1], [2, 2]]), "ids", high=3, unique=True)
+    with pytest.raises(ValueError, match=r"edge_index must have shape \(2, E\)"):
+        check_edge_index(torch.zeros(3, 2, dtype=torch.long), "edge_index", 4)
+
+
+def _raw(crow, col, val, shape):
+    return torch.sparse_csr_tensor(
+        torch.tensor(crow), torch.tensor(col), torch.tensor(val), shape, check_invariants=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("parts", "match"),
+    [
+        (([0, 5, 2, 3], [0, 1, 2], [1.0, 1.0, 1.0], (3, 3)), "crow_indices decrease at row 1"),
+        (([0, 1, 2, 9], [0, 1, 2], [1.0, 1.0, 1.0], (3, 3)), "run from 0 to the number of entries"),
+        (([0, 1, 2], [0, 7], [1.0, 1.0], (2, 2)), "column index 7 is out of range"),
+        (([0, 1, 2], [0, -1], [1.0, 1.0], (2, 2)), "column index -1 is out of range"),
+        (([0, 1], [0], [float("nan")], (1, 1)), "NaN or infinite"),
+    ],
+)
+def test_check_csr_refuses_corrupt_matrices(parts, match):
+    from graphrerank._checks import check_csr
+
+    with pytest.raises(ValueError, match="A .*" + match):
+        check_csr(_raw(*parts), "A")
+
+
+def test_check_csr_sorted_conversion_and_cache():
+    from graphrerank._checks import check_csr
+
+    unsorted = _raw([0, 2], [1, 0], [1.0, 2.0], (1, 2))
+    assert check_csr(unsorted, "A") is unsorted  # bounds are fine
+    with pytest.raises(ValueError, match="row 0 are not sorted and unique"):
+        check_csr(unsorted, "A", sorted=True)
+    with pytest.raises(TypeError, match="A must be a torch.sparse_csr tensor"):
+        check_csr(torch.eye(2), "A")
+    a = check_csr(np.eye(2), "A", convert=True)
+    assert a.layout == torch.sparse_csr and check_csr(a, "A") is a
+    with pytest.raises(ValueError, match=r"A must be a square"):
+        check_csr(torch.ones(2, 3).to_sparse_csr(), "A", square=True)
+
+
+def test_checked_declares_checks_with_references():
+    from graphrerank._checks import Array, Index, Int, Real, Ref, checked
+
+    @checked(
+        n=Int(low=1),
+        ids=Index(high=Ref("n")),
+        w=Array(shape=Ref("ids", fn=lambda t: t.shape)),
+        gamma=Real(low=0, optional=True),
+    )
+    def f(ids, w, n, gamma=None):
+        return ids, w, n, gamma
+
+    ids, w, n, gamma = f(np.array([0, 1]), np.ones(2), 2)
+    assert ids.dtype == torch.int64 and w.dtype == torch.float64 and gamma is None
+    with pytest.raises(ValueError, match="ids holds the id 2"):
+        f([0, 2], np.ones(2), 2)
+    with pytest.raises(ValueError, match=r"w must have shape \(2,\)"):
+        f([0, 1], np.ones(3), 2)
+    with pytest.raises(ValueError, match="gamma must be finite"):
+        f([0, 1], np.ones(2), 2, gamma=float("inf"))
+    with pytest.raises(TypeError, match="unknown arguments"):
+        checked(x=Int())(lambda y: y)

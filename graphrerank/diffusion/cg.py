@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_int, check_real
+from .._checks import check_csr, check_int, check_real, check_tensor
 
 __all__ = ["CGResult", "conjugate_gradient"]
 
@@ -32,26 +32,57 @@ class CGResult(NamedTuple):
     converged: Tensor
 
 
-def _matvec(A: Operator, n: int, like: Tensor) -> Callable[[Tensor], Tensor]:
+def check_operator(A: Operator, n: int, like: Tensor, names: tuple[str, str] = ("A", "B")):
+    """Check the system matrix of a solve against its right-hand sides ``like``
+    :math:`(N, m)`: a callable passes; a sparse matrix is checked as CSR (COO converted), a
+    dense one for finiteness; both must be square :math:`(N, N)` on the device and of the
+    dtype of ``like``."""
+    a_name, b_name = names
     if callable(A) and not isinstance(A, Tensor):
         return A
     if not isinstance(A, Tensor):
         raise TypeError(
-            f"A must be a tensor (dense or sparse) or a callable, got {type(A).__name__}"
+            f"{a_name} must be a tensor (dense or sparse) or a callable, got {type(A).__name__}"
         )
+    if A.layout in (torch.sparse_csr, torch.sparse_coo):
+        A = check_csr(A, a_name, convert=True)
+    else:
+        A = check_tensor(A, a_name, ndim=2, finite=True, detach=True)
     if A.dim() != 2 or A.shape[0] != A.shape[1] or A.shape[0] != n:
-        raise ValueError(f"A must be a square ({n}, {n}) matrix to match B, got {tuple(A.shape)}")
+        raise ValueError(
+            f"{a_name} must be a square ({n}, {n}) matrix to match {b_name}, got {tuple(A.shape)}"
+        )
     if A.device != like.device:
-        raise ValueError(f"A is on {A.device} but B is on {like.device}")
+        raise ValueError(f"{a_name} is on {A.device} but {b_name} is on {like.device}")
     if A.dtype != like.dtype:
-        raise ValueError(f"A has dtype {A.dtype} but B has dtype {like.dtype}; use one dtype")
-    if A.layout == torch.sparse_coo:
-        A = A.coalesce().to_sparse_csr()
+        raise ValueError(
+            f"{a_name} has dtype {A.dtype} but {b_name} has dtype {like.dtype}; use one dtype"
+        )
+    return A
+
+
+def _matvec(A: Operator, n: int, like: Tensor, names=("A", "B")) -> Callable[[Tensor], Tensor]:
+    A = check_operator(A, n, like, names)
+    if not isinstance(A, Tensor):
+        return _checked_callable(A, n, like, names[0])
 
     def matvec(X: Tensor) -> Tensor:
         if X.shape[1] == 1:  # a sparse matrix-vector product is faster than with an (N, 1) block
             return (A @ X[:, 0]).unsqueeze(1)
         return A @ X
+
+    return matvec
+
+
+def _checked_callable(fn, n: int, like: Tensor, name: str) -> Callable[[Tensor], Tensor]:
+    def matvec(X: Tensor) -> Tensor:
+        out = fn(X)
+        if not isinstance(out, Tensor) or out.shape != X.shape:
+            raise ValueError(
+                f"{name} must map an {tuple(X.shape)} block to one of the same shape, got "
+                f"{getattr(out, 'shape', type(out).__name__)}"
+            )
+        return out.to(like.dtype)
 
     return matvec
 
@@ -102,8 +133,9 @@ def conjugate_gradient(
         :class:`CGResult` ``(solution, iterations, residuals, converged)``.
 
     Raises:
-        ValueError: shapes, dtypes or devices disagree, or :math:`\mathbf{A}` is found not to be
-            positive definite (:math:`\mathbf{p}^\top\mathbf{A}\mathbf{p} \le 0`).
+        ValueError: shapes, dtypes or devices disagree, a corrupt sparse matrix, NaN or
+            infinite values, or :math:`\mathbf{A}` is found not to be positive definite
+            (:math:`\mathbf{p}^\top\mathbf{A}\mathbf{p} \le 0`).
 
     Example:
         >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
@@ -115,41 +147,60 @@ def conjugate_gradient(
         >>> out.iterations.tolist(), out.converged.tolist()
         ([2, 2], [True, True])
     """
-    if not isinstance(B, Tensor) or not B.is_floating_point():
-        raise TypeError(f"B must be a floating point tensor, got {getattr(B, 'dtype', type(B))}")
-    if B.dim() not in (1, 2):
-        raise ValueError(f"B must be (N,) or (N, m), got shape {tuple(B.shape)}")
-    tol = check_real(tol, "tol", low=0)
+    return _solve(A, B, x0=x0, tol=tol, max_iter=max_iter, return_best=return_best)
+
+
+def _solve(A, B, *, x0, tol, max_iter, return_best, names=("A", "B")) -> CGResult:
+    a_name, b_name = names
+    B = check_tensor(B, b_name, ndim=(1, 2), finite=True, detach=True)
+    tol = check_real(tol, "tol", low=0, finite=True)
     max_iter = check_int(max_iter, "max_iter", low=0)
+    if not isinstance(return_best, bool):
+        raise TypeError(f"return_best must be a bool, got {return_best!r}")
     vector = B.dim() == 1
     Bm = B[:, None] if vector else B
     n, m = Bm.shape
-    matvec = _matvec(A, n, Bm)
+    matvec = _matvec(A, n, Bm, names)
+    # right-hand sides whose squared norms would overflow are solved scaled (the system is
+    # linear; relative residuals do not change)
+    scale = None
+    if Bm.numel() and float(Bm.abs().max()) > torch.finfo(Bm.dtype).max ** 0.5 / (4 * n**0.5):
+        scale = Bm.abs().amax(0).clamp(min=torch.finfo(Bm.dtype).tiny)
+        Bm = Bm / scale
+        if x0 is not None:
+            x0 = check_tensor(x0, "x0", finite=True, detach=True)
+            if x0.shape == B.shape:  # (a wrong shape is refused below)
+                x0 = x0 / (scale[0] if vector else scale)
     if x0 is None:
         X = torch.zeros_like(Bm)
         R = Bm.clone()
     else:
+        x0 = check_tensor(x0, "x0", finite=True, detach=True)
         if x0.shape != B.shape:
-            raise ValueError(f"x0 must have the shape of B {tuple(B.shape)}, got {tuple(x0.shape)}")
+            raise ValueError(
+                f"x0 must have the shape of {b_name} {tuple(B.shape)}, got {tuple(x0.shape)}"
+            )
         X = (x0[:, None] if vector else x0).to(Bm).clone()
         R = Bm - matvec(X)
     bnorm2 = (Bm * Bm).sum(0)
     thresh = (tol * tol) * bnorm2
     if m == 1:
-        X, iters, done = _cg_one_column(matvec, X, R, thresh, max_iter, return_best)
+        X, iters, done = _cg_one_column(matvec, X, R, thresh, max_iter, return_best, a_name)
     else:
-        X, iters, done = _cg_block(matvec, X, R, thresh, max_iter, return_best)
+        X, iters, done = _cg_block(matvec, X, R, thresh, max_iter, return_best, a_name)
     true_r = Bm - matvec(X)
     res = (true_r * true_r).sum(0).sqrt() / torch.where(bnorm2 > 0, bnorm2.sqrt(), 1)
+    if scale is not None:
+        X = X * scale
     sol = X[:, 0] if vector else X
     return CGResult(sol, iters, res, done)
 
 
-def _not_spd() -> ValueError:
-    return ValueError("A is not positive definite: p^T A p <= 0 during conjugate gradients")
+def _not_spd(name: str = "A") -> ValueError:
+    return ValueError(f"{name} is not positive definite: p^T A p <= 0 during conjugate gradients")
 
 
-def _cg_one_column(matvec, X, R, thresh, max_iter, return_best):
+def _cg_one_column(matvec, X, R, thresh, max_iter, return_best, name="A"):
     """The same iteration for a single right-hand side, with scalar steps (fewer operations:
     a single query's latency is dominated by them)."""
     x, r = X[:, 0], R[:, 0].clone()
@@ -162,7 +213,7 @@ def _cg_one_column(matvec, X, R, thresh, max_iter, return_best):
         ap = matvec(p[:, None])[:, 0]
         pap = p @ ap
         if bool(pap <= 0):
-            raise _not_spd()
+            raise _not_spd(name)
         step = rr / pap
         x.addcmul_(p, step)
         r.addcmul_(ap, step, value=-1)
@@ -183,7 +234,7 @@ def _cg_one_column(matvec, X, R, thresh, max_iter, return_best):
     )
 
 
-def _cg_block(matvec, X, R, thresh, max_iter, return_best):
+def _cg_block(matvec, X, R, thresh, max_iter, return_best, name="A"):
     m = X.shape[1]
     rr = _coldot(R, R)
     done = rr <= thresh
@@ -198,7 +249,7 @@ def _cg_block(matvec, X, R, thresh, max_iter, return_best):
         pap = _coldot(P, AP)
         active = ~done
         if bool(((pap <= 0) & active).any()):
-            raise _not_spd()
+            raise _not_spd(name)
         # frozen columns (done) get step 0; their 0/0 or x/0 quotients are masked away
         alpha = (rr / pap).masked_fill_(done, 0)
         X.addcmul_(P, alpha)

@@ -17,7 +17,16 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_features, check_in, check_int, check_normalized, check_real
+from .._checks import (
+    check_csr,
+    check_features,
+    check_in,
+    check_index,
+    check_int,
+    check_normalized,
+    check_real,
+    check_tensor,
+)
 from .._progress import Progress, ProgressCallback, progress_options
 from ..graph.build import mutual_knn_graph
 from ..graph.index import KNNIndex, database_index
@@ -25,7 +34,7 @@ from ..graph.lists import self_first, truncation_lists
 from ..graph.scores import ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
 from ..typing import SEARCHES, Backend, KNNResult, Search, TensorLike
-from .cg import conjugate_gradient
+from .cg import _solve
 from .operators import laplacian_alpha
 
 __all__ = [
@@ -120,7 +129,9 @@ def _solve_block(
     def op(X: Tensor) -> Tensor:
         return torch.mv(M, X.T.reshape(-1)).view(b, t).T
 
-    sol = conjugate_gradient(op, rhs, tol=tol, max_iter=max_iter).solution
+    names = ("laplacian", "the unit right-hand sides")  # errors name the user's argument
+    sol = _solve(op, rhs, x0=None, tol=tol, max_iter=max_iter, return_best=False, names=names)
+    sol = sol.solution
     return ids, sol.T
 
 
@@ -178,8 +189,14 @@ def late_truncation(
                 [0.6667, 1.3333, 0.0000],
                 [0.0000, 0.6667, 1.3333]])
     """
-    if laplacian.layout != torch.sparse_csr:
-        raise TypeError(f"laplacian must be a torch.sparse_csr tensor, got {laplacian.layout}")
+    if not isinstance(laplacian, Tensor) or laplacian.layout != torch.sparse_csr:
+        raise TypeError(
+            "laplacian must be a torch.sparse_csr tensor, got "
+            f"{getattr(laplacian, 'layout', type(laplacian).__name__)}"
+        )
+    laplacian = check_csr(laplacian, "laplacian", square=True)
+    if not isinstance(lists, Tensor):
+        raise TypeError(f"lists must be an int32 or int64 tensor, got {type(lists).__name__}")
     n = laplacian.shape[0]
     if laplacian.dim() != 2 or laplacian.shape[1] != n:
         raise ValueError(f"laplacian must be square, got shape {tuple(laplacian.shape)}")
@@ -320,7 +337,7 @@ def offline_diffusion(
         x.check_database("x")
         index = ScoreIndex(x.shape[0]) if index is None else index
     else:
-        x = check_features(x, "x")
+        x = check_features(x, "x", detach=True)
         check_normalized(x, "x")
     n = x.shape[0]
     kd = check_int(kd, "kd", low=1, high=n)
@@ -379,7 +396,18 @@ def offline_diffusion_scores(
         >>> offline_diffusion_scores(C, knn, gamma=1.0).to_dense()
         tensor([[0.5000, 1.0000, 0.5000]])
     """
-    scores, idx = knn
+    C = check_csr(C, "C", square=True)
+    if not isinstance(knn, (tuple, list)) or len(knn) != 2:
+        raise TypeError(f"knn must be a (scores, indices) pair, got {type(knn).__name__}")
+    gamma = check_real(gamma, "gamma", low=0, finite=True)
+    scores = check_tensor(knn[0], "knn scores", ndim=2, nan=False, detach=True)
+    idx = check_index(
+        knn[1], "knn indices", shape=tuple(scores.shape), high=C.shape[0], padding=True
+    )
+    if bool((scores[idx >= 0] == float("inf")).any()):
+        raise ValueError("knn scores contain +inf")
+    if scores.device != C.device:
+        raise ValueError(f"knn is on {scores.device} but C is on {C.device}")
     q, kq = idx.shape
     n = C.shape[0]
     w = scores.clamp(min=0).pow(gamma).to(C.values().dtype)

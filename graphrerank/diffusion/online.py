@@ -5,28 +5,37 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_in, check_int, check_real
+from .._checks import check_in, check_index, check_int, check_real, check_tensor
 from ..typing import ITERATES, Iterate
-from .cg import CGResult, conjugate_gradient
+from .cg import CGResult, _solve
 from .operators import diffusion_operator
 
 __all__ = ["diffuse", "diffusion_operator", "query_entries", "query_vector"]
 
 
 def _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries):
+    num_nodes = check_int(num_nodes, "num_nodes", low=1)
+    scores = check_tensor(scores, "scores", ndim=2, nan=False, detach=True)
+    indices = check_index(indices, "indices", ndim=2, high=num_nodes, padding=True)
+    if num_queries is not None:
+        num_queries = check_int(num_queries, "num_queries", low=0)
     if scores.shape != indices.shape or scores.dim() != 2:
         raise ValueError(
             f"scores and indices must both be (M, m), got {tuple(scores.shape)} and "
             f"{tuple(indices.shape)}"
         )
+    if bool((scores[indices >= 0] == float("inf")).any()):
+        raise ValueError("scores contains +inf where indices are not -1 (padding)")
     kq = check_int(kq, "kq", low=1)
-    gamma = check_real(gamma, "gamma", low=0)
+    gamma = check_real(gamma, "gamma", low=0, finite=True)
     m_vec = scores.shape[0]
     device = scores.device
     if query_index is None:
         query_index = torch.arange(m_vec, device=device)
         nq = m_vec if num_queries is None else num_queries
     else:
+        high = num_queries if num_queries is not None else 2**62
+        query_index = check_index(query_index, "query_index", high=high)
         if query_index.shape != (m_vec,):
             raise ValueError(
                 f"query_index must have shape ({m_vec},) (one query per vector), got "
@@ -53,6 +62,8 @@ def _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries):
     keep = rank < kq
     kept = summed[keep]
     value = kept.clamp(min=0).pow(gamma) if gamma != 0 else (kept > 0).to(kept.dtype)
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"gamma={gamma} overflows: the summed similarities ** gamma are infinite")
     return q_of[keep], node_of[keep], value, nq
 
 
@@ -141,7 +152,7 @@ def query_vector(
                 [0.]])
     """
     q, node, value, nq = _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries)
-    y = torch.zeros(num_nodes, nq, dtype=scores.dtype, device=scores.device)
+    y = torch.zeros(num_nodes, nq, dtype=value.dtype, device=value.device)
     y[node, q] = value
     return y
 
@@ -183,6 +194,12 @@ def diffuse(
                 [0.6667]])
     """
     check_in(iterate, "iterate", ITERATES)
-    return conjugate_gradient(
-        operator, y, tol=tol, max_iter=max_iter, return_best=(iterate == "best")
+    return _solve(
+        operator,
+        y,
+        x0=None,
+        tol=tol,
+        max_iter=max_iter,
+        return_best=(iterate == "best"),
+        names=("operator", "y"),
     )

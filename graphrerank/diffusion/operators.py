@@ -7,13 +7,20 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_real
+from .._checks import Array, Index, Int, Real, Ref, check_csr, check_graph, check_real, checked
 from ..graph.build import normalize_adjacency
 from ..graph.sparse import coo_to_csr
 
 __all__ = ["diffusion_operator", "laplacian_alpha", "shifted_identity"]
 
 
+@checked(
+    n=Int(low=0),
+    rows=Index(ndim=1, high=Ref("n")),
+    cols=Index(shape=Ref("rows", fn=lambda r: tuple(r.shape)), high=Ref("n")),
+    values=Array(shape=Ref("rows", fn=lambda r: tuple(r.shape)), finite=True, detach=True),
+    alpha=Real(),
+)
 def shifted_identity(rows: Tensor, cols: Tensor, values: Tensor, n: int, alpha: float) -> Tensor:
     r""":math:`\mathbf{I} - \alpha\mathbf{S}` as an :math:`(n, n)` ``torch.sparse_csr`` tensor
     (int32 indices where they fit) from the COO entries ``S[rows, cols] = values``; duplicate
@@ -65,11 +72,9 @@ def diffusion_operator(graph: Data | Tensor, alpha: float = 0.99) -> Tensor:
     """
     alpha = check_real(alpha, "alpha", low=0, high=1, high_open=True)
     if isinstance(graph, Data):
-        ei = graph.edge_index
-        n = int(graph.num_nodes)
-        w = getattr(graph, "edge_weight", None)
-        if w is None:
+        if getattr(graph, "edge_weight", None) is None:
             raise ValueError("graph has no edge_weight: pass the normalised graph S")
+        ei, w, n = check_graph(graph, "graph", weights=True)
         rows, cols, vals = ei[1], ei[0], w
     elif isinstance(graph, Tensor):
         if graph.dim() != 2 or graph.shape[0] != graph.shape[1]:
@@ -77,7 +82,7 @@ def diffusion_operator(graph: Data | Tensor, alpha: float = 0.99) -> Tensor:
                 f"graph must be a square (N, N) matrix, got shape {tuple(graph.shape)}"
             )
         n = graph.shape[0]
-        coo = (graph if graph.layout == torch.sparse_coo else graph.to_sparse_coo()).coalesce()
+        coo = _as_coo(graph, "graph")
         rows, cols = coo.indices()
         vals = coo.values()
     else:
@@ -85,6 +90,12 @@ def diffusion_operator(graph: Data | Tensor, alpha: float = 0.99) -> Tensor:
             f"graph must be a torch_geometric Data or a tensor, got {type(graph).__name__}"
         )
     return shifted_identity(rows, cols, vals, n, alpha)
+
+
+def _as_coo(graph: Tensor, name: str) -> Tensor:
+    """A checked square matrix (dense, COO or CSR) as a coalesced COO tensor."""
+    a = check_csr(graph, name, convert=True, square=True)
+    return a.detach().to_sparse_coo().coalesce()
 
 
 def laplacian_alpha(graph: Data, alpha: float) -> Tensor:
@@ -103,8 +114,8 @@ def laplacian_alpha(graph: Data, alpha: float) -> Tensor:
                 [-0.5000,  1.0000,  0.0000],
                 [ 0.0000,  0.0000,  1.0000]])
     """
-    ei, n = graph.edge_index, int(graph.num_nodes)
-    w = getattr(graph, "edge_weight", None)
+    alpha = check_real(alpha, "alpha", low=0, high=1, high_open=True)
+    ei, w, n = check_graph(graph, "graph")
     if w is None:
         w = torch.ones(ei.shape[1], device=ei.device)
     s = normalize_adjacency(ei, w, n, "sym")

@@ -5,18 +5,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_int, check_real
+from .._checks import check_index, check_int, check_real, check_tensor
 
 __all__ = ["gmp_weights", "pool_regions"]
 
 
-def _check_ids(image_ids: Tensor, m: int, name: str = "image_ids") -> None:
-    if not isinstance(image_ids, Tensor) or image_ids.dtype != torch.int64:
-        raise TypeError(
-            f"{name} must be an int64 tensor, got {getattr(image_ids, 'dtype', image_ids)}"
-        )
-    if image_ids.shape != (m,):
-        raise ValueError(f"{name} must have shape ({m},), got {tuple(image_ids.shape)}")
+def _check_ids(image_ids: Tensor, m: int, name: str = "image_ids", high: int = 2**62) -> Tensor:
+    if isinstance(image_ids, Tensor) and image_ids.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int64 tensor, got {image_ids.dtype}")
+    ids = check_index(image_ids, name, high=high)
+    if ids.shape != (m,):
+        raise ValueError(f"{name} must have shape ({m},), got {tuple(ids.shape)}")
+    return ids
 
 
 def gmp_weights(
@@ -49,9 +49,10 @@ def gmp_weights(
         >>> gmp_weights(v, torch.tensor([0, 0, 0]))  # the repeated region shares its weight
         tensor([0.3333, 0.3333, 0.5000], dtype=torch.float64)
     """
+    vectors = check_tensor(vectors, "vectors", ndim=2, finite=True, detach=True)
     m = vectors.shape[0]
-    _check_ids(image_ids, m)
-    lam = check_real(lam, "lam", low=0, low_open=True)
+    image_ids = _check_ids(image_ids, m)
+    lam = check_real(lam, "lam", low=0, low_open=True, finite=True)
     block_bytes = check_int(block_bytes, "block_bytes", low=1)
     device, dtype = vectors.device, vectors.dtype
     out = torch.empty(m, dtype=dtype, device=device)
@@ -106,10 +107,16 @@ def pool_regions(
         >>> pool_regions(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 1, 0]))
         tensor([5., 2.])
     """
+    scores = check_tensor(scores, "scores", ndim=(1, 2), nan=False, detach=True)
     m = scores.shape[0]
-    _check_ids(image_ids, m)
+    if num_images is not None:
+        num_images = check_int(num_images, "num_images", low=0)
+    image_ids = _check_ids(image_ids, m, high=2**62 if num_images is None else num_images)
     if num_images is None:
         num_images = int(image_ids.max()) + 1 if m else 0
+    if weights is not None:
+        weights = check_tensor(weights, "weights", shape=(m,), finite=True, detach=True)
+        weights = weights.to(scores.dtype)
     s = scores if weights is None else scores * (weights if scores.dim() == 1 else weights[:, None])
     out = torch.zeros((num_images, *scores.shape[1:]), dtype=scores.dtype, device=scores.device)
     return out.index_add_(0, image_ids, s)

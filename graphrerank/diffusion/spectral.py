@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_in, check_int, check_real
+from .._checks import Array, Real, check_csr, check_graph, check_in, check_int, check_real, checked
 
 __all__ = ["DENSE_EIGEN_LIMIT", "spectral_embedding", "spectral_filter"]
 
@@ -22,6 +22,7 @@ DENSE_EIGEN_LIMIT = 8192
 DENSE_EIGEN_HIGH_RANK_LIMIT = 20_000
 
 
+@checked(eigenvalues=Array(nan=False), alpha=Real(low=0, high=1, high_open=True))
 def spectral_filter(eigenvalues: Tensor, alpha: float) -> Tensor:
     r"""The diffusion filter :math:`h(\lambda) = (1 - \alpha) / (1 - \alpha\lambda)`.
 
@@ -37,13 +38,17 @@ def _parts(graph: Data | Tensor) -> tuple[Tensor, Tensor, int]:
         w = getattr(graph, "edge_weight", None)
         if w is None:
             raise ValueError("graph has no edge_weight: pass the normalised graph S")
-        return graph.edge_index.flip(0), w, int(graph.num_nodes)
+        ei, w, n = check_graph(graph, "graph", weights=True)
+        if n == 0:
+            raise ValueError("graph has no nodes")
+        return ei.flip(0), w.detach(), n
     if isinstance(graph, Tensor):
-        if graph.dim() != 2 or graph.shape[0] != graph.shape[1]:
+        if graph.dim() != 2 or graph.shape[0] != graph.shape[1] or graph.shape[0] == 0:
             raise ValueError(
-                f"graph must be a square (N, N) matrix, got shape {tuple(graph.shape)}"
+                f"graph must be a non-empty square (N, N) matrix, got shape {tuple(graph.shape)}"
             )
-        coo = (graph if graph.layout == torch.sparse_coo else graph.to_sparse_coo()).coalesce()
+        a = check_csr(graph, "graph", convert=True, square=True)
+        coo = a.detach().to_sparse_coo().coalesce()
         return coo.indices(), coo.values(), graph.shape[0]
     raise TypeError(f"graph must be a torch_geometric Data or a tensor, got {type(graph).__name__}")
 
@@ -127,6 +132,8 @@ def spectral_embedding(
                 "eigensolver='dense' (O(N^2) memory on the device) or fit on the CPU and move "
                 "the embedding to the device yourself"
             )
+        if n < 3:
+            raise ValueError(f"eigensolver='scipy' needs at least 3 nodes, the graph has {n}")
         if rank >= n - 1 and n > 2:
             rank = n - 2  # Lanczos needs rank < N - 1 for which='LA'
         import numpy as np
@@ -146,5 +153,11 @@ def spectral_embedding(
         lam, vec = torch.linalg.eigh(dense)
     order = lam.argsort(descending=True)[:rank]
     lam, vec = lam[order], vec[:, order]
-    emb = vec * spectral_filter(lam, alpha).sqrt()
+    h = spectral_filter(lam, alpha)
+    if not bool((h > 0).all()) or not bool(torch.isfinite(h).all()):
+        raise ValueError(
+            f"graph must be the normalised graph S (eigenvalues in [-1, 1]); its largest "
+            f"eigenvalue {float(lam.max()):.4g} makes 1 - alpha * lambda <= 0"
+        )
+    emb = vec * h.sqrt()
     return emb.to(dtype), lam

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_in, check_real
+from .._checks import check_csr, check_in, check_index, check_real, check_tensor
 from ..graph.sparse import compact_csr, coo_to_csr, csr
 from ..typing import ITERATES
-from .cg import CGResult, conjugate_gradient
+from .cg import CGResult, _solve
 from .operators import shifted_identity
 
 __all__ = ["truncated_diffuse", "truncated_normalized", "truncated_operator"]
@@ -20,10 +20,10 @@ def _check_affinity(affinity: Tensor) -> Tensor:
         raise TypeError(f"affinity must be a sparse tensor, got {type(affinity).__name__}")
     if affinity.dim() != 2 or affinity.shape[0] != affinity.shape[1]:
         raise ValueError(f"affinity must be a square (N, N) matrix, got {tuple(affinity.shape)}")
+    a = check_csr(affinity, "affinity", convert=True)
     if affinity.layout == torch.sparse_csr:
-        return affinity
-    coo = affinity.coalesce() if affinity.layout == torch.sparse_coo else affinity.to_sparse_coo()
-    coo = coo.coalesce()
+        return a.detach()
+    coo = a.detach().to_sparse_coo().coalesce()
     n = affinity.shape[0]
     return coo_to_csr(coo.indices(), coo.values(), (n, n))
 
@@ -41,11 +41,12 @@ def truncated_normalized(affinity: Tensor, subsets: Tensor) -> Tensor:
         :math:`(B T, B T)` ``torch.sparse_csr`` tensor.
     """
     A = _check_affinity(affinity)
-    if subsets.dim() != 2 or subsets.dtype != torch.int64:
+    if not isinstance(subsets, Tensor) or subsets.dim() != 2 or subsets.dtype != torch.int64:
         raise ValueError(
-            f"subsets must be a (B, T) int64 tensor, got {subsets.dtype} of shape "
-            f"{tuple(subsets.shape)}"
+            f"subsets must be a (B, T) int64 tensor, got {getattr(subsets, 'dtype', subsets)} "
+            f"of shape {tuple(getattr(subsets, 'shape', ()))}"
         )
+    check_index(subsets, "subsets", high=A.shape[0], padding=True, unique=True)
     if subsets.device != A.device:
         raise ValueError(f"subsets are on {subsets.device} but affinity is on {A.device}")
     n = A.shape[0]
@@ -161,7 +162,10 @@ def truncated_diffuse(
                 [0.6667]])
     """
     check_in(iterate, "iterate", ITERATES)
+    if not isinstance(subsets, Tensor) or subsets.dim() != 2:
+        raise ValueError(f"subsets must be a (B, T) int64 tensor, got {type(subsets).__name__}")
     nb, t = subsets.shape
+    y = check_tensor(y, "y", ndim=2, finite=True, detach=True)
     if y.shape != (t, nb):
         raise ValueError(f"y must have shape ({t}, {nb}) = (T, B), got {tuple(y.shape)}")
     alpha = check_real(alpha, "alpha", low=0, high=1, high_open=True)
@@ -173,6 +177,12 @@ def truncated_diffuse(
         # column b of X lives in block b: stack the columns, one product, unstack
         return X - alpha * (S @ X.t().reshape(-1, 1)).reshape(nb, t).t()
 
-    return conjugate_gradient(
-        matvec, y, tol=tol, max_iter=max_iter, return_best=(iterate == "best")
+    return _solve(
+        matvec,
+        y,
+        x0=None,
+        tol=tol,
+        max_iter=max_iter,
+        return_best=(iterate == "best"),
+        names=("affinity", "y"),
     )

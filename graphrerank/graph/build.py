@@ -8,8 +8,24 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_features, check_in, check_int, check_real
+from .._checks import (
+    Array,
+    Edges,
+    Int,
+    OneOf,
+    Real,
+    Ref,
+    check_features,
+    check_in,
+    check_index,
+    check_int,
+    check_real,
+    check_same_device,
+    check_tensor,
+    checked,
+)
 from ..typing import (
+    METRICS,
     NORMALIZATIONS,
     SYMMETRIZATIONS,
     Backend,
@@ -41,6 +57,7 @@ Symmetrize = Symmetrization  # the names of earlier releases
 Normalize = Normalization
 
 
+@checked(scores=Array(kind="float", nan=False), gamma=Real(low=0, optional=True))
 def edge_weights(scores: Tensor, gamma: float | None) -> Tensor:
     r"""Turn similarities into edge weights :math:`w = \max(s, 0)^\gamma`.
 
@@ -61,6 +78,24 @@ def _sort_edges(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> tupl
     return edge_index[:, order], edge_weight[order]
 
 
+def _edge_checks(**extra):
+    """The declared checks of a weighted edge list over ``num_nodes`` nodes."""
+    return checked(
+        num_nodes=Int(low=0),
+        edge_index=Edges(num_nodes=Ref("num_nodes")),
+        edge_weight=Array(shape=Ref("edge_index", fn=lambda e: (e.shape[1],)), finite=True),
+        **extra,
+    )
+
+
+def _no_duplicates(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> None:
+    check_same_device(edge_index=edge_index, edge_weight=edge_weight)
+    keys = _keys(edge_index, num_nodes)
+    if keys.numel() > 1 and torch.unique(keys).numel() != keys.numel():
+        raise ValueError("edge_index must not repeat an edge")
+
+
+@_edge_checks(how=OneOf(SYMMETRIZATIONS))
 def symmetrize(
     edge_index: Tensor,
     edge_weight: Tensor,
@@ -94,8 +129,12 @@ def symmetrize(
                 [0, 1]]), tensor([0.3000, 0.3000]))
         >>> symmetrize(ei, w, 3, "union")[1]
         tensor([0.8000, 0.2000, 0.8000, 0.2000])
+
+    Raises:
+        ValueError: edges outside ``[0, num_nodes)`` or repeated, weights of the wrong length
+            or not finite, an unknown ``how``.
     """
-    check_in(how, "symmetrize", SYMMETRIZATIONS)
+    _no_duplicates(edge_index, edge_weight, num_nodes)
     n = num_nodes
     if how in ("union", "max"):
         both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
@@ -123,6 +162,7 @@ def symmetrize(
 _symmetrize = symmetrize  # knn_graph's argument of the same name shadows the function
 
 
+@_edge_checks(how=OneOf(NORMALIZATIONS))
 def normalize_adjacency(
     edge_index: Tensor,
     edge_weight: Tensor,
@@ -146,8 +186,12 @@ def normalize_adjacency(
         >>> ei = torch.tensor([[1, 0], [0, 1]])
         >>> normalize_adjacency(ei, torch.tensor([2.0, 2.0]), 3, "sym")
         tensor([1., 1.])
+
+    Raises:
+        ValueError: edges outside ``[0, num_nodes)``, weights of the wrong length or not
+            finite, an unknown ``how``.
     """
-    check_in(how, "normalize", NORMALIZATIONS)
+    check_same_device(edge_index=edge_index, edge_weight=edge_weight)
     src, dst = edge_index
     deg = torch.zeros(num_nodes, dtype=edge_weight.dtype, device=edge_weight.device)
     deg.index_add_(0, dst, edge_weight)
@@ -240,7 +284,7 @@ def knn_graph(
     """
     smat = x.check_database("x") if isinstance(x, ScoreMatrix) else None
     if smat is None:
-        x = check_features(x, "x")
+        x = check_features(x, "x", detach=True)
     n = x.shape[0]
     k = check_int(k, "k", low=1)
     if symmetrize is not None:
@@ -248,7 +292,10 @@ def knn_graph(
     if normalize is not None:
         check_in(normalize, "normalize", NORMALIZATIONS)
     if gamma is not None:
-        gamma = check_real(gamma, "gamma", low=0)
+        gamma = check_real(gamma, "gamma", low=0, finite=True)
+    check_in(metric, "metric", METRICS)
+    if rescore is not None and not callable(rescore):
+        raise TypeError(f"rescore must be callable, got {type(rescore).__name__}")
     k_others = k - 1 if k_includes_self else k
     if k_others > n - 1:
         limit = n if k_includes_self else n - 1
@@ -265,8 +312,12 @@ def knn_graph(
         else:
             cand_s, idx = knn_search(x, x, min(m, n), metric=metric, backend=backend)
     else:
-        cand_s, idx = candidates
-        if cand_s.shape != idx.shape or cand_s.dim() != 2 or cand_s.shape[0] != n:
+        cand_s, idx = _candidates(candidates)
+        cand_s = check_tensor(cand_s, "candidates scores", ndim=2, detach=True)
+        idx = check_index(idx, "candidates indices", high=n, ndim=2, padding=True)
+        if bool(torch.isnan(cand_s).any()):
+            raise ValueError("candidates scores contain NaN")
+        if cand_s.shape != idx.shape or cand_s.shape[0] != n:
             raise ValueError(
                 f"candidates must be (scores, indices) of shape ({n}, m), got "
                 f"{tuple(cand_s.shape)} and {tuple(idx.shape)}"
@@ -287,7 +338,7 @@ def knn_graph(
     src = idx[keep]
     dst = rows[:, None].expand_as(idx)[keep]
     edge_index = torch.stack([src, dst])
-    weight = edge_weights(cand_s[keep], gamma)
+    weight = _finite(edge_weights(cand_s[keep], gamma), "edge")
     if symmetrize is not None:
         edge_index, weight = _symmetrize(edge_index, weight, n, symmetrize)
     if loop:
@@ -298,11 +349,30 @@ def knn_graph(
         else:
             self_score = torch.zeros(n, dtype=x.dtype, device=x.device)
         edge_index = torch.cat([edge_index, torch.stack([rows, rows])], dim=1)
-        weight = torch.cat([weight, edge_weights(self_score, gamma)])
+        weight = torch.cat([weight, _finite(edge_weights(self_score, gamma), "self-loop")])
     edge_index, weight = _sort_edges(edge_index, weight, n)
     if normalize is not None:
         weight = normalize_adjacency(edge_index, weight, n, normalize)
     return Data(edge_index=edge_index, edge_weight=weight, num_nodes=n)
+
+
+def _finite(weight: Tensor, what: str) -> Tensor:
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(
+            f"x gives non-finite {what} weights (similarities that overflow {weight.dtype}, or a "
+            "self score a sparse score matrix does not store); scale or normalise x, use "
+            "float64, or pass gamma / loop=False"
+        )
+    return weight
+
+
+def _candidates(candidates) -> tuple:
+    if not isinstance(candidates, (tuple, list)) or len(candidates) != 2:
+        raise TypeError(
+            "candidates must be a (scores, indices) pair (e.g. a KNNResult), got "
+            f"{type(candidates).__name__}"
+        )
+    return candidates[0], candidates[1]
 
 
 def _rescore(rescore, rows, idx, scores, batch):
@@ -345,7 +415,10 @@ def mutual_knn_graph(
                 [0, 1]])
     """
     if candidates is not None:
-        scores, idx = candidates
+        k = check_int(k, "k", low=1)
+        scores, idx = _candidates(candidates)
+        scores = check_tensor(scores, "candidates scores", ndim=2)
+        idx = check_tensor(idx, "candidates indices", ndim=2, kind="int")
         candidates = KNNResult(scores[:, :k], idx[:, :k])
     return knn_graph(
         x,

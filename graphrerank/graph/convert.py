@@ -11,17 +11,17 @@ from torch_geometric.utils import (
     to_torch_csr_tensor,
 )
 
+from .._checks import check_graph, trust_csr
 from .sparse import quiet_sparse_warnings
 
 __all__ = ["from_scipy", "to_scipy", "to_torch_csr"]
 
 
 def _parts(graph: Data) -> tuple[Tensor, Tensor, int]:
-    ei = graph.edge_index
-    w = getattr(graph, "edge_weight", None)
+    ei, w, n = check_graph(graph, "graph")
     if w is None:
         w = torch.ones(ei.shape[1], device=ei.device)
-    return ei, w, int(graph.num_nodes)
+    return ei, w, n
 
 
 def to_torch_csr(graph: Data) -> Tensor:
@@ -35,10 +35,15 @@ def to_torch_csr(graph: Data) -> Tensor:
         >>> to_torch_csr(g).to_dense()
         tensor([[0.0000, 0.5000],
                 [0.0000, 0.0000]])
+
+    Raises:
+        ValueError: edges outside ``[0, num_nodes)``, weights of the wrong length, NaN or
+            infinite weights.
+        TypeError: not a ``Data``, or non-integer edges.
     """
     ei, w, n = _parts(graph)
     with quiet_sparse_warnings():
-        return to_torch_csr_tensor(ei.flip(0), w, size=(n, n))
+        return trust_csr(to_torch_csr_tensor(ei.flip(0), w, size=(n, n)))
 
 
 def to_scipy(graph: Data):
@@ -49,8 +54,25 @@ def to_scipy(graph: Data):
 
 def from_scipy(matrix) -> Data:
     r"""A graph from a square ``scipy.sparse`` adjacency with :math:`\mathbf{A}_{ij}` the weight
-    of edge :math:`j \to i`."""
-    if matrix.shape[0] != matrix.shape[1]:
+    of edge :math:`j \to i`.
+
+    Raises:
+        TypeError: not a ``scipy.sparse`` matrix, or not real-valued.
+        ValueError: not square, or NaN / infinite entries.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    if not sp.issparse(matrix):
+        raise TypeError(f"matrix must be a scipy.sparse matrix, got {type(matrix).__name__}")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"matrix must be square, got shape {matrix.shape}")
+    if matrix.dtype.kind not in "biuf":
+        raise TypeError(f"matrix must hold real numbers, got dtype {matrix.dtype}")
+    matrix = matrix.tocoo()
+    if matrix.nnz and not np.isfinite(matrix.data).all():
+        raise ValueError("matrix contains NaN or infinite values")
+    if matrix.dtype.kind != "f":
+        matrix = matrix.astype(np.float32)
     ei, w = from_scipy_sparse_matrix(matrix)
     return Data(edge_index=ei.flip(0), edge_weight=w, num_nodes=matrix.shape[0])

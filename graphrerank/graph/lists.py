@@ -24,10 +24,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import (
+    Features,
+    Index,
+    Int,
+    OneOf,
+    Ref,
+    check_features,
+    check_index,
+    check_int,
+    check_same_device,
+    check_tensor,
+    checked,
+)
 from ..typing import KNNResult
 from .index import KNNIndex
 from .ranking import topk
+from .scores import ScoreMatrix
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -76,6 +89,13 @@ def _merge(
     return v, ci.gather(1, pos)
 
 
+@checked(
+    n_rows=Int(low=1),
+    n_cols=Int(low=1),
+    k=Int(low=1),
+    col_k=Int(low=0),
+    budget=Int(low=1, optional=True),
+)
 def scan(
     block: Callable[[int, int, int, int], Tensor],
     n_rows: int,
@@ -97,6 +117,9 @@ def scan(
     row's opposite extreme, the maximum when ``largest=False``) and, with ``col_k > 0``, the
     same for columns (``col_values``, ``col_indices``, ``col_extreme``).
     """
+    if not callable(block):
+        raise TypeError(f"block must be callable, got {type(block).__name__}")
+    block = _checked_block(block, dtype)
     budget = BLOCK_ELEMENTS if budget is None else budget
     k = min(k, n_cols)
     col_k = min(col_k, n_rows)
@@ -146,6 +169,22 @@ def scan(
     return out
 
 
+def _checked_block(block, dtype):
+    def inner(r0: int, r1: int, c0: int, c1: int) -> Tensor:
+        s = block(r0, r1, c0, c1)
+        if not isinstance(s, Tensor) or tuple(s.shape) != (r1 - r0, c1 - c0):
+            raise ValueError(
+                f"block({r0}, {r1}, {c0}, {c1}) must return a ({r1 - r0}, {c1 - c0}) tensor, "
+                f"got {getattr(s, 'shape', type(s).__name__)}"
+            )
+        if bool(torch.isnan(s).any()):
+            raise ValueError(f"block({r0}, {r1}, {c0}, {c1}) returned NaN scores")
+        return s.to(dtype)
+
+    return inner
+
+
+@checked(graph_k=Int(low=1), length=Int(low=1), k=Int(low=1), budget=Int(low=1, optional=True))
 def graph_lists(
     nodes,
     *,
@@ -170,6 +209,10 @@ def graph_lists(
     ``database`` holds the database-only lists of an earlier pass (``indices``, ``values``
     and ``extreme``), reused when long enough.
     """
+    if not isinstance(nodes, (FeatureNodes, DistanceNodes)):
+        raise TypeError(
+            f"nodes must be FeatureNodes, DistanceNodes or ScoreNodes, got {type(nodes).__name__}"
+        )
     nq, nd = nodes.nq, nodes.nd
     dev, dt = nodes.device, nodes.dtype
     kw = {"largest": largest, "extreme": extreme, "device": dev, "dtype": dt, "budget": budget}
@@ -230,7 +273,21 @@ class FeatureNodes:
     itself), ``"ip"`` scores inner products.
     """
 
+    @checked(
+        database=Features(detach=True),
+        queries=Features(detach=True, optional=True, dim=Ref("database", dim=1)),
+        metric=OneOf(("ip", "l2")),
+    )
     def __init__(self, queries: Tensor | None, database: Tensor, metric: str) -> None:
+        if queries is not None:
+            check_same_device(database=database, queries=queries)
+            queries = queries.to(database.dtype)
+        for name, t in (("database", database), ("queries", queries)):
+            if t is not None and not bool(torch.isfinite(t.pow(2).sum(1)).all()):
+                raise ValueError(
+                    f"{name} holds vectors whose squared norms overflow {t.dtype}; scale or "
+                    "normalise them, or use float64"
+                )
         self.q, self.db, self.metric = queries, database, metric
         self.nq = 0 if queries is None else int(queries.shape[0])
         self.nd = int(database.shape[0])
@@ -264,6 +321,12 @@ class FeatureNodes:
 
         return block
 
+    @checked(
+        rows=Index(ndim=1, high=Ref("self", fn=lambda s: s.m)),
+        cols=Index(
+            shape=Ref("rows", fn=lambda r: tuple(r.shape)), high=Ref("self", fn=lambda s: s.m)
+        ),
+    )
     def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Scores of the node pairs ``(rows[p], cols[p])``, computed in blocks."""
         out = torch.empty(rows.shape[0], device=self.device, dtype=self.dtype)
@@ -297,6 +360,26 @@ class FeatureNodes:
         return out
 
 
+def _check_blocks(qq, qd, dd, *, distances: bool):
+    dd = check_tensor(dd, "dd", ndim=2, finite=True, detach=True)
+    n = dd.shape[0]
+    if dd.shape != (n, n) or n == 0:
+        raise ValueError(f"dd must be a non-empty square (N, N) matrix, got {tuple(dd.shape)}")
+    if (qq is None) != (qd is None):
+        raise ValueError("qq and qd go together: pass both or neither")
+    if qd is not None:
+        qd = check_tensor(qd, "qd", ndim=2, finite=True, detach=True, shape=(None, n))
+        q = qd.shape[0]
+        qq = check_tensor(qq, "qq", finite=True, detach=True, shape=(q, q))
+        check_same_device(dd=dd, qd=qd, qq=qq)
+        qd, qq = qd.to(dd.dtype), qq.to(dd.dtype)
+    if distances:
+        for name, m in (("dd", dd), ("qd", qd), ("qq", qq)):
+            if m is not None and m.numel() and float(m.min()) < 0:
+                raise ValueError(f"{name} holds distances, but some are negative")
+    return qq, qd, dd
+
+
 class DistanceNodes:
     r"""Graph nodes given by dense Euclidean distances ``qq`` :math:`(Q, Q)`, ``qd``
     :math:`(Q, N)` and ``dd`` :math:`(N, N)` (``qq`` and ``qd`` are ``None`` all-vs-all).
@@ -310,6 +393,7 @@ class DistanceNodes:
     metric = "l2"
 
     def __init__(self, qq: Tensor | None, qd: Tensor | None, dd: Tensor) -> None:
+        qq, qd, dd = _check_blocks(qq, qd, dd, distances=self.metric == "l2")
         self.qq, self.qd, self.dd = qq, qd, dd
         self.nq = 0 if qd is None else int(qd.shape[0])
         self.nd = int(dd.shape[0])
@@ -333,6 +417,12 @@ class DistanceNodes:
         mat = self._mat(rows, cols)
         return lambda r0, r1, c0, c1: self._read(mat[r0:r1, c0:c1])
 
+    @checked(
+        rows=Index(ndim=1, high=Ref("self", fn=lambda s: s.m)),
+        cols=Index(
+            shape=Ref("rows", fn=lambda r: tuple(r.shape)), high=Ref("self", fn=lambda s: s.m)
+        ),
+    )
     def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Scores of the node pairs ``(rows[p], cols[p])`` (squared distances here)."""
         if self.nq == 0:
@@ -391,8 +481,13 @@ def self_first(indices: Tensor, truncation: int) -> Tensor:
         tensor([[ 0,  2,  1],
                 [ 1,  0,  2],
                 [ 2, -1, -1]])
+
+    Raises:
+        ValueError: ids outside ``[0, N)`` other than ``-1`` padding, or ``truncation < 1``.
     """
     truncation = check_int(truncation, "truncation", low=1)
+    indices = check_tensor(indices, "indices", ndim=2, kind="int")
+    indices = check_index(indices, "indices", high=indices.shape[0], padding=True)
     rows = torch.arange(indices.shape[0], device=indices.device)[:, None]
     return _self_first_rows(indices, rows, truncation)
 
@@ -438,7 +533,15 @@ def truncation_lists(
                 [1, 0, 2],
                 [2, 1, 0]])
     """
+    if not isinstance(x, ScoreMatrix):
+        x = check_features(x, "x", detach=True)
     n = x.shape[0]
+    truncation = check_int(truncation, "truncation", low=1)
+    num_candidates = check_int(num_candidates, "num_candidates", low=1)
+    if not callable(getattr(index, "search", None)):
+        raise TypeError(f"index must have a search method, got {type(index).__name__}")
+    if getattr(index, "ntotal", n) != n:
+        raise ValueError(f"index holds {index.ntotal} items, but x has {n} (the index must hold x)")
     t = min(truncation, n)
     kc = min(num_candidates, n)
     m = max(t, kc)

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import lexsort
 
-from ..typing import RerankResult
+from .._checks import CSR, Array, Index, Int, OneOf, Ref, check_index, checked
+from ..typing import TIES, RerankResult
 from .scores import ScoreMatrix
 from .sparse import csr_padded
 
@@ -41,6 +42,10 @@ __all__ = [
 ]
 
 
+_SCORES = Array(ndim=2, nan=False)  # -inf allowed (padding), NaN has no order
+
+
+@checked(x=_SCORES, k=Int(low=0, high=Ref("x", dim=1)))
 def topk(x: Tensor, k: int, largest: bool = True) -> tuple[Tensor, Tensor]:
     """``x.topk(k, dim=1)``, through a full sort when ``k`` is a large part of a row (where
     sorting is the faster of the two)."""
@@ -50,6 +55,10 @@ def topk(x: Tensor, k: int, largest: bool = True) -> tuple[Tensor, Tensor]:
     return x.topk(k, dim=1, largest=largest)
 
 
+@checked(
+    primary=Array(ndim=2, kind="number", nan=False),
+    secondary=Array(kind="number", nan=False, shape=Ref("primary", fn=lambda p: tuple(p.shape))),
+)
 def lexsort_desc(primary: Tensor, secondary: Tensor) -> Tensor:
     """Row-wise order by ``primary`` descending, then ``secondary`` descending (stable).
 
@@ -60,6 +69,7 @@ def lexsort_desc(primary: Tensor, secondary: Tensor) -> Tensor:
     return lexsort([secondary, primary], dim=1, descending=True)
 
 
+@checked(scores=_SCORES, k=Int(low=1, high=Ref("scores", dim=1)))
 def top_k_with_ties(
     scores: Tensor, k: int, secondary: Callable[[Tensor], Tensor] | None
 ) -> tuple[Tensor, Tensor]:
@@ -74,6 +84,8 @@ def top_k_with_ties(
         >>> top_k_with_ties(s, 3, lambda rows: torch.tensor([[0.1, 0.0, 0.3, 0.2]]))
         (tensor([[1., 0., 0.]]), tensor([[1, 2, 3]]))
     """
+    if secondary is not None and not callable(secondary):
+        raise TypeError(f"secondary must be callable or None, got {type(secondary).__name__}")
     vals, idx = scores.topk(k, dim=1)
     if secondary is None or scores.shape[1] == 0:
         return vals, idx
@@ -87,7 +99,13 @@ def top_k_with_ties(
     rows = (boundary | inside).nonzero().flatten()
     if rows.numel() == 0:
         return vals, idx
-    sec = secondary(rows).to(torch.float64)
+    sec = secondary(rows)
+    if not isinstance(sec, Tensor) or tuple(sec.shape) != (rows.numel(), scores.shape[1]):
+        raise ValueError(
+            f"secondary must return a ({rows.numel()}, {scores.shape[1]}) tensor for "
+            f"{rows.numel()} rows, got {getattr(sec, 'shape', type(sec).__name__)}"
+        )
+    sec = sec.to(torch.float64)
     s = scores[rows]
     key = torch.where(
         greater[rows],
@@ -107,11 +125,30 @@ def top_k_with_ties(
 
 
 # ----------------------------------------------------------------------------- sparse scores
+@checked(k=Int(low=0), n=Int(low=0))
 def dense_ranking(k: int, n: int) -> bool:
     """Whether lists of ``k`` out of ``n`` items are ranked densely (:func:`rank_dense`)."""
     return 4 * k >= n
 
 
+def _num_items(database) -> int:
+    shape = getattr(database, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(
+            f"database must be an (N, D) array or score matrix, got {shape or type(database).__name__}"
+        )
+    return int(shape[0])
+
+
+_TIE_RULES = OneOf(TIES)
+
+
+@checked(
+    k=Int(low=1),
+    ties=_TIE_RULES,
+    cand_idx=Index(ndim=2, padding=True, unique=True, high=Ref("database", fn=_num_items)),
+    cand_val=Array(shape=Ref("cand_idx", fn=lambda c: tuple(c.shape)), finite=True),
+)
 def rank_candidates(
     cand_idx: Tensor,
     cand_val: Tensor,
@@ -246,6 +283,7 @@ def rank_candidates(
     return RerankResult(s_val, s_idx)
 
 
+@checked(scores=_SCORES, k=Int(low=1, high=Ref("scores", dim=1)), ties=_TIE_RULES)
 def rank_dense(
     scores: Tensor, k: int, queries: Tensor, database: Tensor, ties: str
 ) -> RerankResult:
@@ -259,6 +297,7 @@ def rank_dense(
     return RerankResult(scores.gather(1, order), order)
 
 
+@checked(F=CSR(), k=Int(low=1, high=Ref("F", dim=1)), ties=_TIE_RULES)
 def rank_csr(
     F: Tensor, k: int, queries: Tensor, database: Tensor, index, ties: str
 ) -> RerankResult:
@@ -266,10 +305,17 @@ def rank_csr(
     if dense_ranking(k, F.shape[1]):
         return rank_dense(F.to_dense(), k, queries, database, ties)
     idx, val = csr_padded(F)
-    return rank_candidates(idx, val, k, queries, database, index, ties)
+    check_index(idx, "F (a row's columns)", high=F.shape[1], padding=True, unique=True)
+    return rank_candidates.__wrapped__(idx, val, k, queries, database, index, ties)
 
 
 # ----------------------------------------------------------------------------- bounded scores
+@checked(
+    overlap=Array(ndim=2, finite=True),
+    short_idx=Index(ndim=2, high=Ref("overlap", dim=1)),
+    short_base=Array(shape=Ref("short_idx", fn=lambda s: tuple(s.shape)), nan=False),
+    k=Int(low=1, high=Ref("short_idx", dim=1)),
+)
 def select_topk(
     overlap: Tensor,
     short_idx: Tensor,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import as_tensor, check_in, check_int
+from .._checks import Index, Ref, as_tensor, check_in, check_int, checked
 from ..typing import KNNResult
 from .sparse import csr, csr_padded, csr_row_ids, csr_rows
 
@@ -48,12 +48,21 @@ def _as_matrix(x: Any, name: str) -> Tensor:
             torch.from_numpy(m.indices.astype(np.int64)),
             torch.from_numpy(np.asarray(m.data)),
             m.shape,
+            sorted=True,
+            name=name,
         )
-    t = as_tensor(x, name)
+    t = as_tensor(x, name, detach=True)
     if t.layout == torch.sparse_coo:
         t = t.coalesce().to_sparse_csr()
     if t.layout == torch.sparse_csr:
-        return csr(t.crow_indices().long(), t.col_indices().long(), t.values(), t.shape)
+        return csr(
+            t.crow_indices().long(),
+            t.col_indices().long(),
+            t.values(),
+            t.shape,
+            sorted=True,
+            name=name,
+        )
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense or sparse (COO/CSR) matrix, got layout {t.layout}")
     return t
@@ -182,6 +191,7 @@ class ScoreMatrix:
             return self._from(csr_rows(self.matrix, start, stop), None)
         return self._from(self.matrix[start:stop], None)
 
+    @checked(rows=Index(ndim=1, high=Ref("self", fn=lambda s: s.shape[0])))
     def index_select(self, dim: int, rows: Tensor) -> ScoreMatrix:
         """The given rows (``dim`` must be 0), as a score matrix."""
         if dim != 0:
@@ -197,6 +207,12 @@ class ScoreMatrix:
 
     def to(self, device: torch.device | str) -> ScoreMatrix:
         """The score matrix on ``device``."""
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device {device!r} is not a torch device: {err}") from None
+        if dev.type == "meta":
+            raise ValueError("device must hold data; the meta device holds none")
         qq = None if self.query_scores is None else self.query_scores.to(device)
         return self._from(self.matrix.to(device), qq)
 
@@ -212,12 +228,21 @@ class ScoreMatrix:
             return dense
         return self.matrix if self.kind == "similarity" else -self.matrix
 
+    @checked(
+        rows=Index(ndim=1, high=Ref("self", fn=lambda s: s.shape[0])),
+        cols=Index(
+            shape=Ref("rows", fn=lambda r: tuple(r.shape)),
+            high=Ref("self", fn=lambda s: s.shape[1]),
+        ),
+    )
     def pairs(self, rows: Tensor, cols: Tensor) -> Tensor:
         r"""The "higher is better" scores of the pairs ``(rows[p], cols[p])`` (:math:`-\infty`
         where a sparse matrix does not store the pair)."""
         if self.is_sparse:
             crow = self.matrix.crow_indices().long()
             col = self.matrix.col_indices().long()
+            if col.numel() == 0:  # nothing stored
+                return torch.full(rows.shape, float("-inf"), dtype=self.dtype, device=self.device)
             start, end = crow[rows], crow[rows + 1]
             # binary search of each pair's column within its row (columns sorted per row)
             lo, hi = start.clone(), end.clone()
@@ -377,7 +402,7 @@ class ScoreIndex:
     """
 
     def __init__(self, num_items: int) -> None:
-        self.num_items = int(num_items)
+        self.num_items = check_int(num_items, "num_items", low=1)
 
     @property
     def ntotal(self) -> int:

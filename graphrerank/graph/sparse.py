@@ -5,7 +5,9 @@ rows, from COO entries), row slices and row ids, transposes, row normalisation, 
 largest entries of each row, padded (ELL) views, and the overlap products of the transductive
 re-rankers (:math:`\sum_l \operatorname{op}(a_{il}, b_{jl})` over the pairs of rows that share a
 column, through an inverted index). Index dtypes are kept (int32 indices make sparse products
-read less memory); constructors skip torch's invariant checks, so callers pass valid parts.
+read less memory). Every matrix that comes in is checked (index bounds, row pointers, sorted
+columns, shape: :func:`~graphrerank._checks.check_csr`) before a kernel reads it; matrices the
+library builds itself skip the check.
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 from torch_geometric.utils import cumsum
+
+from .._checks import (
+    CSR,
+    Array,
+    Index,
+    Int,
+    OneOf,
+    Real,
+    Ref,
+    check_csr_parts,
+    check_tensor,
+    checked,
+    trust_csr,
+)
 
 __all__ = [
     "compact_csr",
@@ -56,51 +72,101 @@ def csr(
     shape: tuple[int, int] | torch.Size,
     *,
     dtype: torch.dtype | None = None,
+    check: bool = True,
+    sorted: bool = False,
+    name: str = "matrix",
 ) -> Tensor:
-    """A ``torch.sparse_csr`` tensor from its parts (no invariant checks: columns sorted
-    within rows and in range is the caller's promise)."""
+    """A ``torch.sparse_csr`` tensor from its parts.
+
+    The parts are checked (:func:`~graphrerank._checks.check_csr_parts`: row pointers from 0
+    to the number of entries, non-decreasing; columns in range; with ``sorted=True`` also
+    sorted and unique within each row) unless ``check=False``, which is for parts the library
+    has just built itself (``sorted`` then states that its columns are sorted).
+
+    Raises:
+        ValueError: the parts break a CSR invariant (the message names ``name``).
+    """
+    if check:
+        check_csr_parts(crow, col, val, tuple(shape), name, sorted=sorted)
     with quiet_sparse_warnings():
-        return torch.sparse_csr_tensor(
+        out = torch.sparse_csr_tensor(
             crow, col, val, tuple(shape), dtype=dtype, check_invariants=False
         )
+    return trust_csr(out, sorted=sorted)
 
 
+@checked(a=CSR())
 def compact_csr(a: Tensor) -> Tensor:
     """The CSR matrix with int32 row pointers and column indices where they fit (sparse
     products read less memory: about 1.7x faster on a CPU)."""
     if a.crow_indices().dtype == torch.int32 or max(a._nnz(), *a.shape) >= 2**31:
         return a
-    return csr(a.crow_indices().int(), a.col_indices().int(), a.values(), a.shape)
+    return csr(a.crow_indices().int(), a.col_indices().int(), a.values(), a.shape, check=False)
+
+
+def _shape2(shape, name: str = "shape") -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2:
+        raise ValueError(f"{name} must be a pair (rows, columns), got {shape!r}")
+    return Int(low=0)(shape[0], f"{name}[0]", {}), Int(low=0)(shape[1], f"{name}[1]", {})
 
 
 def coo_to_csr(indices: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     """A compact CSR matrix (:func:`compact_csr`) from COO ``indices`` :math:`(2, E)`
-    ``[row, column]`` and ``values``; duplicates are summed."""
+    ``[row, column]`` and ``values``; duplicates are summed.
+
+    Raises:
+        ValueError: an index outside ``shape``, or shapes that disagree.
+    """
+    shape = _shape2(shape)
+    indices = check_tensor(indices, "indices", kind="int", shape=(2, None))
+    values = check_tensor(values, "values", shape=(indices.shape[1],))
+    for d, name in ((0, "row"), (1, "column")):
+        Index(high=shape[d])(indices[d], f"indices ({name}s)", {})
     with quiet_sparse_warnings():
         coo = torch.sparse_coo_tensor(indices, values, tuple(shape)).coalesce()
         return compact_csr(coo.to_sparse_csr())
 
 
+@checked(
+    n_cols=Int(low=0),
+    cols=Array(kind="int", ndim=2),
+    vals=Array(shape=Ref("cols", fn=lambda c: tuple(c.shape))),
+)
 def csr_from_rows(cols: Tensor, vals: Tensor, n_cols: int) -> Tensor:
-    """CSR matrix from padded rows: ``cols`` :math:`(R, W)` sorted ascending per row with
-    padding ``>= n_cols`` at the end of each row, ``vals`` the matching values.
+    """CSR matrix from padded rows: ``cols`` :math:`(R, W)` sorted ascending per row, padding
+    ``-1`` or ``>= n_cols`` (dropped), ``vals`` the matching values.
+
+    Raises:
+        ValueError: ids below ``-1``, or columns not sorted and unique within a row.
 
     Example:
         >>> csr_from_rows(torch.tensor([[0, 2], [1, 9]]), torch.tensor([[1.0, 2.0], [3.0, 0.0]]), 3).to_dense()
         tensor([[1., 0., 2.],
                 [0., 3., 0.]])
     """
-    keep = cols < n_cols
+    if cols.numel() and int(cols.min()) < -1:
+        raise ValueError(f"cols holds the id {int(cols.min())}; padding is -1 or >= n_cols")
+    keep = (cols >= 0) & (cols < n_cols)
     crow = cumsum(keep.sum(1))
-    return csr(crow, cols[keep], vals[keep], (cols.shape[0], n_cols))
+    return csr(crow, cols[keep], vals[keep], (cols.shape[0], n_cols), sorted=True, name="cols")
 
 
+@checked(a=CSR())
 def csr_map_values(a: Tensor, fn) -> Tensor:
     """The CSR matrix with ``fn`` applied to its stored values (same pattern)."""
-    return csr(a.crow_indices(), a.col_indices(), fn(a.values()), a.shape)
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    v = fn(a.values())
+    if not isinstance(v, Tensor) or v.shape != a.values().shape:
+        raise ValueError(
+            f"fn must return a tensor of shape {tuple(a.values().shape)}, got "
+            f"{getattr(v, 'shape', type(v).__name__)}"
+        )
+    return csr(a.crow_indices(), a.col_indices(), v, a.shape, check=False)
 
 
 # ----------------------------------------------------------------------------- rows
+@checked(a=CSR())
 def csr_row_ids(a: Tensor) -> Tensor:
     """The row of every stored entry of a CSR matrix (int64).
 
@@ -117,6 +183,11 @@ def csr_row_ids(a: Tensor) -> Tensor:
     )
 
 
+@checked(
+    a=CSR(),
+    start=Int(low=0, high=Ref("a", dim=0)),
+    stop=Int(low=Ref("start"), high=Ref("a", dim=0)),
+)
 def csr_rows(a: Tensor, start: int, stop: int) -> Tensor:
     """Rows ``start:stop`` of a CSR matrix (a view of its parts, no copy of the other rows)."""
     crow = a.crow_indices()
@@ -126,9 +197,11 @@ def csr_rows(a: Tensor, start: int, stop: int) -> Tensor:
         a.col_indices()[lo:hi],
         a.values()[lo:hi],
         (stop - start, a.shape[1]),
+        check=False,
     )
 
 
+@checked(a=CSR())
 def csr_padded(a: Tensor) -> tuple[Tensor, Tensor]:
     """A CSR matrix as padded rows ``(indices, values)`` of shape ``(rows, max row nnz)``,
     ``-1`` padding with value 0 (stored zeros are kept).
@@ -153,6 +226,7 @@ def csr_padded(a: Tensor) -> tuple[Tensor, Tensor]:
     return idx, val
 
 
+@checked(a=CSR())
 def csr_transpose(a: Tensor) -> Tensor:
     r""":math:`\mathbf{A}^\top` in CSR form (columns become rows, rows stay sorted; the index
     dtype of ``a`` is kept).
@@ -167,14 +241,19 @@ def csr_transpose(a: Tensor) -> Tensor:
     order = torch.sort(col, stable=True).indices
     crow = cumsum(torch.bincount(col, minlength=a.shape[1]))
     rows = csr_row_ids(a)[order]
-    return csr(crow.to(itype), rows.to(itype), a.values()[order], (a.shape[1], a.shape[0]))
+    return csr(
+        crow.to(itype), rows.to(itype), a.values()[order], (a.shape[1], a.shape[0]), check=False
+    )
 
 
+@checked(a=CSR(square=True))
 def csr_add_transpose(a: Tensor) -> Tensor:
     r""":math:`\mathbf{A} + \mathbf{A}^\top` of a square CSR matrix, in CSR form."""
-    return (a + csr_transpose(a)).to_sparse_csr()
+    with quiet_sparse_warnings():
+        return trust_csr((a + csr_transpose(a)).to_sparse_csr())
 
 
+@checked(a=CSR())
 def csr_row_normalize(a: Tensor) -> Tensor:
     r"""Each row divided by its L2 norm (rows of zeros stay zero).
 
@@ -187,9 +266,10 @@ def csr_row_normalize(a: Tensor) -> Tensor:
     rows = csr_row_ids(a)
     sq = torch.zeros(a.shape[0], dtype=val.dtype, device=val.device).index_add_(0, rows, val * val)
     norm = sq.sqrt().clamp_(min=torch.finfo(val.dtype).tiny)
-    return csr(a.crow_indices(), a.col_indices(), val / norm[rows], a.shape)
+    return csr(a.crow_indices(), a.col_indices(), val / norm[rows], a.shape, check=False)
 
 
+@checked(a=CSR(), p=Int(low=0))
 def csr_keep_largest(a: Tensor, p: int) -> Tensor:
     """Keep the ``p`` largest entries of every row (ties: the lower column first).
 
@@ -208,9 +288,14 @@ def csr_keep_largest(a: Tensor, p: int) -> Tensor:
     rank = torch.arange(rows.numel(), device=rows.device) - crow[rows]  # rows are sorted
     kept = order[rank < p].sort().values  # back to CSR order
     new_crow = cumsum(counts.clamp(max=p)).to(crow.dtype)
-    return csr(new_crow, a.col_indices()[kept], val[kept], a.shape)
+    return csr(new_crow, a.col_indices()[kept], val[kept], a.shape, check=False)
 
 
+@checked(
+    cost=Array(kind="number", ndim=1, finite=True),
+    max_cost=Real(low=0, finite=False),
+    max_rows=Int(low=1),
+)
 def row_chunks(cost: Tensor, max_cost: float, max_rows: int) -> list[tuple[int, int]]:
     """Split rows into consecutive chunks of at most ``max_rows`` rows whose summed ``cost``
     stays under ``max_cost`` (a single row above it forms its own chunk).
@@ -248,6 +333,11 @@ def _expand(counts: Tensor) -> tuple[Tensor, Tensor]:
     return rep, torch.arange(rep.numel(), device=counts.device) - first[rep]
 
 
+@checked(
+    rows_a=CSR(),
+    inv_b=CSR(shape=(Ref("rows_a", dim=1), None)),
+    op=OneOf(("min", "mul")),
+)
 def pair_overlap(rows_a: Tensor, inv_b: Tensor, op: str, out: Tensor) -> None:
     r"""Accumulate :math:`\mathrm{out}_{ij} \mathrel{+}= \sum_l \operatorname{op}(a_{il}, b_{jl})`.
 
@@ -265,6 +355,17 @@ def pair_overlap(rows_a: Tensor, inv_b: Tensor, op: str, out: Tensor) -> None:
         tensor([[1.0000, 0.2000],
                 [0.2000, 1.0000]])
     """
+    want = (rows_a.shape[0], inv_b.shape[1])
+    dtype = rows_a.values().dtype
+    if not isinstance(out, Tensor) or out.layout != torch.strided or tuple(out.shape) != want:
+        raise ValueError(
+            f"out must be a dense {want} accumulator, got {getattr(out, 'shape', type(out).__name__)}"
+        )
+    if out.dtype != dtype or inv_b.values().dtype != dtype or not out.is_contiguous():
+        raise TypeError(
+            f"out and inv_b must share rows_a's dtype {dtype} (out contiguous), got "
+            f"{out.dtype} and {inv_b.values().dtype}"
+        )
     col = rows_a.col_indices()
     icrow = inv_b.crow_indices()
     start = icrow[col]
@@ -285,6 +386,7 @@ def pair_overlap(rows_a: Tensor, inv_b: Tensor, op: str, out: Tensor) -> None:
     out.view(-1).index_add_(0, key, contrib)
 
 
+@checked(rows_a=CSR(), inv_b=CSR(shape=(Ref("rows_a", dim=1), None)))
 def overlap_cost(rows_a: Tensor, inv_b: Tensor) -> Tensor:
     """Number of (entry, partner) pairs :func:`pair_overlap` expands, per row of ``rows_a``."""
     icrow = inv_b.crow_indices()
@@ -295,6 +397,13 @@ def overlap_cost(rows_a: Tensor, inv_b: Tensor) -> Tensor:
     return cost
 
 
+@checked(
+    v=CSR(),
+    rows=Index(ndim=1, high=Ref("v", dim=0)),
+    cols=Index(shape=Ref("rows", fn=lambda r: tuple(r.shape)), high=Ref("v", dim=0)),
+    op=OneOf(("min", "mul")),
+    budget=Int(low=1),
+)
 def pair_products(v: Tensor, rows: Tensor, cols: Tensor, op: str, budget: int) -> Tensor:
     r""":math:`\sum_l \operatorname{op}(V_{r l}, V_{c l})` for the row pairs
     ``(rows[p], cols[p])`` of the CSR matrix ``v`` (``op``: ``"min"`` or ``"mul"``), with

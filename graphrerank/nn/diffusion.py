@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import check_int, check_real
-from .propagate import WeightedPropagation
+from .._checks import check_int, check_real, check_tensor
+from .propagate import WeightedPropagation, check_propagation
 
 __all__ = ["DiffusionPropagation"]
 
@@ -60,12 +60,19 @@ class DiffusionPropagation(WeightedPropagation):
         edge_weight: Tensor | None = None,
         f0: Tensor | None = None,
     ) -> Tensor:
+        y = check_tensor(y, "y", ndim=(1, 2), finite=True)
         squeeze = y.dim() == 1
+        if f0 is not None:
+            f0 = check_tensor(f0, "f0", finite=True).to(y.dtype)
         if squeeze:
             y = y[:, None]
-            f0 = None if f0 is None else f0[:, None]
+            f0 = f0[:, None] if f0 is not None and f0.dim() == 1 else f0
         if f0 is not None and f0.shape != y.shape:
             raise ValueError(f"f0 must have the shape of y {tuple(y.shape)}, got {tuple(f0.shape)}")
+        n = y.shape[0]
+        edge_index, edge_weight = check_propagation(
+            y, edge_index, edge_weight, num_sources=n, num_targets=n
+        )
         restart = (1 - self.alpha) * y
         f = y if f0 is None else f0
         for _ in range(self.num_iters):

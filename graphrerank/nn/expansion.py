@@ -8,13 +8,18 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import cumsum
 
-from .._checks import check_in, check_real
+from .._checks import Array, Index, Int, Ref, check_in, check_real, checked
 from ..graph.sparse import csr, csr_map_values
-from .propagate import WeightedPropagation, adjacency
+from .propagate import WeightedPropagation, check_nodes, check_propagation, is_sparse
 
 __all__ = ["ExpansionPropagation", "bipartite_adjacency"]
 
 
+@checked(
+    num_sources=Int(low=0),
+    indices=Index(high=Ref("num_sources"), padding=True),
+    values=Array(nan=False),
+)
 def bipartite_adjacency(indices: Tensor, values: Tensor, num_sources: int) -> Tensor:
     r"""Neighbour lists as a sparse :math:`(R, N)` adjacency (row = target, column = source).
 
@@ -53,8 +58,18 @@ def bipartite_adjacency(indices: Tensor, values: Tensor, num_sources: int) -> Te
     keep = idx >= 0
     if idx.shape[1] > 1 and bool(((idx[:, 1:] == idx[:, :-1]) & keep[:, 1:]).any()):
         raise ValueError("indices must not repeat a source within a row")
+    if not bool(torch.isfinite(val[keep]).all()):
+        raise ValueError("values must be finite where indices are not -1 (padding)")
     crow = cumsum(keep.sum(1))
-    return csr(crow, idx[keep], val[keep], (rows, num_sources), dtype=values.dtype)
+    return csr(
+        crow,
+        idx[keep],
+        val[keep],
+        (rows, num_sources),
+        dtype=values.dtype,
+        check=False,
+        sorted=True,
+    )
 
 
 class ExpansionPropagation(WeightedPropagation):
@@ -100,7 +115,7 @@ class ExpansionPropagation(WeightedPropagation):
 
     def __init__(self, alpha: float = 0.0, normalize: Literal["l2"] | None = "l2") -> None:
         super().__init__()
-        self.alpha = check_real(alpha, "alpha", low=0)
+        self.alpha = check_real(alpha, "alpha", low=0, finite=True)
         self.normalize = None if normalize is None else check_in(normalize, "normalize", ("l2",))
 
     def _weights(self, s: Tensor) -> Tensor:
@@ -112,19 +127,38 @@ class ExpansionPropagation(WeightedPropagation):
         edge_index: Tensor,
         edge_weight: Tensor | None = None,
     ) -> Tensor:
-        src, dst = x if isinstance(x, tuple) else (x, x)
-        size = (src.shape[0], dst.shape[0])
-        if edge_index.layout != torch.strided:
-            adj = adjacency(edge_index)
-            if tuple(adj.shape) != (dst.shape[0], src.shape[0]):
+        if isinstance(x, (tuple, list)):
+            if len(x) != 2:
                 raise ValueError(
-                    f"adjacency must be ({dst.shape[0]}, {src.shape[0]}) (targets, sources), "
-                    f"got {tuple(adj.shape)}"
+                    f"x must be features or a (source, target) pair, got {len(x)} items"
                 )
+            src, dst = check_nodes(x[0], "x[0]"), check_nodes(x[1], "x[1]")
+            if src.shape[1] != dst.shape[1] or src.dtype != dst.dtype:
+                raise ValueError(
+                    f"x[0] {tuple(src.shape)} {src.dtype} and x[1] {tuple(dst.shape)} "
+                    f"{dst.dtype} must share the descriptor dimension and dtype"
+                )
+        else:
+            src = dst = check_nodes(x)
+        if is_sparse(src) or is_sparse(dst):
+            raise TypeError("x must hold dense descriptors")
+        size = (src.shape[0], dst.shape[0])
+        if is_sparse(edge_index) and edge_weight is None:
+            adj, _ = check_propagation(
+                src,
+                edge_index,
+                None,
+                num_sources=src.shape[0],
+                num_targets=dst.shape[0],
+                name="adjacency",
+            )
             edge_index, edge_weight, size = csr_map_values(adj, self._weights), None, None
         elif edge_weight is None:
             raise ValueError("edge_weight (the edges' similarities) is required")
         else:
+            edge_index, edge_weight = check_propagation(
+                src, edge_index, edge_weight, num_sources=src.shape[0], num_targets=dst.shape[0]
+            )
             edge_weight = self._weights(edge_weight)
         agg = self.propagate(edge_index, x=(src, dst), edge_weight=edge_weight, size=size)
         out = dst + agg

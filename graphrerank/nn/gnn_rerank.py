@@ -5,12 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import Array, Index, Int, Ref, check_csr, check_tensor, checked
 from ..graph.sparse import csr_add_transpose, csr_from_rows, csr_keep_largest, csr_row_normalize
-from .propagate import WeightedPropagation
+from .propagate import WeightedPropagation, is_sparse
+
+_NEIGHBOR_CHECKS = {
+    "neighbors": Index(
+        ndim=2, padding=True, unique=True, high=Ref("neighbors", fn=lambda t: len(t))
+    ),
+    "similarities": Array(shape=Ref("neighbors", fn=lambda t: tuple(t.shape)), nan=False),
+}
 
 __all__ = ["GNNRerankConv", "gnn_propagate", "gnn_rerank_graph"]
 
 
+@checked(
+    **_NEIGHBOR_CHECKS,
+    k1=Int(low=1, high=Ref("neighbors", dim=1)),
+    k2=Int(low=1, high=Ref("k1")),
+)
 def gnn_rerank_graph(
     neighbors: Tensor, similarities: Tensor, k1: int, k2: int
 ) -> tuple[Tensor, Tensor]:
@@ -21,10 +34,11 @@ def gnn_rerank_graph(
         \mathbf{P}_{ij} = s_{ij}^2\,[\,j \in R_i^{k_2}\,],
 
     where :math:`R_i^{k}` holds the first :math:`k` items of node :math:`i`'s list (itself
-    included) and :math:`s_{ij}` their similarities.
+    included) and :math:`s_{ij}` their similarities; ``-1`` entries (padding) are dropped.
 
     Args:
-        neighbors: :math:`(N, K)` node ids, best first, :math:`K \ge k_1 \ge k_2`.
+        neighbors: :math:`(N, K)` node ids, best first, :math:`K \ge k_1 \ge k_2`, distinct
+            within a row, ``-1`` for padding.
         similarities: :math:`(N, K)` their similarities.
         k1: Length :math:`k_1` of the lists in the initial adjacency.
         k2: Length :math:`k_2` of the lists messages come from.
@@ -47,6 +61,8 @@ def gnn_rerank_graph(
                 [0.0000, 0.0400, 1.0000]])
     """
     n = neighbors.shape[0]
+    if not bool(torch.isfinite(similarities.masked_fill(neighbors < 0, 0)).all()):
+        raise ValueError("similarities must be finite where neighbors are not -1 (padding)")
     cols = neighbors[:, :k1].sort(dim=1).values
     a = csr_from_rows(cols, torch.ones_like(cols, dtype=similarities.dtype), n)
     cols2, order = neighbors[:, :k2].sort(dim=1)
@@ -86,6 +102,17 @@ class GNNRerankConv(WeightedPropagation):
     """
 
     def forward(self, x: Tensor, adj_t: Tensor) -> Tensor:  # type: ignore[override]
+        adj_t = check_csr(adj_t, "adj_t", convert=True, square=True)
+        n = adj_t.shape[0]
+        if is_sparse(x):
+            x = check_csr(x, "x", convert=True, shape=(n, n))
+        else:
+            x = check_tensor(x, "x", shape=(n, n), finite=True)
+        if x.dtype != adj_t.dtype or x.device != adj_t.device:
+            raise ValueError(
+                f"x ({x.dtype} on {x.device}) and adj_t ({adj_t.dtype} on {adj_t.device}) "
+                "must share dtype and device"
+            )
         if x.layout == torch.sparse_csr:
             out = self.propagate(adj_t, x=csr_add_transpose(x))
             return csr_row_normalize(out)
@@ -93,6 +120,13 @@ class GNNRerankConv(WeightedPropagation):
         return torch.nn.functional.normalize(out, dim=1, eps=torch.finfo(out.dtype).tiny)
 
 
+@checked(
+    **_NEIGHBOR_CHECKS,
+    k1=Int(low=1),
+    k2=Int(low=1),
+    layers=Int(low=0),
+    max_nonzeros=Int(low=1, optional=True),
+)
 def gnn_propagate(
     neighbors: Tensor,
     similarities: Tensor,

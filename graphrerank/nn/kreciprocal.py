@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import cumsum
 
+from .._checks import Array, Index, Int, Ref, checked
 from ..graph import lists as _lists
 from ..graph.sparse import csr, csr_from_rows
 from .propagate import WeightedPropagation
@@ -37,6 +38,11 @@ def round_half(k1: int) -> int:
     return round(k1 / 2)
 
 
+def _rows(t) -> int:
+    return len(t)
+
+
+@checked(lists=Index(ndim=2, high=Ref("lists", fn=_rows)))
 def reciprocal_mask(lists: Tensor) -> Tensor:
     r"""``mask[i, t]``: node ``i`` is in the list of its ``t``-th neighbour ``lists[i, t]``.
 
@@ -67,6 +73,14 @@ def reciprocal_mask(lists: Tensor) -> Tensor:
 LOOKUP_LENGTH = 100
 
 
+@checked(
+    neighbors=Index(ndim=2, high=Ref("neighbors", fn=_rows)),
+    distances=Array(shape=Ref("neighbors", fn=lambda t: tuple(t.shape)), finite=True),
+    row_max=Array(shape=Ref("neighbors", fn=lambda t: (t.shape[0],)), finite=True),
+    k1=Int(low=1),
+    k2=Int(low=1),
+    budget=Int(low=1, optional=True),
+)
 def kreciprocal_encoding(
     neighbors: Tensor,
     distances: Tensor,
@@ -120,6 +134,17 @@ def kreciprocal_encoding(
                 [0, 0, 0, 1, 1],
                 [0, 0, 0, 1, 1]], dtype=torch.int32)
     """
+    if not callable(pair_distances):
+        raise TypeError(f"pair_distances must be callable, got {type(pair_distances).__name__}")
+    if bool((distances < 0).any()) or bool((row_max < 0).any()):
+        raise ValueError("distances and row_max are squared distances and must be >= 0")
+    if distances.dtype != row_max.dtype:
+        row_max = row_max.to(distances.dtype)
+    if neighbors.shape[1] < min(k1 + 1, neighbors.shape[0]):
+        raise ValueError(
+            f"neighbors holds {neighbors.shape[1]} entries per node, fewer than k1 + 1 = "
+            f"{min(k1 + 1, neighbors.shape[0])}"
+        )
     budget = _lists.BLOCK_ELEMENTS if budget is None else budget
     nbr, nbr_d = neighbors, distances
     m = nbr.shape[0]
@@ -167,7 +192,7 @@ def kreciprocal_encoding(
         cols.append(members[valid])
         vals.append(w[valid])
     crow = cumsum(torch.cat(counts))
-    v = csr(crow, torch.cat(cols), torch.cat(vals), (m, m))
+    v = csr(crow, torch.cat(cols), torch.cat(vals), (m, m), check=False, sorted=True)
     if k2 == 1:
         return v
     # local query expansion: V_i <- mean of V_j over the first k2 of i's original ranking

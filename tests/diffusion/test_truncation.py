@@ -93,5 +93,5 @@ def test_validation():
         truncated_diffuse(
             A, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.float64)
         )
-    with pytest.raises(ValueError, match="one dtype"):
-        truncated_diffuse(A, torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="one dtype"):  # subsets distinct within a row
+        truncated_diffuse(A, torch.arange(6).view(2, 3), torch.zeros(3, 2))
