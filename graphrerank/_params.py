@@ -16,6 +16,7 @@ whose message names the setting and the value. A bound may name another setting
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -84,7 +85,13 @@ class Int(Constraint):
 
 
 class Real(Constraint):
-    """A real number (not NaN, not a bool) in an open or closed interval."""
+    """A real number (not NaN, not a bool) in an open or closed interval.
+
+    Infinite values are refused unless ``allow_inf=True``: an unbounded side of the interval
+    (``low`` or ``high`` left ``None``) means "any finite number", since a setting that is a
+    weight, an exponent or a tolerance has no meaning at infinity (``beta=inf`` turns every
+    score into NaN).
+    """
 
     def __init__(
         self,
@@ -93,14 +100,18 @@ class Real(Constraint):
         *,
         low_open: bool = False,
         high_open: bool = False,
+        allow_inf: bool = False,
     ) -> None:
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+        self.allow_inf = allow_inf
 
     def check(self, value: Any, name: str, params: Mapping[str, Any]) -> None:
-        check_real(
+        value = check_real(
             value, name, low=self.low, high=self.high, low_open=self.low_open,
             high_open=self.high_open,
         )  # fmt: skip
+        if not self.allow_inf and math.isinf(value):
+            raise ValueError(f"{name} must be a finite real number, got {value}")
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:

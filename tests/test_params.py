@@ -129,8 +129,11 @@ def test_real_rejects_nan():
         ({"low": 0, "high": 1, "high_open": True}, 0.999, True),
         ({"low": 0, "high": 1, "low_open": True}, 0.0, False),
         ({"low": 0, "high": 1, "low_open": True}, 1e-12, True),
-        ({"low": 0}, math.inf, True),
-        ({"high": 0, "high_open": True}, -math.inf, True),
+        ({"low": 0, "allow_inf": True}, math.inf, True),
+        ({"high": 0, "high_open": True, "allow_inf": True}, -math.inf, True),
+        ({"low": 0}, math.inf, False),
+        ({"high": 0, "high_open": True}, -math.inf, False),
+        ({}, math.inf, False),
         ({"high": 0, "high_open": True}, 0, False),
     ],
 )
@@ -141,6 +144,36 @@ def test_real_bounds_open_and_closed(kw, value, ok):
     else:
         msg = raises(c, value, ValueError, "alpha")
         assert str(float(value)) in msg
+
+
+def test_real_refuses_infinity_unless_allowed():
+    """An unbounded side means any finite number: every declared real setting of the package
+    is a weight, an exponent or a tolerance, which has no meaning at infinity."""
+    msg = raises(Real(0), math.inf, ValueError, "beta", match="finite")
+    assert "inf" in msg
+    raises(Real(), -math.inf, ValueError, "beta", match="finite")
+    raises(Real(0, 1), math.inf, ValueError, "beta")  # out of the interval anyway
+    accepts(Real(0, allow_inf=True), math.inf, "beta")
+    accepts(Real(0), 1e308, "beta")
+
+
+def test_every_declared_real_setting_refuses_infinity():
+    """No re-ranker declares a real setting that may be infinite (the SuperGlobal ``beta``,
+    FSR / R-DiP ``gamma`` cases of the hardening run)."""
+    import graphrerank.rerankers as R
+
+    found = 0
+    for name in R.__all__:
+        cls = getattr(R, name)
+        if not (isinstance(cls, type) and issubclass(cls, R.Reranker)) or cls is R.Reranker:
+            continue
+        for setting_name, c in cls._constraints().items():
+            if isinstance(c, Real):
+                found += 1
+                assert not c.allow_inf, (cls.__name__, setting_name)
+                with pytest.raises(ValueError, match=setting_name):
+                    c.check(math.inf, setting_name, {})
+    assert found >= 8
 
 
 def test_real_describe():

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._io import CorruptFileError, check_path, read_npy_file, read_npz_file
+
 __all__ = [
     "as_float_matrix",
     "existing_file",
@@ -23,61 +25,31 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-def existing_file(path: PathLike, what: str) -> Path:
-    """``Path(path)``, or a FileNotFoundError naming ``what`` and the path."""
-    p = Path(path)
+def existing_file(path: PathLike, what: str, name: str = "path") -> Path:
+    """``Path(path)``, a TypeError naming the argument ``name`` when ``path`` is not a text
+    path (``None``, a number, ``bytes``), or a FileNotFoundError naming ``what`` and the path."""
+    p = check_path(path, name)
     if not p.is_file():
         where = "is a folder, not a file" if p.is_dir() else "does not exist"
         raise FileNotFoundError(f"{what} {str(p)!r} {where}")
     return p
 
 
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-
-def _magic(path: Path, n: int = 6) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
-
-
-def _pickle_refused(path: Path, what: str) -> ValueError:
-    return ValueError(
-        f"{str(path)!r} holds {what} of Python objects, which need pickle to read; graphrerank "
-        "never unpickles data files: save numeric arrays instead"
-    )
-
-
 def read_npy(path: Path) -> np.ndarray:
-    """Read a ``.npy`` file without pickle."""
-    if _magic(path) != _NPY_MAGIC:
-        raise ValueError(f"{str(path)!r} is not a .npy file (it lacks the numpy header)")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise _pickle_refused(path, "an array") from None
-        raise ValueError(f"{str(path)!r} is not a readable .npy file: {err}") from None
-    except (OSError, EOFError) as err:
-        raise ValueError(f"{str(path)!r} is not a readable .npy file (truncated?): {err}") from None
+    """Read a ``.npy`` file without pickle; its header and declared size are checked against
+    the file before anything is allocated (:func:`graphrerank._io.read_npy_file`).
+
+    Raises:
+        CorruptFileError: (a ``ValueError``) the file is not a readable ``.npy`` array, holds
+            Python objects, or declares more data than it holds.
+    """
+    return read_npy_file(path)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Read every array of a ``.npz`` archive without pickle."""
-    if _magic(path, 4) not in _ZIP_MAGIC:
-        raise ValueError(f"{str(path)!r} is not a .npz archive (it is not a zip file)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise _pickle_refused(path, "arrays") from None
-        raise ValueError(f"{str(path)!r} is not a readable .npz archive: {err}") from None
-    except Exception as err:  # zipfile, zlib and OS errors on a torn archive
-        raise ValueError(
-            f"{str(path)!r} is not a readable .npz archive (truncated or corrupt?): "
-            f"{type(err).__name__}: {err}"
-        ) from None
+    """Read every array of a ``.npz`` archive without pickle, size-checked as
+    :func:`read_npy` (:func:`graphrerank._io.read_npz_file`)."""
+    return read_npz_file(path)
 
 
 def read_mat(path: Path) -> dict[str, Any]:
@@ -86,6 +58,10 @@ def read_mat(path: Path) -> dict[str, Any]:
 
     try:
         raw = loadmat(path)
+    except MemoryError:
+        raise CorruptFileError(
+            f"{str(path)!r} needs more memory than there is to read (a crafted or corrupt MATLAB file?)"
+        ) from None
     except NotImplementedError:
         raise ValueError(
             f"{str(path)!r} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it "

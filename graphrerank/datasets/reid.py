@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._io import check_path
 from ._files import as_float_matrix, existing_file, int_vector, read_mat, read_npy
 
 __all__ = ["Market1501", "ReIDFeatures", "load_reid_result", "parse_reid_filename"]
@@ -170,7 +171,7 @@ def parse_reid_filename(name: str | PathLike) -> tuple[int, int]:
         >>> parse_reid_filename("-1_c3s2_000101_01.jpg")
         (-1, 3)
     """
-    base = Path(name).name
+    base = check_path(name, "name").name
     m = _REID_NAME.match(base)
     if m is None:
         raise ValueError(
@@ -217,7 +218,7 @@ class Market1501:
     gallery_dir = "bounding_box_test"
 
     def __init__(self, root: PathLike) -> None:
-        self.root = Path(root)
+        self.root = check_path(root, "root")
 
     def required_files(self) -> list[Path]:
         """The two image folders."""

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in
-from .._io import CorruptFileError, atomic_write, load_arrays, save_arrays
+from .._io import CorruptFileError, atomic_write, check_path, load_arrays, save_arrays
 from .._version import __version__
 from ._files import (
     as_float_matrix,
@@ -78,7 +78,9 @@ _KEYS = ("easy", "hard", "junk")
 
 # --------------------------------------------------------------------------- restricted pickle
 class UnsafePickleError(ValueError):
-    """A pickle asked for a global that the restricted unpickler does not allow."""
+    """A pickle asked for a global that the restricted unpickler does not allow, or is crafted
+    to exhaust memory or time (memo indices beyond its length, shared containers that expand
+    to more objects than the file could hold, cycles, nesting deeper than 64 levels)."""
 
 
 def _latin1_encode(obj: str, encoding: str = "utf-8") -> bytes:
@@ -139,9 +141,85 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("refused a persistent id: not a plain data pickle")
 
 
+#: Most objects a ground-truth pickle may expand to, counting an object each time it is
+#: referenced (a plain pickle's count is below its size in bytes; a "billion laughs" file of
+#: nested shared lists is refused before anything walks it), and the deepest nesting.
+_PICKLE_EXPANSION = 4
+_PICKLE_MIN_OBJECTS = 100_000
+_PICKLE_MAX_DEPTH = 64
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _scan_pickle(data: bytes) -> None:
+    """Refuse a pickle whose memo indices exceed its own length before the unpickler sizes
+    its memo table from them (a 4-byte ``LONG_BINPUT`` index would allocate gigabytes)."""
+    ops = 0
+    for op, arg, _ in pickletools.genops(data):
+        ops += 1
+        if op.name in _MEMO_OPS and not (isinstance(arg, int) and 0 <= arg <= ops):
+            raise UnsafePickleError(
+                f"memo index {arg!r} at opcode {ops} is larger than the pickle: a crafted file"
+            )
+
+
+def _check_expansion(obj: Any, limit: int) -> None:
+    """Walk the unpickled object graph once (shared objects once), computing how many objects
+    it expands to when every reference is followed; refuse more than ``limit``, cycles, and
+    nesting deeper than :data:`_PICKLE_MAX_DEPTH`, before anything iterates over it."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    keep: list[Any] = []  # ids stay unique while walking
+
+    def children(o: Any) -> list[Any] | None:
+        if isinstance(o, (list, tuple)):
+            return list(o)
+        if isinstance(o, dict):
+            return [v for kv in o.items() for v in kv]
+        if isinstance(o, np.ndarray) and o.dtype == object:
+            return list(o.reshape(-1))
+        return None
+
+    stack: list[tuple[Any, list[Any] | None, int]] = [(obj, children(obj), 0)]
+    active.add(id(obj))
+    keep.append(obj)
+    while stack:
+        o, kids, depth = stack[-1]
+        if kids:
+            c = kids.pop()
+            if id(c) in sizes:
+                continue
+            if id(c) in active:
+                raise UnsafePickleError("the pickle holds a cycle: not a ground truth")
+            ck = children(c)
+            if ck is None:
+                sizes[id(c)] = 1
+                continue
+            if depth + 1 > _PICKLE_MAX_DEPTH:
+                raise UnsafePickleError(
+                    f"the pickle nests containers deeper than {_PICKLE_MAX_DEPTH} levels"
+                )
+            active.add(id(c))
+            keep.append(c)
+            stack.append((c, ck, depth + 1))
+            continue
+        stack.pop()
+        active.discard(id(o))
+        own = children(o) or []
+        total = 1 + sum(sizes.get(id(c), 1) for c in own)
+        if total > limit:
+            raise UnsafePickleError(
+                f"the pickle expands to more than {limit} objects (shared containers nested "
+                "within each other, a 'billion laughs' file): not a ground truth"
+            )
+        sizes[id(o)] = total
+
+
 def _restricted_loads(data: bytes) -> Any:
+    _scan_pickle(data)
     # latin1 reads Python 2 pickles (their str and numpy buffers) byte for byte.
-    return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    _check_expansion(obj, max(_PICKLE_MIN_OBJECTS, _PICKLE_EXPANSION * len(data)))
+    return obj
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -332,7 +410,9 @@ def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         UnsafePickleError: the pickle names a global other than the allowed ones (a subclass
-            of ValueError; the message names the refused global).
+            of ValueError; the message names the refused global), or is crafted to exhaust
+            memory or time (a "billion laughs" of shared nested lists, a huge memo index):
+            refused before it is expanded.
         CorruptFileError: a ``.npz`` file is truncated, fails its checksum, was written by
             something else or holds an inconsistent ground truth (a subclass of ValueError).
         ValueError: the pickle is truncated or not a pickle, or its content is not a revisitop
@@ -1036,7 +1116,7 @@ def save_revisitop_gnd(gt: RevisitopGroundTruth | Mapping[str, Any], path: PathL
         (True, 'mine', array([0., 0., 5., 5.]))
     """
     gt = _checked_gt(gt)
-    path = Path(path)
+    path = check_path(path)
     if path.suffix.lower() == ".pkl":
         raise ValueError(
             f"path {str(path)!r} ends in .pkl, but save_revisitop_gnd writes the pickle-free "
@@ -1159,7 +1239,7 @@ def write_revisitop_pickle(gt: RevisitopGroundTruth | Mapping[str, Any], path: P
         True
     """
     gt = _checked_gt(gt)
-    path = Path(path)
+    path = check_path(path)
     if path.suffix != ".pkl":
         raise ValueError(
             f"path {str(path)!r} must end in .pkl (the revisitop scripts read gnd_NAME.pkl); "
@@ -1303,7 +1383,7 @@ class _RevisitopDataset:
     num_queries: ClassVar[int] = 70
 
     def __init__(self, root: PathLike) -> None:
-        self.root = Path(root)
+        self.root = check_path(root, "root")
 
     @property
     def gnd_file(self) -> str:
@@ -1559,7 +1639,7 @@ class RevisitopR1M:
     url: ClassVar[str] = "http://ptak.felk.cvut.cz/revisitop/revisitop1m/"
 
     def __init__(self, root: PathLike) -> None:
-        self.root = Path(root)
+        self.root = check_path(root, "root")
 
     def required_files(self, features: str = "features") -> list[Path]:
         """The descriptor file :meth:`load` reads: ``NAME.mat`` when it exists, else ``NAME.npy``.

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_features, check_in, check_int, check_same_device
-from .._imports import has_faiss, require_faiss
+from .._imports import faiss_num_gpus, has_faiss, require_faiss
 from .._io import CorruptFileError, load_arrays, save_arrays
 from .._version import __version__
 from ..typing import BACKENDS, METRICS, SEARCHES, Backend, KNNResult, Metric, Search, TensorLike
@@ -203,14 +203,31 @@ class KNNIndex:
                 g = torch.Generator().manual_seed(self.seed)
                 sample = x[torch.randperm(x.shape[0], generator=g)[: self.train_size].to(x.device)]
             ivf = _ivf_of(self._index)
-            if ivf is not None and sample.shape[0] < ivf.nlist:
-                raise ValueError(
-                    f"IVF training needs at least nlist={ivf.nlist} vectors, got {sample.shape[0]}"
-                )
+            self._check_training_size(sample.shape[0], ivf)
             if ivf is not None:
                 ivf.cp.seed = self.seed
             self._index.train(_to_faiss(sample))
         return self
+
+    def _check_training_size(self, n: int, ivf) -> None:
+        """faiss' k-means needs at least as many training vectors as centroids: ``nlist``
+        for the IVF cells, ``2 ** pq_nbits`` per PQ sub-quantiser; say so before faiss
+        raises its own C++ error."""
+        given = f"got {n}" + (
+            f" (train_size={self.train_size})" if self.train_size is not None else ""
+        )
+        if ivf is not None and n < ivf.nlist:
+            raise ValueError(
+                f"IVF training needs at least nlist={ivf.nlist} vectors, {given}; add more "
+                "vectors, pass a smaller nlist, or use kind='flat'"
+            )
+        if self.kind == "ivfpq" and n < 2**self.pq_nbits:
+            raise ValueError(
+                f"IVF-PQ training with pq_nbits={self.pq_nbits} fits {2**self.pq_nbits} "
+                f"centroids per sub-quantiser and needs at least {2**self.pq_nbits} vectors, "
+                f"{given}; add more vectors, pass pq_nbits <= {max(1, n.bit_length() - 1)}, "
+                "or use kind='ivf' or 'flat'"
+            )
 
     def add(self, vectors: TensorLike) -> KNNIndex:
         """Append ``vectors`` :math:`(M, D)` to the index (training an IVF index first if needed).
@@ -330,11 +347,15 @@ class KNNIndex:
         """Read an index written by :meth:`save` onto ``device``.
 
         Raises:
+            TypeError: ``path`` is not a text path.
+            ValueError: ``device`` is not a device an index can search on (``"meta"`` holds
+                no data; CUDA without a GPU; a faiss index on CUDA without GPU faiss).
             FileNotFoundError: no file at ``path``.
             CorruptFileError: the file is truncated, altered, of another format or inconsistent.
         """
+        dev = _load_device(device)
         arrays, meta = load_arrays(path, format=_FORMAT, version=_VERSION)
-        return cls._from_state(arrays, meta, torch.device(device), repr(str(path)))
+        return cls._from_state(arrays, meta, dev, repr(str(path)))
 
     @classmethod
     def _from_state(
@@ -365,7 +386,17 @@ class KNNIndex:
             if fi.d != dim or fi.ntotal != ntotal:
                 raise CorruptFileError(f"{where}: faiss index does not match the metadata")
             if device.type == "cuda":
+                if not hasattr(faiss, "index_cpu_to_gpu") or faiss_num_gpus() == 0:
+                    raise ValueError(
+                        f"{where} holds a faiss index, and this faiss has no GPU support: load "
+                        "it with device='cpu' (or install a GPU build of faiss)"
+                    )
                 fi = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, fi)
+            elif device.type != "cpu":
+                raise ValueError(
+                    f"{where} holds a faiss index, which searches on 'cpu' or 'cuda' only, "
+                    f"not on {device}"
+                )
             index._index = fi
         else:
             raise CorruptFileError(f"{where}: unknown storage {storage!r}")
@@ -396,6 +427,29 @@ def database_index(x: Tensor, search: Search = "auto", backend: Backend = "auto"
     ):
         kind = "ivf"
     return KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss").add(x)
+
+
+def _load_device(device: Any) -> torch.device:
+    """``device`` as a :class:`torch.device` an index can search on, else a ``ValueError`` /
+    ``TypeError`` naming the argument."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device={device!r} is not a device: {err}") from None
+    if dev.type == "meta":
+        raise ValueError(
+            "device='meta' holds no data, so an index there could never search; load it "
+            "onto 'cpu' or 'cuda'"
+        )
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r}: this torch has no CUDA device; use 'cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={device!r}: there are only {count} CUDA device(s)")
+    return dev
 
 
 def _to_faiss(x: Tensor):

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_features
-from .._io import CorruptFileError, load_arrays, read_format, save_arrays
+from .._io import CorruptFileError, check_path, load_arrays, read_format, save_arrays
 from .._version import __version__
 from ..graph import KNNIndex, ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
@@ -329,6 +329,7 @@ def _classes(extra: type) -> dict[str, type]:
 
 def save_reranker(r: Reranker, path: str | os.PathLike, *, include_database: bool = True) -> Path:
     """Write the fitted re-ranker ``r`` to ``path`` (see the module docstring)."""
+    path = check_path(path)
     r._check_fitted()
     w = _Writer()
     db = r.database_
@@ -369,7 +370,8 @@ def load_reranker(
     the offline-diffusion and learned re-rankers' own formats are read by their loaders."""
     from .base import Reranker
 
-    fmt = read_format(path) if Path(path).exists() else None
+    path = check_path(path)
+    fmt = read_format(path) if path.exists() else None
     if fmt is not None and fmt != FORMAT:
         from .learned import FORMAT as LEARNED_FORMAT
         from .learned import LocalDescriptorReranker

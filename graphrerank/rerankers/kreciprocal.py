@@ -2,6 +2,7 @@ r"""k-reciprocal encoding re-ranking (Zhong et al., CVPR 2017), computed sparsel
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,6 +36,29 @@ LIST_LENGTH = 500
 
 def _list_length(k1: int, k2: int, m: int) -> int:
     return min(m, max(k1 + 1, k2, LIST_LENGTH))
+
+
+def _in_range(amax: float, x: Tensor) -> bool:
+    """Whether features of largest magnitude ``amax`` have squared distances that neither
+    overflow nor underflow in ``x``'s dtype."""
+    fi = torch.finfo(x.dtype)
+    return amax == 0.0 or (
+        math.sqrt(fi.tiny) * 2**12 <= amax <= math.sqrt(fi.max / (4 * x.shape[1])) / 16
+    )
+
+
+def _feature_scale(amax: float, x: Tensor) -> float:
+    """A power of two :math:`c` that brings features of largest magnitude ``amax`` into the
+    range of :func:`_in_range` (1 where they are in it). The distances are normalised per row
+    by the row's maximum, so the result does not depend on :math:`c`; a power of two scales
+    every number exactly."""
+    if _in_range(amax, x):
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(amax)[1])
+
+
+def _amax(x: Tensor) -> float:
+    return float(x.abs().amax()) if x.numel() else 0.0
 
 
 # ----------------------------------------------------------------------------- final ranking
@@ -226,6 +250,9 @@ class KReciprocal(Reranker):
     accepts_scores = True
     candidate_scores = "negative_distance"
     needs_query_similarity = True
+    #: Strict leave-one-out: query ``i`` with the other ``N - 1`` items as gallery is the
+    #: all-vs-all graph of the ``N`` items, so it is that ranking without the own entry (exact).
+    strict_leave_one_out = "own_entry"
 
     k1: int = setting(20, Int(1))
     k2: int = setting(6, Int(1))
@@ -236,14 +263,22 @@ class KReciprocal(Reranker):
     def _test_params(cls):
         return {"k1": 6, "k2": 3}
 
-    def _nodes(self, queries, database=None):
+    def _nodes(self, queries, database=None, scale=None):
         db = self.database_ if database is None else database
         if isinstance(db, ScoreMatrix):
             return _score_nodes(db, queries, "k-reciprocal re-ranking", "distance")
+        # Features of any finite magnitude (1e30, 1e-30): scaled by a power of two whose
+        # squared distances are representable; the row-normalised distances do not change.
+        c = getattr(self, "feature_scale_", 1.0) if scale is None else scale
+        if c != 1.0:
+            db = db * c
+            queries = None if queries is None else queries * c
         return FeatureNodes(queries, db, "l2")
 
     def _fit(self, database: Tensor) -> None:
         n = database.shape[0]
+        if not isinstance(database, ScoreMatrix):
+            self.feature_scale_ = _feature_scale(_amax(database), database)
         nodes = self._nodes(None, database)
         length = _list_length(self.k1, self.k2, n)
         g = scan(
@@ -270,11 +305,18 @@ class KReciprocal(Reranker):
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
     ) -> RerankResult:
-        nodes = self._nodes(queries)
+        lists: dict[str, Tensor] | None = self._database_lists()
+        scale = None
+        if isinstance(queries, Tensor) and not isinstance(self.database_, ScoreMatrix):
+            c = getattr(self, "feature_scale_", 1.0)
+            if not _in_range(_amax(queries) * c, queries):
+                # queries of another magnitude than the database: one scale for both, and
+                # the database's lists (computed at fit at the fit's scale) computed again
+                scale = _feature_scale(max(_amax(queries), _amax(self.database_)), queries)
+                lists = None if scale != c else lists
+        nodes = self._nodes(queries, scale=scale)
         with self._progress_bar(nodes.nq or nodes.nd, "KReciprocal") as bar:
-            return _run(
-                nodes, k, self.k1, self.k2, self.lambda_value, self._database_lists(), bar=bar
-            )
+            return _run(nodes, k, self.k1, self.k2, self.lambda_value, lists, bar=bar)
 
     def encodings(self) -> Tensor:
         r"""The encodings :math:`\mathbf{V}` (after local query expansion) of the database

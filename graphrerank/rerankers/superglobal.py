@@ -74,8 +74,11 @@ class SuperGlobal(Reranker):
     Args:
         M: Shortlist length :math:`M` (400 in the reference).
         K: Neighbours :math:`K` in both refinements (9 in the reference; :math:`K + 1` with the
-            item itself).
-        beta: Weight :math:`\beta` of the neighbours in the database-side refinement (0.15).
+            item itself), smaller than ``M``; a shortlist cut short by a small database or a
+            short ``initial`` ranking uses all its items.
+        beta: Weight :math:`\beta` of the neighbours in the database-side refinement (0.15),
+            finite. Where negative similarities would make an item's weights sum to zero or
+            less (undefined in the reference), its negatively similar neighbours weigh 0.
         database_neighbors: Length :math:`L` of the database items' nearest-neighbour lists
             computed at :meth:`fit` (``None``: none; an exact search of the database in
             itself, :math:`N^2 D`). It changes speed, not results (up to ties).
@@ -131,6 +134,13 @@ class SuperGlobal(Reranker):
         return {"M": 20, "K": 3}
 
     def _fit(self, database: Tensor) -> None:
+        if isinstance(self.K, int) and isinstance(self.M, int) and self.K >= self.M:
+            # K neighbours of an item within its shortlist of M items, itself excluded: at most
+            # M - 1 (the reference's top-(K + 1) of an M x M matrix has no meaning beyond).
+            raise ValueError(
+                f"K must be smaller than M (K neighbours within a shortlist of M items), got "
+                f"K={self.K} and M={self.M}"
+            )
         check_normalized(database, "database", offer_option=False)
         self.index_ = KNNIndex(metric="ip", backend=self.backend).add(database)
         if self.database_neighbors is not None:
@@ -304,10 +314,19 @@ class SuperGlobal(Reranker):
         else:
             top_s, top_j = self._listed_neighbours(idx, valid, kk, lists, xm)
         absent = (top_s == float("-inf")) | ~valid[:, :, None]
-        w = top_s.mul_(self.beta)
-        w[..., 0] = 1.0
+        # Weights [1, beta s_i1, ..., beta s_iK] (for beta > 1 divided by beta: the same P, no
+        # overflow). Where negative similarities make them sum to <= 0 (the reference divides
+        # by zero or flips signs there), those neighbours weigh 0 instead.
+        tiny = torch.finfo(top_s.dtype).tiny
+        scale = 1.0 / max(float(self.beta), 1.0)
+        w = top_s.mul_(float(self.beta) * scale)
+        w[..., 0] = max(scale, tiny)
         w.masked_fill_(absent, 0.0)
-        w = w / w.sum(-1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)  # P, (B, m, kk)
+        total = w.sum(-1, keepdim=True)
+        if bool((total <= 0).any()):
+            w = torch.where(total <= 0, w.clamp(min=0.0), w)
+            total = w.sum(-1, keepdim=True)
+        w = w / total.clamp(min=tiny)  # P, (B, m, kk)
         del top_s, absent
         flat_j = top_j.flatten(1)
 
@@ -403,6 +422,24 @@ class SuperGlobal(Reranker):
                 depth = min(int(self.M), m, _ALL_VS_ALL_DEPTH)
                 lists = (initial.indices[:, :depth], initial.scores[:, :depth])
         return self._rerank_initial(q, initial.scores, initial.indices, k, lists)
+
+    #: Strict leave-one-out re-ranks each item's first-stage list without its own entry
+    #: (exact: the refinements only compare the shortlisted items with each other).
+    strict_leave_one_out = "masked"
+
+    def _rerank_strict(self, k: int) -> RerankResult:
+        from .base import drop_own_entry
+
+        x = self.database_
+        n = x.shape[0]
+        m = min(max(k, int(self.M)), n - 1)
+        first = RerankResult(*self.index_.search(x, m + 1))
+        lists = getattr(self, "neighbor_lists_", None)
+        if lists is None:  # the all-vs-all lists are the database items' own lists
+            depth = min(int(self.M), m + 1, _ALL_VS_ALL_DEPTH)
+            lists = (first.indices[:, :depth], first.scores[:, :depth])
+        initial = drop_own_entry(first, m)
+        return self._rerank_initial(x, initial.scores, initial.indices, k, lists)
 
     def score_candidates(self, rows: Tensor, candidates: Tensor, scores: Tensor) -> Tensor:
         """SuperGlobal scores of each database item ``rows[b]`` (as a query) against its

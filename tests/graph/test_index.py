@@ -147,3 +147,83 @@ def test_bad_use_raises():
         index.search(torch.randn(2, 4), 11)
     with pytest.raises(ValueError, match="kind must be one of"):
         KNNIndex(kind="lsh")
+
+
+# ----------------------------------------------------------------------------- hardening
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=requires_faiss)])
+def test_load_refuses_devices_it_cannot_search_on(tmp_path, backend):
+    """``load(device="meta")`` returned an index that could not search; ``device="cuda"``
+    with CPU faiss was an AttributeError."""
+    x = _clustered(50, 8)
+    path = KNNIndex(backend=backend).add(x).save(tmp_path / "i.npz")
+    with pytest.raises(ValueError, match="device='meta' holds no data"):
+        KNNIndex.load(path, device="meta")
+    with pytest.raises(ValueError, match="device='nowhere' is not a device"):
+        KNNIndex.load(path, device="nowhere")
+    with pytest.raises(TypeError, match="device must be"):
+        KNNIndex.load(path, device=0.5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            KNNIndex.load(path, device="cuda")
+    assert torch.equal(KNNIndex.load(path).search(x[:3], 2).indices[:, 0], torch.arange(3))
+
+
+@requires_faiss
+def test_faiss_index_onto_cuda_without_gpu_faiss_is_a_clear_error(tmp_path, monkeypatch):
+    """As if torch had a GPU but faiss were the CPU build (the AttributeError case)."""
+    import graphrerank.graph.index as mod
+
+    path = KNNIndex(backend="faiss").add(_clustered(50, 8)).save(tmp_path / "f.npz")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(mod, "faiss_num_gpus", lambda: 0)
+    with pytest.raises(ValueError, match="this faiss has no GPU support"):
+        KNNIndex.load(path, device="cuda")
+    with pytest.raises(ValueError, match="only 1 CUDA device"):
+        KNNIndex.load(path, device="cuda:3")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=requires_faiss)])
+def test_meta_tensors_are_refused_before_any_kernel(backend):
+    x = _clustered(20, 4)
+    m = x.to("meta")
+    with pytest.raises(ValueError, match="queries is on the meta device"):
+        knn_search(m, x, 2, backend=backend)
+    with pytest.raises(ValueError, match="database is on the meta device"):
+        knn_search(x, m, 2, backend=backend)
+    with pytest.raises(ValueError, match="vectors is on the meta device"):
+        KNNIndex(backend=backend).add(m)
+    index = KNNIndex(backend=backend).add(x)
+    with pytest.raises(ValueError, match="queries is on the meta device"):
+        index.search(m, 2)
+
+
+@requires_faiss
+@pytest.mark.parametrize(
+    ("n", "settings", "match"),
+    [
+        (100, {}, "needs at least 256 vectors, got 100; add more vectors, pass pq_nbits <= 6"),
+        (100, {"nlist": 1}, "needs at least 256 vectors"),
+        (10, {"nlist": 1, "pq_nbits": 4}, "needs at least 16 vectors, got 10"),
+        (300, {"nlist": 1, "train_size": 10}, r"got 10 \(train_size=10\)"),
+        (50, {"nlist": 100}, "needs at least nlist=100 vectors, got 50"),
+        (300, {"nlist": 1, "pq_m": 3}, "pq_m=3 must divide the dimension 8"),
+    ],
+)
+def test_ivfpq_training_preconditions_are_clear_errors(n, settings, match):
+    """IVF-PQ on fewer than 256 vectors (8-bit codes) raised faiss' C++ error."""
+    kind = "ivf" if settings.get("nlist") == 100 else "ivfpq"
+    x = _clustered(n, 8)
+    with pytest.raises(ValueError, match=match):
+        KNNIndex(kind=kind, **settings).add(x)
+
+
+@requires_faiss
+def test_ivfpq_with_enough_vectors_for_its_codes_trains():
+    x = _clustered(300, 8)
+    for nbits in (4, 8):
+        index = KNNIndex(kind="ivfpq", nlist=2, pq_nbits=nbits).add(x)
+        out = index.search(x[:5], 3)
+        assert out.indices.shape == (5, 3) and (out.indices >= 0).all()
+    small = KNNIndex(kind="ivfpq", nlist=1, pq_nbits=4).add(x[:16])  # exactly 2**4
+    assert len(small) == 16
