@@ -16,7 +16,7 @@ mapping ``{"name": ranking}``, e.g. ``{"kNN": before, "Diffusion": after}``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import as_tensor, check_int
+from ._checks import check_int, check_real
 from ._imports import require
 from ._progress import Progress
-from .metrics import class_map
-from .metrics.classes import _class_hits
+from .metrics._validate import as_array, check_labels, check_ranking
+from .metrics.ap import _average_precision
+from .metrics.classes import _class_hits, _require_positives
 from .typing import TensorLike
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,16 +61,15 @@ def _pyplot():
     return require("matplotlib.pyplot", "graphrerank.plot", "examples")
 
 
+#: Most recall levels of a precision-recall curve (far more than a figure can show).
+_MAX_LEVELS = 2**16
+
+
 def _indices(ranking: Any, name: str) -> Tensor:
     """The ``(Q, K)`` int64 indices of a ranking given as a result tuple or an array."""
     if isinstance(ranking, tuple) and hasattr(ranking, "indices"):  # RerankResult, KNNResult
         ranking = ranking.indices
-    t = as_tensor(ranking, name)
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be a (num_queries, k) ranking, got shape {tuple(t.shape)}")
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer database indices, got dtype {t.dtype}")
-    return t.long()
+    return check_ranking(ranking, name)
 
 
 def _rankings(rankings: Any) -> dict[str, Tensor]:
@@ -78,6 +78,11 @@ def _rankings(rankings: Any) -> dict[str, Tensor]:
         if not rankings:
             raise ValueError("rankings is empty: give at least one ranking")
         out = {str(k): _indices(v, f"rankings[{k!r}]") for k, v in rankings.items()}
+    elif rankings is None or isinstance(rankings, (str, bytes, int, float)):
+        raise TypeError(
+            "rankings must be a ranking ((Q, K) indices or a result with .indices) or a "
+            f"mapping {{name: ranking}}, got {type(rankings).__name__}"
+        )
     else:
         out = {"ranking": _indices(rankings, "rankings")}
     shapes = {tuple(v.shape[:1]) for v in out.values()}
@@ -87,6 +92,27 @@ def _rankings(rankings: Any) -> dict[str, Tensor]:
             f"{ {k: v.shape[0] for k, v in out.items()} }"
         )
     return out
+
+
+def _images(x: Any, name: str) -> np.ndarray:
+    """Validated ``(N, H, W)`` or ``(N, H, W, C)`` images with finite values, as numpy."""
+    t = as_array(x, name)
+    if t.is_complex():
+        raise TypeError(f"{name} must hold real pixel values, got dtype {t.dtype}")
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    elif t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    if t.dim() not in (3, 4) or (t.dim() == 4 and t.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"{name} must be (N, H, W) grey or (N, H, W, 3 or 4) colour images, got shape "
+            f"{tuple(t.shape)}"
+        )
+    if 0 in t.shape:
+        raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite pixel values")
+    return t.detach().cpu().numpy()
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -125,12 +151,12 @@ def precision_recall_curve(
         num_levels: Number :math:`L \ge 2` of recall levels (11: the classic 11-point curve).
 
     Returns:
-        ``(recall, precision)``, each :math:`(L,)` float64 on the device of ``indices``;
-        precision is NaN when no query has a positive.
+        ``(recall, precision)``, each :math:`(L,)` float64 on the device of ``indices``.
 
     Raises:
         TypeError: non-integer inputs.
-        ValueError: wrong or mismatched shapes, indices out of range, ``num_levels < 2``.
+        ValueError: wrong or mismatched shapes, indices out of range, ``num_levels`` outside
+            ``[2, 65536]``, no query with a positive.
 
     Example:
         >>> labels = torch.tensor([0, 0, 1, 1])
@@ -142,8 +168,16 @@ def precision_recall_curve(
         >>> precision  # queries 0 and 3 find their positive second, 1 and 2 first
         tensor([0.7500, 0.7500, 0.7500], dtype=torch.float64)
     """
-    num_levels = check_int(num_levels, "num_levels", low=2)
+    num_levels = check_int(num_levels, "num_levels", low=2, high=_MAX_LEVELS)
     hits, num_pos = _class_hits(indices, database_labels, query_labels, leave_one_out)
+    return _curve(hits, num_pos, query_labels, leave_one_out, num_levels)
+
+
+def _curve(
+    hits: Tensor, num_pos: Tensor, query_labels: Any, leave_one_out: bool, num_levels: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`precision_recall_curve` of validated hits."""
+    _require_positives(num_pos, query_labels, bool(leave_one_out))
     device = hits.device
     kept = hits >= 0
     tp = hits.clamp(min=0).long().cumsum(1)
@@ -160,8 +194,6 @@ def precision_recall_curve(
     curves = best_after.gather(1, first)
     valid = num_pos > 0
     recall = steps.double() / (num_levels - 1)
-    if not bool(valid.any()):
-        return recall, torch.full_like(recall, float("nan"))
     return recall, curves[valid].mean(0)
 
 
@@ -226,23 +258,53 @@ def parameter_sweep(
             f"reranker must be a Reranker instance or class, got {type(reranker).__name__}"
         )
     valid = list(cls.default_params())
-    if parameter not in valid:
-        raise ValueError(f"{cls.__name__} has no setting {parameter!r}; valid: {sorted(valid)}")
+    if not isinstance(parameter, str) or parameter not in valid:
+        raise ValueError(
+            f"parameter={parameter!r}: {cls.__name__} has no setting {parameter!r}; valid: "
+            f"{sorted(valid)}"
+        )
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"values must be a sequence of values to try, got {values!r}")
     values = list(values)
     if not values:
         raise ValueError("values is empty: give at least one value to try")
     if score is None and labels is None:
         raise ValueError("pass labels (for the class mAP) or a score function")
+    if score is not None and not callable(score):
+        raise TypeError(f"score must be a function of the ranked indices, got {score!r}")
+    if k is not None:
+        k = check_int(k, "k", low=1)
+    if queries is not None and query_labels is None and score is None:
+        raise ValueError("queries needs query_labels for the class mAP (or pass a score function)")
     out = []
     with Progress(len(values), f"{cls.__name__}: {parameter}", show=progress) as bar:
         for value in values:
             model = cls(**{**params, parameter: value}).fit(database)
             n = model.n_database_
+            if score is None and labels is not None:
+                labels = check_labels(labels, "labels", length=n, what="the fitted database")
             result = model.rerank(queries, n if k is None else k)
             if score is None:
-                m = class_map(result.indices, labels, query_labels, leave_one_out=queries is None)
+                hits, num_pos = _class_hits(
+                    result.indices,
+                    labels,
+                    query_labels,
+                    queries is None,
+                    indices_name="the ranking",
+                )
+                _require_positives(num_pos, query_labels, queries is None)
+                m = float(_average_precision(hits, num_pos, "step")[num_pos > 0].mean())
             else:
-                m = float(score(result.indices))
+                m = score(result.indices)
+                if isinstance(m, Tensor) and m.numel() == 1:
+                    m = m.item()
+                if isinstance(m, (bool, str, bytes)) or not isinstance(m, Real):
+                    raise TypeError(
+                        f"score must return a number, got {m!r} for {parameter}={value!r}"
+                    )
+                m = float(m)
+                if not math.isfinite(m):
+                    raise ValueError(f"score returned {m} for {parameter}={value!r}")
             out.append((value, m))
             bar.update(1)
     return out
@@ -290,12 +352,20 @@ def precision_recall(
         ValueError: see :func:`precision_recall_curve`; rankings with different query counts.
     """
     rankings = _rankings(rankings)
-    fig, ax = _axes(ax, (5.0, 4.0))
+    num_levels = check_int(num_levels, "num_levels", low=2, high=_MAX_LEVELS)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {title!r}")
+    curves = {}
     for name, idx in rankings.items():
-        recall, precision = precision_recall_curve(
-            idx, database_labels, query_labels, leave_one_out=leave_one_out, num_levels=num_levels
+        label = "rankings" if len(rankings) == 1 and name == "ranking" else f"rankings[{name!r}]"
+        hits, num_pos = _class_hits(
+            idx, database_labels, query_labels, leave_one_out, indices_name=label
         )
-        m = class_map(idx, database_labels, query_labels, leave_one_out=leave_one_out)
+        recall, precision = _curve(hits, num_pos, query_labels, leave_one_out, num_levels)
+        m = float(_average_precision(hits, num_pos, "step")[num_pos > 0].mean())
+        curves[name] = recall, precision, m
+    fig, ax = _axes(ax, (5.0, 4.0))
+    for name, (recall, precision, m) in curves.items():
         ax.plot(
             _numpy(recall),
             _numpy(precision),
@@ -346,7 +416,10 @@ def map_vs_parameter(
 
     Raises:
         ImportError: matplotlib is not installed.
-        ValueError: empty results, or an mAP that is not a number.
+        TypeError: ``results`` is not a sequence of pairs; ``baseline``, ``logx``,
+            ``parameter`` or ``title`` of the wrong type.
+        ValueError: empty results, an mAP that is not a finite number, a non-finite
+            ``baseline``.
 
     Example:
         >>> fig = map_vs_parameter([(5, 0.70), (10, 0.74), (20, 0.72)], parameter="k")
@@ -357,20 +430,45 @@ def map_vs_parameter(
         '74.00'
         >>> import matplotlib.pyplot as plt; plt.close(fig)
     """
-    curves = dict(results) if isinstance(results, Mapping) else {"": results}
-    if not curves or any(len(list(c)) == 0 for c in curves.values()):
+
+    def pairs_of(c: Any, name: str) -> list[Any]:
+        if isinstance(c, (str, bytes, Mapping)) or not isinstance(c, Iterable):
+            raise TypeError(
+                f"{name} must be a sequence of (value, mAP) pairs, got {type(c).__name__}"
+            )
+        return list(c)
+
+    curves = (
+        {k: pairs_of(v, f"results[{k!r}]") for k, v in results.items()}
+        if isinstance(results, Mapping)
+        else {"": pairs_of(results, "results")}
+    )
+    if not curves or any(len(c) == 0 for c in curves.values()):
         raise ValueError("results is empty: give (value, mAP) pairs")
+    if baseline is not None:
+        baseline = check_real(baseline, "baseline")
+        if not math.isfinite(baseline):
+            raise ValueError(f"baseline must be a finite mAP, got {baseline}")
+    if logx is not None and not isinstance(logx, (bool, np.bool_)):
+        raise TypeError(f"logx must be True, False or None, got {logx!r}")
+    for name, text in (("parameter", parameter), ("title", title)):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"{name} must be a string, got {text!r}")
     clean: dict[str, tuple[list[Any], list[float]]] = {}
     for label, pairs in curves.items():
         xs, ys = [], []
         for pair in pairs:
             try:
                 value, m = pair
+                if isinstance(m, (bool, str, bytes)) or not isinstance(m, Real):
+                    raise TypeError
                 m = float(m)
             except (TypeError, ValueError):
                 raise ValueError(
                     f"results must hold (value, mAP) pairs with a numeric mAP, got {pair!r}"
                 ) from None
+            if not math.isfinite(m):
+                raise ValueError(f"results holds a non-finite mAP {m} (at value {value!r})")
             xs.append(value)
             ys.append(m)
         clean[str(label)] = (xs, ys)
@@ -468,34 +566,75 @@ def ranked_lists(
 
     Raises:
         ImportError: matplotlib is not installed.
-        ValueError: bad shapes, a query row out of range, ``k < 1``.
+        TypeError: non-integer rankings, labels or query rows; images that are not real arrays.
+        ValueError: bad shapes, non-finite pixels, indices or a query row out of range,
+            ``k`` outside ``[1, max(K, 8)]``, a label without a name in ``class_names``.
     """
     plt = _pyplot()
     rankings = _rankings(rankings)
-    k = check_int(k, "k", low=1)
-    imgs = _numpy(images)
-    if imgs.ndim not in (3, 4):
-        raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {imgs.shape}")
+    imgs = _images(images, "images")
+    n = imgs.shape[0]
+    for name, idx in rankings.items():
+        label = "rankings" if len(rankings) == 1 and name == "ranking" else f"rankings[{name!r}]"
+        check_ranking(idx, label, num_items=n, what="images")
+    width = max(v.shape[1] for v in rankings.values())
+    k = check_int(k, "k", low=1, high=max(width, 8))  # beyond the ranking: blank cells
+    image_size = check_real(image_size, "image_size", low=0, low_open=True)
+    if not math.isfinite(image_size):
+        raise ValueError(f"image_size must be finite, got {image_size}")
+    if not isinstance(cmap, str):
+        raise TypeError(f"cmap must be the name of a matplotlib colour map, got {cmap!r}")
+    if exclude_self is not None and not isinstance(exclude_self, (bool, np.bool_)):
+        raise TypeError(f"exclude_self must be True, False or None, got {exclude_self!r}")
     all_vs_all = query_images is None and query_labels is None
     if exclude_self is None:
         exclude_self = all_vs_all
-    q_imgs = imgs if query_images is None else _numpy(query_images)
-    db_labels = None if labels is None else _numpy(as_tensor(labels, "labels")).reshape(-1)
-    if db_labels is not None and db_labels.shape[0] != imgs.shape[0]:
-        raise ValueError(f"labels has {db_labels.shape[0]} entries but images has {imgs.shape[0]}")
+    num_queries = next(iter(rankings.values())).shape[0]
+    if query_images is None:
+        q_imgs = imgs
+    else:
+        q_imgs = _images(query_images, "query_images")
+    db_labels = None
+    if labels is not None:
+        db_labels = _numpy(check_labels(labels, "labels", length=n, what="images"))
     if query_labels is not None:
-        q_labels = _numpy(as_tensor(query_labels, "query_labels")).reshape(-1)
+        q_labels = _numpy(
+            check_labels(query_labels, "query_labels", length=num_queries, what="rankings (rows)")
+        )
     else:
         q_labels = db_labels if all_vs_all else None
-    queries = [queries] if isinstance(queries, (int, np.integer)) else list(queries)
+    if class_names is not None:
+        if isinstance(class_names, np.ndarray) and class_names.ndim == 1:
+            class_names = class_names.tolist()  # e.g. a dataset's array of names
+        if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
+            raise TypeError(f"class_names must be a sequence of names, got {class_names!r}")
+        for what, lab in (("labels", db_labels), ("query_labels", q_labels)):
+            if lab is not None and lab.size and (lab.min() < 0 or lab.max() >= len(class_names)):
+                raise ValueError(
+                    f"{what} holds class {int(lab.max() if lab.max() >= 0 else lab.min())}, "
+                    f"which has no entry in class_names ({len(class_names)} names)"
+                )
+    if isinstance(queries, (int, np.integer)) and not isinstance(queries, bool):
+        queries = [queries]
+    elif isinstance(queries, Tensor) and queries.dim() == 0:
+        queries = [queries.item()]
+    elif isinstance(queries, (str, bytes)) or not isinstance(queries, Iterable):
+        raise TypeError(f"queries must be a query row or a sequence of rows, got {queries!r}")
+    queries = [
+        check_int(q.item() if isinstance(q, Tensor) and q.dim() == 0 else q, "queries")
+        for q in queries
+    ]
     if not queries:
         raise ValueError("queries is empty: name at least one query row")
-    num_queries = next(iter(rankings.values())).shape[0]
     for q in queries:
-        if not 0 <= int(q) < num_queries:
-            raise ValueError(f"query row {q} is out of range for rankings of {num_queries} rows")
-        if q_imgs is not None and int(q) >= q_imgs.shape[0]:
-            raise ValueError(f"query row {q} has no image: query_images has {q_imgs.shape[0]}")
+        if not 0 <= q < num_queries:
+            raise ValueError(
+                f"queries: query row {q} is out of range for rankings of {num_queries} rows"
+            )
+        if q >= q_imgs.shape[0]:
+            raise ValueError(
+                f"queries holds row {q}, which has no image: query_images has {q_imgs.shape[0]}"
+            )
 
     def name_of(label: Any) -> str:
         if class_names is not None:

@@ -92,8 +92,8 @@ def test_precision_recall_curve_errors():
         plot.precision_recall_curve(torch.tensor([[0.0, 1.0]]), labels, torch.tensor([0]))
     with pytest.raises(ValueError, match="out of range"):
         plot.precision_recall_curve(torch.tensor([[0, 5]]), labels, torch.tensor([0]))
-    _, p = plot.precision_recall_curve(torch.tensor([[0, 1]]), labels, torch.tensor([7]))
-    assert torch.isnan(p).all()  # no query has a positive
+    with pytest.raises(ValueError, match="no query has a positive"):
+        plot.precision_recall_curve(torch.tensor([[0, 1]]), labels, torch.tensor([7]))
 
 
 # --------------------------------------------------------------------------- sweeps

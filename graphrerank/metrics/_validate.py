@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,11 +21,35 @@ def _is_integer(t: Tensor) -> bool:
     return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
 
 
-def check_ranking(indices: Any, name: str = "indices", *, num_items: int | None = None) -> Tensor:
-    """Validate a ``(Q, K)`` integer ranking; ``-1`` marks padding (nothing retrieved)."""
-    t = as_tensor(indices, name)
-    if t.is_sparse or t.layout != torch.strided:
+def as_array(x: Any, name: str) -> Tensor:
+    """``x`` as a dense tensor with values: numpy arrays of strings / objects, sparse layouts
+    and ``meta`` tensors (which hold no values) are refused, naming ``name``."""
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be a numeric array, got a numpy array of dtype {x.dtype}")
+    t = as_tensor(x, name)
+    if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}")
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device, which holds no values; metrics need real data"
+        )
+    return t
+
+
+def check_ranking(
+    indices: Any,
+    name: str = "indices",
+    *,
+    num_items: int | None = None,
+    what: str = "a database",
+    unique: bool = False,
+) -> Tensor:
+    """Validate a ``(Q, K)`` integer ranking; ``-1`` marks padding (nothing retrieved).
+
+    ``what`` names the argument that sets ``num_items`` in the out-of-range message;
+    ``unique=True`` refuses a row that repeats an index (it would count a positive twice).
+    """
+    t = as_array(indices, name)
     if not _is_integer(t):
         raise TypeError(f"{name} must hold integer database indices, got dtype {t.dtype}")
     if t.dim() != 2:
@@ -43,15 +68,25 @@ def check_ranking(indices: Any, name: str = "indices", *, num_items: int | None 
         high = int(t.max())
         if high >= num_items:
             raise ValueError(
-                f"{name} contains {high}, out of range for a database of {num_items} item(s) "
+                f"{name} contains {high}, out of range for {what} of {num_items} item(s) "
                 f"(valid: 0..{num_items - 1}, or -1 for padding)"
             )
-    return t.long()
+    t = t.long()
+    if unique and t.shape[1] > 1:
+        s = t.sort(dim=1).values
+        rep = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+        if bool(rep.any()):
+            row, col = (int(v) for v in rep.nonzero()[0])
+            raise ValueError(
+                f"{name} repeats index {int(s[row, col])} in row {row}; a ranked list must not "
+                "list an item twice (it would be counted twice)"
+            )
+    return t
 
 
 def check_labels(x: Any, name: str, *, length: int | None = None, what: str = "") -> Tensor:
     """Validate a 1-D integer label vector; ``(1, n)`` and ``(n, 1)`` (MATLAB files) are flattened."""
-    t = as_tensor(x, name)
+    t = as_array(x, name)
     if t.dim() == 2 and 1 in t.shape:
         t = t.reshape(-1)
     if t.dim() != 1:

@@ -12,9 +12,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import as_tensor, check_in, check_int, check_same_device
+from .._checks import check_in, check_int, check_same_device
 from ..typing import TensorLike
-from ._validate import _is_integer, check_ranking, follow
+from ._validate import _is_integer, as_array, check_ranking, follow
 
 __all__ = ["INTERPOLATIONS", "average_precision", "hits_from_relevance", "rank_by_scores"]
 
@@ -76,7 +76,7 @@ def average_precision(
         tensor([0.7917, 0.1250], dtype=torch.float64)
     """
     check_in(interpolation, "interpolation", INTERPOLATIONS)
-    h = as_tensor(hits, "hits")
+    h = as_array(hits, "hits")
     if h.dim() != 2:
         raise ValueError(f"hits must be a 2-D (num_queries, k) array, got shape {tuple(h.shape)}")
     if h.shape[0] == 0 or h.shape[1] == 0:
@@ -90,7 +90,7 @@ def average_precision(
         raise ValueError(
             f"hits must hold only 1 (positive), 0 (negative) or -1 (junk), got {int(h[bad][0])}"
         )
-    p = as_tensor(num_positives, "num_positives")
+    p = as_array(num_positives, "num_positives")
     if p.dim() != 1 or p.shape[0] != h.shape[0]:
         raise ValueError(
             f"num_positives must have shape ({h.shape[0]},) (one count per row of hits), got "
@@ -100,6 +100,9 @@ def average_precision(
         raise TypeError(f"num_positives must hold integer counts, got dtype {p.dtype}")
     p = follow(num_positives, p, h.device)
     check_same_device(hits=h, num_positives=p)
+    if bool((p < 0).any()):
+        q = int((p < 0).nonzero()[0])
+        raise ValueError(f"num_positives must be >= 0, got num_positives[{q}]={int(p[q])}")
     retrieved = (h == 1).sum(1)
     short = p < retrieved
     if bool(short.any()):
@@ -135,7 +138,7 @@ def hits_from_relevance(indices: TensorLike, relevance: TensorLike) -> Tensor:
         >>> hits_from_relevance(torch.tensor([[3, 2, 0, -1]]), rel)
         tensor([[ 1, -1,  0, -1]], dtype=torch.int8)
     """
-    rel = as_tensor(relevance, "relevance")
+    rel = as_array(relevance, "relevance")
     if rel.dim() != 2:
         raise ValueError(
             f"relevance must be a 2-D (num_queries, num_database) array, got shape "
@@ -148,7 +151,7 @@ def hits_from_relevance(indices: TensorLike, relevance: TensorLike) -> Tensor:
     if rel.numel() and bool(((rel < -1) | (rel > 1)).any()):
         bad = rel[(rel < -1) | (rel > 1)][0]
         raise ValueError(f"relevance must hold only 1, 0 or -1, got {int(bad)}")
-    idx = check_ranking(indices, "indices", num_items=rel.shape[1])
+    idx = check_ranking(indices, "indices", num_items=rel.shape[1], what="relevance (columns)")
     if idx.shape[0] != rel.shape[0]:
         raise ValueError(
             f"indices has {idx.shape[0]} rows (queries) but relevance has {rel.shape[0]}"
@@ -185,7 +188,7 @@ def rank_by_scores(scores: TensorLike, k: int | None = None) -> Tensor:
         >>> rank_by_scores(torch.tensor([[0.1, 0.9, 0.5, 0.9]]), k=3)
         tensor([[1, 3, 2]])
     """
-    s = as_tensor(scores, "scores")
+    s = as_array(scores, "scores")
     if not s.is_floating_point():
         raise TypeError(f"scores must be floating point, got dtype {s.dtype}")
     if s.dim() != 2:

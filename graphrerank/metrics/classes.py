@@ -23,32 +23,38 @@ __all__ = ["class_average_precision", "class_map", "recall_at_k"]
 
 
 def _class_hits(
-    indices: Any, database_labels: Any, query_labels: Any, leave_one_out: bool
+    indices: Any,
+    database_labels: Any,
+    query_labels: Any,
+    leave_one_out: bool,
+    *,
+    indices_name: str = "indices",
 ) -> tuple[Tensor, Tensor]:
-    """Validated ``(hits (Q, K) int8, num_positives (Q,))``."""
+    """Validated ``(hits (Q, K) int8, num_positives (Q,))``; messages call the ranking
+    ``indices_name``."""
     if not isinstance(leave_one_out, (bool, np.bool_)):
         raise TypeError(f"leave_one_out must be True or False, got {leave_one_out!r}")
     db = check_labels(database_labels, "database_labels")
     n = db.shape[0]
-    idx = check_ranking(indices, "indices", num_items=n)
+    idx = check_ranking(indices, indices_name, num_items=n, what="database_labels", unique=True)
     db = follow(database_labels, db, idx.device)
     nq = idx.shape[0]
     if query_labels is None:
         if nq != n:
             raise ValueError(
-                f"query_labels=None means all-vs-all (query i is database item i), so indices "
-                f"needs {n} rows (one per database item), got {nq}; pass query_labels for "
-                "separate queries"
+                f"query_labels=None means all-vs-all (query i is database item i), so "
+                f"{indices_name} needs {n} rows (one per database item of database_labels), got "
+                f"{nq}; pass query_labels for separate queries"
             )
         q = db
     else:
-        q = check_labels(query_labels, "query_labels", length=nq, what="indices (rows)")
+        q = check_labels(query_labels, "query_labels", length=nq, what=f"{indices_name} (rows)")
         q = follow(query_labels, q, idx.device)
     leave_one_out = bool(leave_one_out)
     if leave_one_out and nq != n:
         raise ValueError(
-            f"leave_one_out=True needs query i to be database item i, so indices needs {n} rows "
-            f"(the database size), got {nq}"
+            f"leave_one_out=True needs query i to be database item i, so {indices_name} needs "
+            f"{n} rows (the size of database_labels), got {nq}"
         )
     check_same_device(indices=idx, database_labels=db, query_labels=q)
 
@@ -65,6 +71,18 @@ def _class_hits(
         junk = junk | (idx == self_[:, None])
         num_pos = num_pos - (q == db).long()
     return hits.masked_fill_(junk, -1), num_pos
+
+
+def _require_positives(num_pos: Tensor, query_labels: Any, leave_one_out: bool) -> None:
+    """Refuse to average over no query: a mean of nothing is not a score."""
+    if bool((num_pos > 0).any()):
+        return
+    queries = "query_labels" if query_labels is not None else "database_labels (the queries)"
+    extra = " apart from the query itself (leave_one_out=True)" if leave_one_out else ""
+    raise ValueError(
+        f"no query has a positive: no label of {queries} occurs in database_labels{extra}, so "
+        "there is nothing to average; check that the labels belong to this database"
+    )
 
 
 def class_average_precision(
@@ -138,11 +156,12 @@ def class_map(
         interpolation: ``"step"`` or ``"trapezoid"``.
 
     Returns:
-        The mAP as a fraction in [0, 1]; NaN when no query has a positive.
+        The mAP as a fraction in [0, 1].
 
     Raises:
         TypeError: see :func:`class_average_precision`.
-        ValueError: see :func:`class_average_precision`.
+        ValueError: see :func:`class_average_precision`; no query has a positive (the mean
+            would be over no query).
 
     Example:
         >>> labels = torch.tensor([0, 0, 1, 1])
@@ -150,15 +169,11 @@ def class_map(
         >>> class_map(indices, labels, leave_one_out=True)
         0.75
     """
-    ap = class_average_precision(
-        indices,
-        database_labels,
-        query_labels,
-        leave_one_out=leave_one_out,
-        interpolation=interpolation,
-    )
-    valid = ~ap.isnan()
-    return float(ap[valid].mean()) if bool(valid.any()) else float("nan")
+    check_in(interpolation, "interpolation", INTERPOLATIONS)
+    hits, num_pos = _class_hits(indices, database_labels, query_labels, leave_one_out)
+    _require_positives(num_pos, query_labels, bool(leave_one_out))
+    ap = _average_precision(hits, num_pos, interpolation)
+    return float(ap[num_pos > 0].mean())
 
 
 def recall_at_k(
@@ -188,11 +203,12 @@ def recall_at_k(
         leave_one_out: Ignore database item :math:`i` for query :math:`i` (needs :math:`Q = N`).
 
     Returns:
-        ``{k: recall}`` as fractions in [0, 1] (NaN when no query has a positive).
+        ``{k: recall}`` as fractions in [0, 1].
 
     Raises:
         TypeError: non-integer inputs or cut-offs.
-        ValueError: see :func:`class_average_precision`; a cut-off larger than :math:`K`.
+        ValueError: see :func:`class_average_precision`; a cut-off larger than :math:`K`; no
+            query has a positive.
 
     Example:
         >>> labels = torch.tensor([0, 0, 1, 1])
@@ -208,9 +224,7 @@ def recall_at_k(
         raise ValueError(
             f"ks contains {too_long[0]} but the rankings hold only {width} item(s) per query"
         )
+    _require_positives(num_pos, query_labels, bool(leave_one_out))
     first = _positives(hits).first
-    valid = num_pos > 0
-    if not bool(valid.any()):
-        return dict.fromkeys(ks, float("nan"))
-    fv = first[valid]
+    fv = first[num_pos > 0]
     return {k: float((fv <= k).double().mean()) for k in ks}

@@ -17,7 +17,7 @@ __all__ = ["ReIDResult", "reid_metrics"]
 
 @dataclass(frozen=True)
 class ReIDResult:
-    r"""Re-ID scores; every value is a fraction in [0, 1] (NaN when no query is valid).
+    r"""Re-ID scores; every value is a fraction in [0, 1].
 
     Attributes:
         map: Mean average precision over the valid queries.
@@ -88,7 +88,8 @@ def reid_metrics(
         query_cams: :math:`(Q,)` integer cameras of the queries.
         gallery_ids: :math:`(G,)` integer identities (``-1``: junk image).
         gallery_cams: :math:`(G,)` integer cameras.
-        max_rank: Length of the returned CMC curve.
+        max_rank: Length of the returned CMC curve, at most :math:`\max(G, 50)` (the curve is
+            constant beyond the gallery size :math:`G`).
         interpolation: AP form, ``"step"`` (torchreid / fast-reid, default) or ``"trapezoid"``.
 
     The label vectors may also be ``(1, n)`` or ``(n, 1)`` as stored in MATLAB files.
@@ -100,7 +101,8 @@ def reid_metrics(
     Raises:
         TypeError: non-integer inputs.
         ValueError: wrong or mismatched shapes, empty input, indices out of range, bad
-            ``max_rank`` or ``interpolation``, inputs on different devices.
+            ``max_rank`` or ``interpolation``, inputs on different devices; no query has a
+            positive (every mean would be over no query).
 
     Example:
         >>> indices = torch.tensor([[0, 1, 2, 3], [1, 3, 2, 0]])
@@ -116,8 +118,15 @@ def reid_metrics(
     max_rank = check_int(max_rank, "max_rank", low=1)
     g_ids = check_labels(gallery_ids, "gallery_ids")
     g_cams = check_labels(gallery_cams, "gallery_cams", length=g_ids.shape[0], what="gallery_ids")
-    idx = check_ranking(indices, "indices", num_items=g_ids.shape[0])
+    idx = check_ranking(
+        indices, "indices", num_items=g_ids.shape[0], what="gallery_ids", unique=True
+    )
     nq = idx.shape[0]
+    if max_rank > max(g_ids.shape[0], 50):  # the CMC is constant beyond the gallery size
+        raise ValueError(
+            f"max_rank={max_rank} is larger than the gallery ({g_ids.shape[0]} items) and than "
+            "the default 50; the CMC curve is constant beyond the gallery size"
+        )
     q_ids = check_labels(query_ids, "query_ids", length=nq, what="indices (rows)")
     q_cams = check_labels(query_cams, "query_cams", length=nq, what="indices (rows)")
     g_ids, g_cams = follow(gallery_ids, g_ids, idx.device), follow(gallery_cams, g_cams, idx.device)
@@ -150,14 +159,16 @@ def reid_metrics(
     inp = torch.where(valid, inp, nan)
 
     if nv == 0:
-        cmc = torch.full((max_rank,), float("nan"), dtype=torch.float64, device=idx.device)
-        m = minp = r1 = r5 = r10 = float("nan")
-    else:
-        ranks = torch.arange(1, max_rank + 1, device=idx.device)
-        fv = first[valid]
-        cmc = (fv[:, None] <= ranks).double().mean(0)
-        m, minp = float(ap[valid].mean()), float(inp[valid].mean())
-        r1, r5, r10 = (float((fv <= r).double().mean()) for r in (1, 5, 10))
+        raise ValueError(
+            f"no query has a positive: none of the {nq} queries' identities occurs in "
+            "gallery_ids under another camera (same id and camera is junk), so there is "
+            "nothing to average; check query_ids / gallery_ids and the cameras"
+        )
+    ranks = torch.arange(1, max_rank + 1, device=idx.device)
+    fv = first[valid]
+    cmc = (fv[:, None] <= ranks).double().mean(0)
+    m, minp = float(ap[valid].mean()), float(inp[valid].mean())
+    r1, r5, r10 = (float((fv <= r).double().mean()) for r in (1, 5, 10))
     return ReIDResult(
         map=m,
         cmc=cmc,

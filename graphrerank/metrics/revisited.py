@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import as_tensor, check_in, check_int
+from .._checks import check_in, check_int
 from ..typing import TensorLike
-from ._validate import _is_integer, check_ks, check_ranking
+from ._validate import _is_integer, as_array, check_ks, check_ranking
 from .ap import _average_precision, _positives
 
 __all__ = [
@@ -55,7 +55,9 @@ class ProtocolResult:
     """Scores of one protocol (Easy, Medium or Hard); all values are fractions in [0, 1].
 
     Attributes:
-        map: Mean AP over the queries with at least one positive (NaN if there is none).
+        map: Mean AP over the queries with at least one positive; NaN (with
+            ``num_queries == 0``) for a protocol under which no query has a positive (e.g.
+            Easy when the ground truth lists only hard images).
         mp_at_k: ``{kappa: mean precision at kappa}`` over the same queries.
         ap: :math:`(Q,)` float64 AP of every query, NaN for the queries left out.
         precision: :math:`(Q, len(kappas))` float64 precision at each kappa, NaN rows for the
@@ -122,11 +124,25 @@ def _gnd_list(gnd: Any) -> tuple[Sequence[Mapping[str, Any]], int | None]:
 
 
 def _gnd_indices(q: Mapping[str, Any], key: str, i: int) -> np.ndarray:
-    a = np.asarray(q[key]).reshape(-1)
+    value = q[key]
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.device.type == "meta":
+            raise TypeError(
+                f"gnd[{i}][{key!r}] must be a list or array of indices, got a "
+                f"{value.layout} tensor on {value.device}"
+            )
+        value = value.detach().cpu().numpy()
+    try:
+        a = np.asarray(value).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"gnd[{i}][{key!r}] must be a list or array of indices: {err}") from None
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
+        raise TypeError(f"gnd[{i}][{key!r}] must hold integer indices, got dtype {a.dtype}")
     if not np.issubdtype(a.dtype, np.integer):
-        if np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
+        finite = np.issubdtype(a.dtype, np.floating) and bool(np.isfinite(a).all())
+        if finite and np.all(a == np.round(a)):
             a = a.astype(np.int64)
         else:
             raise TypeError(f"gnd[{i}][{key!r}] must hold integer indices, got dtype {a.dtype}")
@@ -183,10 +199,24 @@ def relevance_from_gnd(
     check_in(protocol, "protocol", tuple(PROTOCOLS))
     gnd, _ = _gnd_list(gnd)
     num_database = check_int(num_database, "num_database", low=1)
-    device = torch.device("cpu") if device is None else torch.device(device)
+    if len(gnd) * num_database > _DENSE_LIMIT:
+        raise ValueError(
+            f"num_database={num_database} with {len(gnd)} queries would need a dense "
+            f"({len(gnd)}, {num_database}) relevance matrix of more than {_DENSE_LIMIT:,} "
+            "entries; pass the real database size (revisited_map needs no dense matrix)"
+        )
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a torch.device or a string, got {device!r}")
+    try:
+        device = torch.device("cpu") if device is None else torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a valid device: {err}") from None
     codes = _gnd_codes(gnd, num_database, device)
     return _relevance_of_codes(codes, protocol)
 
+
+#: Largest dense (Q, N) relevance matrix :func:`relevance_from_gnd` builds.
+_DENSE_LIMIT = 2**32
 
 #: Bit of each ground-truth list in the per-image codes of :func:`_gnd_codes`.
 _BITS = {"easy": 1, "hard": 2, "junk": 4}
@@ -221,6 +251,34 @@ def _gnd_codes(gnd: Sequence[Mapping[str, Any]], num_database: int, device: torc
     return codes
 
 
+def _gnd_sparse_codes(gnd: Sequence[Mapping[str, Any]], num_database: int) -> tuple[Tensor, Tensor]:
+    """The nonzero entries of :func:`_gnd_codes` without the dense matrix.
+
+    Returns ``(keys, codes)``: sorted int64 keys ``query * num_database + image`` of the images
+    named in a query's lists, and the uint8 OR of the bits of the lists holding each.
+    """
+    if len(gnd) * num_database >= 2**59:
+        raise ValueError(
+            f"num_database={num_database} is too large for {len(gnd)} queries (an index "
+            "would overflow 64 bits); pass the real database size"
+        )
+    keys = []
+    for key, bit in _BITS.items():
+        for i, q in enumerate(gnd):
+            a = _gnd_indices(q, key, i)
+            if a.size and (a.min() < 0 or a.max() >= num_database):
+                bad = a[(a < 0) | (a >= num_database)][0]
+                raise ValueError(
+                    f"gnd[{i}][{key!r}] contains {bad}, out of range for num_database="
+                    f"{num_database}"
+                )
+            keys.append((i * num_database + a) * 8 + bit)
+    pairs = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+    entry, inverse = np.unique(pairs // 8, return_inverse=True)
+    codes = np.bincount(inverse, weights=pairs % 8, minlength=entry.size)  # distinct bits: OR
+    return torch.from_numpy(entry), torch.from_numpy(codes.astype(np.uint8))
+
+
 def ranks_from_cirtorch(ranks: TensorLike) -> Tensor:
     r"""Convert a cirtorch / revisitop ranking ``(N, Q)`` to graphrerank's ``(Q, N)`` layout.
 
@@ -246,7 +304,7 @@ def ranks_from_cirtorch(ranks: TensorLike) -> Tensor:
         tensor([[2, 0, 1],
                 [0, 1, 2]])
     """
-    t = as_tensor(ranks, "ranks")
+    t = as_array(ranks, "ranks")
     if t.dim() != 2:
         raise ValueError(
             f"ranks must be a 2-D (num_database, num_queries) array, got shape {tuple(t.shape)}"
@@ -255,6 +313,10 @@ def ranks_from_cirtorch(ranks: TensorLike) -> Tensor:
         raise TypeError(f"ranks must hold integer database indices, got dtype {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"ranks is empty: shape {tuple(t.shape)}")
+    if int(t.min()) < -1:
+        raise ValueError(
+            f"ranks contains {int(t.min())}; database indices are >= 0 (or -1 for padding)"
+        )
     return t.T.contiguous().long()
 
 
@@ -300,7 +362,8 @@ def revisited_map(
     Raises:
         TypeError: non-integer indices, malformed ``gnd``.
         ValueError: wrong shapes, empty input, ``len(gnd)`` not :math:`Q`, indices out of
-            range, bad ``kappas``.
+            range, bad ``kappas``; no query has any positive (easy or hard) image, e.g. a
+            ground truth of junk only.
 
     Example:
         >>> gnd = [{"easy": [0], "hard": [2], "junk": [3]}, {"easy": [], "hard": [1], "junk": []}]
@@ -330,15 +393,34 @@ def revisited_map(
     if num_database is None:
         num_database = max(int(idx.max()), _gnd_max(gnd)) + 1
     num_database = check_int(num_database, "num_database", low=1)
-    idx = check_ranking(idx, "indices", num_items=num_database)
-    # One pass over the ground truth and one gather serve the three protocols.
-    codes = _gnd_codes(gnd, num_database, idx.device)
-    ranked = codes.gather(1, idx.clamp(min=0))
+    idx = check_ranking(
+        idx, "indices", num_items=num_database, what="the database (num_database)", unique=True
+    )
+    # One pass over the ground truth (its entries only, no (Q, N) matrix) and one lookup of
+    # the ranked items serve the three protocols.
+    keys, codes = _gnd_sparse_codes(gnd, num_database)
+    keys, codes = keys.to(idx.device), codes.to(idx.device)
+    nq = idx.shape[0]
+    rows = keys // num_database
+    ranked_keys = torch.arange(nq, device=idx.device)[:, None] * num_database + idx.clamp(min=0)
+    at = torch.searchsorted(keys, ranked_keys).clamp(max=max(keys.numel() - 1, 0))
+    if keys.numel():
+        found = keys[at] == ranked_keys
+        ranked = torch.where(found, codes[at], torch.zeros_like(codes[at]))
+    else:
+        ranked = torch.zeros_like(idx, dtype=torch.uint8)
     results = {}
     for protocol in PROTOCOLS:
-        num_pos = (_relevance_of_codes(codes, protocol) == 1).sum(1)
+        positive = _relevance_of_codes(codes, protocol) == 1
+        num_pos = torch.bincount(rows[positive], minlength=nq)
         hits = _relevance_of_codes(ranked, protocol).masked_fill_(idx < 0, -1)
         results[protocol] = _protocol_scores(hits, num_pos, kappas)
+    if results["medium"].num_queries == 0:  # medium positives are easy + hard: none at all
+        raise ValueError(
+            f"gnd has no positive (easy or hard) image for any of its {nq} queries, so there "
+            "is nothing to score; check that gnd belongs to this database (a subset_gnd of a "
+            "database without the queries' positives leaves only junk)"
+        )
     return RevisitedResult(**results, kappas=kappas)
 
 

@@ -72,10 +72,12 @@ def test_queries_without_positive_are_left_out():
     assert math.isnan(ap[2])
     assert class_map(indices, labels, leave_one_out=True) == 1.0
     assert recall_at_k(indices, labels, ks=(1,), leave_one_out=True) == {1: 1.0}
-    # A query whose label is absent from the database: NaN rather than a made-up score.
+    # No query with a positive: an error rather than a made-up score (or a NaN mean).
     absent = torch.tensor([5])
-    assert math.isnan(class_map(indices[2:], labels, absent))
-    assert math.isnan(recall_at_k(indices[2:], labels, absent, ks=(1,))[1])
+    with pytest.raises(ValueError, match="no query has a positive.*query_labels"):
+        class_map(indices[2:], labels, absent)
+    with pytest.raises(ValueError, match="no query has a positive.*query_labels"):
+        recall_at_k(indices[2:], labels, absent, ks=(1,))
 
 
 def test_separate_queries_truncated_and_padded():

@@ -95,13 +95,9 @@ def test_padding_and_matlab_shapes():
     assert r.cmc[:2].tolist() == [0.0, 1.0]
 
 
-def test_no_valid_query_gives_nan():
-    r = reid_metrics(torch.tensor([[0, 1]]), [3], [0], [1, 2], [1, 1], max_rank=2)
-    assert r.num_queries == 0
-    assert math.isnan(r.map)
-    assert math.isnan(r.minp)
-    assert math.isnan(r.rank1)
-    assert r.cmc.isnan().all()
+def test_no_valid_query_is_refused():
+    with pytest.raises(ValueError, match="no query has a positive.*gallery_ids"):
+        reid_metrics(torch.tensor([[0, 1]]), [3], [0], [1, 2], [1, 1], max_rank=2)
 
 
 @pytest.mark.parametrize("interpolation", ["step", "trapezoid"])

@@ -199,7 +199,7 @@ def test_no_query_with_positive_gives_nan():
             GND,
             {"num_database": 9},
             ValueError,
-            "indices contains 9, out of range for a database of 9",
+            r"indices contains 9, out of range for the database \(num_database\) of 9",
         ),
         (INDICES, GND, {"kappas": (1, 0)}, ValueError, "kappas must be >= 1, got 0"),
         (INDICES, GND, {"kappas": ()}, ValueError, "kappas must name at least one"),
