@@ -110,6 +110,55 @@ fig = plot.precision_recall(
 )
 
 # %%
+# Preprocessing first: ``Whitening() | ...``
+# ------------------------------------------
+# :class:`~graphrerank.rerankers.Whitening` learns a linear map on the database at ``fit``
+# (centring by default; PCA, PCA-whitening with ``shrinkage``, power and L2 normalisation as
+# settings) and hands the mapped database and queries to the next stage. The ``|`` operator
+# builds the pipeline (nested pipelines are flattened). On the raw, uncentred pixels
+# (L2-normalised, as a user would start), centring alone gains about two points of kNN mAP;
+# under DBA → αQE, which already averages neighbours, it changes little here. Whitening
+# (``whiten=True``) hurts on so small a set (see the
+# :class:`~graphrerank.rerankers.Whitening` docstring for measurements).
+from sklearn.datasets import load_digits
+
+from graphrerank.rerankers import Whitening
+
+raw = torch.nn.functional.normalize(torch.tensor(load_digits().data, dtype=torch.float32), dim=1)
+# sphinx_gallery_start_ignore
+if FAST:
+    raw = raw[:600]
+# sphinx_gallery_end_ignore
+chain = Whitening() | DatabaseAugmentation(k=5) | AlphaQueryExpansion(k=5)
+print(chain)
+preprocessed = {
+    "raw pixels, kNN": gr.KNN(),
+    "Whitening() (centring)": Whitening(),
+    "Whitening(whiten=True, shrinkage=0.5)": Whitening(whiten=True, shrinkage=0.5),
+    "DBA → αQE": DatabaseAugmentation(k=5) | AlphaQueryExpansion(k=5),
+    "Whitening() | DBA | αQE": chain,
+}
+for name, reranker in preprocessed.items():
+    ranking = reranker.fit(raw).rerank(None, k=raw.shape[0])
+    m = class_map(ranking.indices, labels[: raw.shape[0]], leave_one_out=True)
+    print(f"{name:<40} mAP {100 * m:6.2f}")
+
+# %%
+# The learned map is saved with the pipeline (pickle-free, like every re-ranker) and the
+# loaded pipeline ranks identically; ``Whitening(train=...)`` learns it on a separate
+# training set instead of the database.
+import tempfile
+from pathlib import Path
+
+with tempfile.TemporaryDirectory() as tmp:
+    path = chain.save(Path(tmp) / "chain.npz")
+    again = gr.rerankers.Reranker.load(path)
+print(
+    "identical after load:",
+    torch.equal(again.rerank(raw[:5], k=10).indices, chain.rerank(raw[:5], k=10).indices),
+)
+
+# %%
 # A setting inside a pipeline
 # ---------------------------
 # :func:`graphrerank.plot.parameter_sweep` varies a setting of the re-ranker it is given; for

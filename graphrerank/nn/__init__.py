@@ -7,11 +7,13 @@ from .expansion import ExpansionPropagation, bipartite_adjacency
 from .gnn_rerank import GNNRerankConv, gnn_propagate, gnn_rerank_graph
 from .kreciprocal import kreciprocal_encoding, reciprocal_mask
 from .propagate import WeightedPropagation, adjacency
+from .whitening import PCAWhitening
 
 __all__ = [
     "DiffusionPropagation",
     "ExpansionPropagation",
     "GNNRerankConv",
+    "PCAWhitening",
     "WeightedPropagation",
     "adjacency",
     "bipartite_adjacency",

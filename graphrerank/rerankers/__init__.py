@@ -1,6 +1,7 @@
 """Re-rankers: estimators with ``fit(database)`` and ``rerank(queries, k)``."""
 
-from .base import NotFittedError, Reranker
+from .base import NotFittedError, Preset, Reranker, SettingWarning
+from .checks import SettingProblem, check_settings, suggest_settings
 from .diffusion import Diffusion, RegionalDiffusion, diffusion_rerank, regional_diffusion_rerank
 from .expansion import (
     AlphaQueryExpansion,
@@ -18,6 +19,7 @@ from .offline import OfflineDiffusion, RDiP, offline_diffusion_rerank, rdip_rera
 from .pipeline import Pipeline
 from .spectral import FastSpectralRanking, fsr_rerank
 from .superglobal import SuperGlobal, superglobal_rerank
+from .whitening import Whitening
 
 __all__ = [
     "KNN",
@@ -34,13 +36,18 @@ __all__ = [
     "NotFittedError",
     "OfflineDiffusion",
     "Pipeline",
+    "Preset",
     "RDiP",
     "RegionalDiffusion",
     "Reranker",
+    "SettingProblem",
+    "SettingWarning",
     "ShortlistLogits",
     "SuperGlobal",
+    "Whitening",
     "alpha_query_expansion",
     "average_query_expansion",
+    "check_settings",
     "database_augmentation",
     "diffusion_rerank",
     "fsr_rerank",
@@ -51,6 +58,7 @@ __all__ = [
     "offline_diffusion_rerank",
     "rdip_rerank",
     "regional_diffusion_rerank",
+    "suggest_settings",
     "superglobal_rerank",
 ]
 
@@ -58,6 +66,7 @@ __all__ = [
 #: the demo iterate over it.
 RERANKERS: tuple[type[Reranker], ...] = (
     KNN,
+    Whitening,
     KReciprocal,
     GNNRerank,
     AverageQueryExpansion,

@@ -128,6 +128,7 @@ class MultiVectorReranker(Reranker):
         query_mask: TensorLike | None = None,
         asymmetric: bool = False,
         initial: RerankResult | tuple[Tensor, Tensor] | None = None,
+        leave_one_out: bool | str = False,
     ) -> RerankResult:
         """Rank the database for each query.
 
@@ -139,6 +140,8 @@ class MultiVectorReranker(Reranker):
             asymmetric: Queries come from another encoder (allowed: no query-query
                 similarity is used).
             initial: Not accepted (this method searches the database itself).
+            leave_one_out: ``False`` or ``"strict"`` (with ``queries=None``; see
+                :meth:`Reranker.rerank`).
 
         Returns:
             ``(scores, indices)``, each :math:`(Q, k)`, best first.
@@ -146,7 +149,9 @@ class MultiVectorReranker(Reranker):
         if queries is None or not _is_regional(queries):
             if query_mask is not None:
                 raise ValueError("query_mask is only used with (Q, R, D) regional queries")
-            return super().rerank(queries, k, asymmetric=asymmetric, initial=initial)
+            return super().rerank(
+                queries, k, asymmetric=asymmetric, initial=initial, leave_one_out=leave_one_out
+            )
         self._check_fitted()
         if initial is not None:
             raise ValueError(

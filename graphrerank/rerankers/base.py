@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import torch
 from torch import Tensor
@@ -21,11 +21,33 @@ from .._progress import Progress, progress_options
 from ..graph.scores import ScoreMatrix
 from ..typing import RerankResult, TensorLike
 
-__all__ = ["NotFittedError", "Reranker"]
+__all__ = ["NotFittedError", "Preset", "Reranker", "SettingWarning"]
+
+#: The values of ``rerank(None, k, leave_one_out=...)``.
+LEAVE_ONE_OUT = (False, "strict")
 
 
 class NotFittedError(RuntimeError):
     """A re-ranker was used before :meth:`Reranker.fit`."""
+
+
+class SettingWarning(UserWarning):
+    """A setting cannot make sense for the data it is used on (a neighbourhood at or above the
+    database size or the typical class size, regional defaults on one vector per image).
+
+    The message names the setting, the value, the reason and what to change. Raised at most
+    once per :meth:`Reranker.fit` for each setting (see
+    :func:`~graphrerank.rerankers.check_settings`, which also sees labels). Silence it with
+    ``warnings.simplefilter("ignore", SettingWarning)``.
+    """
+
+
+class Preset(NamedTuple):
+    """A published configuration of a re-ranker: its ``settings`` and their ``source`` (paper,
+    table or reference code)."""
+
+    settings: dict[str, Any]
+    source: str
 
 
 class Reranker(abc.ABC):
@@ -44,7 +66,12 @@ class Reranker(abc.ABC):
     * ``rerank(None)`` is the all-vs-all case: every database item queries the database (its
       own entry stays in the ranking; drop it when scoring, e.g. with
       ``class_map(..., leave_one_out=True)``). A transductive method then builds one graph
-      over the :math:`N` items, not :math:`2N`.
+      over the :math:`N` items, not :math:`2N`;
+    * ``rerank(None, k, leave_one_out="strict")`` is strict leave-one-out: item :math:`i`
+      queries the database *without* item :math:`i` (as if fitted on the other
+      :math:`N - 1` items), for every :math:`i`; the ranking never lists the item itself and
+      ``k <= N - 1``. :attr:`strict_leave_one_out` says how each method computes it
+      (``"own_entry"``, ``"masked"`` or ``"refit"``; see ``docs/conventions.rst``).
 
     Class attributes declare what a method needs:
 
@@ -85,6 +112,18 @@ class Reranker(abc.ABC):
     accepts_initial: ClassVar[bool] = False
     candidate_scores: ClassVar[str] = "similarity"
     accepts_scores: ClassVar[bool] = False
+
+    #: How ``rerank(None, k, leave_one_out="strict")`` is computed, each exactly equal to an
+    #: explicit loop of :math:`N` fits (up to float ties): ``"own_entry"`` (the all-vs-all
+    #: ranking with each item's own entry removed: exact where the all-vs-all computation for
+    #: item :math:`i` is that of query :math:`i` against the other :math:`N - 1` items, as for
+    #: plain kNN and the transductive methods whose one graph holds queries and database
+    #: together), ``"masked"`` (a method-specific exact computation: the query's own entry
+    #: masked in its first-stage lists and its removal's effect on the database recomputed
+    #: where it has one) or ``"refit"`` (the explicit loop of :math:`N` fits, one per item on
+    #: the other items: for methods whose offline state, e.g. a normalised database graph,
+    #: changes everywhere when an item is removed).
+    strict_leave_one_out: ClassVar[str] = "refit"
 
     # ------------------------------------------------------------------ parameters
     #: Settings that may also be passed by position (a :class:`Pipeline`'s ``stages``); every
@@ -166,8 +205,12 @@ class Reranker(abc.ABC):
         return {n: sig.parameters[n].default for n in cls._param_names()}
 
     def get_params(self) -> dict[str, Any]:
-        """The settings, as passed to the constructor."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        """The settings, as passed to the constructor (``"auto"`` stays ``"auto"`` after
+        :meth:`fit` resolved it; the values used are in ``auto_resolved_``)."""
+        given = self.__dict__.get("_auto_given", ())
+        return {
+            name: "auto" if name in given else getattr(self, name) for name in self._param_names()
+        }
 
     def set_params(self, **params: Any) -> Self:
         """Change settings; takes effect at the next :meth:`fit`."""
@@ -179,12 +222,23 @@ class Reranker(abc.ABC):
                     f"{type(self).__name__} has no setting {name!r}; valid: {sorted(valid)}"
                 )
             setattr(self, name, value)
+            self.__dict__.get("_auto_given", set()).discard(name)
         return self
 
     def clone(self) -> Self:
         """An unfitted copy with the same settings; re-rankers among the settings (a
         pipeline's stages, R-DiP's re-scorer) are cloned too, other values are shared."""
         return type(self)(**{n: _clone_value(v) for n, v in self.get_params().items()})
+
+    def __or__(self, other: Any) -> Any:
+        """``first | second``: the :class:`~graphrerank.rerankers.Pipeline` of the two, e.g.
+        ``Whitening() | DatabaseAugmentation() | AlphaQueryExpansion()``; a pipeline on either
+        side (without ``depth``) is flattened into its stages. The re-rankers are not copied."""
+        if not isinstance(other, Reranker):
+            return NotImplemented
+        from .pipeline import Pipeline
+
+        return Pipeline._chain(self, other)
 
     def validate_params(self) -> None:
         """Check every setting against its declaration; :meth:`fit` calls it.
@@ -193,8 +247,94 @@ class Reranker(abc.ABC):
             TypeError, ValueError: a setting has the wrong type or is out of range (the
                 message names the setting and the value).
         """
-        check_params(self.get_params(), self._constraints())
+        auto = self._auto_names()
+        params = {n: v for n, v in self.get_params().items() if not (n in auto and _is_auto(v))}
+        check_params(params, self._constraints())
         self._validate_params()
+
+    @classmethod
+    def _auto_names(cls) -> tuple[str, ...]:
+        """The settings that take ``"auto"`` (:data:`~graphrerank.rerankers.checks.AUTO_SETTINGS`)."""
+        from .checks import AUTO_SETTINGS
+
+        return AUTO_SETTINGS.get(cls.__name__, ())
+
+    def _resolve_auto(self, num_items: int) -> None:
+        """Replace ``"auto"`` settings by their values for a database of ``num_items``
+        (:func:`~graphrerank.rerankers.checks.auto_neighbours`); ``get_params`` still reports
+        ``"auto"``."""
+        given = self.__dict__.setdefault("_auto_given", set())
+        for name in list(given):
+            setattr(self, name, "auto")
+        given.clear()
+        names = [n for n in self._auto_names() if _is_auto(getattr(self, n))]
+        if not names:
+            return
+        from .checks import auto_neighbours
+
+        defaults = self.default_params()
+        resolved = {}
+        for name in names:
+            resolved[name] = auto_neighbours(num_items, defaults[name])
+            setattr(self, name, resolved[name])
+            given.add(name)
+        self._auto_resolved = resolved
+
+    def _restore_auto(self) -> None:
+        """After :meth:`load`: set the ``"auto"`` settings to the values the fit used
+        (nested re-rankers too)."""
+        resolved = self.__dict__.get("auto_resolved_")
+        if resolved:
+            given = self.__dict__.setdefault("_auto_given", set())
+            for name, value in resolved.items():
+                setattr(self, name, int(value))
+                given.add(name)
+        for v in list(vars(self).values()):
+            for item in v if isinstance(v, (list, tuple)) else [v]:
+                if isinstance(item, tuple) and item:
+                    item = item[0]
+                if isinstance(item, Reranker) and item is not self:
+                    item._restore_auto()
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def presets(cls) -> dict[str, Preset]:
+        """The published configurations of this re-ranker: name -> :class:`Preset`
+        ``(settings, source)`` (only settings a paper, its reference code or its authors
+        published; see :mod:`graphrerank.rerankers.presets`).
+
+        Example:
+            >>> from graphrerank.rerankers import KReciprocal
+            >>> sorted(KReciprocal.presets())
+            ['cuhk03', 'market']
+            >>> KReciprocal.presets()["cuhk03"].settings
+            {'k1': 7, 'k2': 3, 'lambda_value': 0.3}
+        """
+        from .presets import PRESETS
+
+        return dict(PRESETS.get(cls.__name__, {}))
+
+    @classmethod
+    def preset(cls, name: str, /, **settings: Any) -> Self:
+        """A new re-ranker with the published settings ``name`` (see :meth:`presets`);
+        ``settings`` override some of them.
+
+        Example:
+            >>> from graphrerank.rerankers import GNNRerank
+            >>> GNNRerank.preset("veri776")
+            GNNRerank(k1=60, k2=10)
+
+        Raises:
+            ValueError: this re-ranker has no preset ``name`` (the message lists those it
+                has).
+        """
+        presets = cls.presets()
+        if name not in presets:
+            have = ", ".join(repr(p) for p in sorted(presets)) or "none"
+            raise ValueError(f"{cls.__name__} has no preset {name!r}; its presets: {have}")
+        params = {n: _clone_value(v) for n, v in presets[name].settings.items()}
+        params.update(settings)
+        return cls(**params)
 
     def __repr__(self) -> str:
         defaults = self.default_params()
@@ -251,12 +391,30 @@ class Reranker(abc.ABC):
                 )
             db = database.check_database("database")
         else:
-            db = check_features(database, "database")
+            db = check_features(database, "database", detach=True)
         for attr in self._fitted_attributes():
             delattr(self, attr)
+        self._prepare_fit(int(db.shape[0]))
         self.database_ = db
         self._fit(db)
+        self._after_fit(int(db.shape[0]))
         return self
+
+    def _prepare_fit(self, num_items: int) -> None:
+        """Resolve ``"auto"`` settings for the database size and validate the settings (every
+        ``fit`` calls it after discarding the old state)."""
+        self._resolve_auto(num_items)
+        self.validate_params()
+
+    def _after_fit(self, num_items: int, image_ids: Any = None) -> None:
+        """Record the resolved ``"auto"`` settings and warn (:class:`SettingWarning`, once per
+        setting) about settings the database shows cannot make sense."""
+        resolved = self.__dict__.pop("_auto_resolved", None)
+        if resolved and self.__dict__.get("_auto_given"):
+            self.auto_resolved_ = resolved
+        from .checks import warn_fit
+
+        warn_fit(self, num_items, image_ids)
 
     def rerank(
         self,
@@ -265,21 +423,37 @@ class Reranker(abc.ABC):
         *,
         asymmetric: bool = False,
         initial: RerankResult | tuple[Tensor, Tensor] | None = None,
+        leave_one_out: bool | str = False,
     ) -> RerankResult:
         """Rank the database for each query.
 
         Args:
             queries: Query descriptors :math:`(Q, D)` on the database's device, or ``None`` for
                 all-vs-all (every database item is a query, :math:`Q = N`).
-            k: Length of each ranked list, ``1 <= k <= N``.
+            k: Length of each ranked list, ``1 <= k <= N`` (``<= N - 1`` with
+                ``leave_one_out="strict"``).
             asymmetric: Declare that queries come from another encoder than the database
                 (e.g. a small query network distilled from the database network). Methods that
                 compare queries with each other refuse it.
+            initial: A first-stage ranking to re-rank (methods with ``accepts_initial``).
+            leave_one_out: ``False`` (default; with ``queries=None`` each item's own entry
+                stays in the database and in its ranking) or ``"strict"`` (``queries=None``
+                only: item :math:`i` is ranked against the database without item :math:`i`,
+                exactly as a fit on the other :math:`N - 1` items would rank it; its own entry
+                is never listed). See :attr:`strict_leave_one_out`.
 
         Returns:
             ``(scores, indices)``, each :math:`(Q, k)`, best first.
+
+        Raises:
+            ValueError: bad ``k``, ``asymmetric=True`` for a method that compares queries
+                with queries, or ``leave_one_out="strict"`` with explicit queries, an
+                ``initial`` ranking or a database of one item.
         """
         self._check_fitted()
+        if self._strict(leave_one_out, queries, asymmetric, initial):
+            k = check_k(k, self.n_database_ - 1, what="the database without the query")
+            return self._rerank_strict(k)
         if asymmetric and self.needs_query_similarity:
             raise ValueError(
                 f"{type(self).__name__} compares queries with queries and with the database in "
@@ -293,7 +467,7 @@ class Reranker(abc.ABC):
         elif isinstance(self.database_, ScoreMatrix) or isinstance(queries, ScoreMatrix):
             q = self._check_query_scores(queries)
         else:
-            q = check_features(queries, "queries", dim=self.database_.shape[1])
+            q = check_features(queries, "queries", dim=self.database_.shape[1], detach=True)
             check_same_device(database=self.database_, queries=q)
             if q.dtype != self.database_.dtype:
                 q = q.to(self.database_.dtype)
@@ -307,6 +481,89 @@ class Reranker(abc.ABC):
             )
         nq = self.n_database_ if q is None else q.shape[0]
         return self._rerank(q, k, initial=self._check_initial(initial, nq))
+
+    # ------------------------------------------------------------------ strict leave-one-out
+    def _strict(self, leave_one_out: Any, queries: Any, asymmetric: bool, initial: Any) -> bool:
+        """Check ``leave_one_out`` and say whether it asks for the strict protocol."""
+        if leave_one_out is None or leave_one_out is False:
+            return False
+        if not isinstance(leave_one_out, str) or leave_one_out != "strict":
+            raise ValueError(
+                f"leave_one_out must be False (all-vs-all, each item's own entry kept) or "
+                f"'strict' (each item removed from the database it queries), got "
+                f"{leave_one_out!r}"
+            )
+        if queries is not None:
+            raise ValueError(
+                "leave_one_out='strict' is the all-vs-all protocol (every database item queries "
+                "the other items): pass queries=None"
+            )
+        if asymmetric:
+            raise ValueError("asymmetric=True needs explicit queries, got queries=None")
+        if initial is not None:
+            raise ValueError(
+                "leave_one_out='strict' takes no initial ranking: each item's first-stage "
+                "list against the other items is computed by the method"
+            )
+        if self.n_database_ < 2:
+            raise ValueError(
+                "leave_one_out='strict' needs a database of at least 2 items (each item is "
+                "ranked against the others)"
+            )
+        return True
+
+    def _rerank_strict(self, k: int) -> RerankResult:
+        """Strict leave-one-out for a valid ``k <= N - 1`` (see :attr:`strict_leave_one_out`;
+        a subclass computing it ``"masked"`` overrides this)."""
+        if self.strict_leave_one_out == "own_entry":
+            return self._strict_own_entry(k)
+        return self._strict_refit(k)
+
+    def _strict_own_entry(self, k: int) -> RerankResult:
+        """The all-vs-all ranking of length ``k + 1`` with each item's own entry removed."""
+        return drop_own_entry(self._rerank(None, k + 1), k)
+
+    def _strict_split(self, i: int) -> tuple[tuple, dict, Any]:
+        """The arguments of ``fit`` on the database without item ``i`` (positional, keyword)
+        and the query of item ``i``, for :meth:`_strict_refit`."""
+        db = self.database_
+        n = db.shape[0]
+        keep = torch.cat(
+            [torch.arange(i, device=db.device), torch.arange(i + 1, n, device=db.device)]
+        )
+        if isinstance(db, ScoreMatrix):
+            if db.is_sparse:
+                raise ValueError(
+                    f"leave_one_out='strict' refits {type(self).__name__} on the database without "
+                    "each item, which needs a dense database ScoreMatrix, not a sparse top-k"
+                )
+            m = db.matrix
+            sub = ScoreMatrix(m[keep][:, keep], kind=db.kind)
+            query = ScoreMatrix(
+                m[i : i + 1, keep], kind=db.kind, query_scores=m[i : i + 1, i : i + 1]
+            )
+            return (sub,), {}, query
+        return (db[keep],), {}, db[i : i + 1]
+
+    def _strict_refit(self, k: int) -> RerankResult:
+        """Strict leave-one-out by its definition: for every item, a fresh copy fitted on the
+        other :math:`N - 1` items ranks it (:math:`N` fits)."""
+        if _fit_needs_more(type(self)) and "_strict_split" not in _defined_below(type(self)):
+            raise ValueError(
+                f"leave_one_out='strict' is not available for {type(self).__name__}: its fit "
+                "takes more than the database"
+            )
+        n = self.n_database_
+        scores, indices = [], []
+        with self._progress_bar(n, f"{type(self).__name__} (strict leave-one-out)") as bar:
+            for i in range(n):
+                args, kwargs, query = self._strict_split(i)
+                r = self.clone().fit(*args, **kwargs).rerank(query, k)
+                idx = r.indices
+                indices.append(torch.where((idx >= i), idx + 1, idx).masked_fill(idx < 0, -1))
+                scores.append(r.scores)
+                bar.update(1)
+        return RerankResult(torch.cat(scores), torch.cat(indices))
 
     def _check_query_scores(self, queries: Any) -> ScoreMatrix:
         db = self.database_
@@ -471,7 +728,9 @@ class Reranker(abc.ABC):
         """
         from ._persist import load_reranker
 
-        return load_reranker(cls, path, database, device=device, settings=settings)
+        r = load_reranker(cls, path, database, device=device, settings=settings)
+        r._restore_auto()
+        return r
 
     def _after_load(self) -> None:  # noqa: B027 - optional hook
         """Rebuild the :attr:`_derived_state` after :meth:`load` set the stored state."""
@@ -493,6 +752,40 @@ class Reranker(abc.ABC):
     ) -> RerankResult:
         """Rank for validated queries (``None``: all-vs-all), a valid ``k`` and, for
         ``accepts_initial`` methods, a validated ``initial`` ranking."""
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def drop_own_entry(result: RerankResult, k: int) -> RerankResult:
+    """The first ``k`` entries of each row ``i`` of an all-vs-all ranking that are not item
+    ``i`` itself (rows of length ``k + 1``; where the row does not list ``i``, its first
+    ``k``)."""
+    scores, idx = result
+    own = idx == torch.arange(idx.shape[0], device=idx.device)[:, None]
+    order = torch.argsort(own.to(torch.int8), dim=1, stable=True)[:, :k]
+    return RerankResult(scores.gather(1, order), idx.gather(1, order))
+
+
+def _fit_needs_more(cls: type) -> bool:
+    """Whether ``cls.fit`` requires arguments besides the database."""
+    params = list(inspect.signature(cls.fit).parameters.values())[2:]
+    return any(
+        p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for p in params
+    )
+
+
+def _defined_below(cls: type) -> set[str]:
+    """Names defined by ``cls`` and its bases below :class:`Reranker`."""
+    out: set[str] = set()
+    for c in cls.__mro__:
+        if c is Reranker:
+            break
+        out.update(c.__dict__)
+    return out
 
 
 def _clone_value(value: Any) -> Any:

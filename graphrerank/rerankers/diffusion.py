@@ -70,6 +70,13 @@ class Diffusion(MultiVectorReranker):
     93.87 on Corel-1k and 84.19 on the digits set; with ``ties="index"`` 93.64 / 84.19, where
     Iscen et al.'s MATLAB code gives 93.65 / 84.19 (``tests/rerankers/test_diffusion_real.py``).
 
+    **Strict leave-one-out** (``rerank(None, k, leave_one_out="strict")``) refits on the other
+    :math:`N - 1` items for each item (:attr:`strict_leave_one_out` ``"refit"``): removing a
+    node changes its neighbours' kNN lists and the normalisation :math:`\mathbf{D}^{-1/2}`, so
+    masking the query in the all-vs-all graph would only approximate it.
+    ``kd="auto"`` takes :func:`~graphrerank.rerankers.checks.auto_neighbours` of the database
+    size.
+
     **Early truncation** (``truncation`` :math:`N_t`): each query diffuses only over its top
     :math:`N_t` items by first-stage similarity, on the sub-affinity :math:`\mathbf{A}[\mathcal{T},
     \mathcal{T}]` *re-normalised* on its own; the other items rank below them by first-stage
@@ -367,9 +374,10 @@ class RegionalDiffusion(Diffusion):
                 "RegionalDiffusion needs region vectors (it pools region scores per image), not "
                 "a ScoreMatrix; Diffusion takes an image x image score matrix"
             )
-        db = check_features(database, "database")
+        db = check_features(database, "database", detach=True)
         for attr in self._fitted_attributes():
             delattr(self, attr)
+        self._prepare_fit(int(db.shape[0]))
         m = db.shape[0]
         if image_ids is None:
             ids = torch.arange(m, device=db.device)
@@ -396,7 +404,19 @@ class RegionalDiffusion(Diffusion):
         self.database_ = db
         self.image_ids_ = ids
         self._fit(db)
+        self._after_fit(m, ids)
         return self
+
+    def _strict_split(self, i: int) -> tuple[tuple, dict, Any]:
+        """Strict leave-one-out refits without image ``i``'s regions; its regions query."""
+        ids = self.image_ids_
+        mine = ids == i
+        rest = ids[~mine]
+        return (
+            (self.database_[~mine],),
+            {"image_ids": rest - (rest > i).long()},
+            [self.database_[mine]],
+        )
 
     @property
     def n_database_(self) -> int:

@@ -5,15 +5,22 @@ Where the query's own entry is in the database (the all-vs-all case ``rerank(Non
 expansion finds that entry among the query's :math:`k` neighbours, as it finds it for any query
 with a duplicate in the database; database augmentation, a graph over the database, takes the
 item itself with weight 1 and its :math:`k` *other* nearest items.
+
+Strict leave-one-out (``rerank(None, k, leave_one_out="strict")``, each item ranked against
+the database without it) is computed without refits and equals the loop of :math:`N` fits:
+query expansion masks the query's own entry in every search; one round of database
+augmentation re-augments, for each query, exactly the items that list it among their
+:math:`k` neighbours (with their :math:`(k+1)`-th neighbour instead); several rounds refit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from .._checks import check_features, check_normalized
+from .._checks import check_features, check_int, check_normalized
 from .._checks import check_same_device as _same_device
 from .._params import Int, OneOf, Real, setting
 from ..graph import KNNIndex, knn_graph, to_torch_csr
@@ -31,8 +38,37 @@ __all__ = [
 ]
 
 
+def _search_others(index: KNNIndex, q: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest database items of queries ``q`` that are database items ``rows``,
+    each query's own entry left out."""
+    s, i = index.search(q, k + 1)
+    own = i == rows[:, None]
+    order = torch.argsort(own.to(torch.int8), dim=1, stable=True)[:, :k]
+    return s.gather(1, order), i.gather(1, order)
+
+
 class _QueryExpansion(Reranker):
     """Shared implementation of AQE and αQE (inductive, query side only)."""
+
+    #: Strict leave-one-out masks the query's own entry in every search (exact: the database
+    #: is not changed by query expansion).
+    strict_leave_one_out = "masked"
+
+    def _rerank_strict(self, k: int) -> RerankResult:
+        db = self.database_
+        n = db.shape[0]
+        if self.k > n - 1:
+            raise ValueError(
+                f"k={self.k} is larger than the database without the query, which holds "
+                f"{n - 1} item(s)"
+            )
+        rows = torch.arange(n, device=db.device)
+        layer = ExpansionPropagation(alpha=self._alpha())
+        q = db
+        for _ in range(self.iterations):
+            s, idx = _search_others(self.index_, q, rows, self.k)
+            q = layer((db, q), bipartite_adjacency(idx, s.to(db.dtype), n))
+        return RerankResult(*_search_others(self.index_, q, rows, k))
 
     def _alpha(self) -> float:
         raise NotImplementedError
@@ -303,6 +339,63 @@ class DatabaseAugmentation(Reranker):
         self._check_fitted()
         return self.augmented_
 
+    @property
+    def strict_leave_one_out(self) -> str:  # type: ignore[override]
+        """``"masked"`` for one round (``iterations=1``): removing item :math:`i` changes the
+        augmented vector of exactly the items that list :math:`i` among their :math:`k`
+        neighbours (they take their :math:`(k+1)`-th instead), recomputed per query;
+        ``"refit"`` for several rounds (the change then spreads through the rebuilt graphs)."""
+        return "masked" if self.iterations == 1 else "refit"
+
+    def _rerank_strict(self, k: int) -> RerankResult:
+        if self.iterations != 1:
+            return self._strict_refit(k)
+        x = self.database_
+        n = x.shape[0]
+        if self.k > n - 2:
+            raise ValueError(
+                f"k={self.k} is too large for strict leave-one-out on a database of {n} "
+                f"item(s): without the query, each item has {n - 2} other item(s)"
+            )
+        rows = torch.arange(n, device=x.device)
+        # each item's k + 1 nearest other items: without item i, an item that lists i among
+        # its first k takes its (k + 1)-th instead
+        ls, li = _search_others(
+            KNNIndex(metric="ip", backend=self.backend).add(x), x, rows, self.k + 1
+        )
+        ls = ls.to(x.dtype)
+        layer = ExpansionPropagation(alpha=float(self.alpha))
+        aug = self.augmented_
+        # the affected pairs (query i, item j): i among j's first k neighbours
+        j_of = rows[:, None].expand(n, self.k).reshape(-1)
+        i_of = li[:, : self.k].reshape(-1)
+        pos = torch.arange(self.k, device=x.device).expand(n, self.k).reshape(-1)
+        # item j's neighbours without i: its k + 1 list with position pos removed
+        keep = torch.ones(j_of.numel(), self.k + 1, dtype=torch.bool, device=x.device)
+        keep[torch.arange(j_of.numel(), device=x.device), pos] = False
+        nb_idx = li[j_of][keep].view(-1, self.k)
+        nb_s = ls[j_of][keep].view(-1, self.k)
+        new_score = torch.empty(j_of.numel(), dtype=x.dtype, device=x.device)
+        per = max(1, 2**22 // max(1, self.k * x.shape[1]))
+        for lo in range(0, j_of.numel(), per):
+            hi = min(j_of.numel(), lo + per)
+            q = x[j_of[lo:hi]]
+            adj = bipartite_adjacency(nb_idx[lo:hi], nb_s[lo:hi], n)
+            v = layer((x, q), adj)  # item j augmented without item i
+            new_score[lo:hi] = (v * x[i_of[lo:hi]]).sum(1)
+        out_s, out_i = [], []
+        bs = max(1, 2**22 // max(1, n))
+        for lo in range(0, n, bs):
+            hi = min(n, lo + bs)
+            scores = x[lo:hi] @ aug.T
+            scores[torch.arange(hi - lo, device=x.device), rows[lo:hi]] = float("-inf")
+            sel = (i_of >= lo) & (i_of < hi)
+            scores[i_of[sel] - lo, j_of[sel]] = new_score[sel]
+            top = scores.topk(k, dim=1)
+            out_s.append(top.values)
+            out_i.append(top.indices)
+        return RerankResult(torch.cat(out_s), torch.cat(out_i))
+
 
 def average_query_expansion(
     queries: TensorLike | None,
@@ -334,6 +427,7 @@ def average_query_expansion(
         >>> average_query_expansion(x[4:], x[:4], k=4, num_neighbors=3, backend="torch").indices
         tensor([[2, 1, 3, 0]])
     """
+    check_int(num_neighbors, "num_neighbors", low=1)  # the class's k: named as passed
     return AverageQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)
 
 
@@ -367,6 +461,7 @@ def alpha_query_expansion(
         >>> alpha_query_expansion(x[4:], x[:4], k=4, num_neighbors=3, backend="torch").indices
         tensor([[2, 1, 3, 0]])
     """
+    check_int(num_neighbors, "num_neighbors", low=1)  # the class's k: named as passed
     return AlphaQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)
 
 
@@ -401,4 +496,5 @@ def database_augmentation(
         >>> database_augmentation(x[4:], x[:4], k=2, num_neighbors=1, backend="torch").indices
         tensor([[3, 2]])
     """
+    check_int(num_neighbors, "num_neighbors", low=1)  # the class's k: named as passed
     return DatabaseAugmentation(k=num_neighbors, **settings).fit(database).rerank(queries, k)

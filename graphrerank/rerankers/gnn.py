@@ -112,7 +112,10 @@ class GNNRerank(Reranker):
     cosine (with :math:`\lambda = 0`, all database items whose propagated rows share nothing
     with the query's score 0; they follow the others in the order of the plain ranking).
 
-    Transductive: ``rerank(None)`` builds one graph over the :math:`N` database items. As for
+    Transductive: ``rerank(None)`` builds one graph over the :math:`N` database items. Strict
+    leave-one-out (``rerank(None, k, leave_one_out="strict")``) needs no other graph: query
+    :math:`i` with the other :math:`N - 1` items as database is that same graph, so it is the
+    all-vs-all ranking with item :math:`i` removed from its own list, exactly. As for
     :class:`~graphrerank.rerankers.KReciprocal`, query-query similarities enter every query's
     neighbourhood, so queries from another modality or encoder do not fit (on the PKU-Sketch
     re-ID file, re-ranking the 50 sketches together lowers the mAP from 21.7 to 17.5 with
@@ -166,6 +169,9 @@ class GNNRerank(Reranker):
     transductive = True
     accepts_scores = True
     needs_query_similarity = True
+    #: Strict leave-one-out: the graph of query ``i`` and the other ``N - 1`` items is the
+    #: all-vs-all graph, so it is that ranking without the own entry (exact).
+    strict_leave_one_out = "own_entry"
 
     k1: int = setting(26, Int(1))
     k2: int = setting(7, Int(1, high="k1"))

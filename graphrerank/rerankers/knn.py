@@ -36,6 +36,8 @@ class KNN(Reranker):
     """
 
     accepts_scores = True
+    #: Strict leave-one-out is the all-vs-all ranking without each item's own entry (exact).
+    strict_leave_one_out = "own_entry"
 
     metric: Metric = setting("ip", OneOf(METRICS))
     backend: Backend = setting("auto", OneOf(BACKENDS))

@@ -46,7 +46,15 @@ class Pipeline(Reranker):
       as extra queries, which would give :math:`2N` nodes of near-duplicates: after query
       expansion it is fitted on the expanded items and run all-vs-all, so that query expansion
       acts as database augmentation for it; otherwise it runs ``rerank(None)`` on its fitted
-      (possibly augmented) database.
+      (possibly augmented) database;
+    * a stage that maps items and database alike (preprocessing,
+      :class:`~graphrerank.rerankers.Whitening`: its ``transform_queries(None)`` is its
+      ``transform_database()``) hands the mapped items over as the next stage's own database
+      items, so that stage runs as it would on its own database, e.g. ``rerank(None)``.
+
+    ``first | second`` builds a pipeline too (:meth:`Reranker.__or__`), flattening
+    pipelines without ``depth``: ``Whitening() | DatabaseAugmentation() |
+    AlphaQueryExpansion()``.
 
     Declarations: a pipeline is ``transductive`` or ``needs_query_similarity`` when any stage
     is, and ``accepts_initial`` when its first stage does. Stages are copied at :meth:`fit`
@@ -146,6 +154,18 @@ class Pipeline(Reranker):
             ]
         }
 
+    @classmethod
+    def _chain(cls, first: Reranker, second: Reranker) -> Pipeline:
+        """``first | second`` (:meth:`Reranker.__or__`): a pipeline of both, pipelines
+        without ``depth`` flattened into their stages."""
+
+        def parts(r: Reranker) -> list[Reranker]:
+            if type(r) is Pipeline and r.depth is None:
+                return r._stages()
+            return [r]
+
+        return cls([*parts(first), *parts(second)])
+
     # ------------------------------------------------------------------ fit / rerank
     def _validate_params(self) -> None:
         if self.stages is not None and (
@@ -196,6 +216,7 @@ class Pipeline(Reranker):
         q = queries  # the query side; None: each stage's own database items
         db_changed = False  # an earlier stage handed over a transformed database
         ranking = initial
+        items = self.database_  # the all-vs-all items, as mapped by preprocessing stages
         for i, stage in enumerate(stages):
             run_q = q
             if all_vs_all and stage.transductive:
@@ -204,7 +225,7 @@ class Pipeline(Reranker):
                     stage = stage.clone().fit(q)
                 run_q = None
             elif all_vs_all and q is None and db_changed:
-                run_q = self.database_  # the original items query the transformed database
+                run_q = items  # the original items query the transformed database
             init = ranking if stage.accepts_initial else None
             if i + 1 == len(stages):
                 return stage.rerank(run_q, k, initial=init)
@@ -215,6 +236,12 @@ class Pipeline(Reranker):
                 else None
             )
             new_q = stage.transform_queries(run_q)
+            if all_vs_all and run_q is None and new_q is not None:
+                if new_q is stage.transform_database():
+                    # the stage maps items and database alike (Whitening): the items still
+                    # are the next stage's database rows
+                    items = new_q
+                    continue
             if new_q is not None or run_q is not None or not all_vs_all:
                 q = new_q if new_q is not None else run_q
             db_changed = db_changed or stage.transform_database() is not stage.database_

@@ -7,7 +7,7 @@ import torch
 from graphrerank._io import CorruptFileError
 from graphrerank.diffusion import offline_diffusion_rerank, rdip_rerank
 from graphrerank.graph import knn_search
-from graphrerank.rerankers import KNN, OfflineDiffusion, RDiP
+from graphrerank.rerankers import KNN, OfflineDiffusion, RDiP, SuperGlobal
 from graphrerank.testing import requires_data
 
 # ------------------------------------------------------------------ dense float64 reference
@@ -179,8 +179,12 @@ def test_function_twins():
     a = offline_diffusion_rerank(q, x, k=10, **SETTINGS)
     b = OfflineDiffusion(**SETTINGS).fit(x).rerank(q, k=10)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
-    c = rdip_rerank(q, x, k=10, km=12, kd=8, kq=5, truncation=20, backend="torch")
+    rd = {"km": 12, "kd": 8, "kq": 5, "truncation": 20, "backend": "torch"}
+    c = rdip_rerank(q, x, k=10, rescorer=None, **rd)  # no re-scorer: plain offline diffusion
     assert torch.equal(c.indices, b.indices)
+    paper = rdip_rerank(q, x, k=10, **rd)  # the default: SuperGlobal re-scoring (the paper)
+    sg = RDiP(rescorer=SuperGlobal(), **rd).fit(x).rerank(q, k=10)
+    assert torch.equal(paper.indices, sg.indices) and torch.equal(paper.scores, sg.scores)
 
 
 def test_normalize_setting():
@@ -390,7 +394,7 @@ def test_rdip_rescored_query_side():
         (
             {"rescorer": 3},
             TypeError,
-            "rescorer must be None, a Reranker, a ScoreMatrix or a callable",
+            "rescorer must be 'superglobal', None, a Reranker, a ScoreMatrix or a callable",
         ),
         ({"rescore_batch_size": 0}, ValueError, "rescore_batch_size must be >= 1"),
     ],

@@ -37,7 +37,11 @@ CASES = [
     (Diffusion, {"kd": 8, "kq": 4, "truncation": 25, "backend": "torch"}, "similarity"),
     (FastSpectralRanking, {"kd": 8, "kq": 4, "rank": 30, "backend": "torch"}, "similarity"),
     (OfflineDiffusion, {"kd": 8, "kq": 4, "truncation": 25, "backend": "torch"}, "similarity"),
-    (RDiP, {"km": 12, "kd": 8, "kq": 4, "truncation": 25, "backend": "torch"}, "similarity"),
+    (
+        RDiP,
+        {"rescorer": None, "km": 12, "kd": 8, "kq": 4, "truncation": 25, "backend": "torch"},
+        "similarity",
+    ),
     (KReciprocal, {"k1": 6, "k2": 3}, "distance"),
     (GNNRerank, {"k1": 8, "k2": 3}, "similarity"),
     (GNNRerank, {"k1": 8, "k2": 3, "lambda_value": 0.3}, "similarity"),
