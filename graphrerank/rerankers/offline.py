@@ -15,6 +15,8 @@ from .._io import CorruptFileError, load_arrays
 from .._params import PROGRESS, AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
 from ..diffusion import offline_diffusion, offline_diffusion_scores
+from ..diffusion.distributed import sharded_offline_diffusion
+from ..diffusion.store import OfflineStore, array_fingerprint
 from ..graph import (
     EdgeRescorer,
     KNNIndex,
@@ -77,8 +79,28 @@ class _OfflineBase(Reranker):
     backend: Backend = setting("auto", OneOf(BACKENDS))
     block_size: int | None = setting(None, Int(1) | None)
     progress: bool | ProgressCallback | None = setting(None, PROGRESS)
+    store: str | None = setting(None, AnyOf(None, InstanceOf(str, "a folder path (str)")))
+    chunk_rows: int | None = setting(None, Int(1) | None)
 
     accepts_scores = True
+
+    def fit(self, database: TensorLike, /, *, client: Any = None) -> _OfflineBase:
+        """Fit on the database (see :meth:`Reranker.fit`).
+
+        Args:
+            database: Descriptors :math:`(N, D)` (or a similarity
+                :class:`~graphrerank.graph.ScoreMatrix` without ``client`` and ``store``).
+            client: A ``dask.distributed.Client``: the offline step then runs as tasks of its
+                cluster, chunk by chunk
+                (:func:`~graphrerank.diffusion.distributed.sharded_offline_diffusion`). It is
+                an argument of this call, not a setting: a live connection to a cluster
+                changes where the work runs, not the result, and cannot be saved or cloned.
+        """
+        self._client, self._store = client, None
+        try:
+            return super().fit(database)
+        finally:
+            self._client = None
 
     def _prepare(self, x: Tensor | ScoreMatrix, name: str) -> Tensor | ScoreMatrix:
         if isinstance(x, ScoreMatrix):
@@ -124,7 +146,72 @@ class _OfflineBase(Reranker):
             self.index_ = ScoreIndex(x.shape[0])
         else:
             self.index_ = database_index(x, self.search, self.backend)
-        self.C_ = self._offline(x, self.index_)
+        if getattr(self, "_client", None) is None and self.store is None:
+            self.C_ = self._offline(x, self.index_)
+            return
+        if isinstance(x, ScoreMatrix):
+            raise TypeError(
+                f"{type(self).__name__} with a client or a store needs database descriptors, "
+                "not a ScoreMatrix"
+            )
+        if getattr(self, "transductive", False):
+            raise ValueError(
+                "transductive=True repeats the offline step at every call, so it cannot use a "
+                "client or a store; use transductive=False (the paper's method)"
+            )
+        if self.kd > x.shape[0]:
+            raise ValueError(f"kd={self.kd} is larger than the database ({x.shape[0]} items)")
+        params = {
+            k: v if v is None or isinstance(v, (bool, int, float, str)) else type(v).__name__
+            for k, v in self.get_params().items()
+            if k not in ("progress", "block_size", "store", "chunk_rows")
+        }
+
+        def run(folder: str) -> OfflineStore:
+            return sharded_offline_diffusion(
+                x,
+                folder,
+                client=self._client,
+                kd=self.kd,
+                truncation=self.truncation,
+                alpha=self.alpha,
+                gamma=self.gamma,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                graph=self._graph,
+                search=self.search,
+                backend=self.backend,
+                index=self.index_,
+                num_candidates=self._num_candidates(),
+                block_size=self.block_size,
+                chunk_rows=self.chunk_rows,
+                progress=self.progress,
+                settings={"estimator": type(self).__name__, **params},
+            )
+
+        if self.store is None:  # a client but no store: C comes back into memory
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="graphrerank-store-") as folder:
+                self.C_ = run(folder).to_csr(x.device)
+        else:
+            self._store = run(self.store)
+
+    def _matrix(self) -> Tensor | OfflineStore:
+        """The offline matrix: in memory (``C_``), or the store, opened on first use."""
+        if self.store is None:
+            return self.C_
+        st = getattr(self, "_store", None)
+        if st is None:
+            st = OfflineStore.open(self.store)
+            if st.n != self.n_database_ or st.settings.get("data") != array_fingerprint(self.x_):
+                raise ValueError(
+                    f"the offline store at {self.store!r} was computed on other data than "
+                    "this fitted database: fit again with this store path, or pass the store "
+                    "of this database"
+                )
+            self._store = st
+        return st
 
     # ------------------------------------------------------------------ online
     def _query_knn(self, q: Tensor, all_vs_all: bool) -> KNNResult:
@@ -146,7 +233,11 @@ class _OfflineBase(Reranker):
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
 
     def _online(self, knn: KNNResult, k: int, q: Tensor) -> RerankResult:
-        F = offline_diffusion_scores(self.C_, knn, self.gamma)
+        C = self._matrix()
+        if isinstance(C, OfflineStore):
+            F = C.scores(knn, self.gamma)
+        else:
+            F = offline_diffusion_scores(C, knn, self.gamma)
         return rank_csr(F, k, q, self.x_, self.index_, self.ties)
 
     def _rerank(
@@ -217,6 +308,13 @@ class OfflineDiffusion(_OfflineBase):
             matrix entries per call).
         progress: Progress of the offline step: ``None`` (a bar on a terminal only),
             ``True`` / ``False``, or a callback ``callback(done, total)``.
+        store: A folder for :math:`\mathbf{C}`: the offline step then runs chunk by chunk
+            into this on-disk store (resumed if a run was killed;
+            :mod:`graphrerank.diffusion.store`) and :meth:`rerank` reads it memory-mapped, so
+            ``C_`` is not held in memory. ``fit(x, client=...)`` runs the chunks on a Dask
+            cluster (see :doc:`/scaling`).
+        chunk_rows: Items per shard and per task of the chunked offline step (with ``store``
+            or a client; default 16384).
 
     Shapes:
         - **fit:** database :math:`(N, D)`, L2-normalised
@@ -244,6 +342,13 @@ class OfflineDiffusion(_OfflineBase):
 
     # the setting is also the instance's declaration (it shadows the class attribute)
     transductive: bool = setting(False, Bool())
+
+    @property
+    def strict_leave_one_out(self) -> str:  # type: ignore[override]
+        """``"own_entry"`` with ``transductive=True`` (query :math:`i` and the other
+        :math:`N - 1` items form the all-vs-all graph: exact), else ``"refit"`` (removing an
+        item changes the graph normalisation and every truncated system around it)."""
+        return "own_entry" if self.transductive else "refit"
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
@@ -303,6 +408,91 @@ class OfflineDiffusion(_OfflineBase):
 
 
 # ---------------------------------------------------------------------------- R-DiP
+#: ``RDiP(rescorer="superglobal")``: the R-DiP paper's configuration (SuperGlobal re-scoring
+#: with its reference settings).
+PAPER_RESCORER = "superglobal"
+
+
+def _resolved(rescorer: Any) -> Any:
+    """A re-scorer setting with ``"superglobal"`` made the re-ranker it names."""
+    if _is_paper(rescorer):
+        from .superglobal import SuperGlobal
+
+        return SuperGlobal()
+    return rescorer
+
+
+def _is_paper(rescorer: Any) -> bool:
+    return isinstance(rescorer, str) and rescorer == PAPER_RESCORER
+
+
+def _is_combination(rescorer: Any) -> bool:
+    return isinstance(rescorer, (list, tuple)) and not isinstance(rescorer, str)
+
+
+class _Rescorers(AnyOf):
+    """RDiP's ``rescorer``: one re-scorer, or a non-empty list of ``(re-scorer, weight)``
+    pairs with weights >= 0 summing to more than 0."""
+
+    def __init__(self, single: AnyOf) -> None:
+        super().__init__(single, what=single.what)
+        self.single = single
+
+    def check(self, value: Any, name: str, params: Any) -> None:
+        if not _is_combination(value):
+            self.single.check(value, name, params)
+            return
+        if len(value) == 0:
+            raise ValueError(f"{name} must hold at least one (rescorer, weight) pair, got []")
+        total = 0.0
+        for j, pair in enumerate(value):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise TypeError(
+                    f"{name}[{j}] must be a (rescorer, weight) pair, got {type(pair).__name__}"
+                )
+            r, w = pair
+            if r is None:
+                raise TypeError(f"{name}[{j}] has no rescorer (None); leave the pair out")
+            self.single.check(r, f"{name}[{j}][0]", params)
+            Real(0).check(w, f"{name}[{j}][1]", params)
+            total += float(w)
+        if total <= 0:
+            raise ValueError(f"the weights of {name} must not all be 0, got {value!r}")
+
+    def describe(self) -> str:
+        return f"{self.single.describe()}, or a list of (rescorer, weight) pairs"
+
+
+def _combined(parts: list[tuple[Any, float]], n: int):
+    r"""The edge re-scoring hook of several re-scorers: :math:`\sum_m w_m \hat s_m /
+    \sum_m w_m`, each re-scorer's scores made similarities :math:`\hat s_m` (minus a distance in
+    :math:`[0, 1]`, as k-reciprocal's :math:`-d^*`, becomes :math:`1 - d^*`)."""
+    fns, weights = [], []
+    for r, w in parts:
+        if isinstance(r, Reranker):
+            fn, kind = r.as_rescorer(), r.candidate_scores
+        elif isinstance(r, ScoreMatrix):
+            fn, kind = _matrix_rescorer(r, n), "similarity"
+        else:
+            fn, kind = r, "similarity"
+        fns.append((fn, kind == "negative_distance"))
+        weights.append(float(w))
+    total = sum(weights)
+
+    def rescore(rows: Tensor, candidates: Tensor, base: Tensor) -> Tensor:
+        out = None
+        for (fn, is_distance), w in zip(fns, weights, strict=True):
+            if w == 0:
+                continue
+            s = fn(rows, candidates, base).to(base.dtype)
+            s = s.masked_fill(candidates < 0, 0.0)
+            s = 1 + s if is_distance else s
+            out = w * s if out is None else out + w * s
+        return (out / total).masked_fill(candidates < 0, float("-inf"))
+
+    return rescore
+
+
 class RDiP(_OfflineBase):
     r"""R-DiP, re-ranking-based diffusion (Kato, Komamizu and Ide, DEXA 2024): offline diffusion
     over a database graph rebuilt with a re-ranker's similarities.
@@ -347,9 +537,25 @@ class RDiP(_OfflineBase):
     :math:`k_m` and :math:`k_d` have no published defaults; ``kd=50`` matches offline
     diffusion's ``kd`` and ``km=100`` leaves the re-scorer twice as many candidates.
 
+    **The paper's configuration is the default**: ``RDiP()`` re-scores with SuperGlobal
+    (``rescorer="superglobal"``, :class:`SuperGlobal` with its reference settings
+    :math:`M = 400, K = 9, \beta = 0.15`; its shortlist is each item's :math:`k_m` candidates).
+    ``rescorer=None`` is plain offline diffusion, as ``RDiP()`` was in earlier releases.
+    **Several re-scorers** (the paper's future work): a list of ``(rescorer, weight)`` pairs,
+    e.g. ``[(SuperGlobal(), 1.0), (KReciprocal(), 0.5)]``, re-scores each candidate pair by
+    the weighted mean :math:`\sum_m w_m \hat s_m / \sum_m w_m` of their scores, each made a
+    similarity first (:math:`\hat s = 1 + s'` for a ``"negative_distance"`` re-scorer such as
+    k-reciprocal's :math:`-d^*`, else :math:`s'`), weighted as ``"rescored"`` similarities.
+
+    **Strict leave-one-out** (``rerank(None, k, leave_one_out="strict")``) refits: removing an
+    item changes the graph normalisation and the truncated systems of its neighbours (and the
+    re-scorer's own lists), so the N-fit loop is the exact computation.
+
     Args:
-        rescorer: ``None`` (the base similarity itself: R-DiP is then exactly offline
-            diffusion), a :class:`~graphrerank.rerankers.Reranker` implementing
+        rescorer: ``"superglobal"`` (default: the paper's SuperGlobal re-scoring), ``None``
+            (the base similarity itself: R-DiP is then exactly offline diffusion), a list of
+            ``(rescorer, weight)`` pairs (weights >= 0, not all 0; see above), a
+            :class:`~graphrerank.rerankers.Reranker` implementing
             ``score_candidates`` (fitted on the database by :meth:`fit`, as a fresh copy
             with the same settings), a database x database
             :class:`~graphrerank.graph.ScoreMatrix` of similarities (precomputed re-scores:
@@ -376,6 +582,8 @@ class RDiP(_OfflineBase):
         backend: Backend of the exact kNN search.
         block_size: Items per batched CG call.
         progress: Progress of the offline step (``None``, ``True``/``False`` or a callback).
+        store: A folder for the on-disk :math:`\mathbf{C}`, as in :class:`OfflineDiffusion`.
+        chunk_rows: Items per shard and per task, as in :class:`OfflineDiffusion`.
         rescore_batch_size: Items re-scored per ``rescorer`` call.
 
     Shapes:
@@ -392,20 +600,30 @@ class RDiP(_OfflineBase):
         >>> x = torch.nn.functional.normalize(torch.tensor(
         ...     [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.1, 1.0], [0.2, 1.0], [0.3, 1.0]]), dim=1)
         >>> plain = OfflineDiffusion(kd=3, kq=2, truncation=4).fit(x).rerank(k=6)
-        >>> rdip = RDiP(km=4, kd=3, kq=2, truncation=4).fit(x).rerank(k=6)
+        >>> rdip = RDiP(rescorer=None, km=4, kd=3, kq=2, truncation=4).fit(x).rerank(k=6)
         >>> torch.equal(plain.indices, rdip.indices)  # no rescorer: plain offline diffusion
         True
+        >>> RDiP().rescorer  # the paper's configuration
+        'superglobal'
+        >>> from graphrerank.rerankers import KNN, SuperGlobal
+        >>> both = RDiP(rescorer=[(SuperGlobal(), 1.0), (KNN(), 0.5)], km=4, kd=3, kq=2,
+        ...             truncation=4).fit(x)
+        >>> both.rerank(k=6).indices.shape
+        torch.Size([6, 6])
     """
 
-    rescorer: Reranker | EdgeRescorer | ScoreMatrix | None = setting(
-        None,
-        AnyOf(
-            None,
-            InstanceOf(Reranker, "a Reranker"),
-            InstanceOf(ScoreMatrix, "a ScoreMatrix"),
-            Function("a callable"),
-            what="None, a Reranker, a ScoreMatrix or a callable (rows, candidates, scores) -> "
-            "scores",
+    rescorer: Reranker | EdgeRescorer | ScoreMatrix | str | list | None = setting(
+        "superglobal",
+        _Rescorers(
+            AnyOf(
+                None,
+                OneOf(("superglobal",)),
+                InstanceOf(Reranker, "a Reranker"),
+                InstanceOf(ScoreMatrix, "a ScoreMatrix"),
+                Function("a callable"),
+                what="'superglobal', None, a Reranker, a ScoreMatrix or a callable (rows, "
+                "candidates, scores) -> scores",
+            )
         ),
     )
     km: int = setting(100, Int(low="kd"))
@@ -430,7 +648,19 @@ class RDiP(_OfflineBase):
         return self.km
 
     def _after_load(self) -> None:
+        if _is_combination(self.rescorer):
+            fitted = list(getattr(self, "rescorers_", []))
+            parts = [
+                (f if f is not None else _resolved(r), w)
+                for f, (r, w) in zip(fitted, self.rescorer, strict=True)
+            ]
+            self.rescore_ = _combined(parts, self.n_database_)
+            return
         r = getattr(self, "rescorer_", None)
+        if r is None and _is_paper(self.rescorer):
+            # the file's re-scorer was not stored (a callable): it took the default's place,
+            # but the fitted state is another re-scorer's; the online step needs none
+            self.rescorer = None
         if r is not None:
             self.rescore_ = r.as_rescorer()
         elif isinstance(self.rescorer, ScoreMatrix):
@@ -439,14 +669,32 @@ class RDiP(_OfflineBase):
             self.rescore_ = self.rescorer
 
     def _setup(self, x: Tensor) -> None:
-        if isinstance(self.rescorer, Reranker):
-            r = self.rescorer
-            self.rescorer_ = r.clone().fit(x)
+        if _is_combination(self.rescorer):
+            fitted = []
+            for r, _ in self.rescorer:
+                r = _resolved(r)
+                fitted.append(r.clone().fit(x) if isinstance(r, Reranker) else None)
+            self.rescorers_ = fitted
+            parts = [
+                (f if f is not None else _resolved(r), w)
+                for f, (r, w) in zip(fitted, self.rescorer, strict=True)
+            ]
+            self.rescore_ = _combined(parts, x.shape[0])
+            return
+        if isinstance(x, ScoreMatrix) and _is_paper(self.rescorer):
+            raise TypeError(
+                "RDiP's default re-scorer, SuperGlobal, refines descriptors and cannot be fitted "
+                "on a ScoreMatrix: pass rescorer=None (plain offline diffusion) or the "
+                "re-scored similarities as rescorer=ScoreMatrix(...)"
+            )
+        rescorer = _resolved(self.rescorer)
+        if isinstance(rescorer, Reranker):
+            self.rescorer_ = rescorer.clone().fit(x)
             self.rescore_ = self.rescorer_.as_rescorer()
-        elif isinstance(self.rescorer, ScoreMatrix):
-            self.rescore_ = _matrix_rescorer(self.rescorer, x.shape[0])
+        elif isinstance(rescorer, ScoreMatrix):
+            self.rescore_ = _matrix_rescorer(rescorer, x.shape[0])
         else:
-            self.rescore_ = self.rescorer
+            self.rescore_ = rescorer
 
     def _graph(self, x: Tensor, knn: KNNResult) -> Data:
         n = x.shape[0]
@@ -489,7 +737,9 @@ class RDiP(_OfflineBase):
         """``edge_weights`` with ``"auto"`` resolved from the re-scorer."""
         if self.edge_weights != "auto":
             return self.edge_weights
-        kind = getattr(self.rescorer, "candidate_scores", "similarity")
+        if _is_combination(self.rescorer):
+            return "rescored"  # the combination is a weighted mean of similarities
+        kind = getattr(_resolved(self.rescorer), "candidate_scores", "similarity")
         return "rescored_distance" if kind == "negative_distance" else "rescored"
 
     def _symmetrized(self, g: Data, n: int) -> Data:
@@ -513,7 +763,7 @@ class RDiP(_OfflineBase):
             return self.index_.search(q, kq)
         if all_vs_all:
             raise AssertionError("handled in _rerank")
-        if not isinstance(self.rescorer, Reranker):
+        if not isinstance(getattr(self, "rescorer_", None), Reranker):
             raise ValueError(
                 "query_scores='rescored' scores new queries with the rescorer's rerank(), so "
                 "rescorer must be a Reranker (a callable only re-scores database pairs)"
