@@ -12,8 +12,10 @@ ORDER = [
     "tutorial_diffusion.py",
     "tutorial_superglobal.py",
     "tutorial_pipelines.py",
+    "tutorial_tuning.py",
     "tutorial_score_matrices.py",
     "tutorial_learned_rerankers.py",
+    "tutorial_scaling.py",
 ]
 
 

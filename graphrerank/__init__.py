@@ -5,6 +5,7 @@ from ._version import __version__  # noqa: I001 - first: every layer may read it
 from . import datasets, diffusion, graph, metrics, models, nn, plot, rerankers
 from .rerankers import KNN, Reranker
 from .typing import KNNResult, RerankResult
+from .tuning import tune
 
 # Names of earlier releases that now live in a higher layer. The package root is the one place
 # that may reach every layer, so it keeps them importable where they were (a lower layer never
@@ -33,4 +34,5 @@ __all__ = [
     "nn",
     "plot",
     "rerankers",
+    "tune",
 ]

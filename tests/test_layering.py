@@ -34,8 +34,19 @@ ALLOWED = {
     "rerankers": {"graph", "diffusion", "nn", "models", "metrics"},
     "metrics": set(),
     "datasets": set(),
-    "cli": {"graph", "diffusion", "nn", "models", "rerankers", "metrics", "datasets", "plot"},
+    "cli": {
+        "graph",
+        "diffusion",
+        "nn",
+        "models",
+        "rerankers",
+        "metrics",
+        "datasets",
+        "plot",
+        "tuning",
+    },
     "plot": {"graph", "diffusion", "nn", "models", "rerankers", "metrics", "datasets"},
+    "tuning": {"graph", "diffusion", "nn", "models", "rerankers", "metrics", "datasets", "plot"},
 }
 
 _PROBE = r"""

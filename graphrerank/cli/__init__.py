@@ -11,6 +11,7 @@ r"""The ``graphrerank`` command line: evaluate re-rankers, time them, run the de
     graphrerank bench --size 10000 --dim 128 --repeats 3   # the speed table, synthetic data
     graphrerank demo                                       # the quickstart on the digits set
     graphrerank list                                       # every re-ranker and its settings
+    graphrerank tune --data digits -r Diffusion --grid 'kd=10,20,50;kq=3,10' --split 0.5
 
 Also ``python -m graphrerank``. A re-ranker is named by its class name in
 :data:`graphrerank.rerankers.RERANKERS` (case-insensitive), optionally with settings in call
@@ -25,7 +26,8 @@ its result. ``evaluate --json`` holds every metric and the AP of every query of 
 The parts, from the bottom: :mod:`~graphrerank.cli.base` (the error type),
 :mod:`~graphrerank.cli.specs` (re-ranker specs), :mod:`~graphrerank.cli.tasks` (what to rank
 and how to score it), :mod:`~graphrerank.cli.report` (tables, JSON, the machine),
-:mod:`~graphrerank.cli.commands` (the sub-commands) and :mod:`~graphrerank.cli.parser` (the
+:mod:`~graphrerank.cli.commands` (the sub-commands), :mod:`~graphrerank.cli.tune` (the
+``tune`` sub-command and its grid syntax) and :mod:`~graphrerank.cli.parser` (the
 options and :func:`main`). The command line is the top layer: nothing else in graphrerank
 imports it.
 """

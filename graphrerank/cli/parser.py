@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..datasets import UnsafePickleError
 from . import commands
+from . import tune as tune_command
 from .base import PROG, CLIError
 
 __all__ = ["build_parser", "main"]
@@ -69,7 +70,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, default=10_000, help="--data synthetic: items")
     g.add_argument("--dim", type=int, default=128, help="--data synthetic: dimension")
     g.add_argument("--classes", type=int, default=100, help="--data synthetic: classes")
-    g.add_argument("--seed", type=int, default=0, help="--data synthetic: seed")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="--data synthetic: seed (tune: also of --split, --search)",
+    )
     g.add_argument(
         "--benchmark",
         choices=("roxford5k", "rparis6k"),
@@ -216,6 +222,65 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--output", "-o", metavar="NPZ", help="write the rankings here")
     lo.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     lo.set_defaults(func=commands.load)
+
+    tu = sub.add_parser(
+        "tune",
+        help="choose a re-ranker's settings on labelled data (grid, random or halving search)",
+        description=textwrap.fill(
+            "Score the re-ranker named by -r at every setting of --grid on the data the options "
+            "name (as for evaluate: --data, --gnd, --reid, --database with --labels) and print "
+            "the table and the best setting. The plain kNN first stage and the re-ranker's own "
+            "settings are always in the search space, and the first stage wins ties, so the "
+            "choice never scores below it on the tuning data. The first-stage scores are "
+            "computed once for every setting. With --split F the search sees a share F of the "
+            "classes / identities / landmarks only, and the baseline, the given settings and "
+            "the choice are scored on the others (held out). Grid: NAME=V1,V2,... parts "
+            "separated by ';', e.g. --grid 'k1=5,10,20;k2=2,3,6'; a pipeline's stage "
+            "setting is STAGE.NAME (0.k=3,5 or AlphaQueryExpansion.alpha=1,3)."
+        ),
+        epilog=_EXIT_CODES.replace("a re-ranker failed or was skipped", "a setting failed"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_options(tu)
+    _add_reranker_options(tu)
+    tu.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2;...",
+        help="the settings to try, e.g. 'k1=5,10,20;k2=2,3,6' (repeatable)",
+    )
+    tu.add_argument(
+        "--search",
+        choices=("grid", "random", "halving"),
+        default="grid",
+        help="every combination (default), --n-iter random ones, or successive halving over "
+        "growing shares of the classes",
+    )
+    tu.add_argument("--n-iter", type=int, default=10, help="--search random: combinations drawn")
+    tu.add_argument(
+        "--split",
+        type=float,
+        metavar="F",
+        help="tune on a share F (0 < F < 1) of the classes / identities, score on the rest; "
+        "seeded by --seed",
+    )
+    tu.add_argument(
+        "--protocol",
+        choices=("easy", "medium", "hard"),
+        default="medium",
+        help="with --gnd / --benchmark: the revisited protocol tuned (default medium)",
+    )
+    tu.add_argument(
+        "--margin",
+        default="0",
+        metavar="M|se|2se",
+        help="a setting must beat the kNN baseline by M (a fraction, default 0: any gain) or, "
+        "with 'se' / '2se', by one / two standard errors of the per-query gain, to be chosen",
+    )
+    tu.add_argument("--k", type=int, help="ranking length (default min(N, 1000))")
+    tu.add_argument("--top", type=int, help="print only the TOP best rows of the table")
+    tu.add_argument("--json", metavar="PATH", help="also write every setting's score as JSON")
+    tu.set_defaults(func=tune_command.tune)
 
     li = sub.add_parser("list", help="list the re-rankers and their settings")
     li.set_defaults(func=commands.list_rerankers)

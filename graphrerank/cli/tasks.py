@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import datasets
+from .. import datasets, tuning
 from ..metrics import class_average_precision, recall_at_k, reid_metrics, revisited_map
 from .base import CLIError
 
@@ -58,6 +58,8 @@ class Task:
         info: what the one-line description and the JSON report say of the data.
         labels: database classes (``kind == "classes"`` only).
         query_names: the queries' names where the data has them (revisitop), in query order.
+        protocol: the same data as a :class:`graphrerank.tuning.Protocol` (labels, identities
+            and cameras, or ground truth kept with it), for ``graphrerank tune``.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
     labels: Tensor | None = None
     query_names: list[str] | None = None
+    protocol: tuning.Protocol | None = None
 
     @property
     def primary_header(self) -> str:
@@ -120,6 +123,7 @@ def _class_task(name, database, labels, queries=None, query_labels=None) -> Task
             "classes": int(torch.unique(labels).numel()),
         },
         labels=labels,
+        protocol=tuning.class_protocol(database, labels, queries, query_labels),
     )
 
 
@@ -157,6 +161,7 @@ def _revisitop_task(name, database, queries, gnd, num_distractors=0) -> Task:
             "distractors": int(num_distractors),
         },
         query_names=[str(name) for name in gnd.qimlist],
+        protocol=tuning.revisitop_protocol(database, queries, gnd),
     )
 
 
@@ -196,6 +201,7 @@ def _reid_task(feats: datasets.ReIDFeatures) -> Task:
             "protocol": "re-ID (same id and camera ignored, id -1 ignored)",
             "queries": int(feats.query_features.shape[0]),
         },
+        protocol=tuning.reid_protocol(feats),
     )
 
 
