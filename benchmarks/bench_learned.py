@@ -29,6 +29,21 @@ Full size (run on a quiet machine; the command of the table in the docs):
 Quick check:
 
     python benchmarks/bench_learned.py --top-m 20 --repeats 2 --epoch-pairs 640
+
+``--part baselines`` times the training-free similarities instead
+(:func:`graphrerank.models.shortlist_similarity`: one matrix product per block of queries)
+against the library's previous chamfer path (pairs scored ``--pair-batch`` at a time, one
+einsum per batch of pairs) and a plain batched einsum per query, on ``--images`` x
+``--images`` images (every image against every image) of 64 descriptors of ``--dim``
+dimensions, and checks that each batched form equals the per-pair one:
+
+    python benchmarks/bench_learned.py --part baselines --images 150 --dim 1280 --repeats 3
+
+``--part speed`` times the default :class:`~graphrerank.models.LocalMatcher` re-ranking one
+query's top-M in one batched forward pass for several M (one thread), and fits the cost per
+extra candidate (least squares over M):
+
+    python benchmarks/bench_learned.py --part speed --repeats 5
 """
 
 from __future__ import annotations
@@ -162,10 +177,167 @@ KINDS = [
 ]
 
 
+def _previous_chamfer(query, db, shortlist, pair_batch):
+    """The library's chamfer before the batched similarities: the valid (query, candidate)
+    pairs in batches of ``pair_batch``, each batch gathered and scored by one einsum."""
+    import torch
+
+    from graphrerank.models import chamfer_similarity
+
+    out = torch.full(shortlist.shape, float("-inf"))
+    rows, cols = (shortlist >= 0).nonzero(as_tuple=True)
+    for s in range(0, rows.numel(), pair_batch):
+        r, c = rows[s : s + pair_batch], cols[s : s + pair_batch]
+        out[r, c] = chamfer_similarity(query[r], db[shortlist[r, c]].unsqueeze(1)).view(-1)
+    return out
+
+
+def _plain_einsum(query, db, shortlist):
+    """A plain batched einsum per query over all of its candidates (the user's own loop)."""
+    import torch
+
+    out = torch.empty(shortlist.shape)
+    qn = torch.nn.functional.normalize(query, dim=-1)
+    dn = torch.nn.functional.normalize(db, dim=-1)
+    for i in range(query.shape[0]):
+        sim = torch.einsum("id,mjd->mij", qn[i], dn[shortlist[i]])
+        out[i] = sim.amax(2).mean(1)
+    return out
+
+
+def baseline_times(images: int, dim: int, repeats: int, threads: int, pair_batch: int) -> dict:
+    import torch
+
+    from graphrerank.models import SIMILARITIES, local_similarity, shortlist_similarity
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    local = torch.randn(images, L, dim, generator=g).relu()  # sparse, non-negative like CNN maps
+    short = torch.arange(images).repeat(images, 1)
+    base = rss_mb()
+    runs = {
+        "previous library chamfer (pairs)": lambda: _previous_chamfer(
+            local, local, short, pair_batch
+        ),
+        "plain einsum per query": lambda: _plain_einsum(local, local, short),
+    }
+    for kind in SIMILARITIES:
+        runs[f"batched {kind}"] = lambda kind=kind: shortlist_similarity(local, local, short, kind)
+    out = {}
+    ref = _previous_chamfer(local, local, short, pair_batch).double()
+    # exactness: every batched form against a float64 per-pair evaluation of a few pairs
+    probe = [(0, 1), (images - 1, 2), (3, images // 2)]
+    for name, fn in runs.items():
+        times = timed(fn, repeats)
+        got = fn()
+        err = 0.0
+        if not name.startswith("batched") or name == "batched chamfer":  # one-sided chamfer
+            err = float((got.double() - ref).abs().max())
+        else:
+            kind = name.split()[-1]
+            for a, b in probe:
+                exact = local_similarity(
+                    local[a : a + 1].double(), local[b : b + 1].unsqueeze(0).double(), kind
+                )
+                err = max(err, abs(float(got[a, b]) - float(exact)))
+        out[name] = {"s": median(times), "err": err}
+    out["_peak_mb"] = rss_mb() - base
+    return out
+
+
+def speed_times(top_ms: list[int], repeats: int, threads: int) -> dict:
+    import torch
+
+    from graphrerank.models import LocalMatcher, score_shortlist
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LocalMatcher(D).eval()  # the default configuration
+    db = _data(max(top_ms) + 1)
+    out = {}
+    for m in top_ms:
+        short = torch.arange(1, m + 1).view(1, -1)
+        times = timed(
+            lambda short=short, m=m: score_shortlist(model, db[:1], db, short, batch_size=m),
+            repeats,
+        )
+        out[m] = median(times)
+    return out
+
+
+def main_baselines(args, command) -> list[dict]:
+    res = isolated(
+        baseline_times,
+        images=args.images,
+        dim=args.dim,
+        repeats=args.repeats,
+        threads=args.threads,
+        pair_batch=args.pair_batch,
+    )
+    peak = res.pop("_peak_mb")
+    ref = res["previous library chamfer (pairs)"]["s"]
+    rows = [
+        {
+            "method": name,
+            "s": r["s"],
+            "x": f"{ref / r['s']:.2f}x",
+            "err": f"{r['err']:.1e}",
+        }
+        for name, r in res.items()
+    ]
+    print(f"# Training-free local matching: speed on CPU\n\n`{command}`\n")
+    print(f"{machine()}; {args.threads} thread(s).\n")
+    print(
+        f"{args.images} x {args.images} images (each against all), {L} descriptors of "
+        f"{args.dim}-d per image (synthetic, ReLU-sparse); previous path: pairs in batches of "
+        f"{args.pair_batch}; median of {args.repeats}; speed-up against the previous path; "
+        f"max |error| against the previous chamfer (chamfer rows) or a float64 per-pair "
+        f"evaluation (other rows); peak extra memory {peak:.0f} MiB.\n"
+    )
+    print(
+        table(
+            rows,
+            [("method", "method"), ("s", "seconds"), ("x", "speed-up"), ("err", "max |error|")],
+        )
+    )
+    return rows
+
+
+def main_speed(args, command) -> list[dict]:
+    top_ms = [25, 50, 100, 200]
+    res = isolated(speed_times, top_ms=top_ms, repeats=args.repeats, threads=args.threads)
+    ms = [1000 * res[m] for m in top_ms]
+    n = len(top_ms)
+    mean_m, mean_t = sum(top_ms) / n, sum(ms) / n
+    slope = sum((m - mean_m) * (t - mean_t) for m, t in zip(top_ms, ms, strict=True)) / sum(
+        (m - mean_m) ** 2 for m in top_ms
+    )
+    rows = [{"top_m": m, "ms": t, "per": t / m} for m, t in zip(top_ms, ms, strict=True)]
+    print(f"# Learned re-ranker: ms per query (CPU)\n\n`{command}`\n")
+    print(f"{machine()}; {args.threads} thread(s).\n")
+    print(
+        f"Default `LocalMatcher({D})` (d=32, 2 heads, 2 layers, k_intra = k_cross = 4), "
+        f"{L} descriptors of {D}-d per image, one query's top-M scored in one batched forward "
+        f"pass (`score_shortlist(..., batch_size=M)`); median of {args.repeats}. Cost per extra "
+        f"candidate (least-squares slope over M): {slope:.3f} ms.\n"
+    )
+    print(
+        table(
+            rows,
+            [("top_m", "top-M"), ("ms", "ms / query"), ("per", "ms / candidate")],
+        )
+    )
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--part", choices=("models", "baselines", "speed"), default="models")
+    p.add_argument("--images", type=int, default=150, help="baselines: images (all-vs-all)")
+    p.add_argument("--dim", type=int, default=128, help="baselines: descriptor dimension")
+    p.add_argument("--pair-batch", type=int, default=256, help="baselines: previous batch")
     p.add_argument("--top-m", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=64, help="pairs per training step")
@@ -173,6 +345,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epoch-pairs", type=int, default=3200, help="pairs per training epoch")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    command = "python benchmarks/bench_learned.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if args.part == "baselines":
+        return main_baselines(args, command)
+    if args.part == "speed":
+        return main_speed(args, command)
     steps = -(-args.epoch_pairs // args.batch)
     rows = []
     for kind in KINDS:
@@ -196,9 +375,6 @@ def main(argv=None) -> list[dict]:
         ref = rows[1] if "list-wise" in row["method"] else rows[0]
         row["epoch_x"] = f"{row['epoch_s'] / ref['epoch_s']:.2f}x"
         row["query_x"] = f"{row['query_ms'] / ref['query_ms']:.2f}x"
-    command = "python benchmarks/bench_learned.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
     print(
         f"# Learned re-rankers: speed on CPU\n\n`{command}`\n\n{machine()}; {args.threads} thread(s).\n"
     )

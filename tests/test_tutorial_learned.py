@@ -30,7 +30,12 @@ def test_tutorial_learned_rerankers_fast(tmp_path, monkeypatch, capsys):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "synthetic local descriptors" in out
-    maps = dict(re.findall(r"^(global cosine|chamfer|learned) +mAP +([\d.]+)$", out, re.M))
+    # the class-disjoint protocol: validation classes unseen at training, test unseen by both
+    assert "train classes [0, 1, 2] validation [3, 4] test [5, 6, 7, 8, 9]" in out
+    pattern = r"^(global cosine|chamfer|chamfer_sym|mnn|learned|learned \+ global) +mAP +([\d.]+)$"
+    maps = dict(re.findall(pattern, out, re.M))
+    assert set(maps) == {"global cosine", "chamfer", "chamfer_sym", "mnn", "learned",
+                         "learned + global"}  # fmt: skip
     # the synthetic images share clutter, so matching their class parts beats the global mean
     assert float(maps["chamfer"]) > float(maps["global cosine"]) + 3
     assert float(maps["learned"]) > float(maps["global cosine"])

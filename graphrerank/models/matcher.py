@@ -15,6 +15,7 @@ from torch_geometric.utils import softmax
 
 from .._checks import check_int, check_real
 from .._io import CorruptFileError, load_arrays, save_arrays
+from ..nn.whitening import PCAWhitening
 from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, match_graph
 
 __all__ = ["LocalMatcher"]
@@ -99,6 +100,13 @@ class LocalMatcher(nn.Module):
         global_dim: Dimension :math:`D_g` of global descriptors to add as one node per image
             (RRT's global tokens), or ``None`` for local descriptors only.
         num_rbf: Radial-basis functions encoding a cosine in :math:`[-1, 1]`.
+        whitening: A fitted :class:`~graphrerank.nn.PCAWhitening` of the raw local
+            descriptors (learned on training locals) whose output dimension is ``in_dim``:
+            the model's preprocessing, saved and loaded with its weights.
+            :meth:`preprocess` applies it; :func:`~graphrerank.models.train_matcher` and
+            :class:`~graphrerank.rerankers.LocalDescriptorReranker` apply it once to raw
+            descriptors (:attr:`input_dim` wide), :meth:`score` and :meth:`forward` take
+            preprocessed ones.
 
     Shapes:
         - **forward:** a match graph of :math:`P` pairs :math:`\to` logits :math:`(P,)`
@@ -128,6 +136,7 @@ class LocalMatcher(nn.Module):
         use_positions: bool = False,
         global_dim: int | None = None,
         num_rbf: int = 8,
+        whitening: PCAWhitening | None = None,
     ) -> None:
         super().__init__()
         in_dim = check_int(in_dim, "in_dim", low=1)
@@ -145,6 +154,19 @@ class LocalMatcher(nn.Module):
             global_dim = check_int(global_dim, "global_dim", low=1)
         if not isinstance(use_positions, bool):
             raise TypeError(f"use_positions must be True or False, got {use_positions!r}")
+        if whitening is not None:
+            if not isinstance(whitening, PCAWhitening):
+                raise TypeError(
+                    f"whitening must be a graphrerank.nn.PCAWhitening or None, got "
+                    f"{type(whitening).__name__}"
+                )
+            if not whitening.is_fitted:
+                raise ValueError("whitening must be fitted (on training local descriptors)")
+            if whitening.out_features != in_dim:
+                raise ValueError(
+                    f"whitening outputs {whitening.out_features}-d descriptors but in_dim is "
+                    f"{in_dim}"
+                )
         self.config: dict[str, Any] = dict(
             in_dim=in_dim,
             hidden=hidden,
@@ -160,6 +182,8 @@ class LocalMatcher(nn.Module):
         )
         #: JSON-serialisable notes saved with the weights (the trainer records its settings).
         self.metadata: dict[str, Any] = {}
+        #: The preprocessing of raw local descriptors (``None``: none).
+        self.whitening = whitening
         self.register_buffer("rbf_centers", torch.linspace(-1, 1, num_rbf), persistent=False)
         self.rbf_width = 2.0 / (num_rbf - 1)
         edge_dim = num_rbf + 3
@@ -183,8 +207,46 @@ class LocalMatcher(nn.Module):
 
     @property
     def in_dim(self) -> int:
-        """Descriptor dimension :math:`D` the model takes."""
+        """Descriptor dimension :math:`D` the network takes (after :meth:`preprocess`)."""
         return int(self.config["in_dim"])
+
+    @property
+    def input_dim(self) -> int:
+        """Dimension of the raw descriptors :meth:`preprocess` takes (``in_dim`` without
+        whitening)."""
+        return self.in_dim if self.whitening is None else self.whitening.in_features
+
+    def preprocess(self, local: Tensor) -> Tensor:
+        r"""Raw local descriptors :math:`(\dots, D_{raw})` to the model's input
+        :math:`(\dots, D)`: the ``whitening`` (float32 out), or unchanged without one."""
+        if self.whitening is None:
+            return local
+        with torch.no_grad():
+            return self.whitening(local.float())
+
+    def _whitening_config(self) -> dict[str, Any] | None:
+        w = self.whitening
+        if w is None:
+            return None
+        return dict(
+            dim=w.dim, center=w.center, whiten=w.whiten, shrinkage=w.shrinkage,
+            power=w.power, l2=w.l2,
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LocalMatcher:
+        """An untrained model of a saved configuration (``config`` with ``in_dim`` and, for
+        a model with preprocessing, ``whitening`` settings: its buffers come with the weights
+        through ``load_state_dict``)."""
+        config = dict(config)
+        in_dim = config.pop("in_dim")
+        wcfg = config.pop("whitening", None)
+        model = cls(in_dim, **config)
+        if wcfg is not None:
+            if not isinstance(wcfg, dict):
+                raise ValueError(f"whitening settings must be a mapping, got {wcfg!r}")
+            model.whitening = PCAWhitening(**wcfg)
+        return model
 
     def _rbf(self, s: Tensor) -> Tensor:
         return torch.exp(-(((s.unsqueeze(-1) - self.rbf_centers) / self.rbf_width) ** 2))
@@ -305,13 +367,17 @@ class LocalMatcher(nn.Module):
             The path written (``.npz`` appended when missing).
         """
         arrays = {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()}
-        info = {"format": _FORMAT, "version": _VERSION, "config": self.config}
+        config = dict(self.config)
+        if self.whitening is not None:
+            config["whitening"] = self._whitening_config()
+        info = {"format": _FORMAT, "version": _VERSION, "config": config}
         info["metadata"] = {**self.metadata, **meta}
         return save_arrays(path, arrays, info)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LocalMatcher:
-        """Read a model written by :meth:`save` (weights only; nothing is executed).
+        """Read a model written by :meth:`save` (weights and preprocessing only; nothing is
+        executed).
 
         Raises:
             FileNotFoundError: no file at ``path``.
@@ -321,8 +387,7 @@ class LocalMatcher(nn.Module):
         arrays, info = load_arrays(path, format=_FORMAT, version=_VERSION)
         config = dict(info.get("config") or {})
         try:
-            in_dim = config.pop("in_dim")
-            model = cls(in_dim, **config)
+            model = cls.from_config(config)
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptFileError(
                 f"{str(path)!r} has an invalid model configuration: {err}"

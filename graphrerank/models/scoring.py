@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in, check_int
+from .baselines import SIMILARITIES, Similarity, shortlist_similarity
 from .matcher import LocalMatcher
 from .storage import StoredLocal, decode_local
 
@@ -71,8 +72,6 @@ def _gather(local: Tensor | StoredLocal, index: Tensor) -> Tensor:
 
 
 def _scorer(model):
-    if model is None:
-        return lambda q, c, qp, cp, qg, cg: chamfer_similarity(q, c)
     return model.score
 
 
@@ -96,6 +95,7 @@ def score_shortlist(
     query_global: Tensor | None = None,
     database_global: Tensor | None = None,
     own_index: Tensor | None = None,
+    similarity: Similarity = "chamfer",
 ) -> Tensor:
     r"""Matching logits of every query with each database image of its shortlist.
 
@@ -105,7 +105,10 @@ def score_shortlist(
       windows every ``stride`` over the shortlist (the last one aligned to its end; LOCORE). A
       candidate covered by several windows gets the **mean** of its logits.
 
-    With ``model=None`` the logit is the training-free :func:`chamfer_similarity`.
+    With ``model=None`` the logit is the training-free ``similarity`` of
+    :func:`~graphrerank.models.local_similarity`, computed for blocks of whole queries with one
+    matrix product each (:func:`~graphrerank.models.shortlist_similarity`; ``mode`` and the
+    batch settings do not apply).
 
     Args:
         model: A :class:`LocalMatcher` (put in evaluation mode for the call), or ``None``.
@@ -125,6 +128,8 @@ def score_shortlist(
         own_index: :math:`(Q,)` the database index of each query itself, or -1 (all-vs-all
             search): that entry is scored alone, as a window of one, so that a duplicate of the
             query does not take part in the other candidates' lists.
+        similarity: With ``model=None``: ``"chamfer"`` (query to database, the default),
+            ``"chamfer_db"``, ``"chamfer_sym"`` or ``"mnn"``.
 
     Returns:
         :math:`(Q, M)` logits, ``-inf`` where ``shortlist`` is -1.
@@ -137,30 +142,34 @@ def score_shortlist(
                 [0.0000,   -inf]])
     """
     check_in(mode, "mode", ("pairwise", "listwise"))
+    check_in(similarity, "similarity", SIMILARITIES)
     batch_size = check_int(batch_size, "batch_size", low=1)
     window = check_int(window, "window", low=1)
     stride = check_int(stride, "stride", low=1)
+    if model is None:
+        if isinstance(query_local, StoredLocal):
+            query_local = decode_local(query_local)
+        return shortlist_similarity(query_local, database_local, shortlist, similarity)
     dev = shortlist.device
     nq, m = shortlist.shape
     out = torch.full((nq, m), float("-inf"), dtype=torch.float32, device=dev)
     if nq == 0 or m == 0:
         return out
-    was_training = model.training if model is not None else False
-    if model is not None:
-        model.eval()
+    was_training = model.training
+    model.eval()
     try:
         score = _scorer(model)
-        use_pos = model is not None and model.config["use_positions"]
+        use_pos = model.config["use_positions"]
         qpos = query_positions if use_pos else None
         dpos = database_positions if use_pos else None
-        use_glob = model is not None and model.config["global_dim"] is not None
+        use_glob = model.config["global_dim"] is not None
         qg = query_global if use_glob else None
         dg = database_global if use_glob else None
         valid = shortlist >= 0
         alone = torch.zeros_like(valid)
         if own_index is not None:
             alone = valid & (shortlist == own_index.view(-1, 1)) & (own_index.view(-1, 1) >= 0)
-        if mode == "pairwise" or model is None:
+        if mode == "pairwise":
             rows, cols = valid.nonzero(as_tuple=True)
         else:
             rows, cols = alone.nonzero(as_tuple=True)
@@ -176,12 +185,11 @@ def score_shortlist(
                 None if dg is None else dg[idx].unsqueeze(1),
             )
             out[r, c] = logit.view(-1).float()
-        if mode == "listwise" and model is not None:
+        if mode == "listwise":
             _listwise(score, out, query_local, database_local, shortlist, valid & ~alone,
                       window, stride, batch_size, (qpos, dpos, qg, dg))  # fmt: skip
     finally:
-        if model is not None:
-            model.train(was_training)
+        model.train(was_training)
     return out
 
 

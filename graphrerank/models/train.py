@@ -182,8 +182,10 @@ def train_matcher(
     (``db_descriptors`` first descriptors in ``db_storage``, see
     :func:`~graphrerank.models.compress_local`); queries keep ``query_descriptors``.
 
-    **Validation and stopping.** Every ``val_every`` epochs, the images of ``val_index`` are
-    ranked all-vs-all by their global descriptors, the top ``val_top_m`` are re-ranked by the
+    **Validation and stopping.** Give ``val_index`` the images of classes *unseen in
+    training* (:func:`~graphrerank.models.class_disjoint_split`): held-back images of the
+    training classes reward memorising those classes. Every ``val_every`` epochs, the images of
+    ``val_index`` are ranked all-vs-all by their global descriptors, the top ``val_top_m`` are re-ranked by the
     logit alone and the leave-one-out class mAP is recorded; training stops after ``patience``
     validations without improvement and the best weights are restored. Without ``val_index``
     the last epoch is kept.
@@ -200,7 +202,8 @@ def train_matcher(
         model: The :class:`LocalMatcher` to train (in place).
         global_descriptors: :math:`(N, D_g)` global descriptors (mining, validation, and the
             model's global nodes when it has ``global_dim``).
-        local: :math:`(N, L, D)` local descriptors.
+        local: :math:`(N, L, D)` local descriptors (raw ones, :attr:`LocalMatcher.input_dim`
+            wide, for a model with ``whitening``: it is applied once here).
         labels: :math:`(N,)` integer classes.
         positions: :math:`(N, L, 2)` descriptor positions, for models that use them.
         train_index: Images to train on (default: all not in ``val_index``).
@@ -257,8 +260,8 @@ def train_matcher(
             f"local must be a float (N, L, D) array with N={n}, got shape {tuple(local.shape)} "
             f"and dtype {local.dtype}"
         )
-    if local.shape[2] != model.in_dim:
-        raise ValueError(f"local has dimension {local.shape[2]}, the model takes {model.in_dim}")
+    if local.shape[2] != model.input_dim:
+        raise ValueError(f"local has dimension {local.shape[2]}, the model takes {model.input_dim}")
     gdim = model.config["global_dim"]
     if gdim is not None and g.shape[1] != gdim:
         raise ValueError(
@@ -304,7 +307,8 @@ def train_matcher(
     if val is not None and val.numel() < 2:
         raise ValueError(f"val_index must hold at least 2 images, got {val.numel()}")
 
-    qloc = local.float()
+    local = model.preprocess(local.float())  # the model's whitening, once
+    qloc = local
     if query_descriptors is not None:
         qloc = qloc[:, : check_int(query_descriptors, "query_descriptors", low=1)]
     stored = compress_local(local.float(), num_descriptors=db_descriptors, storage=db_storage)

@@ -15,10 +15,12 @@ from .._checks import as_tensor, check_features, check_k, check_same_device
 from .._io import CorruptFileError, load_arrays, save_arrays
 from .._params import InstanceOf, Int, OneOf, Real, setting
 from ..graph import KNNIndex
+from ..models.baselines import SIMILARITIES
 from ..models.fusion import GAMMAS, LAMBDAS, FusionResult, rerank_shortlist, tune_fusion
 from ..models.matcher import LocalMatcher
 from ..models.scoring import score_shortlist
 from ..models.storage import STORAGES, StoredLocal, bytes_per_image, compress_local
+from ..nn.whitening import PCAWhitening
 from ..typing import BACKENDS, METRICS, Backend, Metric, RerankResult, TensorLike
 from .base import Reranker
 
@@ -46,9 +48,10 @@ class ShortlistLogits(NamedTuple):
 def check_local(
     local: Any, name: str, *, num_items: int, dim: int | None, device: torch.device
 ) -> Tensor:
-    """Validate an ``(num_items, L, D)`` float array of local descriptors."""
+    """Validate an ``(num_items, L, D)`` float array of local descriptors (returned as float32:
+    the models' and the stored database's precision)."""
     t = as_tensor(local, name)
-    if not t.is_floating_point():
+    if t.is_complex() or not t.is_floating_point():
         raise TypeError(f"{name} must hold floating point descriptors, got dtype {t.dtype}")
     if t.dim() != 3:
         raise ValueError(
@@ -66,10 +69,12 @@ def check_local(
             f"{name} is on {t.device} but the descriptors are on {device}; move them to one "
             "device - graphrerank never moves data between devices silently"
         )
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+    if t.dtype != torch.float32:
+        t = t.float()
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} has values too large for float32")
     return t
 
 
@@ -98,8 +103,11 @@ class LocalDescriptorReranker(Reranker):
         s = \lambda\, s_{\text{global}} + (1 - \lambda)\, \sigma(\gamma\, \ell);
 
     images after the first :math:`M` keep their order (:func:`~graphrerank.models.rerank_shortlist`).
-    With ``model=None`` the logit is the training-free chamfer similarity
-    (:func:`~graphrerank.models.chamfer_similarity`).
+    With ``model=None`` the logit is a training-free similarity (``similarity``, see
+    :func:`~graphrerank.models.local_similarity`): one-sided ``"chamfer"`` (the default),
+    ``"chamfer_db"``, the symmetric ``"chamfer_sym"`` (the strongest of them on Corel-1k,
+    ``benchmarks/results/learned_corel.md``) or mutual nearest neighbours ``"mnn"``, all
+    computed with one matrix product per block of queries.
 
     The database keeps ``db_descriptors`` local descriptors per image in ``db_storage``
     (``"float32"``, ``"float16"`` or sign ``"binary"``): :attr:`bytes_per_image_` states the cost.
@@ -108,7 +116,14 @@ class LocalDescriptorReranker(Reranker):
 
     Args:
         model: A trained :class:`~graphrerank.models.LocalMatcher` on the data's device, or
-            ``None`` for chamfer matching.
+            ``None`` for training-free matching (``similarity``).
+        similarity: The training-free similarity used when ``model`` is ``None``:
+            ``"chamfer"``, ``"chamfer_db"``, ``"chamfer_sym"`` or ``"mnn"``.
+        whitening: A fitted :class:`~graphrerank.nn.PCAWhitening` of the raw local
+            descriptors (learned on training locals), applied to the database's at
+            :meth:`fit` (they are stored whitened) and to the queries' at :meth:`rerank`, and
+            saved with the re-ranker. A ``model`` with its own ``whitening`` brings it (then
+            leave this ``None``).
         top_m: Shortlist size :math:`M` (RRT, AMES and LOCORE re-rank the top 100).
         mode: ``"pairwise"`` (a graph per pair), ``"listwise"`` (a graph per query and window
             of candidates) or ``"auto"`` (the mode the model was trained in).
@@ -132,8 +147,13 @@ class LocalDescriptorReranker(Reranker):
 
     Raises:
         ValueError: bad settings (at :meth:`fit`), local descriptors of the wrong shape,
-            dimension or device, NaN, ``k`` too large, a model on another device.
-        TypeError: missing local descriptors, a ``model`` that is not a ``LocalMatcher``.
+            dimension or device, NaN, ``k`` too large, a model on another device; an
+            ``initial`` ranking with NaN scores or an item listed twice in a row.
+        TypeError: missing local descriptors, non-float ones, a ``model`` that is not a
+            ``LocalMatcher``.
+
+    Local descriptors may be any float array (float16 / float64 / nested lists): they are
+    used as float32.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -156,6 +176,12 @@ class LocalDescriptorReranker(Reranker):
 
     model: LocalMatcher | None = setting(
         None, InstanceOf(LocalMatcher, "a graphrerank.models.LocalMatcher or None") | None
+    )
+    similarity: Literal["chamfer", "chamfer_db", "chamfer_sym", "mnn"] = setting(
+        "chamfer", OneOf(SIMILARITIES)
+    )
+    whitening: PCAWhitening | None = setting(
+        None, InstanceOf(PCAWhitening, "a fitted graphrerank.nn.PCAWhitening or None") | None
     )
     top_m: int = setting(100, Int(1))
     mode: Literal["auto", "pairwise", "listwise"] = setting(
@@ -195,7 +221,15 @@ class LocalDescriptorReranker(Reranker):
                 "fit(database, local=...)"
             )
         model = self.model
-        dim = None if model is None else model.in_dim
+        white = self._preprocessing()
+        dim = None if model is None else model.input_dim
+        if white is not None:
+            dim = white.in_features
+            if model is not None and model.whitening is None and white.out_features != model.in_dim:
+                raise ValueError(
+                    f"whitening outputs {white.out_features}-d descriptors, the model takes "
+                    f"{model.in_dim}"
+                )
         loc = check_local(local, "local", num_items=db.shape[0], dim=dim, device=db.device)
         gdim = None if model is None else model.config["global_dim"]
         if gdim is not None and db.shape[1] != gdim:
@@ -220,11 +254,42 @@ class LocalDescriptorReranker(Reranker):
             pos = _check_positions(positions, "positions", loc)
         elif model is not None and model.config["use_positions"]:
             raise ValueError("the model uses descriptor positions: fit(..., positions=...)")
+        if white is not None:
+            wdev = white.components.device
+            if wdev != db.device:
+                raise ValueError(
+                    f"the whitening is on {wdev} but the database on {db.device}; move it with "
+                    ".to(device)"
+                )
+            loc = self._whiten(loc)
         for attr in self._fitted_attributes():
             delattr(self, attr)
         self.database_ = db
         self._fit(db, loc, pos)
         return self
+
+    def _preprocessing(self) -> PCAWhitening | None:
+        """The whitening of raw local descriptors in use: the setting's, or the model's."""
+        w, model = self.whitening, self.model
+        if w is not None and model is not None and model.whitening is not None:
+            raise ValueError(
+                "the model brings its own whitening: leave the re-ranker's whitening=None"
+            )
+        if w is not None and not w.is_fitted:
+            raise ValueError("whitening must be fitted (on training local descriptors)")
+        return w if w is not None else (None if model is None else model.whitening)
+
+    def _whiten(self, local: Tensor) -> Tensor:
+        w = self._preprocessing()
+        if w is None:
+            return local
+        with torch.no_grad():
+            return w(local).float()
+
+    def _input_dim(self) -> int:
+        """Dimension of the raw local descriptors ``rerank`` takes."""
+        w = self._preprocessing()
+        return self.local_.dim if w is None else w.in_features
 
     def _fit(self, database: Tensor, local: Tensor | None = None, positions=None) -> None:
         self.index_ = KNNIndex(metric=self.metric, backend=self.backend).add(database)
@@ -257,8 +322,9 @@ class LocalDescriptorReranker(Reranker):
                 pos = self.positions_
             else:
                 loc = check_local(
-                    local, "local", num_items=n, dim=self.local_.dim, device=self.device_
+                    local, "local", num_items=n, dim=self._input_dim(), device=self.device_
                 )
+                loc = self._whiten(loc)
                 pos = None if positions is None else _check_positions(positions, "positions", loc)
             return None, loc, pos, own
         q = check_features(queries, "queries", dim=self.database_.shape[1])
@@ -270,8 +336,9 @@ class LocalDescriptorReranker(Reranker):
                 "rerank needs the queries' local descriptors: rerank(queries, k, local=...)"
             )
         loc = check_local(
-            local, "local", num_items=q.shape[0], dim=self.local_.dim, device=self.device_
+            local, "local", num_items=q.shape[0], dim=self._input_dim(), device=self.device_
         )
+        loc = self._whiten(loc)
         pos = None if positions is None else _check_positions(positions, "positions", loc)
         return q, loc, pos, None
 
@@ -328,6 +395,7 @@ class LocalDescriptorReranker(Reranker):
             query_global=self.database_ if q is None else q,
             database_global=self.database_,
             own_index=own,
+            similarity=self.similarity,
         )
         return scores, indices, logits, k
 
@@ -370,6 +438,21 @@ class LocalDescriptorReranker(Reranker):
             s = torch.cat([s, s.new_full((s.shape[0], pad), float("-inf"))], dim=1)
             i = torch.cat([i, i.new_full((i.shape[0], pad), -1)], dim=1)
         return RerankResult(s, i)
+
+    def _check_initial(self, initial, num_queries: int) -> RerankResult:
+        scores, indices = super()._check_initial(initial, num_queries)
+        if bool(torch.isnan(scores).any()):
+            raise ValueError("initial scores contain NaN; give finite scores (or -inf at padding)")
+        if indices.shape[1] > 1:
+            srt = indices.sort(dim=1).values
+            dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+            if bool(dup.any()):
+                row = int(dup.any(1).nonzero()[0])
+                raise ValueError(
+                    f"initial indices list a database item twice in row {row}; each ranked "
+                    "list must hold distinct items (-1 for padding)"
+                )
+        return RerankResult(scores, indices)
 
     def _rerank(self, queries, k, initial=None):  # pragma: no cover - rerank is overridden
         raise NotImplementedError
@@ -457,6 +540,7 @@ class LocalDescriptorReranker(Reranker):
             query_global=self.database_[rows],
             database_global=self.database_,
             own_index=rows,
+            similarity=self.similarity,
         )
         from ..models.fusion import fuse_scores
 
@@ -469,7 +553,7 @@ class LocalDescriptorReranker(Reranker):
         and stored local descriptors) to one ``.npz`` file, atomically, with a checksum and
         without pickle."""
         self._check_fitted()
-        settings = {k: v for k, v in self.get_params().items() if k != "model"}
+        settings = {k: v for k, v in self.get_params().items() if k not in ("model", "whitening")}
         arrays = {
             "database": self.database_.detach().cpu().numpy(),
             "local": self.local_.data.detach().cpu().numpy(),
@@ -485,9 +569,21 @@ class LocalDescriptorReranker(Reranker):
             "model": None,
         }
         if self.model is not None:
-            meta["model"] = {"config": self.model.config, "metadata": self.model.metadata}
+            config = dict(self.model.config)
+            if self.model.whitening is not None:
+                config["whitening"] = self.model._whitening_config()
+            meta["model"] = {"config": config, "metadata": self.model.metadata}
             for key, v in self.model.state_dict().items():
                 arrays[f"model.{key}"] = v.detach().cpu().numpy()
+        meta["whitening"] = None
+        if self.whitening is not None:
+            w = self.whitening
+            meta["whitening"] = dict(
+                dim=w.dim, center=w.center, whiten=w.whiten, shrinkage=w.shrinkage,
+                power=w.power, l2=w.l2,
+            )  # fmt: skip
+            for key, v in w.state_dict().items():
+                arrays[f"whitening.{key}"] = v.detach().cpu().numpy()
         return save_arrays(path, arrays, meta)
 
     @classmethod
@@ -526,7 +622,7 @@ class LocalDescriptorReranker(Reranker):
         if meta.get("model") is not None:
             config = dict(meta["model"].get("config") or {})
             try:
-                model = LocalMatcher(config.pop("in_dim"), **config)
+                model = LocalMatcher.from_config(config)
             except (KeyError, TypeError, ValueError) as err:
                 raise CorruptFileError(
                     f"{where} has an invalid model configuration: {err}"
@@ -538,8 +634,18 @@ class LocalDescriptorReranker(Reranker):
                 raise CorruptFileError(f"{where} does not match its model: {err}") from None
             model.metadata = dict(meta["model"].get("metadata") or {})
             model = model.to(device)
+        whitening = None
+        if meta.get("whitening") is not None:
+            try:
+                whitening = PCAWhitening(**meta["whitening"])
+                whitening.load_state_dict(
+                    {k[10:]: tensor(k) for k in arrays if k.startswith("whitening.")}
+                )
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise CorruptFileError(f"{where} has an invalid whitening: {err}") from None
+            whitening = whitening.to(device)
         try:
-            r = cls(model=model, **{**meta["settings"], **settings})
+            r = cls(model=model, whitening=whitening, **{**meta["settings"], **settings})
             r.validate_params()
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptFileError(f"{where} has invalid settings: {err}") from None
