@@ -148,12 +148,15 @@ def _fit_rerank(
     label: str,
     row: dict,
     record: bool = False,
+    strict: bool = False,
 ) -> tuple[Any, float, float]:
     """``model.fit(db)`` then ``model.rerank(q, k)``: the result and the seconds of each.
 
     Each step shows a progress line when it takes long; ``row["failed_at"]`` names the step
     under way, for the caller's error report, and with ``record`` ``row["fit_s"]`` is set as
-    soon as the fit is done (a row that fails at rerank keeps it). Exceptions pass through.
+    soon as the fit is done (a row that fails at rerank keeps it). ``strict``: all-vs-all with
+    each item removed from the database (``rerank(None, k, leave_one_out="strict")``).
+    Exceptions pass through.
     """
     row["failed_at"] = "fit"
     with Step(f"{label}: fit"):
@@ -166,7 +169,7 @@ def _fit_rerank(
         row["fit_s"] = t1 - t0
     row["failed_at"] = "rerank"
     with Step(f"{label}: rerank"):
-        result = model.rerank(q, k)
+        result = model.rerank(q, k, leave_one_out="strict") if strict else model.rerank(q, k)
         _sync(device)
         t2 = time.perf_counter()
     row["failed_at"] = None
@@ -199,6 +202,7 @@ def _rows(
     device: torch.device,
     command: str,
     after: Callable[[int, dict], None] | None = None,
+    strict: bool = False,
 ) -> Iterator[dict]:
     """Fit and re-rank each model once on ``task`` and score its rankings; yields one row per
     model, in order, as each finishes. A re-ranker that raises (``ValueError``,
@@ -206,7 +210,7 @@ def _rows(
     ``status`` ``"failed"`` (or ``"skipped"``), its ``error`` and the step it ``failed_at``;
     ``KeyboardInterrupt`` and ``SystemExit`` go on up. ``after(number, row)`` runs on each
     successful row before it is yielded (to save its rankings); its failure fails the row
-    (step ``"save"``). ``models`` is emptied as the rows are made, so that each fitted
+    (step ``"save"``). ``strict``: strict leave-one-out (all-vs-all data only). ``models`` is emptied as the rows are made, so that each fitted
     model, which can be large, is freed once its row is done."""
     _warm_up()
     db, q = _to_device(task.database, task.queries, device)
@@ -217,7 +221,9 @@ def _rows(
         row = _new_row(model)
         row.update(metrics={}, per_query={}, fit_s=None, rerank_s=None)
         try:
-            result, _, row["rerank_s"] = _fit_rerank(model, db, q, k, device, label, row, True)
+            result, _, row["rerank_s"] = _fit_rerank(
+                model, db, q, k, device, label, row, True, strict
+            )
             row["failed_at"] = "score"
             with Step(f"{label}: scoring"):
                 scores = task.score(result.indices)
@@ -256,7 +262,14 @@ def evaluate(args: argparse.Namespace) -> int:
         task = load_task(args)
     if args.l2_normalize:
         task.database, task.queries = _normalize(task.database), _normalize(task.queries)
-    k = _k(args.k, task.num_database)
+    strict = getattr(args, "leave_one_out", "all-vs-all") == "strict"
+    if strict and task.queries is not None:
+        raise CLIError(
+            "--leave-one-out strict needs all-vs-all data (the items are the queries); "
+            f"{task.name} has separate queries"
+        )
+    # strict: each item leaves the database, so a ranking holds at most N - 1 others
+    k = _k(args.k, task.num_database - int(strict))
     folder = None
     if args.save_rankings:
         folder = Path(args.save_rankings)
@@ -265,6 +278,8 @@ def evaluate(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CLIError(f"--save-rankings {args.save_rankings!r}: {err}") from None
     print(task.describe(k, device))
+    if strict:
+        print("strict leave-one-out: each item is removed from the database it is ranked in")
     print(
         f"scores in %; {gain_header(task)}: the {task.primary_header} of each row minus that "
         "of the first row, in points\n"
@@ -278,6 +293,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "num_database": task.num_database,
         "num_queries": num_queries if num_queries is not None else task.num_database,
         "all_vs_all": task.queries is None,
+        "leave_one_out": "strict" if strict else None,
         "command": command,
     }
 
@@ -293,6 +309,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "num_database": task.num_database,
             "num_queries": num_queries,
             "k": k,
+            "leave_one_out": meta["leave_one_out"],
             "device": str(device),
             "machine": machine(),
             "columns": dict(task.columns),
@@ -320,7 +337,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json:  # an unwritable path is bad input: found before any work
         write_json(args.json, payload(False), quiet=True)
     try:
-        for row in _rows(task, models, k, device, "evaluate", after=save):
+        for row in _rows(task, models, k, device, "evaluate", after=save, strict=strict):
             rows.append(row)
             if args.json:
                 write_json(args.json, payload(False), quiet=True)

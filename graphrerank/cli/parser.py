@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, help="ranking length (default: the whole database)")
     ev.add_argument("--no-baseline", action="store_true", help="do not add the kNN baseline")
     ev.add_argument(
+        "--leave-one-out",
+        choices=["all-vs-all", "strict"],
+        default="all-vs-all",
+        help="all-vs-all data (classes): 'all-vs-all' (default) ranks each item against the "
+        "whole database, itself included and not counted; 'strict' removes each item from the "
+        "database first, as published leave-one-out numbers do "
+        '(rerank(None, k, leave_one_out="strict"))',
+    )
+    ev.add_argument(
         "--json",
         metavar="PATH",
         help="also write the results as JSON: every metric and the AP of every query (by "

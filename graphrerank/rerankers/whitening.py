@@ -152,6 +152,11 @@ class Whitening(Reranker):
         else:
             train = check_features(self.train, "train", dim=database.shape[1])
             train = train.to(device=database.device)
+        name = "database" if self.train is None else "train"
+        if train.shape[0] < 2:
+            raise ValueError(
+                f"{name} must hold at least 2 vectors to learn the whitening, got {train.shape[0]}"
+            )
         module = self._module().to(database.device).fit(train)
         n = train.shape[0]
         if (

@@ -243,17 +243,7 @@ def _outcome(f):
             return None, err
 
 
-def _contract_params():
-    for c in CLASSES:
-        marks = []
-        if c.__name__ == "Whitening":  # names its internal argument: "x must hold at least 2"
-            marks.append(
-                pytest.mark.xfail(reason="Whitening.fit's errors name 'x', not 'database'")
-            )
-        yield pytest.param(c, id=c.__name__, marks=marks)
-
-
-@pytest.mark.parametrize("cls", list(_contract_params()))
+@pytest.mark.parametrize("cls", CLASSES, ids=[c.__name__ for c in CLASSES])
 @_SETTINGS
 @given(data=st.data())
 def test_every_reranker_gives_a_valid_result_or_a_named_error(cls, data):
