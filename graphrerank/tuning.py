@@ -849,7 +849,9 @@ def tune(
             difference (``0.0``: any gain), or ``"se"`` / ``"2se"``: one / two standard errors
             of the mean per-query gain in AP (paired over the queries), so that on small or
             noisy validation data the first stage stays unless the gain stands out of the
-            noise.
+            noise. The given settings (the re-ranker's own) are held to the same rule: they
+            are chosen when they beat the first stage by the margin, and another setting
+            replaces them only when it beats them by the margin as well.
         progress: Show a progress bar (default: when standard error is a terminal).
 
     Returns:
@@ -946,11 +948,13 @@ def tune(
                    "error": None, "margin": 0.0, "warnings": said}  # fmt: skip
             results.append(row)
             round_scores = []
+            round_aps: dict[int, Tensor] = {}
             for i, model in zip(alive, models):
                 label, error, m = repr(model), None, math.nan
                 try:
                     s, ap, secs, used, said = _run(model, prot, shared, kr)
                     m = _margin(margin, ap, base_ap)
+                    round_aps[i] = ap
                 except Exception as err:  # one setting's failure is its row's
                     s, secs, used, said = float("nan"), float("nan"), False, []
                     error = f"{type(err).__name__}: {err}"
@@ -958,7 +962,7 @@ def tune(
                 results.append({"params": dict(entries[i][0]), "reranker": label, "score": s,
                                 "round": r, "items": prot.num_database, "seconds": secs,
                                 "shared": used, "given": entries[i][1], "error": error,
-                                "margin": m, "warnings": said})  # fmt: skip
+                                "margin": m, "warnings": said, "_entry": i})  # fmt: skip
                 round_scores.append((-math.inf if error else s, i))
             del shared
             if r < len(rounds) - 1:
@@ -969,9 +973,26 @@ def tune(
     last = [row for row in results if row["round"] == len(rounds) - 1]
     base = last[0]
     best = base
+    # The given settings are the user's choice: they win over the baseline when they beat it
+    # by the margin, and another setting replaces them only by beating them by the margin too
+    # (measured on the same queries), so that a gain within the noise never moves away from
+    # either the first stage or the given settings.
+    given_last = next((row for row in last[1:] if row["given"] and row["error"] is None), None)
+    if given_last is not None and given_last["score"] > base["score"] + given_last["margin"]:
+        best = given_last
+    given_ap = None if given_last is None else round_aps.get(given_last["_entry"])
     for row in last[1:]:  # beat the baseline by the margin, then the best so far
-        if row["score"] > base["score"] + row["margin"] and row["score"] > best["score"]:
-            best = row
+        if row is given_last or row["error"] is not None:
+            continue
+        if not (row["score"] > base["score"] + row["margin"] and row["score"] > best["score"]):
+            continue
+        if best is given_last and given_ap is not None:
+            over_given = _margin(margin, round_aps[row["_entry"]], given_ap)
+            if not row["score"] > given_last["score"] + over_given:
+                continue
+        best = row
+    for row in results:
+        row.pop("_entry", None)
     given_rows = [row for row in results if row.get("given")]
     given_score = given_rows[-1]["score"] if given_rows else float("nan")
     return TuningResult(

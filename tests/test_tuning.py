@@ -329,6 +329,49 @@ def test_margin_keeps_the_baseline_unless_the_gain_stands_out(oracle):
             tune(Oracle(), {"good": [0, 3]}, x, labels=y, margin=bad)
 
 
+class Boost(Reranker):
+    """Cosine plus ``b`` times "same class", plus a seeded jitter of amplitude 0.03 for
+    ``variant > 0``: variant 0 is ``b = 0.3``, variant 1 ``b = 0.31`` (a gain of about 0.003
+    mAP, inside the noise of its per-query gains), variant 2 ``b = 0.33`` (about 0.016, beyond
+    two standard errors)."""
+
+    variant: int = setting(0, Int(0))
+    data = None
+
+    def _fit(self, database):
+        x, y = type(self).data
+        self.labels_ = y[(database[:, None, :] == x[None]).all(-1).double().argmax(1)]
+
+    def _rerank(self, queries, k, initial=None):
+        x = self.database_
+        y = self.labels_
+        b = (0.3, 0.31, 0.33)[self.variant]
+        s = x @ x.T + b * (y[:, None] == y[None, :]).to(x.dtype)
+        if self.variant:
+            g = torch.Generator().manual_seed(2)
+            s = s + 0.03 * torch.randn(s.shape, generator=g, dtype=s.dtype)
+        val, idx = s.topk(k, dim=1)
+        return RerankResult(val, idx)
+
+
+def test_the_given_settings_are_replaced_only_by_a_gain_beyond_the_margin():
+    x, y = _clustered(noise=1.5)
+    Boost.data = (x, y)
+    try:
+        given = Boost()  # far above the baseline (mAP 0.81 against 0.54)
+        res = tune(given, {"variant": [0, 1]}, x, labels=y, margin=0.0)
+        assert res.best_params_ == {"variant": 1}  # any gain wins
+        assert 0 < res.best_score_ - res.given_score_ < 0.01
+        assert res.given_score_ > res.baseline_score_ + 0.2
+        res = tune(given, {"variant": [0, 1]}, x, labels=y, margin="2se")
+        assert res.best_params_ == {"variant": 0}  # within the noise: the given stay
+        assert res.best_score_ == res.given_score_
+        res = tune(given, {"variant": [0, 2]}, x, labels=y, margin="2se")
+        assert res.best_params_ == {"variant": 2}  # beyond two standard errors: replaced
+    finally:
+        Boost.data = None
+
+
 class Loud(Oracle):
     """The oracle, warning at every fit with ``good == 3``."""
 
