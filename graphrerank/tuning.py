@@ -228,6 +228,16 @@ class Protocol:
             return torch.unique(self.query_labels)
         return torch.unique(self._landmarks())
 
+    def query_groups(self) -> Tensor:
+        """The group (:meth:`groups`) of each query, in query order: the class of each item
+        (all-vs-all) or query, the identity of each re-ID query, the landmark of each
+        revisitop query."""
+        if self.kind == "classes":
+            return self.labels if self.query_labels is None else self.query_labels
+        if self.kind == "reid":
+            return self.query_labels
+        return self._landmarks()
+
     def _landmarks(self) -> Tensor:
         """The landmark of each revisitop query: connected components of "shares a positive"."""
         q = len(self.gnd)
@@ -772,17 +782,35 @@ def _standard_errors(margin: str) -> float:
     )
 
 
-def _margin(margin: float | str, ap: Tensor, base_ap: Tensor) -> float:
-    """How much a setting must beat the baseline by: ``margin`` itself, or for ``"se"``
+def _margin(
+    margin: float | str, ap: Tensor, base_ap: Tensor, groups: Tensor | None = None
+) -> float:
+    r"""How much a setting must beat the baseline by: ``margin`` itself, or for ``"se"``
     (``"2se"``, ...) that many standard errors of the mean per-query difference of AP (paired,
-    over the queries with a positive)."""
+    over the queries with a positive).
+
+    With ``groups`` (the class / identity / landmark of each query) the standard error is
+    the cluster-robust one, :math:`\sqrt{\tfrac{G}{G-1} \sum_g (\sum_{q \in g} (d_q -
+    \bar d))^2} / n` over the :math:`G` groups: the queries of one class move together, and
+    the held-out data are other classes, so the noise that matters is that between classes
+    (with one query per group it is the per-query standard error)."""
     if not isinstance(margin, str):
         return float(margin)
     z = _standard_errors(margin)
-    d = (ap - base_ap)[~(ap.isnan() | base_ap.isnan())]
-    if d.numel() < 2:
+    valid = ~(ap.isnan() | base_ap.isnan())
+    d = (ap - base_ap)[valid].double()
+    n = d.numel()
+    if n < 2:
         return math.inf
-    return z * float(d.std(unbiased=True) / math.sqrt(d.numel()))
+    if groups is None:
+        return z * float(d.std(unbiased=True) / math.sqrt(n))
+    _, g = torch.unique(groups.to(valid.device)[valid], return_inverse=True)
+    num_groups = int(g.max()) + 1
+    if num_groups < 2:
+        return math.inf
+    sums = torch.zeros(num_groups, dtype=d.dtype, device=d.device).index_add_(0, g, d - d.mean())
+    var = num_groups / (num_groups - 1) * float((sums**2).sum())
+    return z * math.sqrt(var) / n
 
 
 def tune(
@@ -851,7 +879,9 @@ def tune(
             noisy validation data the first stage stays unless the gain stands out of the
             noise. The given settings (the re-ranker's own) are held to the same rule: they
             are chosen when they beat the first stage by the margin, and another setting
-            replaces them only when it beats them by the margin as well.
+            replaces them only when it beats them by the margin as well, its standard error
+            then clustered by class, identity or landmark (the held-out data are other
+            groups, so a gain must hold across groups, not only across queries).
         progress: Show a progress bar (default: when standard error is a terminal).
 
     Returns:
@@ -942,6 +972,7 @@ def tune(
                 shared = _SharedScores(prot, _depth(models, kr), scores, dense)
                 first_stage_s += shared.seconds
             base_score, base_ap, secs, used, said = _run(KNN(), prot, shared, kr)
+            query_groups = prot.query_groups()
             bar.update(1)
             row = {"params": None, "reranker": "KNN()", "score": base_score, "round": r,
                    "items": prot.num_database, "seconds": secs, "shared": used, "given": False,
@@ -974,9 +1005,9 @@ def tune(
     base = last[0]
     best = base
     # The given settings are the user's choice: they win over the baseline when they beat it
-    # by the margin, and another setting replaces them only by beating them by the margin too
-    # (measured on the same queries), so that a gain within the noise never moves away from
-    # either the first stage or the given settings.
+    # by the margin, and another setting replaces them only by beating them by the margin too,
+    # its standard error clustered by class / identity / landmark: a setting tuned on some
+    # classes must gain across them to displace the given one on classes it has not seen.
     given_last = next((row for row in last[1:] if row["given"] and row["error"] is None), None)
     if given_last is not None and given_last["score"] > base["score"] + given_last["margin"]:
         best = given_last
@@ -987,7 +1018,7 @@ def tune(
         if not (row["score"] > base["score"] + row["margin"] and row["score"] > best["score"]):
             continue
         if best is given_last and given_ap is not None:
-            over_given = _margin(margin, round_aps[row["_entry"]], given_ap)
+            over_given = _margin(margin, round_aps[row["_entry"]], given_ap, query_groups)
             if not row["score"] > given_last["score"] + over_given:
                 continue
         best = row

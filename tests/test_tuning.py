@@ -329,6 +329,21 @@ def test_margin_keeps_the_baseline_unless_the_gain_stands_out(oracle):
             tune(Oracle(), {"good": [0, 3]}, x, labels=y, margin=bad)
 
 
+def test_margin_standard_errors_are_clustered_by_group():
+    # gains d = (1, 1, -1, -1): per query SE = sqrt(4/3) / 2; two groups of two queries:
+    # sums of (d - mean) per group (2, -2), sqrt(2/1 * 8) / 4 = 1
+    ap = torch.tensor([1.0, 1.0, 0.0, 0.0, float("nan")], dtype=torch.float64)
+    base = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5], dtype=torch.float64)
+    assert tuning._margin("se", ap, base) == pytest.approx(math.sqrt(4 / 3) / 2)
+    groups = torch.tensor([7, 7, 3, 3, 3])
+    assert tuning._margin("se", ap, base, groups) == pytest.approx(1.0)
+    assert tuning._margin("2se", ap, base, groups) == pytest.approx(2.0)
+    # one query per group: the per-query standard error
+    one_each = torch.tensor([0, 1, 2, 3, 4])
+    assert tuning._margin("se", ap, base, one_each) == pytest.approx(math.sqrt(4 / 3) / 2)
+    assert tuning._margin("se", ap, base, torch.tensor([1, 1, 1, 1, 1])) == math.inf
+
+
 class Boost(Reranker):
     """Cosine plus ``b`` times "same class", plus a seeded jitter of amplitude 0.03 for
     ``variant > 0``: variant 0 is ``b = 0.3``, variant 1 ``b = 0.31`` (a gain of about 0.003
