@@ -143,16 +143,21 @@ def shortlist_similarity(
     lq, d = query_local.shape[1], query_local.shape[2]
     ld = database_local.data.shape[1] if stored else database_local.shape[1]
 
+    db_dtype = torch.float32 if stored else database_local.dtype
+    dtype = torch.promote_types(query_local.dtype, db_dtype)
+
     def gather(rows: Tensor) -> Tensor:
         if stored:
             data = database_local.data[rows]
-            return decode_local(StoredLocal(data, database_local.storage, database_local.dim))
-        return database_local[rows]
+            out = decode_local(StoredLocal(data, database_local.storage, database_local.dim))
+        else:
+            out = database_local[rows]
+        return out.to(dtype)
 
     per_query = m * ld * max(d, lq)
     chunk = max(1, max_elements // per_query)
     valid = shortlist >= 0
-    qn = torch.nn.functional.normalize(query_local, dim=-1)
+    qn = torch.nn.functional.normalize(query_local.to(dtype), dim=-1)
     for s in range(0, nq, chunk):
         rows = shortlist[s : s + chunk].clamp(min=0)
         b = rows.shape[0]

@@ -3,12 +3,13 @@ r"""Fusion of the first-stage (global) score with a local matching logit, and it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_real
+from .._checks import Array, Real, check_index, check_real, checked
 from ..typing import RerankResult
 
 __all__ = ["FusionResult", "fuse_scores", "rerank_shortlist", "tune_fusion"]
@@ -18,6 +19,26 @@ LAMBDAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 GAMMAS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
 
 
+#: Declared checks of the score arrays: numbers (``-inf`` allowed for padding), never NaN.
+_SCORES = Array(kind="number", nan=False)
+_LOGITS = Array(kind="number", nan=False)
+
+
+def _real_grid(values: Sequence[float], name: str, **bounds: Any) -> list[float]:
+    """The values of a grid argument, each checked (a scalar or a string is refused)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
+    if isinstance(values, (Tensor, np.ndarray)):
+        values = values.reshape(-1).tolist()
+    return [check_real(v, name, **bounds) for v in values]
+
+
+@checked(
+    global_scores=_SCORES,
+    logits=_LOGITS,
+    lambda_value=Real(low=0, high=1),
+    gamma=Real(low=0, low_open=True),
+)
 def fuse_scores(
     global_scores: Tensor, logits: Tensor, lambda_value: float = 0.5, gamma: float = 1.0
 ) -> Tensor:
@@ -33,12 +54,18 @@ def fuse_scores(
             first stage.
         gamma: Temperature :math:`\gamma > 0` of the logit.
 
+    Raises:
+        ValueError: the shapes differ, an input holds NaN, or a setting is out of range.
+        TypeError: an input is not a numeric array (numpy arrays and lists are converted).
+
     Example:
         >>> fuse_scores(torch.tensor([0.8]), torch.tensor([0.0]), 0.5, 1.0)
         tensor([0.6500])
     """
-    lambda_value = check_real(lambda_value, "lambda_value", low=0, high=1)
-    gamma = check_real(gamma, "gamma", low=0, low_open=True)
+    return _fuse(global_scores, logits, lambda_value, gamma)
+
+
+def _fuse(global_scores: Tensor, logits: Tensor, lambda_value: float, gamma: float) -> Tensor:
     if global_scores.shape != logits.shape:
         raise ValueError(
             f"global_scores {tuple(global_scores.shape)} and logits {tuple(logits.shape)} "
@@ -48,6 +75,37 @@ def fuse_scores(
     return s.masked_fill(torch.isinf(logits) & (logits < 0), float("-inf"))
 
 
+def _check_ranking(scores: Tensor, indices: Tensor, logits: Tensor) -> Tensor:
+    """Cross-argument checks of a ranking and its logits (each already checked alone); returns
+    ``indices`` checked as ids (``-1`` padding, no id twice in a row)."""
+    if scores.shape != indices.shape:
+        raise ValueError(
+            f"scores and indices must be (Q, K) of one shape, got {tuple(scores.shape)} and "
+            f"{tuple(indices.shape)}"
+        )
+    q, m = logits.shape
+    if q != scores.shape[0] or m > scores.shape[1]:
+        raise ValueError(
+            f"logits must be (Q, M) with Q={scores.shape[0]} and M <= {scores.shape[1]}, got "
+            f"{tuple(logits.shape)}"
+        )
+    high = int(indices.max()) + 1 if indices.numel() else 0
+    indices = check_index(indices, "indices", high=max(high, 0), padding=True, unique=True)
+    if scores.numel() and bool((~torch.isfinite(scores) & (indices >= 0)).any()):
+        raise ValueError(
+            "scores contains NaN or infinite values at real entries (indices >= 0); only "
+            "padding (index -1) may score -inf"
+        )
+    return indices
+
+
+@checked(
+    scores=Array(kind="number", nan=False, ndim=2),
+    indices=Array(kind="int", ndim=2),
+    logits=Array(kind="float", nan=False, ndim=2),
+    lambda_value=Real(low=0, high=1),
+    gamma=Real(low=0, low_open=True),
+)
 def rerank_shortlist(
     scores: Tensor, indices: Tensor, logits: Tensor, lambda_value: float = 0.5, gamma: float = 1.0
 ) -> RerankResult:
@@ -68,6 +126,12 @@ def rerank_shortlist(
     Returns:
         :class:`~graphrerank.typing.RerankResult` ``(scores, indices)`` :math:`(Q, K)`.
 
+    Raises:
+        ValueError: shapes disagree, an id is below -1 or repeated within a row, a real entry
+            scores NaN or :math:`\pm\infty`, or a logit is NaN.
+        TypeError: an input is not a numeric array of the right kind (numpy arrays and
+            lists are converted).
+
     Example:
         >>> s = torch.tensor([[0.9, 0.8, 0.7, 0.6]])
         >>> i = torch.tensor([[3, 1, 2, 0]])
@@ -77,19 +141,16 @@ def rerank_shortlist(
         >>> out.scores
         tensor([[ 0.9933,  0.0067,  0.0067, -0.0933]])
     """
-    if scores.shape != indices.shape or scores.dim() != 2:
-        raise ValueError(
-            f"scores and indices must be (Q, K) of one shape, got {tuple(scores.shape)} and "
-            f"{tuple(indices.shape)}"
-        )
-    q, m = logits.shape[0], logits.shape[1] if logits.dim() == 2 else -1
-    if logits.dim() != 2 or q != scores.shape[0] or m > scores.shape[1]:
-        raise ValueError(
-            f"logits must be (Q, M) with Q={scores.shape[0]} and M <= {scores.shape[1]}, got "
-            f"{tuple(logits.shape)}"
-        )
+    indices = _check_ranking(scores, indices, logits)
+    return _rerank(scores, indices, logits, lambda_value, gamma)
+
+
+def _rerank(
+    scores: Tensor, indices: Tensor, logits: Tensor, lambda_value: float, gamma: float
+) -> RerankResult:
+    m = logits.shape[1]
     logits = logits.masked_fill(indices[:, :m] < 0, float("-inf"))
-    fused = fuse_scores(scores[:, :m].to(logits.dtype), logits, lambda_value, gamma)
+    fused = _fuse(scores[:, :m].to(logits.dtype), logits, lambda_value, gamma)
     rest = scores[:, m:].to(fused.dtype)
     if rest.shape[1]:
         # shift the rest below the lowest re-ranked score (a monotone map: its order is kept)
@@ -119,6 +180,13 @@ class FusionResult(NamedTuple):
     grid: Tensor
 
 
+@checked(
+    scores=Array(kind="number", nan=False, ndim=2),
+    indices=Array(kind="int", ndim=2),
+    logits=Array(kind="float", nan=False, ndim=2),
+    database_labels=Array(kind=None, ndim=1),
+    query_labels=Array(kind=None, ndim=1, optional=True),
+)
 def tune_fusion(
     scores: Tensor,
     indices: Tensor,
@@ -163,14 +231,20 @@ def tune_fusion(
     """
     from ..metrics import class_map
 
-    lambdas = [check_real(v, "lambdas", low=0, high=1) for v in lambdas]
-    gammas = [check_real(v, "gammas", low=0, low_open=True) for v in gammas]
+    lambdas = _real_grid(lambdas, "lambdas", low=0, high=1)
+    gammas = _real_grid(gammas, "gammas", low=0, low_open=True)
     if not lambdas or not gammas:
         raise ValueError("lambdas and gammas must each hold at least one value")
+    indices = _check_ranking(scores, indices, logits)
+    n = database_labels.shape[0]
+    if indices.numel() and int(indices.max()) >= n:
+        raise ValueError(
+            f"indices holds the id {int(indices.max())}, out of range for the {n} database_labels"
+        )
     grid = torch.empty(len(lambdas), len(gammas), dtype=torch.float64)
     for a, lam in enumerate(lambdas):
         for b, gam in enumerate(gammas):
-            out = rerank_shortlist(scores, indices, logits, lam, gam)
+            out = _rerank(scores, indices, logits, lam, gam)
             grid[a, b] = class_map(
                 out.indices, database_labels, query_labels, leave_one_out=leave_one_out
             )

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_int
+from .._checks import Array, Int, checked
 
 __all__ = ["EDGE_C2Q", "EDGE_GLOBAL", "EDGE_INTRA", "EDGE_Q2C", "match_graph"]
 
@@ -75,6 +75,16 @@ def _intra(
     return edge_index, s.reshape(-1), rel
 
 
+@checked(
+    query=Array(ndim=3, finite=True),
+    candidates=Array(ndim=4, finite=True),
+    k_intra=Int(low=0),
+    k_cross=Int(low=1),
+    query_positions=Array(kind="number", ndim=3, finite=True, optional=True),
+    candidate_positions=Array(kind="number", ndim=4, finite=True, optional=True),
+    query_global=Array(ndim=2, finite=True, optional=True),
+    candidate_global=Array(ndim=3, finite=True, optional=True),
+)
 def match_graph(
     query: Tensor,
     candidates: Tensor,
@@ -119,7 +129,8 @@ def match_graph(
           for intra edges; ``num_pairs`` :math:`= BW`.
 
     Raises:
-        ValueError: shapes disagree or a set is empty.
+        ValueError: shapes disagree, a set is empty, or an input holds NaN or infinite values.
+        TypeError: an input is not a float array (numpy arrays and lists are converted).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -129,11 +140,8 @@ def match_graph(
         >>> graph.num_nodes, graph.num_pairs, graph.edge_index.shape
         (30, 8, torch.Size([2, 90]))
     """
-    if query.dim() != 3 or candidates.dim() != 4:
-        raise ValueError(
-            f"query must be (B, L_q, D) and candidates (B, W, L_c, D), got shapes "
-            f"{tuple(query.shape)} and {tuple(candidates.shape)}"
-        )
+    dtype = torch.promote_types(query.dtype, candidates.dtype)
+    query, candidates = query.to(dtype), candidates.to(dtype)
     b, lq, d = query.shape
     if candidates.shape[0] != b or candidates.shape[3] != d:
         raise ValueError(
@@ -145,10 +153,17 @@ def match_graph(
         raise ValueError(
             f"empty match graph: query {tuple(query.shape)}, candidates {tuple(candidates.shape)}"
         )
-    k_intra = check_int(k_intra, "k_intra", low=0)
-    k_cross = check_int(k_cross, "k_cross", low=1)
     if (query_positions is None) != (candidate_positions is None):
         raise ValueError("give both query_positions and candidate_positions, or neither")
+    if query_positions is not None and (
+        tuple(query_positions.shape) != (b, lq, 2)
+        or tuple(candidate_positions.shape) != (b, w, lc, 2)
+    ):
+        raise ValueError(
+            f"query_positions must be (B, L_q, 2) = {(b, lq, 2)} and candidate_positions "
+            f"(B, W, L_c, 2) = {(b, w, lc, 2)}, got {tuple(query_positions.shape)} and "
+            f"{tuple(candidate_positions.shape)}"
+        )
     if (query_global is None) != (candidate_global is None):
         raise ValueError("give both query_global and candidate_global, or neither")
     if query_global is not None and (
@@ -161,6 +176,9 @@ def match_graph(
             f"query_global must be (B, D_g) and candidate_global (B, W, D_g) with B={b}, W={w}, "
             f"got {tuple(query_global.shape)} and {tuple(candidate_global.shape)}"
         )
+    if query_global is not None:
+        gtype = torch.promote_types(query_global.dtype, candidate_global.dtype)
+        query_global, candidate_global = query_global.to(gtype), candidate_global.to(gtype)
     dev = query.device
     per_graph = lq + w * lc
     start = torch.arange(b, device=dev) * per_graph  # first node of each graph

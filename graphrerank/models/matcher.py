@@ -20,6 +20,9 @@ from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, match_graph
 
 __all__ = ["LocalMatcher"]
 
+#: Bounds on the sizes of a model (beyond them the weights would not fit in memory).
+MAX_DIM, MAX_LAYERS, MAX_HEADS, MAX_RBF, MAX_WEIGHTS = 65536, 64, 1024, 1024, 2**31
+
 _FORMAT = "graphrerank.LocalMatcher"
 _VERSION = 1
 
@@ -108,6 +111,12 @@ class LocalMatcher(nn.Module):
             descriptors (:attr:`input_dim` wide), :meth:`score` and :meth:`forward` take
             preprocessed ones.
 
+    Raises:
+        ValueError: a setting is out of range: widths (``in_dim``, ``hidden``, ``ffn``,
+            ``global_dim``) above 65536, ``num_layers`` above 64, ``heads`` or ``num_rbf``
+            above 1024, or a model of more than :math:`2^{31}` weights.
+        TypeError: a setting has the wrong type.
+
     Shapes:
         - **forward:** a match graph of :math:`P` pairs :math:`\to` logits :math:`(P,)`
         - **score:** query :math:`(B, L_q, D)`, candidates :math:`(B, W, L_c, D)` :math:`\to`
@@ -139,19 +148,26 @@ class LocalMatcher(nn.Module):
         whitening: PCAWhitening | None = None,
     ) -> None:
         super().__init__()
-        in_dim = check_int(in_dim, "in_dim", low=1)
-        hidden = check_int(hidden, "hidden", low=1)
-        heads = check_int(heads, "heads", low=1)
+        in_dim = check_int(in_dim, "in_dim", low=1, high=MAX_DIM)
+        hidden = check_int(hidden, "hidden", low=1, high=MAX_DIM)
+        heads = check_int(heads, "heads", low=1, high=MAX_HEADS)
         if hidden % heads:
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
-        num_layers = check_int(num_layers, "num_layers", low=0)
-        ffn = check_int(ffn, "ffn", low=1)
+        num_layers = check_int(num_layers, "num_layers", low=0, high=MAX_LAYERS)
+        ffn = check_int(ffn, "ffn", low=1, high=MAX_DIM)
         dropout = check_real(dropout, "dropout", low=0, high=1, high_open=True)
         k_intra = check_int(k_intra, "k_intra", low=0)
         k_cross = check_int(k_cross, "k_cross", low=1)
-        num_rbf = check_int(num_rbf, "num_rbf", low=2)
+        num_rbf = check_int(num_rbf, "num_rbf", low=2, high=MAX_RBF)
         if global_dim is not None:
-            global_dim = check_int(global_dim, "global_dim", low=1)
+            global_dim = check_int(global_dim, "global_dim", low=1, high=MAX_DIM)
+        weights = num_layers * (8 * hidden * hidden + 2 * hidden * ffn) + in_dim * hidden
+        if weights > MAX_WEIGHTS:
+            raise ValueError(
+                f"this LocalMatcher would hold about {weights:.3g} weights (in_dim={in_dim}, "
+                f"hidden={hidden}, ffn={ffn}, num_layers={num_layers}), more than the "
+                f"{MAX_WEIGHTS:.3g} allowed; reduce hidden, ffn or num_layers"
+            )
         if not isinstance(use_positions, bool):
             raise TypeError(f"use_positions must be True or False, got {use_positions!r}")
         if whitening is not None:
@@ -297,7 +313,8 @@ class LocalMatcher(nn.Module):
         x = graph.x
         if x.shape[-1] != self.in_dim:
             raise ValueError(
-                f"descriptors have dimension {x.shape[-1]}, the model takes {self.in_dim}"
+                f"descriptors have dimension {x.shape[-1]}, the model takes {self.in_dim} "
+                "(the in_dim it was built with)"
             )
         dtype = self.embed.weight.dtype
         h = self.embed(torch.nn.functional.normalize(x.to(dtype), dim=-1))

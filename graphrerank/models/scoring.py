@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._checks import check_in, check_int
+from .._checks import Array, Check, Int, OneOf, Ref, check_index, check_int, check_tensor, checked
 from .baselines import SIMILARITIES, Similarity, shortlist_similarity
 from .matcher import LocalMatcher
 from .storage import StoredLocal, decode_local
@@ -16,7 +16,60 @@ __all__ = ["chamfer_similarity", "score_shortlist", "sliding_windows"]
 
 Mode = Literal["pairwise", "listwise"]
 
+#: The most windows :func:`sliding_windows` makes (a list this long already takes gigabytes).
+MAX_WINDOWS = 10**7
 
+
+def _local(value: Tensor | StoredLocal, name: str, *, finite: bool = True) -> Tensor | StoredLocal:
+    """A ``(N, L, D)`` local descriptor set: a float tensor (numpy converted; finite unless
+    ``finite=False``) or a :class:`StoredLocal`, passed on."""
+    if isinstance(value, StoredLocal):
+        return value
+    return check_tensor(value, name, ndim=3, finite=finite)
+
+
+def _num_items(local: Tensor | StoredLocal) -> int:
+    return int(local.data.shape[0] if isinstance(local, StoredLocal) else local.shape[0])
+
+
+def _dim(local: Tensor | StoredLocal) -> int:
+    return int(local.dim if isinstance(local, StoredLocal) else local.shape[-1])
+
+
+def _shortlist(value: Tensor, name: str, *, database: Tensor | StoredLocal) -> Tensor:
+    """``(Q, M)`` ids of ``database`` images (``-1`` padding); the images they name must hold
+    finite descriptors (checked a block at a time, only those rows)."""
+    n = _num_items(database)
+    try:
+        ids = check_index(value, name, high=n, ndim=2, padding=True)
+    except ValueError as err:
+        if "out of range" not in str(err):
+            raise
+        raise ValueError(f"{err} (database_local holds {n} image(s))") from None
+    if not isinstance(database, StoredLocal) and ids.numel():
+        rows = ids[ids >= 0].unique()
+        per = max(1, (16 * 2**20) // max(1, database[0].numel())) if rows.numel() else 1
+        for s in range(0, rows.numel(), per):
+            block = database[rows[s : s + per]]
+            if block.is_floating_point() and not bool(torch.isfinite(block).all()):
+                raise ValueError(
+                    "database_local contains NaN or infinite values in images of the shortlist"
+                )
+    return ids
+
+
+def _model(value: object, name: str) -> LocalMatcher | None:
+    if value is not None and not isinstance(value, LocalMatcher):
+        raise TypeError(
+            f"{name} must be a graphrerank.models.LocalMatcher or None, got {type(value).__name__}"
+        )
+    return value
+
+
+@checked(
+    query=Array(ndim=3, finite=True),
+    candidates=Array(ndim=4, finite=True),
+)
 def chamfer_similarity(query: Tensor, candidates: Tensor) -> Tensor:
     r"""Training-free local matching: mean over the query's descriptors of the best cosine in
     the candidate.
@@ -31,14 +84,30 @@ def chamfer_similarity(query: Tensor, candidates: Tensor) -> Tensor:
     Returns:
         :math:`(B, W)` similarities in :math:`[-1, 1]`.
 
+    Raises:
+        ValueError: a shape is wrong, the two disagree in :math:`B` or :math:`D`, a set is
+            empty, or an input holds NaN or infinite values.
+        TypeError: an input is not a float array (numpy arrays and lists are converted).
+
     Example:
         >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
         >>> c = torch.tensor([[[[1.0, 0.0]], [[0.6, 0.8]]]])
         >>> chamfer_similarity(q, c)
         tensor([[0.5000, 0.7000]])
     """
-    qn = torch.nn.functional.normalize(query, dim=-1)
-    cn = torch.nn.functional.normalize(candidates, dim=-1)
+    if candidates.shape[0] != query.shape[0] or candidates.shape[3] != query.shape[2]:
+        raise ValueError(
+            f"candidates {tuple(candidates.shape)} must match query {tuple(query.shape)} in "
+            "the number of queries B and the dimension D"
+        )
+    if query.shape[1] == 0 or candidates.shape[2] == 0 or query.shape[2] == 0:
+        raise ValueError(
+            f"query {tuple(query.shape)} and candidates {tuple(candidates.shape)} must hold at "
+            "least one descriptor per image"
+        )
+    dtype = torch.promote_types(query.dtype, candidates.dtype)
+    qn = torch.nn.functional.normalize(query.to(dtype), dim=-1)
+    cn = torch.nn.functional.normalize(candidates.to(dtype), dim=-1)
     sim = torch.einsum("bid,bwjd->bwij", qn, cn)
     return sim.amax(-1).mean(-1)
 
@@ -58,6 +127,12 @@ def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, in
     stride = check_int(stride, "stride", low=1)
     if length <= window:
         return [(0, length)] if length else []
+    count = (length - window) // stride + 2
+    if count > MAX_WINDOWS:
+        raise ValueError(
+            f"length={length}, window={window} and stride={stride} would make about {count} "
+            f"windows, more than the {MAX_WINDOWS} allowed; use a larger window or stride"
+        )
     out = [(s, s + window) for s in range(0, length - window + 1, stride)]
     if out[-1][1] < length:
         out.append((length - window, length))
@@ -80,6 +155,18 @@ def _rows(t: Tensor | None, index: Tensor) -> Tensor | None:
 
 
 @torch.no_grad()
+@checked(
+    model=Check(_model),
+    mode=OneOf(("pairwise", "listwise")),
+    similarity=OneOf(SIMILARITIES),
+    batch_size=Int(low=1),
+    window=Int(low=1),
+    stride=Int(low=1),
+    query_local=Check(_local),
+    database_local=Check(_local, finite=False),
+    shortlist=Check(_shortlist, database=Ref("database_local")),
+    own_index=Array(kind="int", ndim=1, optional=True),
+)
 def score_shortlist(
     model: LocalMatcher | None,
     query_local: Tensor | StoredLocal,
@@ -134,6 +221,13 @@ def score_shortlist(
     Returns:
         :math:`(Q, M)` logits, ``-inf`` where ``shortlist`` is -1.
 
+    Raises:
+        ValueError: a shape is wrong or disagrees with another (:math:`Q`, :math:`D`), an id
+            of ``shortlist`` is out of range, or ``query_local`` (or an image of
+            ``database_local`` that the shortlist names) holds NaN or infinite values.
+        TypeError: ``model`` is not a :class:`LocalMatcher` or ``None``, or an input is not
+            an array of the right kind (numpy arrays and lists are converted).
+
     Example:
         >>> q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
         >>> db = torch.tensor([[[1.0, 0.0]], [[0.6, 0.8]]])
@@ -141,11 +235,18 @@ def score_shortlist(
         tensor([[0.6000, 1.0000],
                 [0.0000,   -inf]])
     """
-    check_in(mode, "mode", ("pairwise", "listwise"))
-    check_in(similarity, "similarity", SIMILARITIES)
-    batch_size = check_int(batch_size, "batch_size", low=1)
-    window = check_int(window, "window", low=1)
-    stride = check_int(stride, "stride", low=1)
+    nq = _num_items(query_local)
+    if shortlist.shape[0] != nq:
+        raise ValueError(
+            f"shortlist has {shortlist.shape[0]} row(s) but query_local holds {nq} queries"
+        )
+    if _dim(query_local) != _dim(database_local):
+        raise ValueError(
+            f"query_local has descriptors of dimension {_dim(query_local)} but database_local "
+            f"of dimension {_dim(database_local)}"
+        )
+    if own_index is not None and own_index.shape[0] != nq:
+        raise ValueError(f"own_index must have shape ({nq},), got {tuple(own_index.shape)}")
     if model is None:
         if isinstance(query_local, StoredLocal):
             query_local = decode_local(query_local)

@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_in, check_int
+from .._checks import Array, OneOf, check_in, check_int, checked
 
 __all__ = ["STORAGES", "StoredLocal", "bytes_per_image", "compress_local", "decode_local"]
 
@@ -63,6 +63,7 @@ def bytes_per_image(num_descriptors: int, dim: int, storage: Storage = "float32"
     return num_descriptors * per
 
 
+@checked(local=Array(kind="number", ndim=3, finite=True), storage=OneOf(STORAGES))
 def compress_local(
     local: Tensor, *, num_descriptors: int | None = None, storage: Storage = "float32"
 ) -> StoredLocal:
@@ -72,7 +73,8 @@ def compress_local(
     as the Corel-1k local set is): the first :math:`L_d` are kept.
 
     Args:
-        local: :math:`(N, L, D)` float descriptors.
+        local: :math:`(N, L, D)` descriptors (floating point, or integers such as ``uint8``
+            SIFT, converted).
         num_descriptors: :math:`L_d \le L`; ``None`` keeps all.
         storage: ``"float32"``, ``"float16"`` or ``"binary"`` (sign bits, packed 8 per byte).
 
@@ -80,7 +82,10 @@ def compress_local(
         A :class:`StoredLocal` on the device of ``local``.
 
     Raises:
-        ValueError: ``num_descriptors`` is not in :math:`[1, L]` or ``storage`` is unknown.
+        ValueError: ``num_descriptors`` is not in :math:`[1, L]`, ``storage`` is unknown,
+            ``local`` is not 3-D or holds NaN or infinite values.
+        TypeError: ``local`` is not a real-valued array (numpy arrays and lists are
+            converted).
 
     Example:
         >>> x = torch.tensor([[[0.5, -0.5, 0.5, -0.5], [1.0, 0.0, 0.0, 0.0]]])
@@ -90,7 +95,6 @@ def compress_local(
         >>> decode_local(s)
         tensor([[[ 0.5000, -0.5000,  0.5000, -0.5000]]])
     """
-    check_in(storage, "storage", STORAGES)
     n, length, dim = local.shape
     if num_descriptors is not None:
         length = check_int(num_descriptors, "num_descriptors", low=1, high=local.shape[1])

@@ -12,7 +12,19 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import as_tensor, check_features, check_in, check_int, check_real
+from .._checks import (
+    Check,
+    Features,
+    Int,
+    Ref,
+    as_tensor,
+    check_features,
+    check_in,
+    check_index,
+    check_int,
+    check_real,
+    checked,
+)
 from .._progress import Progress, ProgressCallback
 from ..graph import knn_search
 from .fusion import rerank_shortlist
@@ -44,6 +56,26 @@ class TrainResult(NamedTuple):
     checkpoint: Path | None
 
 
+def _subset(value: Tensor, name: str, *, items: int) -> Tensor:
+    """Distinct ids of a subset of the ``items`` rows of ``global_descriptors``, at least 2."""
+    try:
+        ids = check_index(value, name, high=items, ndim=1, unique=True)
+    except ValueError as err:
+        if "out of range" not in str(err):
+            raise
+        raise ValueError(f"{err} (global_descriptors holds {items} row(s))") from None
+    if ids.numel() < 2:
+        raise ValueError(
+            f"{name} must hold at least 2 ids (a shortlist needs 2 items), got {ids.numel()}"
+        )
+    return ids
+
+
+@checked(
+    global_descriptors=Features(),
+    index=Check(_subset, items=Ref("global_descriptors", dim=0)),
+    length=Int(low=1),
+)
 def mine_shortlists(
     global_descriptors: Tensor, index: Tensor, length: int, *, backend: str = "auto"
 ) -> Tensor:
@@ -52,6 +84,20 @@ def mine_shortlists(
 
     These are the candidates the re-ranker will see at test time, so they hold the hard
     negatives: different-class images that the global descriptor ranks high.
+
+    Args:
+        global_descriptors: :math:`(N, D)` finite float global descriptors.
+        index: :math:`(S,)` distinct ids in :math:`[0, N)` of the subset.
+        length: Shortlist length (capped at :math:`S - 1`).
+        backend: As in :func:`~graphrerank.graph.knn_search`.
+
+    Returns:
+        :math:`(S, \min(\text{length}, S - 1))` int64 database indices.
+
+    Raises:
+        ValueError: ``global_descriptors`` is not 2-D, empty or not finite, ``index`` holds
+            an id out of range or twice, or the subset holds fewer than 2 items.
+        TypeError: an input is not an array of the right kind.
 
     Example:
         >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -62,9 +108,7 @@ def mine_shortlists(
     """
     sub = global_descriptors[index]
     n = sub.shape[0]
-    length = min(check_int(length, "length", low=1), n - 1)
-    if length < 1:
-        raise ValueError(f"a shortlist needs at least 2 items, the subset holds {n}")
+    length = min(length, n - 1)
     _, idx = knn_search(sub, sub, length + 1, backend=backend)
     own = torch.arange(n, device=idx.device).view(-1, 1)
     keep = idx != own
