@@ -225,6 +225,10 @@ class AnyOf(Constraint):
 #: ``False``, or a callback ``callback(done, total)``.
 PROGRESS = AnyOf(None, Bool(), Function(), what="None, True, False or a callable")
 
+#: Upper bound of a count of rounds or layers (query-expansion iterations, propagation layers):
+#: such counts converge or over-smooth long before it, and a huge value would loop for hours.
+MAX_ROUNDS = 1000
+
 
 def check_params(params: Mapping[str, Any], constraints: Mapping[str, Constraint | None]) -> None:
     """Check every setting in ``params`` that has a declared constraint (``None`` or no entry:

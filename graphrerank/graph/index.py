@@ -417,6 +417,7 @@ def database_index(x: Tensor, search: Search = "auto", backend: Backend = "auto"
         tensor([[0, 1]])
     """
     check_in(search, "search", SEARCHES)
+    x = check_features(x, "x", finite=True)
     kind = "flat"
     if search == "ivf" or (
         search == "auto"

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import lexsort
 
-from .._checks import CSR, Array, Index, Int, OneOf, Ref, check_index, checked
+from .._checks import CSR, Array, Index, Int, OneOf, Ref, check_features, check_index, checked
 from ..typing import TIES, RerankResult
 from .scores import ScoreMatrix
 from .sparse import csr_padded
@@ -292,6 +292,14 @@ def rank_dense(
     if ties == "index":
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     else:
+        if not isinstance(queries, ScoreMatrix):  # the secondary key: their similarities
+            database = check_features(database, "database", finite=False)
+            queries = check_features(queries, "queries", dim=database.shape[1], finite=False)
+            if (queries.shape[0], database.shape[0]) != tuple(scores.shape):
+                raise ValueError(
+                    f"scores must have shape (queries, database) = ({queries.shape[0]}, "
+                    f"{database.shape[0]}), got {tuple(scores.shape)}"
+                )
         first = queries.similarities() if isinstance(queries, ScoreMatrix) else queries @ database.T
         order = lexsort_desc(scores, first)[:, :k]
     return RerankResult(scores.gather(1, order), order)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .._checks import check_features, check_int, check_normalized
 from .._checks import check_same_device as _same_device
-from .._params import Int, OneOf, Real, setting
+from .._params import MAX_ROUNDS, Int, OneOf, Real, setting
 from ..graph import KNNIndex, knn_graph, to_torch_csr
 from ..nn.expansion import ExpansionPropagation, bipartite_adjacency
 from ..typing import BACKENDS, Backend, RerankResult, TensorLike
@@ -165,7 +165,7 @@ class AverageQueryExpansion(_QueryExpansion):
     """
 
     k: int = setting(5, Int(1))
-    iterations: int = setting(1, Int(1))
+    iterations: int = setting(1, Int(1, MAX_ROUNDS))
     backend: Backend = setting("auto", OneOf(BACKENDS))
 
     def _alpha(self) -> float:
@@ -235,7 +235,7 @@ class AlphaQueryExpansion(_QueryExpansion):
 
     k: int = setting(5, Int(1))
     alpha: float = setting(3.0, Real(0))
-    iterations: int = setting(1, Int(1))
+    iterations: int = setting(1, Int(1, MAX_ROUNDS))
     backend: Backend = setting("auto", OneOf(BACKENDS))
 
     def _alpha(self) -> float:
@@ -305,7 +305,7 @@ class DatabaseAugmentation(Reranker):
 
     k: int = setting(5, Int(1))
     alpha: float = setting(0.0, Real(0))
-    iterations: int = setting(1, Int(1))
+    iterations: int = setting(1, Int(1, MAX_ROUNDS))
     backend: Backend = setting("auto", OneOf(BACKENDS))
 
     @classmethod

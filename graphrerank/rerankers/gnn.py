@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_normalized, check_same_device
-from .._params import PROGRESS, Int, Real, setting
+from .._params import MAX_ROUNDS, PROGRESS, Int, Real, setting
 from .._progress import ProgressCallback
 from ..graph import lists as _lists
 from ..graph.lists import FeatureNodes, graph_lists, scan
@@ -175,7 +175,7 @@ class GNNRerank(Reranker):
 
     k1: int = setting(26, Int(1))
     k2: int = setting(7, Int(1, high="k1"))
-    layers: int = setting(2, Int(0))
+    layers: int = setting(2, Int(0, MAX_ROUNDS))
     lambda_value: float = setting(0.0, Real(0.0, 1.0))
     max_nonzeros: int | None = setting(None, Int(1) | None)
     progress: bool | ProgressCallback | None = setting(None, PROGRESS)
