@@ -1,7 +1,7 @@
 """graphrerank: image-retrieval re-ranking as graph computation on PyTorch Geometric."""
 
 from ._version import __version__  # noqa: I001 - first: every layer may read it
-
+from . import _startup  # noqa: F401 - second: defers torch._dynamo before PyG is imported
 from . import datasets, diffusion, graph, metrics, models, nn, plot, rerankers
 from .rerankers import KNN, Reranker
 from .typing import KNNResult, RerankResult
