@@ -21,6 +21,8 @@ from graphrerank.cli import CLIError, main, parse_reranker
 from graphrerank.cli.report import RANKINGS_FORMAT, Step
 from graphrerank.testing import data_dir, requires_data
 
+from ._cli import run, separate_query_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,12 +39,6 @@ def _step_ap_loo(x, y, k=None):
     prec = np.cumsum(hits, 1) / np.arange(1, hits.shape[1] + 1)
     ap = (prec * hits).sum(1) / npos
     return ap[npos > 0].mean()
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _table(out):
@@ -194,21 +190,13 @@ def test_evaluate_class_label_files_with_separate_queries(capsys, tmp_path):
     db = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
     labels = np.array([0, 0, 1, 1, 0])
     queries = np.array([[1.0, 0.05], [0.0, 1.0]], np.float32)
-    np.save(tmp_path / "db.npy", db)
-    np.save(tmp_path / "labels.npy", labels)
-    np.save(tmp_path / "q.npy", queries)
-    (tmp_path / "qlabels.txt").write_text("0\n1\n")
+    files = separate_query_args(
+        tmp_path, db, labels, queries, np.array([0, 1]), query_labels_as_text=True
+    )
     code, out, err = run(
         capsys,
         "evaluate",
-        "--database",
-        str(tmp_path / "db.npy"),
-        "--labels",
-        str(tmp_path / "labels.npy"),
-        "--queries",
-        str(tmp_path / "q.npy"),
-        "--query-labels",
-        str(tmp_path / "qlabels.txt"),
+        *files,
         "--reranker",
         "KNN",
         "--set",

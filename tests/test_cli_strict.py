@@ -5,16 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from graphrerank.cli import main
 from graphrerank.testing import requires_data
 
+from ._cli import run, separate_query_args
+
 SYNTHETIC = ["--data", "synthetic", "--size", "120", "--dim", "8", "--classes", "6"]
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _map_column(out):
@@ -85,21 +80,11 @@ def test_strict_changes_query_expansion_but_not_the_baseline(capsys):
 
 def test_strict_needs_all_vs_all_data(capsys, tmp_path):
     x = np.eye(6, dtype=np.float32)
-    np.save(tmp_path / "db.npy", x)
-    np.save(tmp_path / "q.npy", x[:2])
-    np.save(tmp_path / "labels.npy", np.arange(6) % 2)
-    np.save(tmp_path / "ql.npy", np.arange(2) % 2)
+    files = separate_query_args(tmp_path, x, np.arange(6) % 2, x[:2], np.arange(2) % 2)
     code, _, err = run(
         capsys,
         "evaluate",
-        "--database",
-        str(tmp_path / "db.npy"),
-        "--labels",
-        str(tmp_path / "labels.npy"),
-        "--queries",
-        str(tmp_path / "q.npy"),
-        "--query-labels",
-        str(tmp_path / "ql.npy"),
+        *files,
         "--leave-one-out",
         "strict",
     )

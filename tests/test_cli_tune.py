@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 
 import graphrerank as gr
-from graphrerank.cli import CLIError, main
+from graphrerank.cli import CLIError
 from graphrerank.cli.tune import parse_grid
 from graphrerank.metrics import class_map
 from graphrerank.testing import data_dir, requires_data
 
+from ._cli import run
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _rows(out):
