@@ -4,7 +4,10 @@ size-checked readers of untrusted ``.npy`` / ``.npz`` files.
 Every file read is treated as untrusted: a header is parsed only up to
 :data:`MAX_HEADER_BYTES`, the size an array header declares is checked against the bytes the
 file holds *before* anything is allocated, a compressed member may not claim more than
-deflate can expand to, and every failure is a :class:`CorruptFileError` naming the file.
+deflate can expand to, each member's local zip header must agree with the central
+directory, and every failure is a :class:`CorruptFileError` naming the argument and the file
+(``path='/data/x.npz' is not a .npz archive ...``; the readers take the argument's name as
+``name=``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 import os
 import re
 import secrets
+import struct
 import time
 import zipfile
 from collections.abc import Callable
@@ -30,6 +34,7 @@ __all__ = [
     "atomic_write",
     "check_path",
     "load_arrays",
+    "path_label",
     "read_format",
     "read_npy_file",
     "read_npz_file",
@@ -191,8 +196,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
 
 
 # --------------------------------------------------------------------------- safe reading
-def _shown(path: Path) -> str:
-    return repr(str(path))
+def path_label(path: str | os.PathLike, name: str = "path") -> str:
+    """How a message names a file argument: ``name='/the/file'``, so that it names both the
+    argument and the file.
+
+    Example:
+        >>> path_label("/data/x.npz")
+        "path='/data/x.npz'"
+        >>> path_label("q.npy", "queries")
+        "queries='q.npy'"
+    """
+    return f"{name}={os.fspath(path)!r}"
 
 
 def _read_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -262,8 +276,9 @@ def _read_array(fp: BinaryIO, where: str, available: int) -> np.ndarray:
         raise CorruptFileError(f"{where} holds an unreadable array: {err}") from None
 
 
-def read_npy_file(path: str | os.PathLike) -> np.ndarray:
-    """Read a ``.npy`` file without pickle, its header and size checked first.
+def read_npy_file(path: str | os.PathLike, *, name: str = "path") -> np.ndarray:
+    """Read a ``.npy`` file without pickle, its header and size checked first; ``name`` is the
+    caller's argument, named in every message (``path='/x/y.npy' is not a .npy file ...``).
 
     Raises:
         TypeError: ``path`` is not a text path.
@@ -271,8 +286,8 @@ def read_npy_file(path: str | os.PathLike) -> np.ndarray:
         CorruptFileError: the file is not a ``.npy`` array, is truncated, holds Python
             objects, or its header is damaged or declares more data than the file holds.
     """
-    path = check_path(path)
-    where = _shown(path)
+    path = check_path(path, name)
+    where = path_label(path, name)
     try:
         with open(path, "rb") as f:
             return _read_array(f, where, os.fstat(f.fileno()).st_size)
@@ -282,8 +297,50 @@ def read_npy_file(path: str | os.PathLike) -> np.ndarray:
         raise CorruptFileError(f"{where} could not be read: {err}") from None
 
 
+# The fields of a zip local file header (APPNOTE 4.3.7) that repeat the central directory's.
+_LOCAL_HEADER = struct.Struct("<4s2sHHHHIIIHH")
+_LOCAL_MAGIC = b"PK\x03\x04"
+_DATA_DESCRIPTOR = 0x08  # flag bit 3: CRC and sizes follow the data, zero in the header
+_ZIP64_SIZE = 0xFFFFFFFF
+
+
+def _check_local_header(fp: BinaryIO, info: zipfile.ZipInfo, at: str) -> None:
+    """Compare a member's local header with its central directory entry. ``zipfile`` reads
+    the data by the central directory and ignores most of the local copy, so damage there
+    (a flipped flag or compression byte) would otherwise pass unseen: the two copies of the
+    flags, the compression method, the CRC-32 and the sizes must agree (CRC and sizes unless
+    the member uses a data descriptor; sizes unless the header defers them to zip64). The
+    time stamps are not compared: damage there changes nothing that is read."""
+    fp.seek(info.header_offset)
+    raw = fp.read(_LOCAL_HEADER.size)
+    if len(raw) < _LOCAL_HEADER.size:
+        raise CorruptFileError(f"{at} is truncated inside its local zip header")
+    magic, _, flags, method, _, _, crc, csize, usize, _, _ = _LOCAL_HEADER.unpack(raw)
+    if magic != _LOCAL_MAGIC:
+        raise CorruptFileError(f"{at} has no local zip header where the zip directory points")
+    bad = []
+    if flags != info.flag_bits:
+        bad.append("flags")
+    if method != info.compress_type:
+        bad.append("compression method")
+    if not flags & _DATA_DESCRIPTOR:
+        if crc != info.CRC:
+            bad.append("CRC-32")
+        for what, local, cd in (
+            ("compressed size", csize, info.compress_size),
+            ("size", usize, info.file_size),
+        ):
+            if local != _ZIP64_SIZE and local != cd:
+                bad.append(what)
+    if bad:
+        raise CorruptFileError(
+            f"{at} is damaged: its local zip header disagrees with the zip directory on "
+            f"{', '.join(bad)}"
+        )
+
+
 def _member_arrays(
-    zf: zipfile.ZipFile, where: str, size: int, only: str | None = None
+    zf: zipfile.ZipFile, raw: BinaryIO, where: str, size: int, only: str | None = None
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for info in zf.infolist():
@@ -310,16 +367,21 @@ def _member_arrays(
                 f"{at} declares {info.file_size} bytes from {info.compress_size} stored bytes "
                 f"in a file of {size} bytes (damaged or crafted)"
             )
+        _check_local_header(raw, info, at)
         with zf.open(info) as f:
             out[key] = _read_array(f, at, info.file_size)
             f.read(64)  # reaching the member's end checks its CRC
     return out
 
 
-def read_npz_file(path: str | os.PathLike, *, only: str | None = None) -> dict[str, np.ndarray]:
+def read_npz_file(
+    path: str | os.PathLike, *, only: str | None = None, name: str = "path"
+) -> dict[str, np.ndarray]:
     """Every array of a ``.npz`` archive (``only``: just that one, if present), without
     pickle: the zip directory, each member's declared sizes and each array header are checked
-    against the file's size before anything is allocated.
+    against the file's size before anything is allocated, each member's local header against
+    the central directory, and each member's CRC-32 as it is read. ``name`` is the caller's
+    argument, named in every message (``path='/x/y.npz' is not a .npz archive ...``).
 
     Raises:
         TypeError: ``path`` is not a text path.
@@ -327,15 +389,15 @@ def read_npz_file(path: str | os.PathLike, *, only: str | None = None) -> dict[s
         CorruptFileError: the file is not a zip archive, or a member is damaged, truncated,
             crafted to claim more data than it holds, or holds Python objects.
     """
-    path = check_path(path)
-    where = _shown(path)
+    path = check_path(path, name)
+    where = path_label(path, name)
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+        with open(path, "rb") as raw:
+            if raw.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
                 raise CorruptFileError(f"{where} is not a .npz archive (it is not a zip file)")
-        with zipfile.ZipFile(path) as zf:
-            return _member_arrays(zf, where, size, only)
+            with zipfile.ZipFile(path) as zf:
+                return _member_arrays(zf, raw, where, size, only)
     except (CorruptFileError, FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except MemoryError:
@@ -348,9 +410,10 @@ def read_npz_file(path: str | os.PathLike, *, only: str | None = None) -> dict[s
 
 
 def load_arrays(
-    path: str | os.PathLike, *, format: str, version: int
+    path: str | os.PathLike, *, format: str, version: int, name: str = "path"
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by :func:`save_arrays`, without pickle, and verify it.
+    """Read a file written by :func:`save_arrays`, without pickle, and verify it; ``name`` is
+    the caller's argument, named in every message (``path='/x/y.npz' failed its checksum``).
 
     Raises:
         TypeError: ``path`` is not a text path.
@@ -358,44 +421,45 @@ def load_arrays(
         CorruptFileError: the file is not a valid archive, has no or other metadata, was written
             for another format or a newer version, or its arrays fail the checksum.
     """
-    path = check_path(path)
+    path = check_path(path, name)
+    where = path_label(path, name)
     if not path.exists():
-        raise FileNotFoundError(f"no saved file at {str(path)!r}")
+        raise FileNotFoundError(f"no saved file at {where}")
     if path.is_dir():
-        raise CorruptFileError(f"{str(path)!r} is a folder, not a graphrerank file")
+        raise CorruptFileError(f"{where} is a folder, not a graphrerank file")
     with open(path, "rb") as f:
         if f.read(6) == _NPY_MAGIC:
             raise CorruptFileError(
-                f"{str(path)!r} holds a single numpy array, not a graphrerank file (an .npz "
+                f"{where} holds a single numpy array, not a graphrerank file (an .npz "
                 "archive with metadata)"
             )
-    arrays = read_npz_file(path)
+    arrays = read_npz_file(path, name=name)
     raw = arrays.pop(_META_KEY, None)
     if raw is None:
-        raise CorruptFileError(f"{str(path)!r} has no graphrerank metadata")
+        raise CorruptFileError(f"{where} has no graphrerank metadata")
     try:
         meta = json.loads(raw.tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CorruptFileError(f"{str(path)!r} has unreadable metadata: {err}") from None
+        raise CorruptFileError(f"{where} has unreadable metadata: {err}") from None
     if not isinstance(meta, dict):
-        raise CorruptFileError(f"{str(path)!r} has no graphrerank metadata (not a JSON object)")
+        raise CorruptFileError(f"{where} has no graphrerank metadata (not a JSON object)")
     if meta.get("format") != format:
-        raise CorruptFileError(f"{str(path)!r} holds a {meta.get('format')!r}, not a {format!r}")
+        raise CorruptFileError(f"{where} holds a {meta.get('format')!r}, not a {format!r}")
     if not isinstance(meta.get("version"), int) or meta["version"] > version:
         raise CorruptFileError(
-            f"{str(path)!r} was written by format version {meta.get('version')!r}; this "
+            f"{where} was written by format version {meta.get('version')!r}; this "
             f"graphrerank reads versions up to {version}"
         )
     if meta.get("sha256") != _digest(arrays):
-        raise CorruptFileError(f"{str(path)!r} failed its checksum: the file is corrupt")
+        raise CorruptFileError(f"{where} failed its checksum: the file is corrupt")
     return arrays, meta
 
 
-def read_format(path: str | os.PathLike) -> str | None:
+def read_format(path: str | os.PathLike, *, name: str = "path") -> str | None:
     """The ``format`` a file written by :func:`save_arrays` declares, read from its metadata
     alone (nothing is verified: :func:`load_arrays` does that); ``None`` when there is no
     readable metadata."""
-    path = check_path(path)
+    path = check_path(path, name)
     try:
         raw = read_npz_file(path, only=_META_KEY).get(_META_KEY)
         if raw is None:

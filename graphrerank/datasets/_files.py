@@ -1,4 +1,8 @@
-"""Private helpers shared by the readers: file checks, pickle-free numpy and MATLAB reading."""
+"""Private helpers shared by the readers: file checks, pickle-free numpy and MATLAB reading.
+
+Every reader takes the name of the caller's argument (``name="path"`` by default) and names
+it with the file in each error: ``path='/data/x.npz' is not a .npz archive ...``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import CorruptFileError, check_path, read_npy_file, read_npz_file
+from .._io import CorruptFileError, check_path, path_label, read_npy_file, read_npz_file
 
 __all__ = [
     "as_float_matrix",
     "existing_file",
     "int_vector",
+    "path_label",
     "read_mat",
     "read_npy",
     "read_npz",
@@ -27,49 +32,56 @@ PathLike = str | os.PathLike
 
 def existing_file(path: PathLike, what: str, name: str = "path") -> Path:
     """``Path(path)``, a TypeError naming the argument ``name`` when ``path`` is not a text
-    path (``None``, a number, ``bytes``), or a FileNotFoundError naming ``what`` and the path."""
+    path (``None``, a number, ``bytes``), or a FileNotFoundError naming ``what``, the argument
+    and the path."""
     p = check_path(path, name)
     if not p.is_file():
         where = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{what} {str(p)!r} {where}")
+        raise FileNotFoundError(f"{what} {path_label(p, name)} {where}")
     return p
 
 
-def read_npy(path: Path) -> np.ndarray:
+def read_npy(path: Path, name: str = "path") -> np.ndarray:
     """Read a ``.npy`` file without pickle; its header and declared size are checked against
     the file before anything is allocated (:func:`graphrerank._io.read_npy_file`).
 
     Raises:
         CorruptFileError: (a ``ValueError``) the file is not a readable ``.npy`` array, holds
-            Python objects, or declares more data than it holds.
+            Python objects, or declares more data than it holds; the message names the
+            argument ``name`` and the file.
     """
-    return read_npy_file(path)
+    return read_npy_file(path, name=name)
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path, name: str = "path") -> dict[str, np.ndarray]:
     """Read every array of a ``.npz`` archive without pickle, size-checked as
     :func:`read_npy` (:func:`graphrerank._io.read_npz_file`)."""
-    return read_npz_file(path)
+    return read_npz_file(path, name=name)
 
 
-def read_mat(path: Path) -> dict[str, Any]:
-    """The variables of a MATLAB (v4 to v7) ``.mat`` file, without the ``__header__`` entries."""
+def read_mat(path: Path, name: str = "path") -> dict[str, Any]:
+    """The variables of a MATLAB (v4 to v7) ``.mat`` file, without the ``__header__`` entries.
+
+    A plain (uncompressed) ``.mat`` file has no checksum: damage inside its data is read as
+    it is. Errors name the argument ``name`` and the file.
+    """
     from scipy.io import loadmat
 
+    where = path_label(path, name)
     try:
         raw = loadmat(path)
     except MemoryError:
         raise CorruptFileError(
-            f"{str(path)!r} needs more memory than there is to read (a crafted or corrupt MATLAB file?)"
+            f"{where} needs more memory than there is to read (a crafted or corrupt MATLAB file?)"
         ) from None
     except NotImplementedError:
         raise ValueError(
-            f"{str(path)!r} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it "
+            f"{where} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it "
             "in MATLAB with save(..., '-v7'), or read the arrays with h5py and pass .npy files"
         ) from None
     except Exception as err:  # scipy raises many types on corrupt input
         raise ValueError(
-            f"{str(path)!r} is not a readable MATLAB .mat file (truncated or corrupt?): "
+            f"{where} is not a readable MATLAB .mat file (truncated or corrupt?): "
             f"{type(err).__name__}: {err}"
         ) from None
     return {k: v for k, v in raw.items() if not k.startswith("__")}

@@ -32,10 +32,22 @@ def _check_labels(labels: Tensor | None, n: int, name: str, rows: str) -> Tensor
 def _check_matrix(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device, which holds no data; pass a CPU or CUDA tensor"
+        )
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must hold floating point descriptors, got dtype {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be a 2-D (num_items, dim) tensor, got {tuple(x.shape)}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"{name} contains NaN or infinite values in {bad.numel()} row(s), first row "
+            f"{int(bad[0])}"
+        )
     return x
 
 
@@ -56,8 +68,9 @@ class RetrievalDataset:
             ``class_names[i]``.
 
     Raises:
-        TypeError: a field has the wrong type or dtype.
-        ValueError: shapes disagree (labels per row, query dimension, images per item).
+        TypeError: a field has the wrong type, dtype or layout (sparse descriptors).
+        ValueError: shapes disagree (labels per row, query dimension, images per item), or
+            ``database`` / ``queries`` hold NaN or infinite values or are ``meta`` tensors.
 
     Example:
         >>> import torch

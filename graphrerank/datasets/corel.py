@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..testing import data_dir
-from ._files import as_float_matrix, existing_file, int_vector, read_npz, str_array
+from ._files import as_float_matrix, existing_file, int_vector, path_label, read_npz, str_array
 from .base import RetrievalDataset
 
 __all__ = ["LocalDescriptorSet", "load_corel1k", "load_corel1k_local"]
@@ -39,13 +39,16 @@ def _default(path: PathLike | None, relative: str) -> Path:
 def _need(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> None:
     missing = [k for k in keys if k not in arrays]
     if missing:
-        raise ValueError(f"{str(path)!r} lacks the array(s) {missing}; it holds {sorted(arrays)}")
+        raise ValueError(
+            f"{path_label(path)} lacks the array(s) {missing}; it holds {sorted(arrays)}"
+        )
 
 
 def _labels(arrays: dict[str, np.ndarray], n: int, path: Path) -> Tensor:
-    labels = int_vector(arrays["labels"], f"'labels' in {str(path)!r}")
+    where = path_label(path)
+    labels = int_vector(arrays["labels"], f"'labels' in {where}")
     if labels.shape[0] != n:
-        raise ValueError(f"{str(path)!r}: 'labels' has {labels.shape[0]} entries, expected {n}")
+        raise ValueError(f"{where}: 'labels' has {labels.shape[0]} entries, expected {n}")
     return labels
 
 
@@ -70,9 +73,11 @@ def load_corel1k(
         ``class_names`` ``(10,)``, ``name="corel1k"``; every image is a query.
 
     Raises:
+        TypeError: ``descriptor`` is not a str, ``path`` not a path.
         FileNotFoundError: no file at ``path``, or no default data folder holding it.
         ValueError: the file is unreadable, lacks ``descriptor`` (the message lists the
-            available ones) or has inconsistent arrays.
+            available ones) or has inconsistent arrays; the message names the argument
+            (``path='...'``, ``descriptor='...'``).
 
     Example:
         >>> import tempfile, pathlib
@@ -86,19 +91,24 @@ def load_corel1k(
         >>> ds
         RetrievalDataset(name='corel1k', database=4x8 float32, classes=2, queries=all-vs-all)
     """
+    if not isinstance(descriptor, str):
+        raise TypeError(f"descriptor must be the name of an array (str), got {descriptor!r}")
     path = _default(path, _GLOBAL_FILE)
     arrays = read_npz(path)
+    where = path_label(path)
     if descriptor not in arrays:
         available = sorted(k for k in arrays if k.startswith("desc_"))
-        raise ValueError(f"{str(path)!r} has no descriptor {descriptor!r}; available: {available}")
+        raise ValueError(
+            f"descriptor={descriptor!r}: {where} has no such array; available: {available}"
+        )
     _need(arrays, ("labels", "class_names"), path)
-    feats = as_float_matrix(arrays[descriptor], f"{descriptor!r} in {str(path)!r}")
+    feats = as_float_matrix(arrays[descriptor], f"{descriptor!r} in {where}")
     labels = _labels(arrays, feats.shape[0], path)
     return RetrievalDataset(
         database=feats,
         database_labels=labels,
         name="corel1k",
-        class_names=str_array(arrays["class_names"], f"'class_names' in {str(path)!r}"),
+        class_names=str_array(arrays["class_names"], f"'class_names' in {where}"),
     )
 
 
@@ -168,7 +178,7 @@ def load_corel1k_local(
     path = _default(path, _LOCAL_FILE)
     arrays = read_npz(path)
     _need(arrays, (kind, "local_pos", "labels", "class_names"), path)
-    where = repr(str(path))
+    where = path_label(path)
     local = arrays[kind]
     if local.ndim != 3 or local.dtype.kind not in "fiu" or 0 in local.shape:
         raise ValueError(

@@ -13,7 +13,14 @@ import torch
 from torch import Tensor
 
 from .._io import check_path
-from ._files import as_float_matrix, existing_file, int_vector, read_mat, read_npy
+from ._files import (
+    as_float_matrix,
+    existing_file,
+    int_vector,
+    path_label,
+    read_mat,
+    read_npy,
+)
 
 __all__ = ["Market1501", "ReIDFeatures", "load_reid_result", "parse_reid_filename"]
 
@@ -141,7 +148,7 @@ def load_reid_result(path: PathLike) -> ReIDFeatures:
         tensor([ 5,  6, -1])
     """
     path = existing_file(path, "re-ID result file")
-    return _result_from_arrays(read_mat(path), repr(str(path)), path.stem)
+    return _result_from_arrays(read_mat(path), path_label(path), path.stem)
 
 
 _REID_NAME = re.compile(r"^(-?\d+)_c(\d+)(?:s\d+)?_.*\.[A-Za-z]+$")
@@ -271,8 +278,8 @@ class Market1501:
         if x is None:
             raise ValueError(f"{what} are needed (or pass result=)")
         if isinstance(x, (str, os.PathLike)):
-            path = existing_file(self.root / x, f"{what} file")
-            feats = as_float_matrix(read_npy(path), repr(str(path)))
+            path = existing_file(self.root / x, f"{what} file", what)
+            feats = as_float_matrix(read_npy(path, what), path_label(path, what))
         elif isinstance(x, (Tensor, np.ndarray)):
             feats = as_float_matrix(x, what)
         else:

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_in
+from .._checks import as_tensor, check_in
 from .._io import CorruptFileError, atomic_write, check_path, load_arrays, save_arrays
 from .._version import __version__
 from ._files import (
     as_float_matrix,
     existing_file,
+    path_label,
     read_mat,
     read_npy,
     read_npz,
@@ -433,6 +434,7 @@ def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
         (array([0]), dtype('int64'))
     """
     path = existing_file(path, "revisitop ground-truth file")
+    where = path_label(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if path.suffix.lower() == ".npz" or head in _ZIP_MAGIC:
@@ -441,14 +443,14 @@ def load_revisitop_gnd(path: PathLike) -> RevisitopGroundTruth:
     try:
         obj = _restricted_loads(data)
     except UnsafePickleError as err:
-        raise UnsafePickleError(f"{str(path)!r}: {err}") from None
+        raise UnsafePickleError(f"{where}: {err}") from None
     except Exception as err:  # any failure of a torn or foreign byte stream
         raise ValueError(
-            f"{str(path)!r} could not be read as a revisitop ground-truth pickle (truncated "
+            f"{where} could not be read as a revisitop ground-truth pickle (truncated "
             f"or corrupt?): {type(err).__name__}: {err}"
         ) from None
     name = path.stem.removeprefix("gnd_")
-    return _ground_truth(obj, repr(str(path)), name)
+    return _ground_truth(obj, where, name)
 
 
 # --------------------------------------------------------------------------- building
@@ -484,8 +486,15 @@ _STATUS_TEXT = ", ".join(f"{s.name}={int(s)}" for s in GndStatus)
 
 
 def _to_numpy(value: Any, where: str) -> np.ndarray:
-    """A numpy array of a numpy array, a tensor (any device) or a (nested) list."""
+    """A numpy array of a numpy array, a dense tensor (any device but ``meta``, which holds
+    no data) or a (nested) list."""
     if isinstance(value, Tensor):
+        as_tensor(value, where)  # refuses a meta tensor, naming the argument
+        if value.layout != torch.strided:
+            raise TypeError(
+                f"{where} must be a dense tensor, got layout {value.layout}; pass "
+                f"{where}.to_dense()"
+            )
         t = value.detach().cpu()
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()
@@ -580,15 +589,21 @@ def _entry_of_codes(row: np.ndarray) -> dict[str, np.ndarray | None]:
     }
 
 
-def _names(values: Any, count: int, where: str, what: str, *, unique: bool) -> np.ndarray:
-    """Image names: given (checked) or ``"0" .. str(count - 1)``."""
+def _names(
+    values: Any, count: int, where: str, what: str, *, unique: bool, counted: str = ""
+) -> np.ndarray:
+    """Image names: given (checked) or ``"0" .. str(count - 1)``; ``counted`` says where
+    ``count`` comes from (e.g. ``"the rows of status"``), for the message of a wrong count."""
     if values is None:
         return np.asarray([str(i) for i in range(count)], dtype=str)
     if isinstance(values, Tensor):
         raise TypeError(f"{where} must be a list of names (str), got a torch.Tensor")
     names = str_array(values, where)
     if len(names) != count:
-        raise ValueError(f"{where} has {len(names)} names but there are {count} {what}")
+        raise ValueError(
+            f"{where} has {len(names)} names but there are {count} {what}"
+            + (f" ({counted})" if counted else "")
+        )
     if unique:
         uniq, first, counts = np.unique(names, return_index=True, return_counts=True)
         if (counts > 1).any():
@@ -648,10 +663,13 @@ def _finish(
     bbx: Any,
     name: Any,
     source: str,
+    counted: tuple[str, str] = ("", ""),
 ) -> RevisitopGroundTruth:
     name = _check_name(name)
-    images = _names(imlist, num_database, "imlist", "database images", unique=True)
-    queries = _names(qimlist, len(gnd), "qimlist", "queries", unique=False)
+    images = _names(
+        imlist, num_database, "imlist", "database images", unique=True, counted=counted[0]
+    )
+    queries = _names(qimlist, len(gnd), "qimlist", "queries", unique=False, counted=counted[1])
     for entry, box in zip(gnd, _bboxes(bbx, len(gnd))):
         entry["bbx"] = box
     if not any(_has_positive(e) for e in gnd):
@@ -693,10 +711,12 @@ def gnd_from_status(
         scores a ranking against it.
 
     Raises:
-        TypeError: ``status`` of another type or dtype, names that are not ``str``.
-        ValueError: ``status`` not 2-D, empty, ragged, with an unknown code (the message gives
-            the position and value) or with no positive at all; names of the wrong count or
-            repeated in ``imlist``; malformed boxes.
+        TypeError: ``status`` of another type or dtype or a sparse tensor, names that are not
+            ``str``.
+        ValueError: ``status`` not 2-D, empty, ragged, on the ``meta`` device, with an unknown
+            code (the message gives the position and value) or with no positive at all; names
+            of another count than the columns (``imlist``) or rows (``qimlist``) of
+            ``status``, or repeated in ``imlist``; malformed boxes.
 
     Example:
         >>> from graphrerank.datasets import gnd_from_status, GndStatus as S
@@ -711,7 +731,8 @@ def gnd_from_status(
     """
     codes = _status_matrix(status)
     gnd = [_entry_of_codes(row) for row in codes]
-    return _finish(gnd, codes.shape[1], imlist, qimlist, bbx, name, "status")
+    counted = ("the columns of status", "the rows of status")
+    return _finish(gnd, codes.shape[1], imlist, qimlist, bbx, name, "status", counted)
 
 
 def _labels(value: Any, where: str) -> np.ndarray:
@@ -796,10 +817,11 @@ def gnd_from_labels(
         The ground truth, indices sorted within each list.
 
     Raises:
-        TypeError: labels that are neither integers nor strings, or one of each kind; masks
-            that are not boolean.
-        ValueError: labels not 1-D or empty, masks of the wrong shape, no positive at all,
-            names of the wrong count.
+        TypeError: labels that are neither integers nor strings, or one of each kind, or sparse
+            tensors; masks that are not boolean.
+        ValueError: labels not 1-D, empty or on the ``meta`` device, masks of the wrong shape,
+            no positive at all, names of another count than the labels they name. (The
+            database and query labels are independent: any two lengths.)
 
     Example:
         >>> import numpy as np
@@ -832,7 +854,8 @@ def gnd_from_labels(
         if junk_mask is not None:
             row[junk_mask[i if junk_mask.shape[0] > 1 else 0]] = GndStatus.JUNK
         gnd.append(_entry_of_codes(row))
-    return _finish(gnd, n, imlist, qimlist, bbx, name, "the labels")
+    counted = ("the entries of database_labels", "the entries of query_labels")
+    return _finish(gnd, n, imlist, qimlist, bbx, name, "the labels", counted)
 
 
 def _checked_gt(gt: Any, where: str = "gt") -> RevisitopGroundTruth:
@@ -995,10 +1018,11 @@ def subset_gnd(
         with ``return_indices=True``.
 
     Raises:
-        TypeError: ``gt`` is not a ground truth, a selection of another type.
+        TypeError: ``gt`` is not a ground truth, a selection of another type or a sparse
+            tensor.
         ValueError: an empty selection, an index out of range, an unknown or ambiguous name, a
-            repeated image or query, a mask of the wrong length, an unknown ``empty_queries``,
-            or no positive left.
+            repeated image or query, a mask of the wrong length, a ``meta`` tensor, an unknown
+            ``empty_queries``, or no positive left.
 
     Example:
         >>> from graphrerank.datasets import gnd_from_status, subset_gnd
@@ -1147,7 +1171,7 @@ def save_revisitop_gnd(gt: RevisitopGroundTruth | Mapping[str, Any], path: PathL
 
 
 def _load_gnd_npz(path: Path) -> RevisitopGroundTruth:
-    where = repr(str(path))
+    where = path_label(path)
     try:
         arrays, meta = load_arrays(path, format=_GND_FORMAT, version=_GND_VERSION)
     except (CorruptFileError, FileNotFoundError, MemoryError):
@@ -1263,25 +1287,26 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
     if suffix == ".mat":
         return read_mat(path), "mat"
     raise ValueError(
-        f"{str(path)!r}: unsupported descriptor file type {path.suffix!r}; use .npy, .npz or .mat"
+        f"{path_label(path)}: unsupported descriptor file type {path.suffix!r}; use .npy, .npz "
+        "or .mat"
     )
 
 
 def _pick(arrays: dict[str, Any], key: str | None, path: Path, kind: str) -> tuple[Any, str]:
+    where = path_label(path)
     if kind == "npy":
         if key is not None:
-            raise ValueError(f"key={key!r} was given, but {str(path)!r} is a single .npy array")
-        return arrays[""], repr(str(path))
+            raise ValueError(f"key={key!r} was given, but {where} is a single .npy array")
+        return arrays[""], where
     if key is None:
         if len(arrays) != 1:
             raise ValueError(
-                f"{str(path)!r} holds {len(arrays)} arrays {sorted(arrays)}; pass key= to "
-                "choose one"
+                f"{where} holds {len(arrays)} arrays {sorted(arrays)}; pass key= to choose one"
             )
         key = next(iter(arrays))
     elif key not in arrays:
-        raise ValueError(f"{str(path)!r} has no array {key!r}; it holds {sorted(arrays)}")
-    return arrays[key], f"{key!r} in {str(path)!r}"
+        raise ValueError(f"key={key!r}: {where} has no such array; it holds {sorted(arrays)}")
+    return arrays[key], f"{key!r} in {where}"
 
 
 def load_features(path: PathLike, *, key: str | None = None, layout: str | None = None) -> Tensor:
@@ -1304,9 +1329,13 @@ def load_features(path: PathLike, *, key: str | None = None, layout: str | None 
         ``(N, D)`` float32 tensor (numeric dtypes are cast; values are not normalised).
 
     Raises:
+        TypeError: ``key`` is neither a str nor ``None``, ``path`` not a path.
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unsupported suffix, unreadable or v7.3 file, a missing or ambiguous
-            ``key``, or an array that is not 2-D, not real numeric, empty or not finite.
+        ValueError: unsupported suffix, unreadable or v7.3 file (a ``.npy`` / ``.npz`` one is
+            a :class:`CorruptFileError`), a missing or ambiguous ``key``, or an array that is
+            not 2-D, not real numeric, empty or not finite; the message names the argument
+            (``path='...'``, ``key='...'``). A plain ``.npy`` or ``.mat`` file has no checksum:
+            damage inside its data is read as it is.
 
     Example:
         >>> import tempfile, pathlib
@@ -1320,6 +1349,8 @@ def load_features(path: PathLike, *, key: str | None = None, layout: str | None 
         (torch.Size([2, 3]), torch.float32)
     """
     path = existing_file(path, "descriptor file")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be the name of an array (str) or None, got {key!r}")
     if layout is not None:
         check_in(layout, "layout", ("rows", "columns"))
     arrays, kind = _read_arrays(path)
@@ -1451,14 +1482,14 @@ class _RevisitopDataset:
         if len(paths) == 2:
             return load_features(paths[1]), load_features(paths[0])
         path = paths[0]
-        arrays = read_mat(existing_file(path, "descriptor file"))
+        arrays = read_mat(existing_file(path, "descriptor file", "features"), "features")
+        where = path_label(path, "features")
         lacking = [k for k in ("X", "Q") if k not in arrays]
         if lacking:
             raise ValueError(
-                f"{str(path)!r} lacks the variable(s) {lacking}; expected X (D, N) database "
+                f"{where} lacks the variable(s) {lacking}; expected X (D, N) database "
                 f"and Q (D, Q) query descriptors, found {sorted(arrays)}"
             )
-        where = repr(str(path))
         return (
             as_float_matrix(arrays["Q"], f"'Q' in {where}", transpose=True),
             as_float_matrix(arrays["X"], f"'X' in {where}", transpose=True),

@@ -29,6 +29,7 @@ much of the gap.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -46,6 +47,34 @@ _CHUNK_ELEMENTS = 2**22
 
 # Independent random streams; every generator is keyed by (seed, stream, block).
 _CLASSES, _DATABASE_LABELS, _DATABASE, _QUERY_LABELS, _QUERIES = range(5)
+
+#: Largest ``noise``: beyond it the float64 squared norms of the noisy points overflow.
+MAX_NOISE = 1e100
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or ``None`` where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes_needed(
+    num_items: int, dim: int, num_classes: int, num_queries: int, itemsize: int, chunk: int
+) -> int:
+    """The peak memory of :func:`make_retrieval_dataset`, about: the outputs, the labels, the
+    curve bases (a float64 ``(C, D, 4)`` Gaussian, its QR factor and a permuted copy) and the
+    float64 work of one chunk."""
+    rows = num_items + num_queries
+    out = rows * dim * itemsize + 16 * rows
+    curves = 3 * 32 * num_classes * dim
+    work = 4 * 8 * dim * (min(chunk, max(num_items, num_queries)) + 2 * _RNG_BLOCK)
+    return out + curves + work
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _generator(seed: int, stream: int, block: int = 0) -> torch.Generator:
@@ -155,8 +184,9 @@ def make_retrieval_dataset(
         num_classes: number of classes (curves), ``1 <= num_classes <= num_items``.
         num_queries: number ``Q`` of separate queries drawn from the same curves (independent
             of the database items); 0 (default) for the all-vs-all case.
-        noise: norm of the isotropic noise relative to the signal (>= 0); larger values blur
-            the curves and lower both the 1-NN accuracy and the mAP.
+        noise: norm of the isotropic noise relative to the signal (finite, in
+            ``[0, 1e100]``); larger values blur the curves and lower both the 1-NN accuracy
+            and the mAP.
         seed: random seed (>= 0).
         dtype: floating point dtype of the descriptors; computed in float64, then cast.
         chunk_size: rows computed at once (default: about four million numbers' worth).
@@ -168,7 +198,9 @@ def make_retrieval_dataset(
 
     Raises:
         TypeError: an argument has the wrong type (e.g. an integer ``dtype``).
-        ValueError: an argument is out of range.
+        ValueError: an argument is out of range, or the sizes would need more memory than
+            the machine's physical memory (refused before anything is allocated; the message
+            gives the bytes needed).
 
     Example:
         >>> from graphrerank.datasets import make_retrieval_dataset
@@ -182,13 +214,24 @@ def make_retrieval_dataset(
     dim = check_int(dim, "dim", low=4)
     num_classes = check_int(num_classes, "num_classes", low=1, high=num_items)
     num_queries = check_int(num_queries, "num_queries", low=0)
-    noise = check_real(noise, "noise", low=0.0)
+    noise = check_real(noise, "noise", low=0.0, high=MAX_NOISE, finite=True)
     seed = check_int(seed, "seed", low=0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // dim)
     chunk_size = check_int(chunk_size, "chunk_size", low=1)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    need = _bytes_needed(num_items, dim, num_classes, num_queries, itemsize, chunk_size)
+    memory = _physical_memory()
+    if memory is not None and need > memory:
+        raise ValueError(
+            f"num_items={num_items}, dim={dim}, num_queries={num_queries} and "
+            f"num_classes={num_classes} would need about {need:,} bytes ({_gib(need)}) of "
+            f"{dtype} descriptors and work space, more than the {memory:,} bytes "
+            f"({_gib(memory)}) of physical memory of this machine; ask for fewer items or "
+            "queries or a smaller dim"
+        )
 
     curves = _Curves(num_classes, dim, seed)
     labels = _balanced_labels(num_items, num_classes, seed, _DATABASE_LABELS)
