@@ -28,17 +28,11 @@ from graphrerank.rerankers import GNNRerank, KReciprocal, kreciprocal_rerank_dis
 data = gr.datasets.load_digits_retrieval()
 # sphinx_gallery_start_ignore
 # The test suite runs every tutorial in a fast mode, on the first 600 digits.
-import os
+from graphrerank.testing import fast_mode
 
-FAST = bool(os.environ.get("GRAPHRERANK_FAST"))
+FAST = fast_mode()
 if FAST:
-    data = gr.datasets.RetrievalDataset(
-        data.database[:600],
-        data.database_labels[:600],
-        name=data.name,
-        images=data.images[:600],
-        class_names=data.class_names,
-    )
+    data = data.head(600)
 # sphinx_gallery_end_ignore
 x, labels = data.database, data.database_labels
 n = data.num_items

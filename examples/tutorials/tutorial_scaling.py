@@ -33,18 +33,13 @@ from graphrerank.rerankers import OfflineDiffusion
 data = gr.datasets.load_digits_retrieval()
 # sphinx_gallery_start_ignore
 # The test suite runs every tutorial in a fast mode, on the first 600 digits.
-import os
 import sys
 
-FAST = bool(os.environ.get("GRAPHRERANK_FAST"))
+from graphrerank.testing import fast_mode
+
+FAST = fast_mode()
 if FAST:
-    data = gr.datasets.RetrievalDataset(
-        data.database[:600],
-        data.database_labels[:600],
-        name=data.name,
-        images=data.images[:600],
-        class_names=data.class_names,
-    )
+    data = data.head(600)
 # Dask starts its workers with multiprocessing's "spawn", which re-runs the main script in
 # each worker unless it is guarded by ``if __name__ == "__main__":`` (see below); this page
 # runs unguarded, so the workers are told not to re-import it.

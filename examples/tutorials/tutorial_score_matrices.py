@@ -37,25 +37,11 @@ import graphrerank as gr
 from graphrerank.graph import ScoreMatrix
 from graphrerank.metrics import class_map
 from graphrerank.rerankers import KNN, Diffusion, GNNRerank, KReciprocal, Reranker
+from graphrerank.testing import fast_mode
 
-FAST = bool(os.environ.get("GRAPHRERANK_FAST"))
+FAST = fast_mode()
 per_class = 20 if FAST else 60  # images per class kept
 kd = 10 if FAST else 20  # diffusion's graph neighbours: below the number of images per class
-
-
-def synthetic_local(num_classes=10, per_class=60, parts=12, length=24, dim=32, seed=0):
-    """Images as bags of noisy class "parts" plus shared clutter; a noisy global mean."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(num_classes, parts, dim, generator=g)
-    clutter = torch.randn(40, dim, generator=g)
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    n = labels.numel()
-    pick = torch.rand(n, parts, generator=g).argsort(1)[:, : length // 2]
-    own = protos[labels[:, None], pick] + 0.6 * torch.randn(n, length // 2, dim, generator=g)
-    other = clutter[torch.randint(40, (n, length - length // 2), generator=g)]
-    local = torch.cat([own, other], dim=1)
-    glob = local.mean(1) + 0.25 * torch.randn(n, dim, generator=g)
-    return torch.nn.functional.normalize(glob, dim=1), local, labels
 
 
 try:
@@ -64,7 +50,7 @@ try:
     local, labels = data.local, data.labels
     print(data)
 except FileNotFoundError:
-    glob, local, labels = synthetic_local()
+    glob, local, labels = gr.datasets.make_local_descriptors()
     print("Corel-1k files not found: synthetic local descriptors", tuple(local.shape))
 
 # the first images of every class

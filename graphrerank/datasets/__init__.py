@@ -27,7 +27,7 @@ from .revisitop import (
     subset_gnd,
     write_revisitop_pickle,
 )
-from .synthetic import make_retrieval_dataset
+from .synthetic import make_local_descriptors, make_retrieval_dataset
 
 __all__ = [
     "REVISITOP_URL",
@@ -51,6 +51,7 @@ __all__ = [
     "load_features",
     "load_reid_result",
     "load_revisitop_gnd",
+    "make_local_descriptors",
     "make_retrieval_dataset",
     "parse_reid_filename",
     "save_revisitop_gnd",

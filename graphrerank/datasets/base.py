@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._checks import check_int
 
 __all__ = ["RetrievalDataset"]
 
@@ -153,6 +155,25 @@ class RetrievalDataset:
         if self.database_labels is None:
             return None
         return int(torch.unique(self.database_labels).numel())
+
+    def head(self, n: int) -> RetrievalDataset:
+        """The first ``n`` database items (their labels and images with them); the queries, if
+        any, are kept. A quick subset for trying settings or for a fast mode.
+
+        Example:
+            >>> import torch
+            >>> from graphrerank.datasets import RetrievalDataset
+            >>> RetrievalDataset(torch.eye(4), torch.tensor([0, 0, 1, 1])).head(3)
+            RetrievalDataset(name='dataset', database=3x4 float32, classes=2, queries=all-vs-all)
+        """
+        n = check_int(n, "n", low=1)
+        n = min(n, self.num_items)
+        return replace(
+            self,
+            database=self.database[:n],
+            database_labels=None if self.database_labels is None else self.database_labels[:n],
+            images=None if self.images is None else self.images[:n],
+        )
 
     def __repr__(self) -> str:
         db = self.database

@@ -3,6 +3,8 @@
 * :func:`data_dir` finds the real benchmark files through the ``GRAPHRERANK_DATA`` setting.
 * :data:`requires_faiss`, :func:`requires_data` skip tests cleanly when something is absent.
 * :func:`assert_close` compares tensors with a per-dtype tolerance table.
+* :func:`fast_mode` says whether the examples and tutorials run in their fast mode
+  (``GRAPHRERANK_FAST``, set by the test suite and the docs build).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "assert_close",
     "cuda_available",
     "data_dir",
+    "fast_mode",
     "requires_cuda",
     "requires_data",
     "requires_faiss",
@@ -31,6 +34,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (7.8e-3, 7.8e-3),
 }
+
+
+def fast_mode() -> bool:
+    """Whether ``GRAPHRERANK_FAST`` asks for the fast mode (smaller subsets): set by the test
+    suite and by CI's docs build, so that every example and tutorial runs in seconds."""
+    return os.environ.get("GRAPHRERANK_FAST", "") not in ("", "0")
 
 
 def data_dir() -> Path | None:

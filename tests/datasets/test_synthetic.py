@@ -125,3 +125,65 @@ def test_invalid_arguments(kwargs, error, match):
     args = {"num_items": 100, "dim": 8, "num_classes": 4} | kwargs
     with pytest.raises(error, match=match):
         make_retrieval_dataset(**args)
+
+
+# ------------------------------------------------------------------ make_local_descriptors
+def test_make_local_descriptors_shapes_and_construction():
+    from graphrerank.datasets import make_local_descriptors
+
+    g, local, labels = make_local_descriptors(3, 5, parts=6, length=8, dim=7, seed=1)
+    assert g.shape == (15, 7) and local.shape == (15, 8, 7) and labels.shape == (15,)
+    assert labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    torch.testing.assert_close(g.norm(dim=1), torch.ones(15))
+    # the global descriptor is the noisy mean of the local ones: far closer to that mean's
+    # direction than to the other images' (the noise is large by design)
+    mean = torch.nn.functional.normalize(local.mean(1), dim=1)
+    own, all_ = (g * mean).sum(1).mean(), (g @ mean.T).mean()
+    assert own > all_ + 0.3, (own, all_)
+    # the last length // 2 descriptors are clutter: drawn from 40 vectors shared by all
+    clutter = local[:, 4:].reshape(-1, 7)
+    assert torch.unique(clutter, dim=0).shape[0] <= 40
+    g2, local2, _ = make_local_descriptors(3, 5, parts=6, length=8, dim=7, seed=1)
+    assert torch.equal(local, local2) and torch.equal(g, g2)
+    assert not torch.equal(local, make_local_descriptors(3, 5, parts=6, length=8, dim=7)[1])
+
+
+def test_make_local_descriptors_refuses_bad_sizes():
+    from graphrerank.datasets import make_local_descriptors
+
+    with pytest.raises(ValueError, match="parts=3 is too few for length=8"):
+        make_local_descriptors(parts=3, length=8)
+    with pytest.raises(ValueError, match="num_classes"):
+        make_local_descriptors(0)
+    with pytest.raises(ValueError, match="too large"):
+        make_local_descriptors(1000, 1000, length=100, dim=1000, parts=100)
+
+
+# ------------------------------------------------------------------ RetrievalDataset.head
+def test_head_keeps_the_first_items_with_their_labels_and_images():
+    from graphrerank.datasets import RetrievalDataset
+
+    x = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    ds = RetrievalDataset(x, torch.tensor([0, 1, 0, 1, 2, 2]), images=torch.zeros(6, 2, 2),
+                          class_names=["a", "b", "c"], name="toy")  # fmt: skip
+    h = ds.head(4)
+    assert torch.equal(h.database, x[:4]) and h.database_labels.tolist() == [0, 1, 0, 1]
+    assert h.images.shape == (4, 2, 2) and list(h.class_names) == ["a", "b", "c"]
+    assert h.name == "toy" and h.all_vs_all
+    assert ds.head(100).num_items == 6  # at most all of them
+    q = RetrievalDataset(
+        x, torch.zeros(6, dtype=torch.long), x[:2], torch.zeros(2, dtype=torch.long)
+    )
+    assert torch.equal(q.head(3).queries, x[:2])  # the queries are kept
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        ds.head(0)
+
+
+def test_fast_mode_reads_the_environment(monkeypatch):
+    from graphrerank.testing import fast_mode
+
+    for value, expected in (("", False), ("0", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv("GRAPHRERANK_FAST", value)
+        assert fast_mode() is expected
+    monkeypatch.delenv("GRAPHRERANK_FAST")
+    assert fast_mode() is False
