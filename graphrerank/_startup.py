@@ -6,4 +6,6 @@
 
 from ._imports import defer_dynamo
 
+__all__: list[str] = []
+
 defer_dynamo()
