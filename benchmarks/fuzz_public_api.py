@@ -921,6 +921,9 @@ def _lower_targets() -> list[Target]:
         return {"scores": v, "gamma": 3.0}
 
     add("graph.edge_weights", ew_base, lambda kw: G.edge_weights(**kw))
+    # 1-D edge scores (E,) are edge_weights' first use (knn_graph weights its kept edges so):
+    # the "ndim-1" family of the (N, k) lists of the base call is a valid input here
+    T[-1].edge = {"scores|ndim-1"}
 
     def tk_base(r, c):
         ctxn(c)
@@ -1154,11 +1157,16 @@ def _lower_targets() -> list[Target]:
         return {"affinity": A, "subsets": sub}
 
     add("diffusion.truncated_normalized", trunc_base, lambda kw: Df.truncated_normalized(**kw))
+    # subsets is (B, T): one row per query, B free (the base call happens to use the N database
+    # items as queries). One row more or fewer is B + 1 or B - 1 queries, a valid call whose
+    # blocks tests/diffusion/test_truncation.py checks against dense sub-graph normalisations.
+    T[-1].edge = {"subsets|length+1", "subsets|length-1"}
     add(
         "diffusion.truncated_operator",
         lambda r, c: {**trunc_base(r, c), "alpha": 0.99},
         lambda kw: Df.truncated_operator(**kw),
     )
+    T[-1].edge = {"subsets|length+1", "subsets|length-1"}
 
     # models
     def fuse_base(r, c):
@@ -1562,8 +1570,17 @@ def _dataset_targets() -> list[Target]:
 
     T = []
 
-    def add(name, base, call, roles=None, check=None):
-        T.append(Target(name, "datasets", base, call, roles or {}, check))
+    def add(name, base, call, roles=None, check=None, edge=()):
+        T.append(Target(name, "datasets", base, call, roles or {}, check, edge=set(edge)))
+
+    # Edge cases, valid here though invalid in general: path=None means the file in the
+    # GRAPHRERANK_DATA folder (documented); a plain .npy data section and an uncompressed
+    # MATLAB v5 file have no checksum, so a flipped data byte cannot be detected; database
+    # and query labels are independent (any lengths); a status of Q +- 1 rows is Q +- 1
+    # queries; a shorter index list is a smaller subset.
+    no_checksum = {"path|flipped_byte"}
+    default_path = {"path|none"}
+    any_length = {f"{a}|length{s}" for a in ("database_labels", "query_labels") for s in "+-"}
 
     def feat_file(r, c):
         p = Path(c["tmp"]) / "features.npy"
@@ -1576,6 +1593,7 @@ def _dataset_targets() -> list[Target]:
         feat_file,
         lambda kw: Ds.load_features(**kw),
         {"path": "path"},
+        edge=no_checksum,
     )
 
     def npz_file(r, c):
@@ -1649,6 +1667,7 @@ def _dataset_targets() -> list[Target]:
         reid_file,
         lambda kw: Ds.load_reid_result(**kw),
         {"path": "path"},
+        edge=no_checksum,
     )
 
     def corel(r, c):
@@ -1661,7 +1680,13 @@ def _dataset_targets() -> list[Target]:
             raise Skip
         return {"path": src}
 
-    add("datasets.load_corel1k", corel, lambda kw: Ds.load_corel1k(**kw), {"path": "path"})
+    add(
+        "datasets.load_corel1k",
+        corel,
+        lambda kw: Ds.load_corel1k(**kw),
+        {"path": "path"},
+        edge=default_path,
+    )
 
     def corel_local(r, c):
         src = (
@@ -1678,22 +1703,34 @@ def _dataset_targets() -> list[Target]:
         corel_local,
         lambda kw: Ds.load_corel1k_local(**kw),
         {"path": "path"},
+        edge=default_path,
     )
 
     def gfl_base(r, c):
         return {"database_labels": _labels(r, N), "query_labels": _labels(r, Q)}
 
-    add("datasets.gnd_from_labels", gfl_base, lambda kw: Ds.gnd_from_labels(**kw))
+    add("datasets.gnd_from_labels", gfl_base, lambda kw: Ds.gnd_from_labels(**kw), edge=any_length)
 
     def gfs_base(r, c):
         return {"status": torch.from_numpy(r.integers(-1, 3, (Q, N)))}
 
-    add("datasets.gnd_from_status", gfs_base, lambda kw: Ds.gnd_from_status(**kw))
+    add(
+        "datasets.gnd_from_status",
+        gfs_base,
+        lambda kw: Ds.gnd_from_status(**kw),
+        edge={"status|length+1", "status|length-1"},
+    )
 
     def sub_base(r, c):
         return {"gt": gt(r), "database": torch.arange(0, N, 2), "queries": torch.arange(2)}
 
-    add("datasets.subset_gnd", sub_base, lambda kw: Ds.subset_gnd(**kw), {"gt": "obj"})
+    add(
+        "datasets.subset_gnd",
+        sub_base,
+        lambda kw: Ds.subset_gnd(**kw),
+        {"gt": "obj"},
+        edge={"database|length-1", "queries|length-1"},
+    )
     add(
         "datasets.status_from_gnd",
         lambda r, c: {"gt": gt(r)},
@@ -1805,6 +1842,12 @@ def check_knn_result(out, kw, ctx):
 
 
 def check_tuple_ranking(out, kw, ctx):
+    # top_k_with_ties ranks the columns of ``scores`` and nothing else: its index range is the
+    # width of the ``scores`` given (the ``wrong_dim`` family widens it to N + 1, and index N is
+    # then a valid column, not an out-of-range id).
+    scores = kw.get("scores")
+    if getattr(scores, "ndim", 0) == 2:
+        ctx = {**ctx, "num_items": int(scores.shape[1])}
     return check_ranking_result(out, kw, ctx)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "Real",
     "Ref",
     "as_tensor",
+    "check_allocation",
     "check_csr",
     "check_csr_parts",
     "check_edge_index",
@@ -95,12 +96,15 @@ def check_features(
     allow_empty: bool = False,
     finite: bool = True,
     detach: bool = False,
+    dim_of: str = "the dimension of the fitted database",
 ) -> Tensor:
     """Validate a ``(num_items, dim)`` floating point descriptor matrix.
 
     Half precision inputs are upcast to ``float32`` (sparse and solver kernels need it);
     ``float32`` and ``float64`` are kept. Integer and boolean inputs are refused;
     ``detach=True`` drops the autograd history (where gradients are not meaningful).
+    ``dim_of`` says where the expected ``dim`` comes from (named in the message, e.g.
+    ``"the dimension of queries"``).
     """
     t = as_tensor(x, name, detach=detach)
     if t.is_sparse or t.layout != torch.strided:
@@ -120,8 +124,7 @@ def check_features(
         raise ValueError(f"{name} has zero-length descriptors: shape {tuple(t.shape)}")
     if dim is not None and t.shape[1] != dim:
         raise ValueError(
-            f"{name} has descriptors of dimension {t.shape[1]}, expected {dim} "
-            "(the dimension of the fitted database)"
+            f"{name} has descriptors of dimension {t.shape[1]}, expected {dim} ({dim_of})"
         )
     if finite and t.numel() and not bool(torch.isfinite(t).all()):
         bad = (~torch.isfinite(t)).any(dim=1).nonzero().flatten()
@@ -161,15 +164,29 @@ def check_normalized(
     return x
 
 
-def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
-    """Check that ``value`` is an integer in ``[low, high]``."""
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    low_of: str | None = None,
+    high_of: str | None = None,
+) -> int:
+    """Check that ``value`` is an integer in ``[low, high]`` (numpy integers are returned as
+    ``int``). ``low_of`` / ``high_of`` say where a bound comes from (named in the message, e.g.
+    ``high_of="the number of rows of x"``)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+        raise ValueError(
+            f"{name} must be >= {low}" + (f" ({low_of})" if low_of else "") + f", got {value}"
+        )
     if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
+        raise ValueError(
+            f"{name} must be <= {high}" + (f" ({high_of})" if high_of else "") + f", got {value}"
+        )
     return value
 
 
@@ -214,6 +231,39 @@ def check_k(k: Any, num_items: int, *, name: str = "k", what: str = "the databas
     return k
 
 
+def _memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` in bytes (physical memory for the CPU), ``None`` if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[1])
+        if device.type == "cpu":
+            import os
+
+            return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
+def check_allocation(
+    numel: int, dtype: torch.dtype, device: torch.device | str, name: str, what: str
+) -> int:
+    """Refuse, before allocating it, an array of ``numel`` elements of ``dtype`` larger than
+    the memory of ``device`` (the whole physical memory on the CPU): a ``ValueError`` naming
+    the argument ``name`` that sized it and ``what`` it is, instead of an allocator error or
+    the out-of-memory killer. Returns ``numel``."""
+    device = torch.device(device)
+    numel = int(numel)
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    total = _memory_bytes(device)
+    if total is not None and nbytes > total:
+        raise ValueError(
+            f"{name} asks for {what} of {numel:,} entries ({nbytes / 2**30:,.1f} GiB), more "
+            f"than the {total / 2**30:,.1f} GiB of memory of {device.type}"
+        )
+    return numel
+
+
 def check_same_device(**tensors: Tensor) -> torch.device:
     """Check that all named tensors live on one device and return it."""
     items = [(n, t) for n, t in tensors.items() if t is not None]
@@ -252,12 +302,15 @@ def check_tensor(
     finite: bool = False,
     nan: bool = True,
     detach: bool = False,
+    posinf: bool = True,
 ) -> Tensor:
     """Validate a dense array: numpy input converted, ``meta`` tensors refused, ``ndim`` (one
     or several allowed), ``kind`` of dtype (``"float"``: half precision upcast to ``float32``;
     ``"int"``: converted to int64; ``"bool"``; ``"number"``: int or float; ``None``: any),
     ``shape`` (``None`` entries match any size), emptiness, finiteness (``finite=True``) or NaN alone (``nan=False``; infinite values
-    allowed, e.g. ``-inf`` for padding). ``detach=True`` drops the autograd history (where gradients are not meaningful)."""
+    allowed, e.g. ``-inf`` for padding; ``posinf=False`` refuses ``+inf`` as well, leaving
+    ``-inf`` alone). ``detach=True`` drops the autograd history (where gradients are not
+    meaningful)."""
     t = as_tensor(x, name, detach=detach)
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}")
@@ -295,6 +348,8 @@ def check_tensor(
         raise ValueError(f"{name} contains NaN or infinite values")
     if not nan and t.is_floating_point() and t.numel() and bool(torch.isnan(t).any()):
         raise ValueError(f"{name} contains NaN")
+    if not posinf and t.is_floating_point() and t.numel() and bool(torch.isposinf(t).any()):
+        raise ValueError(f"{name} contains +inf (only -inf, for padding, is allowed)")
     return t
 
 
@@ -307,10 +362,12 @@ def check_index(
     shape: Sequence[int | None] | None = None,
     padding: bool = False,
     unique: bool = False,
+    of: str | None = None,
 ) -> Tensor:
     """Validate integer ids in ``[0, high)`` (``padding=True``: ``-1`` also allowed) and return
     them as int64; ``unique=True``: no id repeated within a row (the last dimension; padding
-    may repeat)."""
+    may repeat). ``of`` names where ``high`` comes from in the message, a format string with
+    ``{high}`` (e.g. ``"num_nodes={high}"`` or ``"x with {high} row(s)"``)."""
     high = check_int(high, "high", low=0)
     t = check_tensor(x, name, ndim=ndim, shape=shape, kind="int")
     if t.numel():
@@ -319,8 +376,9 @@ def check_index(
         if lo < floor or hi >= high:
             bad = lo if lo < floor else hi
             what = f"[0, {high - 1}]" if high > 0 else "an empty range (no items)"
+            where = f" for {of.format(high=high)}" if of else ""
             raise ValueError(
-                f"{name} holds the id {bad}, out of range: ids must lie in {what}"
+                f"{name} holds the id {bad}, out of range{where}: ids must lie in {what}"
                 + (" or be -1 (padding)" if padding else "")
             )
     if unique and t.dim() and t.shape[-1] > 1:
@@ -332,12 +390,13 @@ def check_index(
     return t
 
 
-def check_edge_index(edge_index: Any, name: str, num_nodes: int) -> Tensor:
-    """Validate a ``(2, E)`` edge index of a graph of ``num_nodes`` nodes (int64 returned)."""
+def check_edge_index(edge_index: Any, name: str, num_nodes: int, of: str | None = None) -> Tensor:
+    """Validate a ``(2, E)`` edge index of a graph of ``num_nodes`` nodes (int64 returned);
+    ``of`` as in :func:`check_index` (what fixes the number of nodes, named in the message)."""
     t = check_tensor(edge_index, name, kind="int")
     if t.dim() != 2 or t.shape[0] != 2:
         raise ValueError(f"{name} must have shape (2, E), got {tuple(t.shape)}")
-    return check_index(t, name, high=num_nodes)
+    return check_index(t, name, high=num_nodes, of=of)
 
 
 # ----------------------------------------------------------------------------- sparse

@@ -73,7 +73,14 @@ class Int(Constraint):
         self.low, self.high = low, high
 
     def check(self, value: Any, name: str, params: Mapping[str, Any]) -> None:
-        check_int(value, name, low=_bound(self.low, params), high=_bound(self.high, params))
+        check_int(
+            value,
+            name,
+            low=_bound(self.low, params),
+            high=_bound(self.high, params),
+            low_of=f"the setting {self.low}" if isinstance(self.low, str) else None,
+            high_of=f"the setting {self.high}" if isinstance(self.high, str) else None,
+        )
 
     def describe(self) -> str:
         parts = ["an integer"]

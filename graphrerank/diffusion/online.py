@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_in, check_index, check_int, check_real, check_tensor
+from .._checks import check_allocation, check_in, check_index, check_int, check_real, check_tensor
 from ..typing import ITERATES, Iterate
 from .cg import CGResult, _solve
 from .operators import diffusion_operator
@@ -63,7 +63,12 @@ def _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries):
     kept = summed[keep]
     value = kept.clamp(min=0).pow(gamma) if gamma != 0 else (kept > 0).to(kept.dtype)
     if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"gamma={gamma} overflows: the summed similarities ** gamma are infinite")
+        big = float(kept.abs().max())
+        raise ValueError(
+            f"scores ** gamma overflows {kept.dtype}: the summed similarities of scores (up to "
+            f"{big:.3g}) raised to gamma={gamma} are infinite; scores should be similarities "
+            "in [-1, 1] (normalise the descriptors) or use a smaller gamma"
+        )
     return q_of[keep], node_of[keep], value, nq
 
 
@@ -152,6 +157,7 @@ def query_vector(
                 [0.]])
     """
     q, node, value, nq = _entries(scores, indices, num_nodes, kq, gamma, query_index, num_queries)
+    check_allocation(num_nodes * nq, value.dtype, value.device, "num_nodes", "query vectors")
     y = torch.zeros(num_nodes, nq, dtype=value.dtype, device=value.device)
     y[node, q] = value
     return y

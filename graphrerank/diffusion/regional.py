@@ -5,17 +5,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_index, check_int, check_real, check_tensor
+from .._checks import check_allocation, check_index, check_int, check_real, check_tensor
 
 __all__ = ["gmp_weights", "pool_regions"]
 
 
-def _check_ids(image_ids: Tensor, m: int, name: str = "image_ids", high: int = 2**62) -> Tensor:
+def _check_ids(
+    image_ids: Tensor,
+    m: int,
+    rows_of: str,
+    name: str = "image_ids",
+    high: int = 2**62,
+    of: str | None = None,
+) -> Tensor:
+    """``image_ids`` as one int64 id per row of the argument ``rows_of`` (``m`` rows), each in
+    ``[0, high)`` (``of`` names what fixes ``high``)."""
     if isinstance(image_ids, Tensor) and image_ids.dtype != torch.int64:
         raise TypeError(f"{name} must be an int64 tensor, got {image_ids.dtype}")
-    ids = check_index(image_ids, name, high=high)
+    ids = check_index(image_ids, name, high=high, of=of)
     if ids.shape != (m,):
-        raise ValueError(f"{name} must have shape ({m},), got {tuple(ids.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({m},), one id per row of {rows_of} ({m} row(s)), got "
+            f"{tuple(ids.shape)}"
+        )
     return ids
 
 
@@ -37,7 +49,8 @@ def gmp_weights(
 
     Args:
         vectors: :math:`(M, D)` region vectors of all images.
-        image_ids: :math:`(M,)` int64 image of each region, in :math:`[0, N)`.
+        image_ids: :math:`(M,)` int64 image of each region, in :math:`[0, N)`; the images
+            are numbered ``0 .. N-1`` and each has a region, so :math:`N \le M`.
         lam: :math:`\lambda > 0`, reference 1.
         block_bytes: Memory bound of one batch of Gram matrices.
 
@@ -51,7 +64,9 @@ def gmp_weights(
     """
     vectors = check_tensor(vectors, "vectors", ndim=2, finite=True, detach=True)
     m = vectors.shape[0]
-    image_ids = _check_ids(image_ids, m)
+    # N images of at least one region each: ids < M (a larger id is not an image of these
+    # regions, and would size the per-image batches)
+    image_ids = _check_ids(image_ids, m, "vectors", high=m, of="vectors with {high} row(s)")
     lam = check_real(lam, "lam", low=0, low_open=True, finite=True)
     block_bytes = check_int(block_bytes, "block_bytes", low=1)
     device, dtype = vectors.device, vectors.dtype
@@ -111,9 +126,15 @@ def pool_regions(
     m = scores.shape[0]
     if num_images is not None:
         num_images = check_int(num_images, "num_images", low=0)
-    image_ids = _check_ids(image_ids, m, high=2**62 if num_images is None else num_images)
     if num_images is None:
+        image_ids = _check_ids(image_ids, m, "scores")
         num_images = int(image_ids.max()) + 1 if m else 0
+        sized_by = "image_ids (its largest id)"
+    else:
+        image_ids = _check_ids(image_ids, m, "scores", high=num_images, of="num_images={high}")
+        sized_by = "num_images"
+    cols = scores.shape[1] if scores.dim() == 2 else 1
+    check_allocation(num_images * cols, scores.dtype, scores.device, sized_by, "image scores")
     if weights is not None:
         weights = check_tensor(weights, "weights", shape=(m,), finite=True, detach=True)
         weights = weights.to(scores.dtype)

@@ -22,15 +22,29 @@ DENSE_EIGEN_LIMIT = 8192
 DENSE_EIGEN_HIGH_RANK_LIMIT = 20_000
 
 
-@checked(eigenvalues=Array(nan=False), alpha=Real(low=0, high=1, high_open=True))
+def _filter(lam: Tensor, alpha: float) -> Tensor:
+    return (1 - alpha) / (1 - alpha * lam)
+
+
+@checked(eigenvalues=Array(ndim=1, finite=True), alpha=Real(low=0, high=1, high_open=True))
 def spectral_filter(eigenvalues: Tensor, alpha: float) -> Tensor:
     r"""The diffusion filter :math:`h(\lambda) = (1 - \alpha) / (1 - \alpha\lambda)`.
+
+    ``eigenvalues`` are the :math:`(r,)` eigenvalues of the normalised affinity (in
+    :math:`[-1, 1]`); one at :math:`1 / \alpha` has no finite filter value and is refused.
 
     Example:
         >>> spectral_filter(torch.tensor([1.0, 0.0, -1.0]), 0.5)
         tensor([1.0000, 0.5000, 0.3333])
     """
-    return (1 - alpha) / (1 - alpha * eigenvalues)
+    h = _filter(eigenvalues, alpha)
+    if h.numel() and not bool(torch.isfinite(h).all()):
+        bad = float(eigenvalues[~torch.isfinite(h)][0])
+        raise ValueError(
+            f"eigenvalues holds {bad}, where the filter (1 - alpha) / (1 - alpha * lambda) with "
+            f"alpha={alpha} is infinite (1 - alpha * lambda = 0)"
+        )
+    return h
 
 
 def _parts(graph: Data | Tensor) -> tuple[Tensor, Tensor, int]:
@@ -153,7 +167,7 @@ def spectral_embedding(
         lam, vec = torch.linalg.eigh(dense)
     order = lam.argsort(descending=True)[:rank]
     lam, vec = lam[order], vec[:, order]
-    h = spectral_filter(lam, alpha)
+    h = _filter(lam, alpha)
     if not bool((h > 0).all()) or not bool(torch.isfinite(h).all()):
         raise ValueError(
             f"graph must be the normalised graph S (eigenvalues in [-1, 1]); its largest "

@@ -35,7 +35,7 @@ from ..typing import (
     Symmetrization,
     TensorLike,
 )
-from .knn import knn_search
+from .knn import check_magnitude, knn_search, resolve_backend
 from .scores import ScoreMatrix
 
 __all__ = [
@@ -57,9 +57,11 @@ Symmetrize = Symmetrization  # the names of earlier releases
 Normalize = Normalization
 
 
-@checked(scores=Array(kind="float", nan=False), gamma=Real(low=0, optional=True))
+@checked(scores=Array(ndim=(1, 2), kind="float", nan=False), gamma=Real(low=0, optional=True))
 def edge_weights(scores: Tensor, gamma: float | None) -> Tensor:
     r"""Turn similarities into edge weights :math:`w = \max(s, 0)^\gamma`.
+
+    ``scores`` are the similarities of edges :math:`(E,)` or of kNN lists :math:`(N, k)`.
 
     ``gamma=None`` keeps the raw scores (no clamping), e.g. for negative L2 distances.
     """
@@ -73,6 +75,13 @@ def _keys(edge_index: Tensor, num_nodes: int) -> Tensor:
     return edge_index[1] * num_nodes + edge_index[0]
 
 
+def _span(edge_index: Tensor) -> int:
+    """One more than the largest node id in ``edge_index`` (1 without edges): the nodes that
+    matter, whatever ``num_nodes`` says (a huge ``num_nodes`` then costs nothing, and the
+    keys ``dst * span + src`` cannot overflow int64 for ids that fit memory)."""
+    return int(edge_index.max()) + 1 if edge_index.numel() else 1
+
+
 def _sort_edges(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
     order = _keys(edge_index, num_nodes).argsort()
     return edge_index[:, order], edge_weight[order]
@@ -82,7 +91,7 @@ def _edge_checks(**extra):
     """The declared checks of a weighted edge list over ``num_nodes`` nodes."""
     return checked(
         num_nodes=Int(low=0),
-        edge_index=Edges(num_nodes=Ref("num_nodes")),
+        edge_index=Edges(num_nodes=Ref("num_nodes"), of="num_nodes={high}"),
         edge_weight=Array(shape=Ref("edge_index", fn=lambda e: (e.shape[1],)), finite=True),
         **extra,
     )
@@ -134,8 +143,12 @@ def symmetrize(
         ValueError: edges outside ``[0, num_nodes)`` or repeated, weights of the wrong length
             or not finite, an unknown ``how``.
     """
-    _no_duplicates(edge_index, edge_weight, num_nodes)
-    n = num_nodes
+    n = _span(edge_index)
+    if n > 2**31:  # keys dst * n + src could overflow int64: work on the ids that occur
+        ids, inv = torch.unique(edge_index, return_inverse=True)
+        ei, w = symmetrize.__wrapped__(inv, edge_weight, ids.numel(), how)
+        return ids[ei], w
+    _no_duplicates(edge_index, edge_weight, n)
     if how in ("union", "max"):
         both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
         w = torch.cat([edge_weight, edge_weight])
@@ -193,7 +206,11 @@ def normalize_adjacency(
     """
     check_same_device(edge_index=edge_index, edge_weight=edge_weight)
     src, dst = edge_index
-    deg = torch.zeros(num_nodes, dtype=edge_weight.dtype, device=edge_weight.device)
+    n = _span(edge_index)  # nodes beyond every edge have degree 0 and no weight to scale
+    if n > 4 * edge_index.shape[1] + 2**20:  # a few edges among very many node ids
+        ids, inv_ids = torch.unique(edge_index, return_inverse=True)
+        src, dst, n = inv_ids[0], inv_ids[1], ids.numel()
+    deg = torch.zeros(n, dtype=edge_weight.dtype, device=edge_weight.device)
     deg.index_add_(0, dst, edge_weight)
     if how == "row":
         inv = deg.reciprocal().masked_fill_(deg == 0, 0)
@@ -300,7 +317,7 @@ def knn_graph(
     if k_others > n - 1:
         limit = n if k_includes_self else n - 1
         raise ValueError(
-            f"k={k} is too large for {n} node(s): at most {limit} with "
+            f"k={k} is too large for x with {n} row(s) (node(s)): at most {limit} with "
             f"k_includes_self={k_includes_self}"
         )
     if candidates is None:
@@ -310,6 +327,8 @@ def knn_graph(
         if smat is not None:
             cand_s, idx = smat.topk(min(m, n))
         else:
+            which = resolve_backend(backend, x.device)
+            check_magnitude(x, "x", torch.float32 if which == "faiss" else x.dtype)
             cand_s, idx = knn_search(x, x, min(m, n), metric=metric, backend=backend)
     else:
         cand_s, idx = _candidates(candidates)

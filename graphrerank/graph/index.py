@@ -16,7 +16,7 @@ from .._imports import faiss_num_gpus, has_faiss, require_faiss
 from .._io import CorruptFileError, load_arrays, save_arrays
 from .._version import __version__
 from ..typing import BACKENDS, METRICS, SEARCHES, Backend, KNNResult, Metric, Search, TensorLike
-from .knn import FAISS_GPU_MAX_K, _torch_knn, resolve_backend
+from .knn import FAISS_GPU_MAX_K, _torch_knn, check_magnitude, check_overflow, resolve_backend
 
 __all__ = ["KNNIndex", "database_index"]
 
@@ -94,7 +94,8 @@ class KNNIndex:
             raise ValueError(
                 f"kind={kind!r} needs faiss; backend='torch' supports kind='flat' only"
             )
-        self.nlist = None if nlist is None else check_int(nlist, "nlist", low=1)
+        # faiss reads nlist from its factory string as a C int
+        self.nlist = None if nlist is None else check_int(nlist, "nlist", low=1, high=2**31 - 1)
         self.nprobe = None if nprobe is None else check_int(nprobe, "nprobe", low=1)
         self.pq_m = None if pq_m is None else check_int(pq_m, "pq_m", low=1)
         self.pq_nbits = check_int(pq_nbits, "pq_nbits", low=1, high=16)
@@ -110,6 +111,7 @@ class KNNIndex:
         self._backend: str | None = None
         self._vectors: Tensor | None = None  # torch backend storage
         self._index: Any = None  # faiss index
+        self._source = "vectors"  # what the indexed vectors are called in error messages
 
     # ------------------------------------------------------------------ properties
     @property
@@ -154,7 +156,8 @@ class KNNIndex:
         else:
             if x.shape[1] != self._dim:
                 raise ValueError(
-                    f"vectors have dimension {x.shape[1]}, but this index holds dimension {self._dim}"
+                    f"{self._source} have dimension {x.shape[1]}, but this index holds "
+                    f"dimension {self._dim}"
                 )
             if x.device != self._device:
                 raise ValueError(f"vectors are on {x.device} but this index is on {self._device}")
@@ -174,7 +177,7 @@ class KNNIndex:
             m = next(c for c in (64, 32, 16, 8, 4, 2, 1) if d % c == 0 and (d // c >= 2 or c == 1))
             self.pq_m = m
         if d % m:
-            raise ValueError(f"pq_m={m} must divide the dimension {d}")
+            raise ValueError(f"pq_m={m} must divide the dimension {d} of {self._source}")
         return f"IVF{nlist},PQ{m}x{self.pq_nbits}" + (",RFlat" if self.refine else "")
 
     def _new_faiss_index(self, n: int):
@@ -191,7 +194,9 @@ class KNNIndex:
 
     def train(self, vectors: TensorLike) -> KNNIndex:
         """Train an IVF index on ``vectors`` (no-op for flat and HNSW)."""
-        x = check_features(vectors, "vectors")
+        return self._train(check_features(vectors, "vectors"), "vectors")
+
+    def _train(self, x: Tensor, name: str) -> KNNIndex:
         self._setup(x)
         if self._backend == "torch":
             return self
@@ -204,6 +209,8 @@ class KNNIndex:
                 sample = x[torch.randperm(x.shape[0], generator=g)[: self.train_size].to(x.device)]
             ivf = _ivf_of(self._index)
             self._check_training_size(sample.shape[0], ivf)
+            # faiss' k-means aborts the process on squared norms that overflow float32
+            check_magnitude(sample, name, torch.float32)
             if ivf is not None:
                 ivf.cp.seed = self.seed
             self._index.train(_to_faiss(sample))
@@ -234,13 +241,17 @@ class KNNIndex:
 
         New vectors get the indices ``ntotal .. ntotal + M - 1``. Returns ``self``.
         """
-        x = check_features(vectors, "vectors")
+        return self._add(check_features(vectors, "vectors"), "vectors")
+
+    def _add(self, x: Tensor, name: str) -> KNNIndex:
         self._setup(x)
         if self._backend == "torch":
             self._vectors = x if self._vectors is None else torch.cat([self._vectors, x])
             return self
+        if self.kind != "flat":  # IVF assignment and HNSW insertion compute distances
+            check_magnitude(x, name, torch.float32)
         if self._index is None or not self._index.is_trained:
-            self.train(x)
+            self._train(x, name)
         self._index.add(_to_faiss(x))
         return self
 
@@ -254,18 +265,27 @@ class KNNIndex:
         """
         if self.ntotal == 0:
             raise ValueError("the index is empty: add vectors before searching")
-        q = check_features(queries, "queries", dim=self._dim)
+        src = self._source
+        q = check_features(
+            queries,
+            "queries",
+            dim=self._dim,
+            dim_of=f"the dimension of {src}, which the index holds",
+        )
         check_same_device(index=torch.empty(0, device=self._device), queries=q)
         k = check_int(k, "k", low=1)
         if k > self.ntotal:
             raise ValueError(
-                f"k={k} is larger than the database, which holds {self.ntotal} item(s)"
+                f"k={k} is larger than the index, which holds {self.ntotal} item(s) (the rows "
+                f"of {src} added to it)"
             )
         if self._backend == "torch":
             db = self._vectors
             if q.dtype != db.dtype:
                 q = q.to(db.dtype)
-            return _torch_knn(q, db, k, self.metric, 256 * 2**20)
+            out = _torch_knn(q, db, k, self.metric, 256 * 2**20)
+            check_overflow(out.scores, "queries", src)
+            return out
         if self._device.type == "cuda" and k > FAISS_GPU_MAX_K:
             raise ValueError(
                 f"k={k} exceeds faiss' GPU limit of {FAISS_GPU_MAX_K}; use backend='torch'"
@@ -283,6 +303,7 @@ class KNNIndex:
         i = torch.as_tensor(i).to(q.device).long()
         if self.metric == "l2":
             d = -d
+        check_overflow(d[i >= 0], "queries", src)
         d = d.to(q.dtype).masked_fill_(i < 0, float("-inf"))
         return KNNResult(d, i)
 
@@ -427,7 +448,12 @@ def database_index(x: Tensor, search: Search = "auto", backend: Backend = "auto"
         and x.device.type == "cpu"
     ):
         kind = "ivf"
-    return KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss").add(x)
+    index = KNNIndex(metric="ip", kind=kind, backend=backend if kind == "flat" else "faiss")
+    index._source = "x"
+    # searched against itself: x . x must not overflow the precision of the search
+    which = "faiss" if kind != "flat" else resolve_backend(index.backend, x.device)
+    check_magnitude(x, "x", torch.float32 if which == "faiss" else x.dtype)
+    return index._add(x, "x")
 
 
 def _load_device(device: Any) -> torch.device:

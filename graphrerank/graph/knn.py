@@ -13,7 +13,7 @@ from .._checks import check_features, check_in, check_int, check_same_device
 from .._imports import faiss_num_gpus, has_faiss, require_faiss
 from ..typing import BACKENDS, METRICS, Backend, KNNResult, Metric, TensorLike
 
-__all__ = ["FAISS_GPU_MAX_K", "knn_search", "resolve_backend"]
+__all__ = ["FAISS_GPU_MAX_K", "check_magnitude", "check_overflow", "knn_search", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,40 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if has_faiss() and (device.type == "cpu" or (on_cuda and faiss_num_gpus() > 0)):
         return "faiss"
     return "torch"
+
+
+def check_magnitude(x: Tensor, name: str, dtype: torch.dtype | None = None) -> Tensor:
+    """Refuse descriptors so large that a score overflows: a row whose squared norm exceeds a
+    quarter of the largest finite value of ``dtype`` (default ``x.dtype``; faiss searches in
+    float32) could give infinite inner products or squared distances (and makes faiss'
+    k-means abort the process). Returns ``x``."""
+    if x.numel() == 0:
+        return x
+    dtype = dtype or x.dtype
+    limit = torch.finfo(dtype).max / 4
+    rows = max(1, (64 * 2**20) // (8 * max(1, x.shape[1])))
+    worst = max(
+        float(x[s : s + rows].double().pow(2).sum(1).max()) for s in range(0, x.shape[0], rows)
+    )
+    if not worst <= limit:
+        raise ValueError(
+            f"{name} has a row of squared norm {worst:.3g}, too large for {dtype} scores "
+            f"(at most {limit:.3g}: inner products or distances would overflow to inf); "
+            f"scale {name} down, e.g. normalise it"
+        )
+    return x
+
+
+def check_overflow(scores: Tensor, a: str, b: str) -> Tensor:
+    """Refuse a search whose scores overflowed to ``inf`` (descriptors ``a`` and ``b`` too
+    large for the precision of the search: their ranking would be arbitrary)."""
+    if scores.numel() and not bool(torch.isfinite(scores).all()):
+        raise ValueError(
+            f"the scores of {a} against {b} overflow the precision of the search "
+            f"(descriptors of huge magnitude), so their ranking would be arbitrary; scale {a} "
+            f"and {b} down, e.g. normalise them"
+        )
+    return scores
 
 
 def knn_search(
@@ -101,7 +135,9 @@ def knn_search(
     """
     if check_input:
         queries = check_features(queries, "queries")
-        database = check_features(database, "database", dim=queries.shape[1])
+        database = check_features(
+            database, "database", dim=queries.shape[1], dim_of="the dimension of queries"
+        )
         device = check_same_device(queries=queries, database=database)
         check_in(metric, "metric", METRICS)
         n = database.shape[0]
@@ -110,13 +146,18 @@ def knn_search(
             raise ValueError(f"k={k} is larger than the database, which holds {n} item(s)")
     else:
         device = database.device
+        k = int(k)  # a numpy integer setting (faiss' SWIG wrappers take Python ints only)
     if queries.dtype != database.dtype:
         dtype = torch.promote_types(queries.dtype, database.dtype)
         queries, database = queries.to(dtype), database.to(dtype)
     which = resolve_backend(backend, device)
     if which == "faiss":
-        return _faiss_knn(queries, database, k, metric)
-    return _torch_knn(queries, database, k, metric, block_bytes)
+        out = _faiss_knn(queries, database, k, metric)
+    else:
+        out = _torch_knn(queries, database, k, metric, block_bytes)
+    if check_input:
+        check_overflow(out.scores, "queries", "database")
+    return out
 
 
 def _torch_knn(q: Tensor, db: Tensor, k: int, metric: str, block_bytes: int) -> KNNResult:

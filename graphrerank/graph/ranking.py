@@ -69,7 +69,7 @@ def lexsort_desc(primary: Tensor, secondary: Tensor) -> Tensor:
     return lexsort([secondary, primary], dim=1, descending=True)
 
 
-@checked(scores=_SCORES, k=Int(low=1, high=Ref("scores", dim=1)))
+@checked(scores=Array(ndim=2, nan=False, posinf=False), k=Int(low=1, high=Ref("scores", dim=1)))
 def top_k_with_ties(
     scores: Tensor, k: int, secondary: Callable[[Tensor], Tensor] | None
 ) -> tuple[Tensor, Tensor]:
@@ -283,23 +283,34 @@ def rank_candidates(
     return RerankResult(s_val, s_idx)
 
 
-@checked(scores=_SCORES, k=Int(low=1, high=Ref("scores", dim=1)), ties=_TIE_RULES)
+@checked(
+    scores=Array(ndim=2, finite=True), k=Int(low=1, high=Ref("scores", dim=1)), ties=_TIE_RULES
+)
 def rank_dense(
     scores: Tensor, k: int, queries: Tensor, database: Tensor, ties: str
 ) -> RerankResult:
     """:func:`rank_candidates` for dense ``(B, N)`` scores and long lists (``k`` near ``N``):
-    one stable ordering by score, then by the secondary key."""
+    one stable ordering by score, then by the secondary key.
+
+    ``scores`` must be finite (a real item has a real score); ``queries`` and ``database``
+    (``ties="similarity"``) are finite descriptors, promoted to one dtype for their
+    similarities."""
     if ties == "index":
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     else:
         if not isinstance(queries, ScoreMatrix):  # the secondary key: their similarities
-            database = check_features(database, "database", finite=False)
-            queries = check_features(queries, "queries", dim=database.shape[1], finite=False)
+            database = check_features(database, "database")
+            queries = check_features(
+                queries, "queries", dim=database.shape[1], dim_of="the dimension of database"
+            )
             if (queries.shape[0], database.shape[0]) != tuple(scores.shape):
                 raise ValueError(
                     f"scores must have shape (queries, database) = ({queries.shape[0]}, "
                     f"{database.shape[0]}), got {tuple(scores.shape)}"
                 )
+            if queries.dtype != database.dtype:
+                dt = torch.promote_types(queries.dtype, database.dtype)
+                queries, database = queries.to(dt), database.to(dt)
         first = queries.similarities() if isinstance(queries, ScoreMatrix) else queries @ database.T
         order = lexsort_desc(scores, first)[:, :k]
     return RerankResult(scores.gather(1, order), order)

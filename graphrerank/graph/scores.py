@@ -372,7 +372,8 @@ class ScoreMatrix:
         n, m = self.shape
         if n != m:
             raise ValueError(
-                f"{name} must be a square database x database score matrix, got shape {self.shape}"
+                f"{name} must be a square database x database score matrix, but its scores "
+                f"have shape {self.shape}"
             )
         diag = self.diagonal()
         best = self.topk(1).scores[:, 0]

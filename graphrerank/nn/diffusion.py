@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._checks import check_int, check_real, check_tensor
+from .._params import MAX_ROUNDS
 from .propagate import WeightedPropagation, check_propagation
 
 __all__ = ["DiffusionPropagation"]
@@ -32,7 +34,8 @@ class DiffusionPropagation(WeightedPropagation):
 
     Args:
         alpha: :math:`\alpha \in [0, 1)`, reference 0.99.
-        num_iters: Number of iterations :math:`t`.
+        num_iters: Number of iterations :math:`t`, at most ``MAX_ROUNDS`` (1000; for a
+            converged solution use :func:`graphrerank.diffusion.diffuse`).
 
     Shapes:
         - **input:** :math:`\mathbf{Y}` :math:`(N, Q)`; edges :math:`(2, E)` with weights
@@ -51,7 +54,13 @@ class DiffusionPropagation(WeightedPropagation):
     def __init__(self, alpha: float = 0.99, num_iters: int = 10) -> None:
         super().__init__()
         self.alpha = check_real(alpha, "alpha", low=0, high=1, high_open=True)
-        self.num_iters = check_int(num_iters, "num_iters", low=0)
+        self.num_iters = check_int(
+            num_iters,
+            "num_iters",
+            low=0,
+            high=MAX_ROUNDS,
+            high_of="MAX_ROUNDS; for a converged solution use graphrerank.diffusion.diffuse",
+        )
 
     def forward(
         self,
@@ -71,12 +80,18 @@ class DiffusionPropagation(WeightedPropagation):
             raise ValueError(f"f0 must have the shape of y {tuple(y.shape)}, got {tuple(f0.shape)}")
         n = y.shape[0]
         edge_index, edge_weight = check_propagation(
-            y, edge_index, edge_weight, num_sources=n, num_targets=n
+            y, edge_index, edge_weight, num_sources=n, num_targets=n, nodes="y"
         )
         restart = (1 - self.alpha) * y
         f = y if f0 is None else f0
         for _ in range(self.num_iters):
             f = self.alpha * self.propagate(edge_index, x=f, edge_weight=edge_weight) + restart
+        if f.numel() and not bool(torch.isfinite(f).all()):
+            raise ValueError(
+                f"the iteration overflows {f.dtype}: the graph's weights (edge_weight, or the "
+                "sparse edge_index) are not a normalised graph S (spectral radius <= 1), so "
+                "alpha * S does not contract; normalise it (normalize_adjacency(..., 'sym'))"
+            )
         return f[:, 0] if squeeze else f
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ __all__ = ["ExpansionPropagation", "bipartite_adjacency"]
 
 @checked(
     num_sources=Int(low=0),
-    indices=Index(high=Ref("num_sources"), padding=True),
+    indices=Index(high=Ref("num_sources"), padding=True, of="num_sources={high}"),
     values=Array(nan=False),
 )
 def bipartite_adjacency(indices: Tensor, values: Tensor, num_sources: int) -> Tensor:
@@ -133,6 +133,7 @@ class ExpansionPropagation(WeightedPropagation):
                     f"x must be features or a (source, target) pair, got {len(x)} items"
                 )
             src, dst = check_nodes(x[0], "x[0]"), check_nodes(x[1], "x[1]")
+            nodes = ("x[0]", "x[1]")
             if src.shape[1] != dst.shape[1] or src.dtype != dst.dtype:
                 raise ValueError(
                     f"x[0] {tuple(src.shape)} {src.dtype} and x[1] {tuple(dst.shape)} "
@@ -140,6 +141,7 @@ class ExpansionPropagation(WeightedPropagation):
                 )
         else:
             src = dst = check_nodes(x)
+            nodes = ("x", "x")
         if is_sparse(src) or is_sparse(dst):
             raise TypeError("x must hold dense descriptors")
         size = (src.shape[0], dst.shape[0])
@@ -151,17 +153,29 @@ class ExpansionPropagation(WeightedPropagation):
                 num_sources=src.shape[0],
                 num_targets=dst.shape[0],
                 name="adjacency",
+                nodes=" and ".join(dict.fromkeys(nodes)),
             )
             edge_index, edge_weight, size = csr_map_values(adj, self._weights), None, None
         elif edge_weight is None:
             raise ValueError("edge_weight (the edges' similarities) is required")
         else:
             edge_index, edge_weight = check_propagation(
-                src, edge_index, edge_weight, num_sources=src.shape[0], num_targets=dst.shape[0]
+                src,
+                edge_index,
+                edge_weight,
+                num_sources=src.shape[0],
+                num_targets=dst.shape[0],
+                nodes=" and ".join(dict.fromkeys(nodes)),
             )
             edge_weight = self._weights(edge_weight)
         agg = self.propagate(edge_index, x=(src, dst), edge_weight=edge_weight, size=size)
         out = dst + agg
+        if out.numel() and not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"the expanded descriptors overflow {out.dtype}: the edge similarities "
+                f"(edge_weight, or the sparse adjacency's values) ** alpha={self.alpha} times "
+                f"{nodes[0]} are too large; the similarities should lie in [-1, 1]"
+            )
         if self.normalize == "l2":
             out = torch.nn.functional.normalize(out, dim=1)
         return out

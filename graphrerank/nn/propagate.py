@@ -34,16 +34,21 @@ def check_propagation(
     num_sources: int,
     num_targets: int | None,
     name: str = "edge_index",
+    nodes: str = "x",
 ) -> tuple[Tensor, Tensor | None]:
     """Check the graph argument of a propagation layer: a sparse ``(targets, sources)``
     adjacency (checked as CSR; COO converted; ``num_targets=None``: any number of rows), or
-    an edge index ``(2, E)`` in range with ``(E,)`` finite weights. Returns
+    an edge index ``(2, E)`` in range with ``(E,)`` finite weights. ``nodes`` names the
+    features argument whose rows are the nodes (in the messages). Returns
     ``(edge_index or adjacency, edge_weight)``."""
     if is_sparse(edge_index):
         adj = check_csr(edge_index, name, convert=True)
         if adj.shape[1] != num_sources or num_targets not in (None, adj.shape[0]):
             want = f"({'*' if num_targets is None else num_targets}, {num_sources})"
-            raise ValueError(f"{name} must be {want} (targets, sources), got {tuple(adj.shape)}")
+            raise ValueError(
+                f"{name} must be {want} (targets, sources) for the rows of {nodes}, got "
+                f"{tuple(adj.shape)}"
+            )
         if edge_weight is not None:
             raise ValueError(
                 "edge_weight must be None with a sparse adjacency (it holds the weights)"
@@ -55,10 +60,13 @@ def check_propagation(
             )
         return adj, None
     targets = num_sources if num_targets is None else num_targets
-    ei = check_edge_index(edge_index, name, max(num_sources, targets))
+    ei = check_edge_index(
+        edge_index, name, max(num_sources, targets), of=f"{nodes} with {{high}} row(s) (nodes)"
+    )
     if ei.numel() and (int(ei[0].max()) >= num_sources or int(ei[1].max()) >= targets):
         raise ValueError(
-            f"{name} has an edge outside {num_sources} source(s) and {targets} target(s)"
+            f"{name} has an edge outside {num_sources} source(s) and {targets} target(s) "
+            f"(the rows of {nodes})"
         )
     if ei.device != x.device:
         raise ValueError(f"{name} is on {ei.device} but the features are on {x.device}")

@@ -200,6 +200,10 @@ class PCAWhitening(torch.nn.Module):
                 ``dim`` larger than the rank of the covariance (at most
                 :math:`\min(N - 1, D)` when centring, :math:`\min(N, D)` otherwise).
         """
+        return self._fit(x, mask, "x")
+
+    def _fit(self, x: Any, mask: Any, name: str) -> PCAWhitening:
+        """:meth:`fit`, with the training vectors called ``name`` in the messages."""
         v = _training_vectors(x, mask)
         n, d_in = v.shape
         device = v.device
@@ -224,7 +228,7 @@ class PCAWhitening(torch.nn.Module):
         rank = int((evals > tol).sum()) if top > 0 else 0
         if rank == 0:
             raise ValueError(
-                f"x has no variance (all {n} vectors are "
+                f"{name} has no variance (all {n} vectors are "
                 + ("equal" if self.center else "zero")
                 + "): there is no component to keep"
             )

@@ -79,9 +79,11 @@ class Diffusion(MultiVectorReranker):
 
     **Early truncation** (``truncation`` :math:`N_t`): each query diffuses only over its top
     :math:`N_t` items by first-stage similarity, on the sub-affinity :math:`\mathbf{A}[\mathcal{T},
-    \mathcal{T}]` *re-normalised* on its own; the other items rank below them by first-stage
-    similarity, with score :math:`-\infty`. A batch of queries is one block-diagonal system and
-    one CG call (:func:`~graphrerank.diffusion.truncated_diffuse`).
+    \mathcal{T}]` *re-normalised* on its own; as in the reference, which scatters the solution
+    into zeros, the other items score 0 and follow the tie rule (after the sub-graph's
+    positive scores: by first-stage similarity, or by index with ``ties="index"``), so a list
+    longer than :math:`N_t` is still ranked with finite scores. A batch of queries is one
+    block-diagonal system and one CG call (:func:`~graphrerank.diffusion.truncated_diffuse`).
 
     **Regional queries.** ``rerank`` also takes several vectors per query: a :math:`(Q, R, D)`
     tensor with an optional boolean ``query_mask`` :math:`(Q, R)`, or a list of :math:`(R_q, D)`
@@ -279,13 +281,30 @@ class Diffusion(MultiVectorReranker):
             sec = (-top).to(torch.float64)
         else:
             sec = top_s[:, :t]
-        vals, pos = top_k_with_ties(scores, min(k, t), lambda rows: sec[rows])
-        idx = top.gather(1, pos)
-        if k > t:
-            rest = top_i[:, t:k]
-            vals = torch.cat([vals, torch.full_like(rest, float("-inf"), dtype=vals.dtype)], 1)
-            idx = torch.cat([idx, rest], 1)
-        return vals, idx
+        if k <= t:
+            vals, pos = top_k_with_ties(scores, k, lambda rows: sec[rows])
+            return vals, top.gather(1, pos)
+        # k > t: the reference scatters the sub-graph's solution into a vector of zeros and
+        # ranks every image, so the images outside the sub-graph score 0 and follow the tie
+        # rule among themselves (and with the sub-graph's zeros): first-stage similarity,
+        # i.e. the first-stage list after the sub-graph, or the lowest database indices
+        b = top.shape[0]
+        if self.ties == "index":
+            extra = torch.arange(min(n_img, k + t), device=top.device).expand(b, -1)
+            stop = top.sort(dim=1).values
+            at = torch.searchsorted(stop, extra.contiguous()).clamp_(max=t - 1)
+            in_top = stop.gather(1, at) == extra  # already in the sub-graph
+            cand = torch.cat([top, extra], 1)
+            zeros = torch.zeros(extra.shape, dtype=scores.dtype, device=scores.device)
+            full = torch.cat([scores, zeros.masked_fill_(in_top, float("-inf"))], 1)
+            sec = (-cand).to(torch.float64)
+        else:
+            cand = top_i[:, :k]
+            zeros = torch.zeros(b, k - t, dtype=scores.dtype, device=scores.device)
+            full = torch.cat([scores, zeros], 1)
+            sec = top_s[:, :k]
+        vals, pos = top_k_with_ties(full, k, lambda rows: sec[rows])
+        return vals, cand.gather(1, pos)
 
     def _pool_subsets(self, f: Tensor, sub: Tensor, img_pos: Tensor, t: int) -> Tensor:
         return f

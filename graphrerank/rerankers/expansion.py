@@ -47,6 +47,12 @@ def _search_others(index: KNNIndex, q: Tensor, rows: Tensor, k: int) -> tuple[Te
     return s.gather(1, order), i.gather(1, order)
 
 
+def _k_name(est: Reranker) -> str:
+    """How the neighbour count ``k`` is called in messages: ``num_neighbors`` when the
+    estimator was made by a one-call function (whose ``k`` is the list length)."""
+    return est.__dict__.get("_k_alias", "k")
+
+
 class _QueryExpansion(Reranker):
     """Shared implementation of AQE and αQE (inductive, query side only)."""
 
@@ -59,7 +65,7 @@ class _QueryExpansion(Reranker):
         n = db.shape[0]
         if self.k > n - 1:
             raise ValueError(
-                f"k={self.k} is larger than the database without the query, which holds "
+                f"{_k_name(self)}={self.k} is larger than the database without the query, which holds "
                 f"{n - 1} item(s)"
             )
         rows = torch.arange(n, device=db.device)
@@ -77,7 +83,7 @@ class _QueryExpansion(Reranker):
         check_normalized(database, "database", offer_option=False)
         if self.k > database.shape[0]:
             raise ValueError(
-                f"k={self.k} is larger than the database, which holds {database.shape[0]} item(s)"
+                f"{_k_name(self)}={self.k} is larger than the database, which holds {database.shape[0]} item(s)"
             )
         self.index_ = KNNIndex(metric="ip", backend=self.backend).add(database)
 
@@ -317,7 +323,7 @@ class DatabaseAugmentation(Reranker):
         n = database.shape[0]
         if self.k > n - 1:
             raise ValueError(
-                f"k={self.k} is too large for a database of {n} item(s): each item has "
+                f"{_k_name(self)}={self.k} is too large for a database of {n} item(s): each item has "
                 f"{n - 1} other item(s)"
             )
         layer = ExpansionPropagation(alpha=float(self.alpha))
@@ -354,7 +360,7 @@ class DatabaseAugmentation(Reranker):
         n = x.shape[0]
         if self.k > n - 2:
             raise ValueError(
-                f"k={self.k} is too large for strict leave-one-out on a database of {n} "
+                f"{_k_name(self)}={self.k} is too large for strict leave-one-out on a database of {n} "
                 f"item(s): without the query, each item has {n - 2} other item(s)"
             )
         rows = torch.arange(n, device=x.device)
@@ -428,7 +434,9 @@ def average_query_expansion(
         tensor([[2, 1, 3, 0]])
     """
     check_int(num_neighbors, "num_neighbors", low=1)  # the class's k: named as passed
-    return AverageQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)
+    est = AverageQueryExpansion(k=num_neighbors, **settings)
+    est._k_alias = "num_neighbors"
+    return est.fit(database).rerank(queries, k)
 
 
 def alpha_query_expansion(
@@ -462,7 +470,9 @@ def alpha_query_expansion(
         tensor([[2, 1, 3, 0]])
     """
     check_int(num_neighbors, "num_neighbors", low=1)  # the class's k: named as passed
-    return AlphaQueryExpansion(k=num_neighbors, **settings).fit(database).rerank(queries, k)
+    est = AlphaQueryExpansion(k=num_neighbors, **settings)
+    est._k_alias = "num_neighbors"
+    return est.fit(database).rerank(queries, k)
 
 
 def database_augmentation(
@@ -497,4 +507,6 @@ def database_augmentation(
         tensor([[3, 2]])
     """
     check_int(num_neighbors, "num_neighbors", low=1)  # the class's k: named as passed
-    return DatabaseAugmentation(k=num_neighbors, **settings).fit(database).rerank(queries, k)
+    est = DatabaseAugmentation(k=num_neighbors, **settings)
+    est._k_alias = "num_neighbors"
+    return est.fit(database).rerank(queries, k)

@@ -157,7 +157,7 @@ class Whitening(Reranker):
             raise ValueError(
                 f"{name} must hold at least 2 vectors to learn the whitening, got {train.shape[0]}"
             )
-        module = self._module().to(database.device).fit(train)
+        module = self._module().to(database.device)._fit(train, None, name)
         n = train.shape[0]
         if (
             self.train is None

@@ -45,6 +45,19 @@ def test_hand_worked_block():
     torch.testing.assert_close(L, expected)
 
 
+def test_more_subsets_than_nodes():
+    # subsets is (B, T), one row per query: B is free (the fuzz harness's "length+1" and
+    # "length-1" of subsets are valid calls); 5 queries on the 3-node star 0 - {1, 2}
+    A = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]).to_sparse_csr()
+    subsets = torch.tensor([[1, 0], [2, -1], [0, 2], [1, 2], [0, 1]])
+    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # an edge re-normalised on its own
+    blocks = [swap, torch.zeros(2, 2), swap, torch.zeros(2, 2), swap]  # {1, 2}: no edge
+    S = truncated_normalized(A, subsets).to_dense()
+    torch.testing.assert_close(S, torch.block_diag(*blocks))
+    L = truncated_operator(A, subsets, alpha=0.5).to_dense()
+    torch.testing.assert_close(L, torch.eye(10) - 0.5 * torch.block_diag(*blocks))
+
+
 @pytest.mark.parametrize("best", [True, False])
 def test_solve_matches_per_query_transcription(best, device):
     x, A, a = _setup()

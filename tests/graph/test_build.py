@@ -200,7 +200,7 @@ def test_device(device):
 
 def test_bad_arguments():
     x = _x(10)
-    with pytest.raises(ValueError, match="k=11 is too large for 10 node"):
+    with pytest.raises(ValueError, match="k=11 is too large for x with 10 row"):
         knn_graph(x, 11)
     with pytest.raises(ValueError, match="k=10 is too large"):
         knn_graph(x, 10, k_includes_self=False)
