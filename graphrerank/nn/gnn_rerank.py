@@ -5,15 +5,43 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import Array, Index, Int, Ref, check_csr, check_tensor, checked
+from .._checks import Check, Int, Ref, check_csr, check_index, check_tensor, checked
+from .._params import MAX_ROUNDS
 from ..graph.sparse import csr_add_transpose, csr_from_rows, csr_keep_largest, csr_row_normalize
 from .propagate import WeightedPropagation, is_sparse
 
+
+def _num_rows(t) -> int:
+    # the bound of the ids in ``neighbors``, read before it is checked (so anything goes)
+    shape = getattr(t, "shape", None)
+    if shape is not None and len(shape) >= 1:
+        return int(shape[0])
+    try:
+        return len(t)
+    except TypeError:
+        return 0
+
+
+def _check_similarities(x, name: str, *, neighbors: Tensor) -> Tensor:
+    x = check_tensor(x, name, nan=False)
+    if tuple(x.shape) != tuple(neighbors.shape):
+        raise ValueError(
+            f"{name} must have the shape of neighbors, {tuple(neighbors.shape)}, got "
+            f"{tuple(x.shape)}"
+        )
+    return x
+
+
+def _check_neighbors(x, name: str) -> Tensor:
+    x = check_index(x, name, ndim=2, padding=True, unique=True, high=_num_rows(x))
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one node (row), got shape {tuple(x.shape)}")
+    return x
+
+
 _NEIGHBOR_CHECKS = {
-    "neighbors": Index(
-        ndim=2, padding=True, unique=True, high=Ref("neighbors", fn=lambda t: len(t))
-    ),
-    "similarities": Array(shape=Ref("neighbors", fn=lambda t: tuple(t.shape)), nan=False),
+    "neighbors": Check(_check_neighbors),
+    "similarities": Check(_check_similarities, neighbors=Ref("neighbors")),
 }
 
 __all__ = ["GNNRerankConv", "gnn_propagate", "gnn_rerank_graph"]
@@ -124,7 +152,7 @@ class GNNRerankConv(WeightedPropagation):
     **_NEIGHBOR_CHECKS,
     k1=Int(low=1),
     k2=Int(low=1),
-    layers=Int(low=0),
+    layers=Int(low=0, high=MAX_ROUNDS),
     max_nonzeros=Int(low=1, optional=True),
 )
 def gnn_propagate(
@@ -144,7 +172,7 @@ def gnn_propagate(
         similarities: :math:`(M, K)` their similarities.
         k1: Length :math:`k_1` of the initial lists (capped at :math:`M`).
         k2: Neighbours :math:`k_2` messages come from (capped at :math:`k_1`).
-        layers: Propagation steps.
+        layers: Propagation steps (at most ``MAX_ROUNDS``, 1000).
         max_nonzeros: Keep only this many largest entries per row after each layer
             (``None``: exact).
 
@@ -169,4 +197,28 @@ def gnn_propagate(
         a = conv(a, p)
         if max_nonzeros is not None:
             a = csr_keep_largest(a, max_nonzeros)
+    return a
+
+
+def _gnn_propagate_dense(
+    neighbors: Tensor, similarities: Tensor, k1: int, k2: int, layers: int
+) -> Tensor:
+    """:func:`gnn_propagate` (exact, unchecked inputs) as a dense :math:`(M, M)` tensor: the
+    form for graphs whose :math:`M \\times M` fits in memory, where dense rows and one sparse x
+    dense product per layer beat sparse x sparse products (the rows fill up after two layers)."""
+    m = neighbors.shape[0]
+    n1 = min(k1, m)
+    n2 = min(k2, n1)
+    dt, dev = similarities.dtype, similarities.device
+    cols = neighbors[:, :n1]
+    a = torch.zeros(m, m, dtype=dt, device=dev)
+    a.scatter_add_(1, cols.clamp(min=0), (cols >= 0).to(dt))  # -1 (padding) adds 0
+    if k2 == 1:
+        return a
+    cols2, order = neighbors[:, :n2].sort(dim=1)
+    p = csr_from_rows(cols2, similarities[:, :n2].gather(1, order).square(), m)
+    tiny = torch.finfo(dt).tiny
+    for _ in range(layers):
+        a = p @ a.add_(a.T.contiguous())  # A + A^T, one transposed copy
+        a.div_(torch.linalg.vector_norm(a, dim=1, keepdim=True).clamp_(min=tiny))
     return a

@@ -12,10 +12,11 @@ from .._params import MAX_ROUNDS, PROGRESS, Int, Real, setting
 from .._progress import ProgressCallback
 from ..graph import lists as _lists
 from ..graph.lists import FeatureNodes, graph_lists, scan
-from ..graph.ranking import select_topk
+from ..graph.ranking import lexsort_desc, select_topk
 from ..graph.scores import ScoreMatrix
 from ..graph.sparse import csr_rows, csr_transpose, overlap_cost, pair_products, row_chunks
 from ..nn import gnn_propagate
+from ..nn.gnn_rerank import _gnn_propagate_dense
 from ..typing import RerankResult, TensorLike
 from .base import Reranker
 from .kreciprocal import _score_nodes
@@ -25,6 +26,79 @@ __all__ = ["GNNRerank", "gnn_rerank"]
 #: Neighbours kept per database item at fit: enough for all-vs-all rankings of length
 #: ``LIST_LENGTH - SHORTLIST_MARGIN`` (100) without a second search.
 LIST_LENGTH = 500
+
+#: The dense form (one :math:`M \times M` similarity product, dense propagation, one product
+#: for the scores) runs where the graph's :math:`M^2` (queries and database together) is at
+#: most this many elements; the sparse form above. It keeps about four :math:`M \times M`
+#: matrices (1 GiB in float32 at the limit). The crossover is measured in
+#: ``benchmarks/bench_gnn.py``.
+DENSE_ELEMENTS = 2**26
+
+#: The original similarities of a block's candidate pairs come from one product of the whole
+#: block once they are at least one in this many of its entries (per-pair gathers of the
+#: descriptors below).
+_PAIRS_PER_BLOCK = 32
+
+#: Row blocks of the symmetric products (each computes its block's part right of the
+#: diagonal; the rest is mirrored).
+_GRAM_BLOCKS = 4
+
+#: Multiply-adds of one product below which the symmetric products take it whole.
+_GRAM_MIN_WORK = 2**30
+
+
+def _use_dense(nodes, max_nonzeros) -> bool:
+    return isinstance(nodes, FeatureNodes) and max_nonzeros is None and nodes.m**2 <= DENSE_ELEMENTS
+
+
+def _gram(x: Tensor) -> Tensor:
+    r""":math:`\mathbf{X} \mathbf{X}^\top`; for large ``X`` exactly symmetric, with about
+    :math:`(b + 1) / 2b` of the work of one product (``b`` row blocks)."""
+    m, d = x.shape
+    if m * m * d < _GRAM_MIN_WORK:  # one product is faster than a few small ones
+        return x @ x.T
+    out = torch.empty(m, m, dtype=x.dtype, device=x.device)
+    bs = -(-m // _GRAM_BLOCKS)
+    for r0 in range(0, m, bs):
+        r1 = min(m, r0 + bs)
+        out[r0:r1, r0:] = x[r0:r1] @ x[r0:].T
+        out[r1:, r0:r1] = out[r0:r1, r1:].T
+    return out
+
+
+def _dense_topk(score: Tensor, base: Tensor, k: int) -> RerankResult:
+    """Top-``k`` per row of a dense score matrix, equal scores ordered by ``base`` (higher
+    first): one ``topk`` of ``k + 1`` (an equal pair among them is a tie inside the top-``k``
+    or at its edge), then a lexicographic sort of the few rows with such a tie."""
+    v, i = score.topk(min(k + 1, score.shape[1]), dim=1)
+    rows = (v[:, 1:] == v[:, :-1]).any(1).nonzero().flatten()
+    v, i = v[:, :k], i[:, :k]
+    if rows.numel():
+        o = lexsort_desc(score[rows], base[rows])[:, :k]
+        i[rows] = o
+        v[rows] = score[rows].gather(1, o)
+    return RerankResult(v.contiguous(), i.contiguous())
+
+
+def _dense_run(nodes, k: int, k1: int, k2: int, layers: int, lam: float) -> RerankResult:
+    """The whole re-ranking in dense form (see :data:`DENSE_ELEMENTS`): exactly the formula
+    of :class:`GNNRerank`, as the sparse form computes it, but in a few large operations."""
+    nq = nodes.nq
+    x = nodes.db if nq == 0 else torch.cat([nodes.q, nodes.db])
+    s = _gram(x)
+    vals, idx = s.topk(min(k1, nodes.m), dim=1)
+    a = _gnn_propagate_dense(idx, vals, k1, k2, layers)
+    del idx, vals
+    if nq == 0:
+        base = s
+        p = _gram(a)
+    else:
+        base = s[:nq, nq:]
+        p = a[:nq] @ a[nq:].T
+    del a
+    if lam:
+        p = p.mul_(1 - lam).add_(base, alpha=lam)
+    return _dense_topk(p, base, k)
 
 
 def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, budget: int, bar=None):
@@ -52,7 +126,11 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
         # A_q A_g^T for these rows: one sparse x sparse product, then a dense block
         buf = (csr_rows(aq, r0, r1) @ ad_t).to_dense()
 
-        def base_of(r: Tensor, c: Tensor, r0=r0) -> Tensor:
+        def base_of(r: Tensor, c: Tensor, r0=r0, r1=r1) -> Tensor:
+            if isinstance(nodes, FeatureNodes) and r.numel() * _PAIRS_PER_BLOCK >= (r1 - r0) * nd:
+                # many pairs: one product for the whole block beats per-pair gathers
+                block = nodes.block_fn("q" if nq else "d", "d")(r0, r1, 0, nd)
+                return block[r, c]
             return nodes.pairs(r + r0, c + nq)
 
         s, i = select_topk(
@@ -119,14 +197,20 @@ class GNNRerank(Reranker):
     :class:`~graphrerank.rerankers.KReciprocal`, query-query similarities enter every query's
     neighbourhood, so queries from another modality or encoder do not fit (on the PKU-Sketch
     re-ID file, re-ranking the 50 sketches together lowers the mAP from 21.7 to 17.5 with
-    :math:`\lambda = 0.3`); ``asymmetric=True`` is refused. The
-    adjacency stays sparse (its rows grow with each layer: about :math:`k_1`, then
-    :math:`2 k_2 k_1`, ... non-zeros), the final scores are summed over pairs that share a
-    non-zero column only, and the top-``k`` is taken over those pairs and each query's nearest
-    items, which is exactly the top-``k`` of the dense formula. ``max_nonzeros`` bounds the
-    rows for very large graphs (an approximation; off by default). :meth:`fit` keeps each
-    database item's 500 most similar items, so that ``rerank(None, k)`` with ``k <= 100``
-    needs no second search.
+    :math:`\lambda = 0.3`); ``asymmetric=True`` is refused. Two forms, picked by the
+    graph's size :math:`M` (queries and database together), give the same top-``k`` (up to
+    float rounding): where :math:`M^2` is at most :data:`DENSE_ELEMENTS` (about 8,000 nodes;
+    descriptors, ``max_nonzeros=None``), a few large dense operations (one similarity
+    product, a sparse x dense product per layer, one product for the scores, one ``topk``),
+    as the reference computes it; above, the adjacency stays sparse (its rows grow with each
+    layer: about :math:`k_1`, then :math:`2 k_2 k_1`, ... non-zeros), the final scores are
+    summed over pairs that share a non-zero column only, and the top-``k`` is taken over
+    those pairs and each query's nearest items, which is exactly the top-``k`` of the dense
+    formula. ``max_nonzeros`` bounds the rows for very large graphs (an approximation; off
+    by default; sparse form only). For the sparse form, :meth:`fit` keeps each database
+    item's 500 most similar items, so that ``rerank(None, k)`` with ``k <= 100`` needs no
+    second search (for a small database it keeps the descriptors only, and scans the lists
+    when something asks for them).
 
     Args:
         k1: Length :math:`k_1` of the initial neighbour lists (reference 26).
@@ -193,6 +277,12 @@ class GNNRerank(Reranker):
     def _fit(self, database: Tensor) -> None:
         if not isinstance(database, ScoreMatrix):
             check_normalized(database, "database")
+        if isinstance(database, ScoreMatrix) or database.shape[0] ** 2 > DENSE_ELEMENTS:
+            self._scan_database(database)
+        # else the dense form computes everything from the descriptors at rerank; the lists
+        # are scanned when something asks for them (the sparse form, ``propagated``)
+
+    def _scan_database(self, database) -> None:
         n = database.shape[0]
         nodes = self._nodes(None, database)
         length = min(n, max(self.k1, LIST_LENGTH))
@@ -202,6 +292,8 @@ class GNNRerank(Reranker):
         self.neighbor_similarities_ = g["row_values"]
 
     def _database_lists(self) -> dict[str, Tensor]:
+        if not hasattr(self, "neighbors_"):
+            self._scan_database(self.database_)
         return {"indices": self.neighbors_, "values": self.neighbor_similarities_}
 
     def _rerank(
@@ -211,6 +303,11 @@ class GNNRerank(Reranker):
             check_normalized(queries, "queries")
         nodes = self._nodes(queries)
         with self._progress_bar(nodes.nq or nodes.nd, "GNNRerank") as bar:
+            if _use_dense(nodes, self.max_nonzeros):
+                out = _dense_run(nodes, k, self.k1, self.k2, self.layers, float(self.lambda_value))
+                if bar is not None:
+                    bar.update(nodes.nq or nodes.nd)
+                return out
             return _run(nodes, k, self.k1, self.k2, self.layers, self.lambda_value,
                         self.max_nonzeros, self._database_lists(), bar=bar)  # fmt: skip
 
@@ -219,10 +316,10 @@ class GNNRerank(Reranker):
         a ``torch.sparse_csr`` :math:`(N, N)` tensor."""
         self._check_fitted()
         if not hasattr(self, "propagated_"):
-            length = min(self.n_database_, max(self.k1, LIST_LENGTH))
+            lists = self._database_lists()
             self.propagated_ = gnn_propagate(
-                self.neighbors_[:, :length], self.neighbor_similarities_[:, :length],
-                self.k1, self.k2, self.layers, self.max_nonzeros,
+                lists["indices"], lists["values"], self.k1, self.k2, self.layers,
+                self.max_nonzeros,
             )  # fmt: skip
         return self.propagated_
 

@@ -104,3 +104,51 @@ def test_gnn_propagate_dtypes(dtype, device):
     np.testing.assert_allclose(out.to_dense().cpu().numpy(), expected, rtol=tol, atol=1e-6)
     rows = np.linalg.norm(out.to_dense().cpu().numpy(), axis=1)
     np.testing.assert_allclose(rows, 1.0, rtol=tol)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2, 3])
+@pytest.mark.parametrize(("m", "k1", "k2"), [(1, 1, 1), (12, 4, 2), (15, 6, 6), (10, 20, 3)])
+def test_dense_form_equals_dense_reference(m, k1, k2, layers):
+    from graphrerank.nn.gnn_rerank import _gnn_propagate_dense
+
+    nbr, sim = ranked_lists(5, m)
+    out = _gnn_propagate_dense(torch.from_numpy(nbr), torch.from_numpy(sim), k1, k2, layers)
+    expected = propagate_reference(nbr, sim, k1, k2, layers)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_dense_form_drops_padding():
+    from graphrerank.nn.gnn_rerank import _gnn_propagate_dense
+
+    nbr = torch.tensor([[0, 1, -1], [1, 0, 2], [2, 1, -1]])
+    sim = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.5, 0.4], [1.0, 0.2, 0.0]], dtype=torch.float64)
+    for layers in (0, 2):
+        dense = _gnn_propagate_dense(nbr, sim, 3, 3, layers)
+        sparse = gnn_propagate(nbr, sim, 3, 3, layers).to_dense()
+        np.testing.assert_allclose(dense.numpy(), sparse.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fn", ["gnn_propagate", "gnn_rerank_graph"])
+def test_bad_neighbor_lists_name_the_arguments(fn):
+    from graphrerank.nn import gnn_rerank as mod
+
+    f = getattr(mod, fn)
+    nbr, sim = (torch.from_numpy(a) for a in ranked_lists(0, 8))
+    with pytest.raises(TypeError, match="neighbors"):
+        f(None, sim, 3, 2)
+    for s in (sim, sim[:0]):
+        with pytest.raises(ValueError, match="neighbors must hold at least one node"):
+            f(nbr[:0], s, 3, 2)
+    longer = torch.cat([nbr, nbr[:1]])
+    with pytest.raises(
+        ValueError, match=r"similarities must have the shape of neighbors.*\(9, 8\)"
+    ):
+        f(longer, sim, 3, 2)
+
+
+def test_layers_bounded_by_max_rounds():
+    from graphrerank._params import MAX_ROUNDS
+
+    nbr, sim = (torch.from_numpy(a) for a in ranked_lists(0, 6))
+    with pytest.raises(ValueError, match=f"layers must be <= {MAX_ROUNDS}"):
+        gnn_propagate(nbr, sim, 3, 2, layers=10**12)

@@ -77,9 +77,17 @@ SETTINGS = [
 ]
 
 
+@pytest.fixture(params=["dense", "sparse"])
+def form(request, monkeypatch):
+    """Both forms of the re-ranking: dense (small graphs) and sparse (forced here)."""
+    if request.param == "sparse":
+        monkeypatch.setattr(gnn, "DENSE_ELEMENTS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize(("k1", "k2", "layers", "lambda_value"), SETTINGS)
 @pytest.mark.parametrize(("nq", "ng"), [(6, 40), (0, 45)])
-def test_matches_dense_reference(device, k1, k2, layers, lambda_value, nq, ng):
+def test_matches_dense_reference(device, form, k1, k2, layers, lambda_value, nq, ng):
     x = _sphere(nq + ng, 6, seed=k1 + nq)
     scores, cos = reference_gnn(x[:nq] if nq else None, x[nq:], k1, k2, layers, lambda_value)
     order = reference_order(scores, cos)
@@ -92,7 +100,7 @@ def test_matches_dense_reference(device, k1, k2, layers, lambda_value, nq, ng):
         assert_same_ranking(out, scores, order, k, cos)
 
 
-def test_all_vs_all_is_one_graph_not_two():
+def test_all_vs_all_is_one_graph_not_two(form):
     x = _sphere(40, 5, seed=3)
     r = GNNRerank(k1=8, k2=3, lambda_value=0.3).fit(torch.from_numpy(x))
     one, cos1 = reference_gnn(None, x, 8, 3, 2, 0.3)
@@ -103,7 +111,7 @@ def test_all_vs_all_is_one_graph_not_two():
     assert not torch.equal(out_none.indices, out_dup.indices)
 
 
-def test_float32_agrees_with_float64_reference():
+def test_float32_agrees_with_float64_reference(form):
     x = _sphere(50, 8, seed=11)
     scores, _ = reference_gnn(x[:10], x[10:], 26, 7, 2, 0.3)
     q, g = torch.from_numpy(x[:10]).float(), torch.from_numpy(x[10:]).float()
@@ -115,6 +123,7 @@ def test_float32_agrees_with_float64_reference():
 
 
 def test_short_lists_and_small_blocks(monkeypatch):
+    monkeypatch.setattr(gnn, "DENSE_ELEMENTS", 0)  # the sparse form's blocks
     monkeypatch.setattr(gnn, "LIST_LENGTH", 3)
     monkeypatch.setattr(lists, "SHORTLIST_MARGIN", 0)
     monkeypatch.setattr(lists, "BLOCK_ELEMENTS", 97)
@@ -202,3 +211,42 @@ def test_declarations():
         "max_nonzeros": None,
         "progress": None,
     }
+
+
+@pytest.mark.parametrize("pairs_per_block", [0, 10**9])
+@pytest.mark.parametrize("lambda_value", [0.3, 1.0])
+def test_sparse_form_original_similarities_by_pairs_or_by_block(
+    monkeypatch, pairs_per_block, lambda_value
+):
+    # the candidates' cosines from per-pair gathers or from one product per block: same ranking
+    monkeypatch.setattr(gnn, "DENSE_ELEMENTS", 0)
+    monkeypatch.setattr(gnn, "_PAIRS_PER_BLOCK", pairs_per_block)
+    monkeypatch.setattr(lists, "SHORTLIST_MARGIN", 0)
+    x = _sphere(70, 5, seed=9)
+    scores, cos = reference_gnn(x[:10], x[10:], 8, 3, 2, lambda_value)
+    out = GNNRerank(k1=8, k2=3, lambda_value=lambda_value).fit(torch.from_numpy(x[10:]))
+    assert_same_ranking(out.rerank(torch.from_numpy(x[:10]), k=6), scores,
+                        reference_order(scores, cos), 6, cos)  # fmt: skip
+
+
+@pytest.mark.parametrize("nq", [0, 12])
+def test_dense_and_sparse_forms_agree(monkeypatch, nq):
+    x = torch.from_numpy(_sphere(nq + 300, 8, seed=4)).float()
+    q = x[:nq] if nq else None
+    for lam in (0.0, 0.3):
+        dense = GNNRerank(lambda_value=lam).fit(x[nq:]).rerank(q, k=50)
+        with monkeypatch.context() as mp:
+            mp.setattr(gnn, "DENSE_ELEMENTS", 0)
+            r = GNNRerank(lambda_value=lam).fit(x[nq:])
+            sparse = r.rerank(q, k=50)
+        assert_close(dense.scores, sparse.scores, rtol=1e-5, atol=1e-6)
+        assert (dense.indices == sparse.indices).float().mean() > 0.99  # float32 near-ties
+
+
+def test_dense_fit_scans_lazily():
+    # small databases: fit keeps the descriptors; the lists are scanned when asked for
+    x = torch.from_numpy(_sphere(60, 5, seed=2))
+    r = GNNRerank(k1=8, k2=3).fit(x)
+    assert not hasattr(r, "neighbors_")
+    a = r.propagated()
+    assert hasattr(r, "neighbors_") and tuple(a.shape) == (60, 60)
