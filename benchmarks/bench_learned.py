@@ -39,11 +39,15 @@ dimensions, and checks that each batched form equals the per-pair one:
 
     python benchmarks/bench_learned.py --part baselines --images 150 --dim 1280 --repeats 3
 
-``--part speed`` times the default :class:`~graphrerank.models.LocalMatcher` re-ranking one
-query's top-M in one batched forward pass for several M (one thread), and fits the cost per
-extra candidate (least squares over M):
+``--part speed`` times the default :class:`~graphrerank.models.LocalMatcher`
+(``design="late"``) re-ranking one query's top-M in one dense batched pass for several M (one
+thread), with the database encoded once (as the reranker caches it at fit time) and without,
+against the previous default (``design="joint"``) in the same run; it reports wall and CPU
+(process) time, fits the cost per extra candidate (least squares over M), checks the dense
+pass against PyG's TransformerConv on the match graph, and with ``--profile`` prints where
+the time goes (torch.profiler):
 
-    python benchmarks/bench_learned.py --part speed --repeats 5
+    python benchmarks/bench_learned.py --part speed --repeats 5 --profile
 """
 
 from __future__ import annotations
@@ -99,8 +103,18 @@ def _model(kind: str):
     if kind.startswith("dense transformer"):
         return _dense_model()
     k_intra, k_cross = (4, 4) if kind.startswith("kNN") else (L - 1, L)
+    # the architecture comparison (sparse kNN graph / all-pairs graph / dense transformer) is
+    # made with the joint design, where every block attends across images; `--part speed`
+    # times the default late design against it
     return LocalMatcher(
-        D, hidden=HIDDEN, heads=HEADS, num_layers=LAYERS, ffn=FFN, k_intra=k_intra, k_cross=k_cross
+        D,
+        hidden=HIDDEN,
+        heads=HEADS,
+        num_layers=LAYERS,
+        ffn=FFN,
+        k_intra=k_intra,
+        k_cross=k_cross,
+        design="joint",
     )
 
 
@@ -245,23 +259,65 @@ def baseline_times(images: int, dim: int, repeats: int, threads: int, pair_batch
     return out
 
 
-def speed_times(top_ms: list[int], repeats: int, threads: int) -> dict:
+VARIANTS = (
+    ("late (default), database encoded at fit", "late", True),
+    ("late (default), shortlist encoded per call", "late", False),
+    ('joint (previous default, design="joint")', "joint", False),
+)
+
+
+def speed_times(top_ms: list[int], repeats: int, threads: int, profile: bool) -> dict:
+    import time
+
     import torch
 
     from graphrerank.models import LocalMatcher, score_shortlist
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = LocalMatcher(D).eval()  # the default configuration
     db = _data(max(top_ms) + 1)
-    out = {}
-    for m in top_ms:
+    out: dict = {}
+    models = {}
+    for design in ("late", "joint"):
+        torch.manual_seed(0)
+        models[design] = LocalMatcher(D, design=design).eval()  # the default sizes
+    with torch.no_grad():
+        enc = models["late"].encode(db, role=1)  # what the reranker caches at fit time
+    for name, design, cached in VARIANTS:
+        model = models[design]
+        for m in top_ms:
+            short = torch.arange(1, m + 1).view(1, -1)
+            kw = {"database_encoded": enc} if cached else {}
+            wall, cpu = [], []
+            for _ in range(repeats if design == "late" else max(1, min(repeats, 3))):
+                t0, c0 = time.perf_counter(), time.process_time()
+                with torch.no_grad():
+                    score_shortlist(model, db[:1], db, short, batch_size=m, **kw)
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            out[(name, m)] = (median(wall), median(cpu))
+    # the dense batched pass against PyG's sparse TransformerConv on the match graph
+    model = models["late"]
+    m = 100 if 100 in top_ms else top_ms[0]
+    with torch.no_grad():
+        dense = score_shortlist(
+            model, db[:1], db, torch.arange(1, m + 1).view(1, -1), batch_size=m,
+            database_encoded=enc,
+        )[0]  # fmt: skip
+        graph = model(model.graph(db[:1].expand(m, -1, -1), db[1 : m + 1].unsqueeze(1)))
+    out["_err"] = float((dense - graph).abs().max())
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
+
         short = torch.arange(1, m + 1).view(1, -1)
-        times = timed(
-            lambda short=short, m=m: score_shortlist(model, db[:1], db, short, batch_size=m),
-            repeats,
-        )
-        out[m] = median(times)
+        with torch.no_grad(), prof(activities=[ProfilerActivity.CPU]) as p:
+            for _ in range(repeats):
+                score_shortlist(model, db[:1], db, short, batch_size=m, database_encoded=enc)
+        rows = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in rows)
+        out["_profile"] = [
+            (e.key, e.count // repeats, e.self_cpu_time_total / total) for e in rows[:12]
+        ]
     return out
 
 
@@ -304,29 +360,63 @@ def main_baselines(args, command) -> list[dict]:
 
 
 def main_speed(args, command) -> list[dict]:
+    import os
+
     top_ms = [25, 50, 100, 200]
-    res = isolated(speed_times, top_ms=top_ms, repeats=args.repeats, threads=args.threads)
-    ms = [1000 * res[m] for m in top_ms]
-    n = len(top_ms)
-    mean_m, mean_t = sum(top_ms) / n, sum(ms) / n
-    slope = sum((m - mean_m) * (t - mean_t) for m, t in zip(top_ms, ms, strict=True)) / sum(
-        (m - mean_m) ** 2 for m in top_ms
-    )
-    rows = [{"top_m": m, "ms": t, "per": t / m} for m, t in zip(top_ms, ms, strict=True)]
+    load_before = os.getloadavg()[0]
+    res = isolated(
+        speed_times, top_ms=top_ms, repeats=args.repeats, threads=args.threads,
+        profile=args.profile,
+    )  # fmt: skip
+    load_after = os.getloadavg()[0]
+    rows = []
+    slopes = {}
+    for name, _, _ in VARIANTS:
+        ms = [1000 * res[(name, m)][0] for m in top_ms]
+        cpu = [1000 * res[(name, m)][1] for m in top_ms]
+        n = len(top_ms)
+        mean_m, mean_t = sum(top_ms) / n, sum(cpu) / n
+        slopes[name] = sum(
+            (m - mean_m) * (t - mean_t) for m, t in zip(top_ms, cpu, strict=True)
+        ) / sum((m - mean_m) ** 2 for m in top_ms)
+        for m, t, c in zip(top_ms, ms, cpu, strict=True):
+            rows.append({"variant": name, "top_m": m, "ms": t, "cpu": c, "per": c / m})
     print(f"# Learned re-ranker: ms per query (CPU)\n\n`{command}`\n")
-    print(f"{machine()}; {args.threads} thread(s).\n")
     print(
-        f"Default `LocalMatcher({D})` (d=32, 2 heads, 2 layers, k_intra = k_cross = 4), "
-        f"{L} descriptors of {D}-d per image, one query's top-M scored in one batched forward "
-        f"pass (`score_shortlist(..., batch_size=M)`); median of {args.repeats}. Cost per extra "
-        f"candidate (least-squares slope over M): {slope:.3f} ms.\n"
+        f"{machine()}; {args.threads} thread(s); load average {load_before:.1f} before, "
+        f"{load_after:.1f} after.\n"
+    )
+    print(
+        f"`LocalMatcher({D})` at the default sizes (d=32, 2 heads, 2 layers, k_intra = k_cross "
+        f"= 4), {L} descriptors of {D}-d per image, one query's top-M scored in one batched "
+        f"pass (`score_shortlist(..., batch_size=M)`); median of {args.repeats} (joint: of "
+        f"at most 3); CPU = process time (what the call itself used: on a shared machine the wall "
+        f"time also counts other jobs). Cost per extra candidate (least-squares slope of the "
+        f"CPU time over M): "
+        + "; ".join(f"{k}: {v:.3f} ms" for k, v in slopes.items())
+        + f". Max |dense batched pass - PyG TransformerConv on the match graph| (same "
+        f"weights, top-100): {res['_err']:.1e}.\n"
     )
     print(
         table(
             rows,
-            [("top_m", "top-M"), ("ms", "ms / query"), ("per", "ms / candidate")],
+            [
+                ("variant", "variant"),
+                ("top_m", "top-M"),
+                ("ms", "wall ms / query"),
+                ("cpu", "CPU ms / query"),
+                ("per", "CPU ms / candidate"),
+            ],
         )
     )
+    if "_profile" in res:
+        print("\ntorch.profiler, default model, database encoded, top-100 (self CPU time):\n")
+        print(
+            table(
+                [{"op": k, "calls": c, "share": f"{100 * f:.1f}%"} for k, c, f in res["_profile"]],
+                [("op", "op"), ("calls", "calls / query"), ("share", "share")],
+            )
+        )
     return rows
 
 
@@ -344,6 +434,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--window", type=int, default=16, help="candidates per training list")
     p.add_argument("--epoch-pairs", type=int, default=3200, help="pairs per training epoch")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="speed: torch.profiler table")
     args = p.parse_args(argv)
     command = "python benchmarks/bench_learned.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

@@ -119,6 +119,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--raw", action="store_true", help="also chamfer on the raw 1280-d vectors")
     p.add_argument("--split", choices=("forward", "reverse"), default="forward")
     p.add_argument(
+        "--design", choices=("late", "joint"), default="late", help="LocalMatcher design"
+    )
+    p.add_argument(
         "--modes", default="all", help="learned rows: 'all', 'none' or names joined by ','"
     )
     p.add_argument(
@@ -206,6 +209,7 @@ def main(argv=None) -> list[dict]:
             k_intra=4,
             k_cross=4,
             global_dim=g.shape[1],
+            design=args.design,
         )
         t = time.perf_counter()
         result = train_matcher(
@@ -296,7 +300,8 @@ PCA-whitened 128-d vectors per image (`load_corel1k_local()`); "64/16" keeps 16 
 descriptors (AMES-style asymmetry). "bytes" counts the stored local descriptors of one database
 image (float16 unless stated; the global descriptor adds {global_bytes} bytes as float16). Model:
 `LocalMatcher(128, hidden=32, heads=2, num_layers=2, ffn=64, k_intra=4, k_cross=4,
-global_dim=1280)` (a global node per image), 2 positives and 6 hard negatives per query and
+global_dim=1280, design=...)` (a global node per image; the design of `--design`, default
+"late"), 2 positives and 6 hard negatives per query and
 epoch (list-wise: one window of 16 consecutive shortlist entries per query and epoch; at test
 time windows of 16 with stride 8 over the top-M, logits averaged), AdamW 1e-3, early stopping
 on the validation mAP of the top-30 (patience 3), one seed.

@@ -93,7 +93,10 @@ print(f"train {train.numel()}, validation {val.numel()}, test {test.numel()} ima
 # whose nodes are local descriptors, with edges to the most similar descriptors of the same
 # image and :math:`k` correspondences across images (plus a global node per image), runs
 # attention message passing (PyG's ``TransformerConv``) and pools the correspondences of each
-# pair into a matching logit.
+# pair into a matching logit. In its default design (``design="late"``) the attention blocks
+# see one image at a time and one cross-attention layer over the correspondences precedes the
+# readout: every database image is encoded once (the reranker caches it) and a query's whole
+# shortlist is scored in one dense batched pass, equal to the graph computation.
 model = LocalMatcher(
     local.shape[2], hidden=16, heads=2, num_layers=1, ffn=32,
     k_intra=4, k_cross=4, global_dim=glob.shape[1],

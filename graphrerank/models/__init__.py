@@ -4,7 +4,7 @@ compact storage and training (learned shortlist re-ranking as in RRT, AMES and L
 from .baselines import SIMILARITIES, local_similarity, shortlist_similarity
 from .fusion import FusionResult, fuse_scores, rerank_shortlist, tune_fusion
 from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, EDGE_Q2C, match_graph
-from .matcher import LocalMatcher
+from .matcher import EncodedLocal, LocalMatcher
 from .scoring import chamfer_similarity, score_shortlist, sliding_windows
 from .splits import ClassSplit, class_disjoint_split
 from .storage import STORAGES, StoredLocal, bytes_per_image, compress_local, decode_local
@@ -18,6 +18,7 @@ __all__ = [
     "SIMILARITIES",
     "STORAGES",
     "ClassSplit",
+    "EncodedLocal",
     "FusionResult",
     "LocalMatcher",
     "StoredLocal",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import Array, Real, check_index, check_real, checked
+from .._checks import Array, Int, Real, check_index, check_real, checked
 from ..typing import RerankResult
 
 __all__ = ["FusionResult", "fuse_scores", "rerank_shortlist", "tune_fusion"]
@@ -75,7 +75,14 @@ def _fuse(global_scores: Tensor, logits: Tensor, lambda_value: float, gamma: flo
     return s.masked_fill(torch.isinf(logits) & (logits < 0), float("-inf"))
 
 
-def _check_ranking(scores: Tensor, indices: Tensor, logits: Tensor) -> Tensor:
+#: Database ids must lie below this (no database of this library holds 2**32 images; a
+#: larger id is a corrupt or wrongly typed ranking).
+MAX_ITEMS = 2**32
+
+
+def _check_ranking(
+    scores: Tensor, indices: Tensor, logits: Tensor, num_items: int | None = None
+) -> Tensor:
     """Cross-argument checks of a ranking and its logits (each already checked alone); returns
     ``indices`` checked as ids (``-1`` padding, no id twice in a row)."""
     if scores.shape != indices.shape:
@@ -89,8 +96,17 @@ def _check_ranking(scores: Tensor, indices: Tensor, logits: Tensor) -> Tensor:
             f"logits must be (Q, M) with Q={scores.shape[0]} and M <= {scores.shape[1]}, got "
             f"{tuple(logits.shape)}"
         )
-    high = int(indices.max()) + 1 if indices.numel() else 0
-    indices = check_index(indices, "indices", high=max(high, 0), padding=True, unique=True)
+    if num_items is None:
+        high = int(indices.max()) + 1 if indices.numel() else 0
+        if high > MAX_ITEMS:
+            raise ValueError(
+                f"indices holds the id {high - 1}, out of range: database ids must be below "
+                f"2**32 = {MAX_ITEMS}"
+            )
+        indices = check_index(indices, "indices", high=max(high, 0), padding=True, unique=True)
+    else:
+        indices = check_index(indices, "indices", high=num_items, padding=True, unique=True,
+                              of="a database of {high} item(s)")  # fmt: skip
     if scores.numel() and bool((~torch.isfinite(scores) & (indices >= 0)).any()):
         raise ValueError(
             "scores contains NaN or infinite values at real entries (indices >= 0); only "
@@ -105,9 +121,16 @@ def _check_ranking(scores: Tensor, indices: Tensor, logits: Tensor) -> Tensor:
     logits=Array(kind="float", nan=False, ndim=2),
     lambda_value=Real(low=0, high=1),
     gamma=Real(low=0, low_open=True),
+    num_items=Int(low=0, optional=True),
 )
 def rerank_shortlist(
-    scores: Tensor, indices: Tensor, logits: Tensor, lambda_value: float = 0.5, gamma: float = 1.0
+    scores: Tensor,
+    indices: Tensor,
+    logits: Tensor,
+    lambda_value: float = 0.5,
+    gamma: float = 1.0,
+    *,
+    num_items: int | None = None,
 ) -> RerankResult:
     r"""Re-order the first :math:`M` entries of a ranking by the fused score, keep the rest.
 
@@ -122,13 +145,16 @@ def rerank_shortlist(
         logits: :math:`(Q, M)` logits of the first :math:`M \le K` entries.
         lambda_value: :math:`\lambda` of :func:`fuse_scores`.
         gamma: :math:`\gamma` of :func:`fuse_scores`.
+        num_items: The database size :math:`N`, if known: ids must then lie in
+            :math:`[0, N)` (else below :math:`2^{32}`).
 
     Returns:
         :class:`~graphrerank.typing.RerankResult` ``(scores, indices)`` :math:`(Q, K)`.
 
     Raises:
-        ValueError: shapes disagree, an id is below -1 or repeated within a row, a real entry
-            scores NaN or :math:`\pm\infty`, or a logit is NaN.
+        ValueError: shapes disagree, an id is below -1, out of range (``num_items``, or
+            :math:`2^{32}` without it) or repeated within a row, a real entry scores NaN or
+            :math:`\pm\infty`, or a logit is NaN.
         TypeError: an input is not a numeric array of the right kind (numpy arrays and
             lists are converted).
 
@@ -141,7 +167,7 @@ def rerank_shortlist(
         >>> out.scores
         tensor([[ 0.9933,  0.0067,  0.0067, -0.0933]])
     """
-    indices = _check_ranking(scores, indices, logits)
+    indices = _check_ranking(scores, indices, logits, num_items)
     return _rerank(scores, indices, logits, lambda_value, gamma)
 
 
@@ -208,7 +234,7 @@ def tune_fusion(
         scores: :math:`(Q, K)` first-stage scores of a validation split, best first.
         indices: :math:`(Q, K)` their database indices.
         logits: :math:`(Q, M)` matching logits of the first :math:`M` entries.
-        database_labels: :math:`(N,)` classes of the database.
+        database_labels: :math:`(N,)` classes of the database (all-vs-all: :math:`N = Q`).
         query_labels: :math:`(Q,)` classes of the queries, or ``None`` for all-vs-all.
         leave_one_out: Ignore each query's own entry (all-vs-all).
         lambdas: Values of :math:`\lambda` to try, in :math:`[0, 1]`.
@@ -216,6 +242,11 @@ def tune_fusion(
 
     Returns:
         :class:`FusionResult`.
+
+    Raises:
+        ValueError: as :func:`rerank_shortlist`; an id of ``indices`` has no label; the labels
+            do not match the ranking's :math:`Q` rows (``query_labels``, or
+            ``database_labels`` without them); a grid is empty or out of range.
 
     Example:
         >>> labels = torch.tensor([0, 0, 1, 1])
@@ -240,6 +271,16 @@ def tune_fusion(
     if indices.numel() and int(indices.max()) >= n:
         raise ValueError(
             f"indices holds the id {int(indices.max())}, out of range for the {n} database_labels"
+        )
+    nq = scores.shape[0]
+    if query_labels is None and n != nq:
+        raise ValueError(
+            f"database_labels has {n} entries but the ranking {nq} rows: without query_labels "
+            "the search is all-vs-all and the queries are the database (one label per row)"
+        )
+    if query_labels is not None and query_labels.shape[0] != nq:
+        raise ValueError(
+            f"query_labels has {query_labels.shape[0]} entries but the ranking {nq} rows"
         )
     grid = torch.empty(len(lambdas), len(gammas), dtype=torch.float64)
     for a, lam in enumerate(lambdas):

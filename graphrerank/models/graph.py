@@ -75,6 +75,78 @@ def _intra(
     return edge_index, s.reshape(-1), rel
 
 
+def _check_shapes(query, candidates, query_positions, candidate_positions, query_global,
+                  candidate_global):  # fmt: skip
+    """The shape checks of :func:`match_graph`; the descriptors in a common dtype."""
+    dtype = torch.promote_types(query.dtype, candidates.dtype)
+    query, candidates = query.to(dtype), candidates.to(dtype)
+    b, lq, d = query.shape
+    if candidates.shape[0] != b or candidates.shape[3] != d:
+        raise ValueError(
+            f"candidates {tuple(candidates.shape)} must match query {tuple(query.shape)} in "
+            "the number of graphs B and the dimension D"
+        )
+    w, lc = candidates.shape[1], candidates.shape[2]
+    if 0 in (b, lq, d, w, lc):
+        raise ValueError(
+            f"empty match graph: query {tuple(query.shape)}, candidates {tuple(candidates.shape)}"
+        )
+    if (query_positions is None) != (candidate_positions is None):
+        raise ValueError("give both query_positions and candidate_positions, or neither")
+    if query_positions is not None and (
+        tuple(query_positions.shape) != (b, lq, 2)
+        or tuple(candidate_positions.shape) != (b, w, lc, 2)
+    ):
+        raise ValueError(
+            f"query_positions must be (B, L_q, 2) = {(b, lq, 2)} and candidate_positions "
+            f"(B, W, L_c, 2) = {(b, w, lc, 2)}, got {tuple(query_positions.shape)} and "
+            f"{tuple(candidate_positions.shape)}"
+        )
+    if (query_global is None) != (candidate_global is None):
+        raise ValueError("give both query_global and candidate_global, or neither")
+    if query_global is not None and (
+        query_global.dim() != 2
+        or query_global.shape[0] != b
+        or candidate_global.shape[:2] != (b, w)
+        or candidate_global.shape[2:] != query_global.shape[1:]
+    ):
+        raise ValueError(
+            f"query_global must be (B, D_g) and candidate_global (B, W, D_g) with B={b}, W={w}, "
+            f"got {tuple(query_global.shape)} and {tuple(candidate_global.shape)}"
+        )
+    if query_global is not None:
+        gtype = torch.promote_types(query_global.dtype, candidate_global.dtype)
+        query_global, candidate_global = query_global.to(gtype), candidate_global.to(gtype)
+    return query, candidates, query_global, candidate_global
+
+
+_SPEC = dict(
+    query=Array(ndim=3, finite=True),
+    candidates=Array(ndim=4, finite=True),
+    query_positions=Array(kind="number", ndim=3, finite=True, optional=True),
+    candidate_positions=Array(kind="number", ndim=4, finite=True, optional=True),
+    query_global=Array(ndim=2, finite=True, optional=True),
+    candidate_global=Array(ndim=3, finite=True, optional=True),
+)
+
+
+@checked(**_SPEC)
+def check_match_inputs(
+    query: Tensor,
+    candidates: Tensor,
+    query_positions: Tensor | None = None,
+    candidate_positions: Tensor | None = None,
+    query_global: Tensor | None = None,
+    candidate_global: Tensor | None = None,
+) -> tuple:
+    """:func:`match_graph`'s checks and conversions of its inputs, without the graph."""
+    query, candidates, query_global, candidate_global = _check_shapes(
+        query, candidates, query_positions, candidate_positions, query_global, candidate_global
+    )
+    return (query, candidates, query_positions, candidate_positions, query_global,
+            candidate_global)  # fmt: skip
+
+
 @checked(
     query=Array(ndim=3, finite=True),
     candidates=Array(ndim=4, finite=True),
@@ -140,45 +212,11 @@ def match_graph(
         >>> graph.num_nodes, graph.num_pairs, graph.edge_index.shape
         (30, 8, torch.Size([2, 90]))
     """
-    dtype = torch.promote_types(query.dtype, candidates.dtype)
-    query, candidates = query.to(dtype), candidates.to(dtype)
+    query, candidates, query_global, candidate_global = _check_shapes(
+        query, candidates, query_positions, candidate_positions, query_global, candidate_global
+    )
     b, lq, d = query.shape
-    if candidates.shape[0] != b or candidates.shape[3] != d:
-        raise ValueError(
-            f"candidates {tuple(candidates.shape)} must match query {tuple(query.shape)} in "
-            "the number of graphs B and the dimension D"
-        )
     w, lc = candidates.shape[1], candidates.shape[2]
-    if 0 in (b, lq, d, w, lc):
-        raise ValueError(
-            f"empty match graph: query {tuple(query.shape)}, candidates {tuple(candidates.shape)}"
-        )
-    if (query_positions is None) != (candidate_positions is None):
-        raise ValueError("give both query_positions and candidate_positions, or neither")
-    if query_positions is not None and (
-        tuple(query_positions.shape) != (b, lq, 2)
-        or tuple(candidate_positions.shape) != (b, w, lc, 2)
-    ):
-        raise ValueError(
-            f"query_positions must be (B, L_q, 2) = {(b, lq, 2)} and candidate_positions "
-            f"(B, W, L_c, 2) = {(b, w, lc, 2)}, got {tuple(query_positions.shape)} and "
-            f"{tuple(candidate_positions.shape)}"
-        )
-    if (query_global is None) != (candidate_global is None):
-        raise ValueError("give both query_global and candidate_global, or neither")
-    if query_global is not None and (
-        query_global.dim() != 2
-        or query_global.shape[0] != b
-        or candidate_global.shape[:2] != (b, w)
-        or candidate_global.shape[2:] != query_global.shape[1:]
-    ):
-        raise ValueError(
-            f"query_global must be (B, D_g) and candidate_global (B, W, D_g) with B={b}, W={w}, "
-            f"got {tuple(query_global.shape)} and {tuple(candidate_global.shape)}"
-        )
-    if query_global is not None:
-        gtype = torch.promote_types(query_global.dtype, candidate_global.dtype)
-        query_global, candidate_global = query_global.to(gtype), candidate_global.to(gtype)
     dev = query.device
     per_graph = lq + w * lc
     start = torch.arange(b, device=dev) * per_graph  # first node of each graph

@@ -2,9 +2,10 @@ r"""A graph attention network that scores (query, candidate) pairs from local de
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,15 +17,197 @@ from torch_geometric.utils import softmax
 from .._checks import check_int, check_real
 from .._io import CorruptFileError, load_arrays, save_arrays
 from ..nn.whitening import PCAWhitening
-from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, match_graph
+from .graph import (
+    EDGE_C2Q,
+    EDGE_GLOBAL,
+    EDGE_INTRA,
+    _intra,
+    _unit,
+    check_match_inputs,
+    match_graph,
+)
 
-__all__ = ["LocalMatcher"]
+__all__ = ["EncodedLocal", "LocalMatcher"]
 
 #: Bounds on the sizes of a model (beyond them the weights would not fit in memory).
 MAX_DIM, MAX_LAYERS, MAX_HEADS, MAX_RBF, MAX_WEIGHTS = 65536, 64, 1024, 1024, 2**31
 
 _FORMAT = "graphrerank.LocalMatcher"
-_VERSION = 1
+#: 1: the joint design only (no ``design`` key: read as ``design="joint"``); 2: ``design``.
+_VERSION = 2
+
+#: Architectures of :class:`LocalMatcher`.
+DESIGNS = ("late", "joint")
+
+
+def _dense_attention(
+    conv: TransformerConv,
+    h_dst: Tensor,
+    kv_src: Tensor,
+    nbr: Tensor,
+    attr: Tensor,
+    *,
+    query: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""PyG's :class:`~torch_geometric.nn.conv.TransformerConv` (``root_weight=False``,
+    concatenated heads) for targets that each receive exactly :math:`K` edges, as dense
+    tensors: gathers instead of scatters.
+
+    Args:
+        conv: The layer whose weights are used.
+        h_dst: :math:`(G, n, d)` target node states (unused when ``query`` is given).
+        kv_src: :math:`(G, m, 2 H C)` key and value projections of the source nodes.
+        nbr: :math:`(G, n, K)` source of each edge (index into ``m``).
+        attr: :math:`(G, n, K, E)` edge features.
+        query: :math:`(G, n, H C)` query projections of the targets, if already computed.
+        mask: :math:`(G, n, K)` edges that exist (``None``: all).
+
+    Returns:
+        :math:`(G, n, H C)` messages; a target without edges gets zero, as in PyG.
+    """
+    heads, c = conv.heads, conv.out_channels
+    g, n, k = nbr.shape
+    m = kv_src.shape[1]
+    q = conv.lin_query(h_dst) if query is None else query
+    q = q.expand(g, n, heads * c).reshape(g, n, 1, heads, c)
+    if kv_src.shape[0] == 1:  # one source image shared by all G targets
+        kv = kv_src[0].index_select(0, nbr.reshape(-1))
+    else:
+        base = (torch.arange(g, device=nbr.device) * m).view(g, 1, 1)
+        kv = kv_src.reshape(g * m, -1).index_select(0, (nbr + base).reshape(-1))
+    kv = kv.view(g, n, k, 2, heads, c)
+    w_e = conv.lin_edge.weight.view(heads, c, -1)  # (H, C, E)
+    e = attr.shape[-1]
+    # q . (k_j + W_e e_ij) = q . k_j + (W_e^T q) . e_ij
+    qe = (q.reshape(g * n, heads, c).transpose(0, 1) @ w_e).transpose(0, 1)  # (GN, H, E)
+    alpha = (q * kv[:, :, :, 0]).sum(-1) + (
+        qe.view(g, n, 1, heads, e) * attr.view(g, n, k, 1, e)
+    ).sum(-1)  # (G, n, K, H)
+    alpha = alpha * (1.0 / math.sqrt(c))
+    if mask is not None:
+        alpha = alpha.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    alpha = torch.softmax(alpha, dim=2)
+    if mask is not None:
+        alpha = alpha.nan_to_num(0.0)
+    alpha = torch.nn.functional.dropout(alpha, p=conv.dropout, training=conv.training)
+    out = (alpha.unsqueeze(-1) * kv[:, :, :, 1]).sum(2)  # (G, n, H, C)
+    ae = (alpha.unsqueeze(-1) * attr.view(g, n, k, 1, e)).sum(2)  # (G, n, H, E)
+    out = out + (ae.reshape(g * n, heads, e).transpose(0, 1) @ w_e.transpose(1, 2)).transpose(
+        0, 1
+    ).view(g, n, heads, c)
+    return out.reshape(g, n, heads * c)
+
+
+def _block_attention(
+    conv: TransformerConv, query: Tensor, kv_src: Tensor, nbr: Tensor, rbf: Tensor, tail: Tensor
+) -> Tensor:
+    r""":func:`_dense_attention` for the cross layer, with matrix products: scores of every
+    target against every source of its graph (:math:`n \times m` per head), read at the
+    :math:`K` edges; the weights scattered back into an :math:`n \times m` matrix times the
+    values. Edge features are ``[rbf, tail]`` with ``tail`` the same on every edge.
+
+    Args:
+        query: :math:`(G_q, n, H C)` query projections of the targets (:math:`G_q \in \{1,
+            G\}`).
+        kv_src: :math:`(G_k, m, 2 H C)` key and value projections of the sources
+            (:math:`G_k \in \{1, G\}`).
+        nbr: :math:`(G, n, K)` distinct sources of each target.
+        rbf: :math:`(G, n, K, R)` the edges' cosine features.
+        tail: :math:`(E - R,)` the rest of every edge's features.
+    """
+    heads, c = conv.heads, conv.out_channels
+    g, n, k = nbr.shape
+    m = kv_src.shape[1]
+    r = rbf.shape[-1]
+    qh = query.reshape(-1, n, heads, c).transpose(1, 2)  # (Gq, H, n, C)
+    kvh = kv_src.reshape(-1, m, 2, heads, c)
+    kh = kvh[:, :, 0].permute(0, 2, 3, 1)  # (Gk, H, C, m)
+    vh = kvh[:, :, 1].transpose(1, 2)  # (Gk, H, m, C)
+    w_e = conv.lin_edge.weight.view(heads, c, -1)  # (H, C, E)
+    idx = nbr.unsqueeze(1).expand(g, heads, n, k)
+    score = torch.matmul(qh, kh).expand(g, heads, n, m).gather(3, idx)  # (G, H, n, K)
+    qe = torch.matmul(qh, w_e.unsqueeze(0))  # (Gq, H, n, E)
+    score = score + (qe[..., :r].unsqueeze(3) * rbf.unsqueeze(1)).sum(-1)
+    score = score + (qe[..., r:] @ tail).unsqueeze(-1)
+    alpha = torch.softmax(score * (1.0 / math.sqrt(c)), dim=-1)
+    alpha = torch.nn.functional.dropout(alpha, p=conv.dropout, training=conv.training)
+    dense = alpha.new_zeros(g, heads, n, m).scatter(3, idx, alpha)
+    out = torch.matmul(dense, vh)  # (G, H, n, C)
+    # sum_k alpha_k W_e e_k, with e_k = [rbf_k, tail] and sum_k alpha_k = 1
+    ae = torch.cat(
+        [(alpha.unsqueeze(-1) * rbf.unsqueeze(1)).sum(3), tail.expand(g, heads, n, -1)], dim=-1
+    )
+    out = out + torch.matmul(ae, w_e.transpose(1, 2).unsqueeze(0))
+    return out.transpose(1, 2).reshape(g, n, heads * c)
+
+
+def _rows_of(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``x[g, index[g, ...]]`` of ``x`` (G, m, d) for ``index`` (G, ...), flattened to
+    (G * index[g].numel(), d)."""
+    g, m = x.shape[0], x.shape[1]
+    base = (torch.arange(g, device=index.device) * m).view(-1, *([1] * (index.dim() - 1)))
+    return x.reshape(g * m, -1).index_select(0, (index + base).reshape(-1))
+
+
+def _kv(conv: TransformerConv, h: Tensor) -> Tensor:
+    """Key and value projections of ``h`` side by side, ``(..., 2 H C)``."""
+    return torch.cat([conv.lin_key(h), conv.lin_value(h)], dim=-1)
+
+
+class EncodedLocal(NamedTuple):
+    r"""Per-image states of a ``design="late"`` :class:`LocalMatcher`
+    (:meth:`LocalMatcher.encode`): everything that does not depend on the other image, so
+    that a database is encoded once and a query once for all its candidates.
+
+    Attributes:
+        unit: :math:`(N, L, D)` L2-normalised local descriptors (for the correspondences).
+        h: :math:`(N, L', d)` node states after the per-image blocks (:math:`L' = L + 1`
+            with a global node, last).
+        query: :math:`(N, L', d)` query projections of the cross attention.
+        kv: :math:`(N, L', 2d)` key and value projections of the cross attention.
+        unit_global: :math:`(N, D_g)` L2-normalised global descriptors, or ``None``.
+    """
+
+    unit: Tensor
+    h: Tensor
+    query: Tensor
+    kv: Tensor
+    unit_global: Tensor | None
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, int) and not isinstance(index, bool):
+            return tuple.__getitem__(self, index)
+        return EncodedLocal(
+            self.unit[index],
+            self.h[index],
+            self.query[index],
+            self.kv[index],
+            None if self.unit_global is None else self.unit_global[index],
+        )
+
+    @property
+    def num_images(self) -> int:
+        return int(self.unit.shape[0])
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-norm residual block of one image: intra-image attention, feed-forward."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, edge_dim: int) -> None:
+        super().__init__()
+        c = hidden // heads
+        self.norm_intra = nn.LayerNorm(hidden)
+        self.intra = TransformerConv(
+            hidden, c, heads=heads, dropout=dropout, edge_dim=edge_dim, root_weight=False
+        )
+        self.norm_ffn = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h, intra_index, intra_attr):
+        h = h + self.drop(self.intra(self.norm_intra(h), intra_index, intra_attr))
+        return h + self.drop(self.ffn(self.norm_ffn(h)))
 
 
 class _Block(nn.Module):
@@ -88,6 +271,24 @@ class LocalMatcher(nn.Module):
     The logit does not depend on the order of the descriptors within an image, and the number of
     descriptors may differ between queries and database images (asymmetric matching).
 
+    Two designs share these layers:
+
+    * ``design="late"`` (the default): the :math:`T` blocks see **one image at a time**
+      (intra-image attention and feed-forward, no cross edges), then **one** cross-attention
+      layer over the correspondences (both directions, residual) feeds the readout. Everything
+      before the cross layer, including its query / key / value projections, depends on one
+      image only: :meth:`encode` computes it once per database image (cached at fit time by
+      :class:`~graphrerank.rerankers.LocalDescriptorReranker`) and once per query, and
+      :meth:`match` scores a query's whole shortlist in one dense batched pass (one matrix
+      product for the cosines of all candidates, top-k, block attention as matrix products).
+      :meth:`score` and training use that dense pass; :meth:`forward` runs the same network
+      with PyG's sparse :class:`~torch_geometric.nn.conv.TransformerConv` on the match graph,
+      and the two agree to float rounding (``tests/models/test_late.py``).
+    * ``design="joint"`` (the design of format-1 files, read as such): every block
+      alternates intra-image and cross-image attention over the whole match graph, so the
+      query's states depend on the candidate from the first block on and nothing is shared
+      between pairs (3-4 times the CPU time per query, ``benchmarks/results/learned_speed.md``).
+
     Args:
         in_dim: Descriptor dimension :math:`D`.
         hidden: Node state width :math:`d`. The defaults are the small configuration validated
@@ -110,6 +311,7 @@ class LocalMatcher(nn.Module):
             :class:`~graphrerank.rerankers.LocalDescriptorReranker` apply it once to raw
             descriptors (:attr:`input_dim` wide), :meth:`score` and :meth:`forward` take
             preprocessed ones.
+        design: ``"late"`` or ``"joint"`` (above).
 
     Raises:
         ValueError: a setting is out of range: widths (``in_dim``, ``hidden``, ``ffn``,
@@ -121,6 +323,9 @@ class LocalMatcher(nn.Module):
         - **forward:** a match graph of :math:`P` pairs :math:`\to` logits :math:`(P,)`
         - **score:** query :math:`(B, L_q, D)`, candidates :math:`(B, W, L_c, D)` :math:`\to`
           logits :math:`(B, W)`
+        - **encode** (late): :math:`(N, L, D)` :math:`\to` :class:`EncodedLocal`; **match**:
+          :math:`B` (or one) encoded queries, :math:`B W` encoded candidates :math:`\to`
+          :math:`(B, W)`
 
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -146,8 +351,11 @@ class LocalMatcher(nn.Module):
         global_dim: int | None = None,
         num_rbf: int = 8,
         whitening: PCAWhitening | None = None,
+        design: str = "late",
     ) -> None:
         super().__init__()
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
         in_dim = check_int(in_dim, "in_dim", low=1, high=MAX_DIM)
         hidden = check_int(hidden, "hidden", low=1, high=MAX_DIM)
         heads = check_int(heads, "heads", low=1, high=MAX_HEADS)
@@ -195,6 +403,7 @@ class LocalMatcher(nn.Module):
             use_positions=use_positions,
             global_dim=global_dim,
             num_rbf=num_rbf,
+            design=design,
         )
         #: JSON-serialisable notes saved with the weights (the trainer records its settings).
         self.metadata: dict[str, Any] = {}
@@ -206,9 +415,21 @@ class LocalMatcher(nn.Module):
         self.embed = nn.Linear(in_dim, hidden)
         self.embed_global = None if global_dim is None else nn.Linear(global_dim, hidden)
         self.role = nn.Embedding(2, hidden)
+        block = _Block if design == "joint" else _EncoderBlock
         self.blocks = nn.ModuleList(
-            _Block(hidden, heads, ffn, dropout, edge_dim) for _ in range(num_layers)
+            block(hidden, heads, ffn, dropout, edge_dim) for _ in range(num_layers)
         )
+        if design == "late":
+            self.norm_cross = nn.LayerNorm(hidden)
+            self.cross = TransformerConv(
+                hidden,
+                hidden // heads,
+                heads=heads,
+                dropout=dropout,
+                edge_dim=edge_dim,
+                root_weight=False,
+            )
+            self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden)
         self.readout = nn.Sequential(
             nn.Linear(2 * hidden + num_rbf + 1, hidden),
@@ -255,6 +476,8 @@ class LocalMatcher(nn.Module):
         a model with preprocessing, ``whitening`` settings: its buffers come with the weights
         through ``load_state_dict``)."""
         config = dict(config)
+        # files of format version 1 predate the late design and hold no ``design``
+        config.setdefault("design", "joint")
         in_dim = config.pop("in_dim")
         wcfg = config.pop("whitening", None)
         model = cls(in_dim, **config)
@@ -345,8 +568,13 @@ class LocalMatcher(nn.Module):
         )
         direction = (etype[cross] == EDGE_C2Q).to(dtype).unsqueeze(1)
         cross_attr = torch.cat([rbf[cross], direction, 1 - direction, gflag], dim=1)
-        for block in self.blocks:
-            h = block(h, intra_index, intra_attr, cross_index, cross_attr)
+        if self.config["design"] == "joint":
+            for block in self.blocks:
+                h = block(h, intra_index, intra_attr, cross_index, cross_attr)
+        else:
+            for block in self.blocks:
+                h = block(h, intra_index, intra_attr)
+            h = h + self.drop(self.cross(self.norm_cross(h), cross_index, cross_attr))
         h = self.norm(h)
         u = torch.cat([h[src] * h[dst], (h[src] - h[dst]).abs(), rbf[cross], gflag], dim=1)
         out = self.readout(u)
@@ -356,6 +584,216 @@ class LocalMatcher(nn.Module):
         logits = torch.zeros(num_pairs, dtype=out.dtype, device=out.device)
         logits.index_add_(0, pair, beta * out[:, 0])
         return logits + self.bias
+
+    # ------------------------------------------------------------------ late design, dense
+    def encode(
+        self,
+        local: Tensor,
+        *,
+        role: int,
+        positions: Tensor | None = None,
+        global_: Tensor | None = None,
+    ) -> EncodedLocal:
+        r"""Per-image states of :math:`N` images :math:`(N, L, D)` (preprocessed locals) for
+        :meth:`match`: the ``design="late"`` blocks see one image at a time, so a database
+        is encoded once (:class:`~graphrerank.rerankers.LocalDescriptorReranker` does it at
+        fit time) and a query once for all its candidates.
+
+        Args:
+            local: :math:`(N, L, D)` local descriptors.
+            role: 0 for queries, 1 for database images (the learned role embedding).
+            positions: :math:`(N, L, 2)`, for a model with ``use_positions``.
+            global_: :math:`(N, D_g)`, for a model with ``global_dim``.
+        """
+        if self.config["design"] != "late":
+            raise ValueError('encode needs a design="late" LocalMatcher')
+        if role not in (0, 1):
+            raise ValueError(f"role must be 0 (query) or 1 (database), got {role!r}")
+        if local.dim() != 3:
+            raise ValueError(f"local must be (N, L, D), got {tuple(local.shape)}")
+        if local.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"descriptors have dimension {local.shape[-1]}, the model takes {self.in_dim} "
+                "(the in_dim it was built with)"
+            )
+        if self.config["use_positions"] and positions is None:
+            raise ValueError("this LocalMatcher was built with use_positions=True: pass positions")
+        if self.config["global_dim"] is not None:
+            if global_ is None:
+                raise ValueError(
+                    "this LocalMatcher was built with global_dim: pass global descriptors"
+                )
+            if global_.shape[-1] != self.config["global_dim"]:
+                raise ValueError(
+                    f"global descriptors have dimension {global_.shape[-1]}, the model "
+                    f"takes {self.config['global_dim']}"
+                )
+        dtype = self.embed.weight.dtype
+        n, length, _ = local.shape
+        dev = local.device
+        unit = _unit(local.to(dtype))
+        h = self.embed(unit) + self.role.weight[role]
+        glob = self.embed_global is not None
+        unit_g = None
+        if glob:
+            unit_g = _unit(global_.to(dtype))
+            h = torch.cat([h, (self.embed_global(unit_g) + self.role.weight[role]).unsqueeze(1)], 1)
+        # intra-image kNN, as match_graph builds it
+        pos = positions if self.config["use_positions"] else None
+        offsets = torch.arange(n, device=dev) * length
+        ei, s, rel = _intra(unit, self.config["k_intra"], pos, offsets)
+        k = ei.shape[1] // max(1, n * length)
+        num_rbf = self.config["num_rbf"]
+        if k:
+            nbr = (ei[0] - offsets.repeat_interleave(length * k)).view(n, length, k)
+            attr = torch.cat(
+                [
+                    self._rbf(s.to(dtype)),
+                    rel.to(dtype) if rel is not None else s.new_zeros(s.numel(), 2).to(dtype),
+                    s.new_zeros(s.numel(), 1).to(dtype),
+                ],
+                dim=1,
+            ).view(n, length, k, num_rbf + 3)
+        else:
+            nbr = torch.empty(n, length, 0, dtype=torch.long, device=dev)
+            attr = h.new_empty(n, length, 0, num_rbf + 3)
+        if glob:
+            # each local also hears its image's global node (index L); the global node hears
+            # every local
+            flag = h.new_zeros(num_rbf + 3)
+            flag[-1] = 1
+            nbr = torch.cat([nbr, nbr.new_full((n, length, 1), length)], dim=2)
+            attr = torch.cat([attr, flag.expand(n, length, 1, -1)], dim=2)
+            g_nbr = torch.arange(length, device=dev).expand(n, 1, length)
+            g_attr = flag.expand(n, 1, length, -1)
+        for block in self.blocks:
+            conv = block.intra
+            hn = block.norm_intra(h)
+            kv = _kv(conv, hn)
+            if nbr.shape[2]:
+                msg = _dense_attention(conv, hn[:, :length], kv, nbr, attr)
+            else:
+                msg = h.new_zeros(n, length, h.shape[-1])
+            if glob:
+                msg = torch.cat(
+                    [msg, _dense_attention(conv, hn[:, length:], kv, g_nbr, g_attr)], dim=1
+                )
+            h = h + block.drop(msg)
+            h = h + block.drop(block.ffn(block.norm_ffn(h)))
+        hn = self.norm_cross(h)
+        return EncodedLocal(unit, h, self.cross.lin_query(hn), _kv(self.cross, hn), unit_g)
+
+    def match(self, query: EncodedLocal, candidates: EncodedLocal, width: int = 1) -> Tensor:
+        r"""Logits :math:`(B, W)` of :math:`B` encoded queries (:meth:`encode`, ``role=0``)
+        with :math:`B W` encoded candidates (``role=1``, each query's :math:`W` in turn,
+        ``width`` :math:`= W`): the cross attention over the kNN correspondences and the
+        readout, as dense batched tensors. Equal (to float rounding) to :meth:`forward` on
+        the match graph of the same images."""
+        if self.config["design"] != "late":
+            raise ValueError('match needs a design="late" LocalMatcher')
+        w = int(width)
+        b = candidates.num_images // max(w, 1)
+        if candidates.num_images != b * w or query.num_images not in (1, b):
+            raise ValueError(
+                f"{candidates.num_images} encoded candidates for {query.num_images} queries "
+                f"of width {w}"
+            )
+        lq, lc = query.unit.shape[1], candidates.unit.shape[1]
+        glob = query.unit_global is not None
+        hid = query.h.shape[-1]
+        if query.num_images == 1 and b > 1:
+            # one query shared by every row: one matrix product for all candidates
+            d = query.unit.shape[-1]
+            sim = (query.unit[0] @ candidates.unit.reshape(-1, d).T).view(lq, b, w * lc)
+            sim = sim.transpose(0, 1)
+        else:
+            sim = query.unit @ candidates.unit.reshape(b, w * lc, -1).transpose(1, 2)
+        # sim: (B, Lq, W Lc)
+        kq, kc = min(self.config["k_cross"], lq), min(self.config["k_cross"], w * lc)
+        s1, i1 = sim.transpose(1, 2).contiguous().topk(kq, dim=2)  # (B, W Lc, kq)
+        s2, i2 = sim.contiguous().topk(kc, dim=2)  # (B, Lq, kc)
+        rbf1, rbf2 = self._rbf(s1), self._rbf(s2)
+        one = rbf1.new_ones(())
+
+        def attr(rbf, direction, gflag):
+            shape = (*rbf.shape[:-1], 1)
+            return torch.cat(
+                [rbf, (direction * one).expand(shape), (1 - direction * one).expand(shape),
+                 (gflag * one).expand(shape)], dim=-1,
+            )  # fmt: skip
+
+        lc1 = lc + int(glob)  # nodes of a candidate image (locals, then the global node)
+        q_kv = query.kv  # (B, Lq1, 2d)
+        c_kv = candidates.kv.reshape(b, w * lc1, -1)
+        c_q = candidates.query.reshape(b, w, lc1, -1)
+        c_h = candidates.h.reshape(b, w, lc1, hid)
+        # candidate locals <- their best query locals
+        m_c = _block_attention(
+            self.cross, c_q[:, :, :lc].reshape(b, w * lc, -1), q_kv[:, :lq], i1, rbf1,
+            rbf1.new_tensor([0.0, 1.0, 0.0]),
+        )  # (B, W Lc, d); edge tail: direction 0, 1 - direction, not global  # fmt: skip
+        # query locals <- their best candidate locals (among all W candidates)
+        src2 = i2 + (i2 // lc) * int(glob)  # candidate node index in (W Lc1)
+        m_q = _block_attention(
+            self.cross, query.query[:, :lq], c_kv, src2, rbf2, rbf2.new_tensor([1.0, 0.0, 0.0])
+        )
+        hc = c_h[:, :, :lc] + self.drop(m_c.view(b, w, lc, hid))
+        hq = query.h[:, :lq] + self.drop(m_q)
+        if glob:
+            gsim = (query.unit_global.unsqueeze(1) * candidates.unit_global.view(b, w, -1)).sum(-1)
+            grbf = self._rbf(gsim)  # (B, W, R)
+            # candidate global <- query global: one edge, softmax weight 1
+            g_src = torch.full((b, w, 1), lq, dtype=torch.long, device=sim.device)
+            m_cg = _dense_attention(
+                self.cross, None, q_kv, g_src, attr(grbf, 0, 1).unsqueeze(2),
+                query=c_q[:, :, lc:].reshape(b, w, -1),
+            )  # fmt: skip
+            # query global <- every candidate global
+            gq_src = (torch.arange(w, device=sim.device) * lc1 + lc).expand(b, 1, w)
+            m_qg = _dense_attention(
+                self.cross, None, c_kv, gq_src, attr(grbf, 1, 1).unsqueeze(1),
+                query=query.query[:, lq:],
+            )  # fmt: skip
+            hcg = c_h[:, :, lc] + self.drop(m_cg)  # (B, W, d)
+            hqg = query.h[:, lq] + self.drop(m_qg[:, 0])  # (B, d)
+        hq, hc = self.norm(hq), self.norm(hc).view(b, w * lc, hid)
+        # readout over the correspondences: q2c edges (query i1 -> candidate node), c2q edges
+        hq_1 = _rows_of(hq, i1).view(b, w * lc, kq, hid)
+        out1 = self._readout(hq_1, hc.unsqueeze(2), rbf1, 0).view(b, w, lc * kq, 2)
+        hc_2 = _rows_of(hc, i2).view(b, lq, kc, hid)
+        out2 = self._readout(hq.unsqueeze(2), hc_2, rbf2, 0).view(b, 1, lq * kc, 2)
+        f = [out1[..., 0], out2[..., 0].expand(b, w, -1)]
+        gsc = [out1[..., 1], out2[..., 1].expand(b, w, -1)]
+        if w > 1:
+            own = (i2 // lc).view(b, 1, lq * kc) == torch.arange(w, device=sim.device).view(1, w, 1)
+            gsc[1] = gsc[1].masked_fill(~own, float("-inf"))
+        if glob:
+            hqg, hcg = self.norm(hqg), self.norm(hcg)
+            ug = self._edge_features(hqg.unsqueeze(1), hcg, grbf, 1)  # (B, W, F)
+            outg = self.readout(ug)  # both directions carry the same features
+            f += [outg[..., :1], outg[..., :1]]
+            gsc += [outg[..., 1:], outg[..., 1:]]
+        f_all, g_all = torch.cat(f, dim=-1), torch.cat(gsc, dim=-1)
+        beta = torch.softmax(g_all, dim=-1)
+        return (beta * f_all).sum(-1) + self.bias
+
+    def _readout(self, a: Tensor, c: Tensor, rbf: Tensor, gflag: int) -> Tensor:
+        """``readout([a * c, |a - c|, rbf, gflag])`` without building the concatenation:
+        the first layer as a sum of products with the slices of its weight."""
+        lin, rest = self.readout[0], self.readout[1:]
+        hid = a.shape[-1]
+        wt = lin.weight
+        prod = a * c
+        out = torch.nn.functional.linear(prod, wt[:, :hid], lin.bias + gflag * wt[:, -1])
+        out = out + torch.nn.functional.linear((a - c).abs(), wt[:, hid : 2 * hid])
+        out = out + torch.nn.functional.linear(rbf, wt[:, 2 * hid : -1])
+        return rest(out)
+
+    def _edge_features(self, a: Tensor, c: Tensor, rbf: Tensor, gflag: int) -> Tensor:
+        prod = a * c
+        diff = (a - c).abs()
+        g = rbf.new_full((*rbf.shape[:-1], 1), float(gflag))
+        return torch.cat([prod, diff, rbf, g], dim=-1)
 
     def score(
         self,
@@ -370,6 +808,35 @@ class LocalMatcher(nn.Module):
         candidates :math:`(B, W, L_c, D)`: one graph per query (pairs when :math:`W = 1`);
         positions :math:`(B, L_q, 2)`, :math:`(B, W, L_c, 2)` and global descriptors
         :math:`(B, D_g)`, :math:`(B, W, D_g)` for models that use them."""
+        if self.config["design"] == "late":
+            if not self.config["use_positions"]:
+                query_positions = candidate_positions = None
+            if self.config["global_dim"] is None:
+                query_global = candidate_global = None
+            (query, candidates, query_positions, candidate_positions, query_global,
+             candidate_global) = check_match_inputs(
+                query, candidates, query_positions, candidate_positions, query_global,
+                candidate_global,
+            )  # fmt: skip
+            if self.config["use_positions"] and query_positions is None:
+                raise ValueError(
+                    "this LocalMatcher was built with use_positions=True: pass positions"
+                )
+            if self.config["global_dim"] is not None and query_global is None:
+                raise ValueError(
+                    "this LocalMatcher was built with global_dim: pass global descriptors"
+                )
+            b, w = candidates.shape[0], candidates.shape[1]
+            qe = self.encode(query, role=0, positions=query_positions, global_=query_global)
+            ce = self.encode(
+                candidates.reshape(b * w, *candidates.shape[2:]),
+                role=1,
+                positions=None
+                if candidate_positions is None
+                else candidate_positions.reshape(b * w, *candidate_positions.shape[2:]),
+                global_=None if candidate_global is None else candidate_global.reshape(b * w, -1),
+            )
+            return self.match(qe, ce, w)
         g = self.graph(
             query, candidates, query_positions, candidate_positions, query_global, candidate_global
         )

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._checks import Array, Check, Int, OneOf, Ref, check_index, check_int, check_tensor, checked
 from .baselines import SIMILARITIES, Similarity, shortlist_similarity
-from .matcher import LocalMatcher
+from .matcher import EncodedLocal, LocalMatcher
 from .storage import StoredLocal, decode_local
 
 __all__ = ["chamfer_similarity", "score_shortlist", "sliding_windows"]
@@ -146,12 +146,64 @@ def _gather(local: Tensor | StoredLocal, index: Tensor) -> Tensor:
     return local[index]
 
 
-def _scorer(model):
-    return model.score
-
-
 def _rows(t: Tensor | None, index: Tensor) -> Tensor | None:
     return None if t is None else t[index]
+
+
+def _encode_rows(model, local, rows, role, positions, glob, block=512) -> EncodedLocal:
+    """:meth:`LocalMatcher.encode` of the images ``rows`` of ``local``, a block at a time."""
+    parts = []
+    for s in range(0, rows.numel(), block):
+        r = rows[s : s + block]
+        parts.append(
+            model.encode(
+                _gather(local, r),
+                role=role,
+                positions=_rows(positions, r),
+                global_=_rows(glob, r),
+            )
+        )
+    if len(parts) == 1:
+        return parts[0]
+    return EncodedLocal(*(None if f[0] is None else torch.cat(f) for f in zip(*parts)))
+
+
+def _scorer(model, query_local, database_local, shortlist, extras, database_encoded):
+    """``score(rows, ids)``: logits :math:`(B, W)` of the queries ``rows`` :math:`(B,)` with
+    the database images ``ids`` :math:`(B, W)`."""
+    qpos, dpos, qg, dg = extras
+    if model.config["design"] != "late" or type(model).score is not LocalMatcher.score:
+        # the joint design (or a subclass with its own score): graphs of the gathered images
+
+        def score(r, i):
+            return model.score(
+                _gather(query_local, r),
+                _gather(database_local, i),
+                _rows(qpos, r),
+                _rows(dpos, i),
+                _rows(qg, r),
+                _rows(dg, i),
+            )
+
+        return score
+    # late design: each batch encodes its queries (once for all their candidates) and, without
+    # a cached database, its candidates; the pairs only run the cross attention and readout
+
+    def score(r, i):
+        w = i.shape[1]
+        if bool((r == r[0]).all()):  # one query for the whole batch: shared, one product
+            q = _encode_rows(model, query_local, r[:1], 0, qpos, qg)
+        else:
+            rows, inv = r.unique(return_inverse=True)
+            q = _encode_rows(model, query_local, rows, 0, qpos, qg)[inv]
+        if database_encoded is not None:
+            c = database_encoded[i.reshape(-1)]
+        else:
+            ids, inv = i.reshape(-1).unique(return_inverse=True)
+            c = _encode_rows(model, database_local, ids, 1, dpos, dg)[inv]
+        return model.match(q, c, w)
+
+    return score
 
 
 @torch.no_grad()
@@ -183,6 +235,7 @@ def score_shortlist(
     database_global: Tensor | None = None,
     own_index: Tensor | None = None,
     similarity: Similarity = "chamfer",
+    database_encoded: EncodedLocal | None = None,
 ) -> Tensor:
     r"""Matching logits of every query with each database image of its shortlist.
 
@@ -217,6 +270,12 @@ def score_shortlist(
             query does not take part in the other candidates' lists.
         similarity: With ``model=None``: ``"chamfer"`` (query to database, the default),
             ``"chamfer_db"``, ``"chamfer_sym"`` or ``"mnn"``.
+        database_encoded: For a ``design="late"`` model, the whole database encoded once
+            (:meth:`LocalMatcher.encode` with ``role=1``, as
+            :class:`~graphrerank.rerankers.LocalDescriptorReranker` caches it); without it the
+            images of the shortlist are encoded in the call. Each query is encoded once and
+            scored against ``batch_size`` candidates per dense batched pass
+            (:meth:`LocalMatcher.match`).
 
     Returns:
         :math:`(Q, M)` logits, ``-inf`` where ``shortlist`` is -1.
@@ -259,13 +318,27 @@ def score_shortlist(
     was_training = model.training
     model.eval()
     try:
-        score = _scorer(model)
         use_pos = model.config["use_positions"]
         qpos = query_positions if use_pos else None
         dpos = database_positions if use_pos else None
         use_glob = model.config["global_dim"] is not None
         qg = query_global if use_glob else None
         dg = database_global if use_glob else None
+        if database_encoded is not None:
+            if not isinstance(database_encoded, EncodedLocal):
+                raise TypeError(
+                    "database_encoded must be a graphrerank.models.EncodedLocal or None, got "
+                    f"{type(database_encoded).__name__}"
+                )
+            if database_encoded.num_images != _num_items(database_local):
+                raise ValueError(
+                    f"database_encoded holds {database_encoded.num_images} image(s) but "
+                    f"database_local {_num_items(database_local)}"
+                )
+            if model.config["design"] != "late":
+                database_encoded = None
+        score = _scorer(model, query_local, database_local, shortlist, (qpos, dpos, qg, dg),
+                        database_encoded)  # fmt: skip
         valid = shortlist >= 0
         alone = torch.zeros_like(valid)
         if own_index is not None:
@@ -277,24 +350,15 @@ def score_shortlist(
         for s in range(0, rows.numel(), batch_size):
             r, c = rows[s : s + batch_size], cols[s : s + batch_size]
             idx = shortlist[r, c]
-            logit = score(
-                _gather(query_local, r),
-                _gather(database_local, idx).unsqueeze(1),
-                _rows(qpos, r),
-                None if dpos is None else dpos[idx].unsqueeze(1),
-                _rows(qg, r),
-                None if dg is None else dg[idx].unsqueeze(1),
-            )
-            out[r, c] = logit.view(-1).float()
+            out[r, c] = score(r, idx.unsqueeze(1)).reshape(-1).float()
         if mode == "listwise":
-            _listwise(score, out, query_local, database_local, shortlist, valid & ~alone,
-                      window, stride, batch_size, (qpos, dpos, qg, dg))  # fmt: skip
+            _listwise(score, out, shortlist, valid & ~alone, window, stride, batch_size)
     finally:
         model.train(was_training)
     return out
 
 
-def _listwise(score, out, qloc, dloc, shortlist, keep, window, stride, batch_size, extras):
+def _listwise(score, out, shortlist, keep, window, stride, batch_size):
     """Fill ``out`` for the ``keep`` entries, queries grouped by their number of candidates."""
     counts = keep.sum(1)
     # positions of the kept entries, in shortlist order, packed to the left
@@ -313,15 +377,6 @@ def _listwise(score, out, qloc, dloc, shortlist, keep, window, stride, batch_siz
             for s in range(0, rows.numel(), chunk):
                 r = rows[s : s + chunk]
                 i = idx[s : s + chunk, start:end]
-                qpos, dpos, qg, dg = extras
-                logit = score(
-                    _gather(qloc, r),
-                    _gather(dloc, i),
-                    _rows(qpos, r),
-                    _rows(dpos, i),
-                    _rows(qg, r),
-                    _rows(dg, i),
-                )
-                total[s : s + chunk, start:end] += logit.float()
+                total[s : s + chunk, start:end] += score(r, i).float()
             seen[start:end] += 1
         out[rows[:, None], cols] = total / seen

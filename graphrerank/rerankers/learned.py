@@ -30,6 +30,9 @@ __all__ = ["LocalDescriptorReranker", "ShortlistLogits", "local_descriptor_reran
 FORMAT = "graphrerank.LocalDescriptorReranker"
 _VERSION = 1
 
+#: Largest cache (bytes) of a database encoded by a ``design="late"`` model.
+ENCODE_CACHE_BYTES = 2**31
+
 
 class ShortlistLogits(NamedTuple):
     """A first-stage ranking and the matching logits of its shortlist.
@@ -299,6 +302,44 @@ class LocalDescriptorReranker(Reranker):
         n_keep = self.local_.data.shape[1]
         self.positions_ = None if positions is None else positions[:, :n_keep].contiguous()
 
+    def _database_encoded(self):
+        """The database encoded once by a ``design="late"`` model (its per-image blocks do
+        not depend on the query), cached while the model's weights and the database stay the
+        same; ``None`` for other models or when the states would exceed
+        :data:`ENCODE_CACHE_BYTES` (then each call encodes its shortlist)."""
+        model = self.model
+        if model is None or model.config.get("design") != "late":
+            return None
+        loc = self.local_
+        n, length = loc.data.shape[0], loc.data.shape[1]
+        nodes = length + int(model.config["global_dim"] is not None)
+        size = 4 * n * (length * model.in_dim + 4 * nodes * model.config["hidden"])
+        if size > ENCODE_CACHE_BYTES:
+            return None
+        key = (id(model), id(loc), id(self.positions_), id(self.database_),
+               tuple(t._version for t in model.state_dict().values()))  # fmt: skip
+        cached = getattr(self, "_encoded_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                from ..models.scoring import _encode_rows
+
+                enc = _encode_rows(
+                    model,
+                    loc,
+                    torch.arange(n, device=loc.data.device),
+                    1,
+                    self.positions_ if model.config["use_positions"] else None,
+                    self.database_ if model.config["global_dim"] is not None else None,
+                )
+        finally:
+            model.train(was_training)
+        self._encoded_cache = (key, enc)
+        return enc
+
     @property
     def bytes_per_image_(self) -> int:
         """Bytes of local descriptors stored per database image."""
@@ -396,6 +437,7 @@ class LocalDescriptorReranker(Reranker):
             database_global=self.database_,
             own_index=own,
             similarity=self.similarity,
+            database_encoded=self._database_encoded(),
         )
         return scores, indices, logits, k
 
@@ -541,6 +583,7 @@ class LocalDescriptorReranker(Reranker):
             database_global=self.database_,
             own_index=rows,
             similarity=self.similarity,
+            database_encoded=self._database_encoded(),
         )
         from ..models.fusion import fuse_scores
 

@@ -121,3 +121,34 @@ def test_bad_similarity_setting():
     x, local = _data()
     with pytest.raises(ValueError, match="similarity"):
         LocalDescriptorReranker(similarity="cosine").fit(x, local=local)
+
+
+def test_late_model_database_encoding_is_cached_and_refreshed_when_weights_change(monkeypatch):
+    import graphrerank.rerankers.learned as learned
+
+    x, local = _data(n=10)
+    torch.manual_seed(3)
+    model = LocalMatcher(8, hidden=8, heads=2, num_layers=1, ffn=8, global_dim=6).eval()
+    assert model.config["design"] == "late"
+    r = LocalDescriptorReranker(model=model, top_m=6).fit(x, local=local)
+    first = r.shortlist_logits(x[:3], 6, local=local[:3])
+    enc = r._database_encoded()
+    assert enc is r._database_encoded()  # cached
+    # every logit is the model's score of that pair
+    with torch.no_grad():
+        for q in range(3):
+            for c in range(6):
+                i = int(first.indices[q, c])
+                ref = model.score(local[q : q + 1], local[i].view(1, 1, 5, 8), None, None,
+                                  x[q : q + 1], x[i].view(1, 1, 6))  # fmt: skip
+                assert float(first.logits[q, c]) == pytest.approx(float(ref), abs=1e-5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)  # in place, as an optimiser step
+    again = r.shortlist_logits(x[:3], 6, local=local[:3])
+    assert r._database_encoded() is not enc
+    monkeypatch.setattr(learned, "ENCODE_CACHE_BYTES", 0)  # no cache: shortlists encoded per call
+    assert r._database_encoded() is None
+    fresh = r.shortlist_logits(x[:3], 6, local=local[:3])
+    torch.testing.assert_close(again.logits, fresh.logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(again.logits, first.logits)
