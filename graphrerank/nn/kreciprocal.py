@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
-from torch_geometric.utils import cumsum
 
 from .._checks import Array, Index, Int, Ref, checked
 from ..graph import lists as _lists
-from ..graph.sparse import csr, csr_from_rows
-from .propagate import WeightedPropagation
+from ..graph.sparse import csr
 
 __all__ = [
     "ENCODING_MATH",
@@ -39,16 +39,23 @@ def round_half(k1: int) -> int:
 
 
 def _rows(t) -> int:
-    return len(t)
+    return len(t) if isinstance(t, Tensor) else 0  # anything else: Index names the type
 
 
-@checked(lists=Index(ndim=2, high=Ref("lists", fn=_rows)))
-def reciprocal_mask(lists: Tensor) -> Tensor:
+@checked(
+    lists=Index(ndim=2, high=Ref("lists", fn=_rows)),
+    budget=Int(low=1, optional=True),
+)
+def reciprocal_mask(lists: Tensor, budget: int | None = None) -> Tensor:
     r"""``mask[i, t]``: node ``i`` is in the list of its ``t``-th neighbour ``lists[i, t]``.
 
-    Edge :math:`i \to j` is reciprocal when edge :math:`j \to i` exists: the key
-    :math:`iM + j` of one edge equals the reversed key :math:`jM + i` of the other, so one sort
-    of all keys and reversed keys pairs them up.
+    Row :math:`i` of ``lists`` :math:`(M, W)` is the list of node :math:`i`. The lists of the
+    neighbours are gathered, ``lists[lists]`` :math:`(M, W, W)`, in blocks of at most
+    ``budget`` entries (default :data:`~graphrerank.graph.lists.BLOCK_ELEMENTS`).
+
+    Raises:
+        ValueError: ids outside ``[0, M)``.
+        TypeError: ``lists`` is not an integer tensor.
 
     Example:
         >>> reciprocal_mask(torch.tensor([[0, 1], [1, 2], [2, 1]]))  # 0 -> 1 but not 1 -> 0
@@ -57,15 +64,21 @@ def reciprocal_mask(lists: Tensor) -> Tensor:
                 [ True,  True]])
     """
     m, w = lists.shape
-    e = m * w
-    src = torch.arange(m, device=lists.device).repeat_interleave(w)
-    dst = lists.flatten()
-    keys, order = torch.cat([src * m + dst, dst * m + src]).sort()
-    same = keys[1:] == keys[:-1]  # a key next to the reversed key of its reverse edge
-    a, b = order[:-1][same], order[1:][same]
-    found = torch.zeros(e, dtype=torch.bool, device=lists.device)
-    found[torch.where(a >= e, a, b) - e] = True
-    return found.view(m, w)
+    budget = _lists.BLOCK_ELEMENTS if budget is None else budget
+    out = torch.empty(m, w, dtype=torch.bool, device=lists.device)
+    step = max(1, budget // max(1, w * w))
+    cpu = lists.device.type == "cpu"  # NumPy's gathers: several times torch's on a CPU
+    ids = lists.numpy() if cpu else lists
+    res = out.numpy() if cpu else out
+    for a in range(0, m, step):
+        b = min(m, a + step)
+        if cpu:
+            own = np.arange(a, b)[:, None, None]
+            res[a:b] = (ids[ids[a:b]] == own).any(-1)
+        else:
+            own = torch.arange(a, b, device=lists.device)[:, None, None]
+            res[a:b] = (ids[ids[a:b]] == own).any(-1)
+    return out
 
 
 #: Length of the neighbour lists searched for the distances of encoded pairs (pairs beyond
@@ -100,8 +113,15 @@ def kreciprocal_encoding(
         {ENCODING_MATH},
 
     where :math:`\tilde k` rounds halves to even (as numpy does) and the local query
-    expansion (right) is skipped when :math:`k_2 = 1`; it is one hop of
-    :class:`~graphrerank.nn.WeightedPropagation`.
+    expansion (right) is skipped when :math:`k_2 = 1`; it is one hop of weighted
+    propagation (as :class:`~graphrerank.nn.WeightedPropagation` computes it).
+
+    Computed with few large operations: the sets :math:`R(i, k_1)` and
+    :math:`R(c, \tilde k)` as sparse 0/1 patterns :math:`A` and :math:`H`, the overlaps
+    :math:`|R(c, \tilde k) \cap R(i, k_1)|` read off :math:`A H^\top`, :math:`R^*` the
+    pattern of :math:`A + C H` (:math:`C` the accepted candidates), and the expansion one
+    sparse product, all through SciPy's compiled CSR routines (on the CPU; the result goes
+    back to the inputs' device).
 
     Args:
         neighbors: :math:`(M, L)` node ids, ascending distance, the node itself first,
@@ -146,60 +166,84 @@ def kreciprocal_encoding(
             f"{min(k1 + 1, neighbors.shape[0])}"
         )
     budget = _lists.BLOCK_ELEMENTS if budget is None else budget
-    nbr, nbr_d = neighbors, distances
-    m = nbr.shape[0]
+    dev = neighbors.device
+    m = neighbors.shape[0]
     n1 = min(k1 + 1, m)
     nh = min(round_half(k1) + 1, m)
+    nbr = neighbors.cpu()
     first, half = nbr[:, :n1], nbr[:, :nh]
-    rec1 = reciprocal_mask(first)
-    rech = reciprocal_mask(half)
-    # each node's list sorted by node id, to look distances up
-    lookup = min(nbr.shape[1], max(n1, LOOKUP_LENGTH))
-    sorted_ids, order = nbr[:, :lookup].sort(dim=1)
-    sorted_d = nbr_d[:, :lookup].gather(1, order)
-    width = n1 + n1 * nh  # R(i, k1), then R(c, k1/2) of every candidate c
-    step = max(1, budget // (4 * width))
-    counts, cols, vals = [], [], []
-    for a in range(0, m, step):
-        b = min(m, a + step)
-        f, r1 = first[a:b], rec1[a:b]
-        r_sorted = torch.where(r1, f, m).sort(dim=1).values  # R(i, k1), padded with m
-        h = torch.where(rech[f], half[f], m)  # R(c, k1/2) of each candidate c = f[i, t]
-        size = (h < m).sum(-1)
-        flat = h.flatten(1)
-        pos = torch.searchsorted(r_sorted, flat).clamp_(max=n1 - 1)
-        inside = (r_sorted.gather(1, pos) == flat) & (flat < m)
-        inter = inside.view_as(h).sum(-1)
-        accept = r1 & (3 * inter > 2 * size)  # |R(c) & R(i)| > 2/3 |R(c)|, in integers
-        members = torch.cat([r_sorted, torch.where(accept[..., None], h, m).flatten(1)], dim=1)
-        members = members.sort(dim=1).values
-        dup = torch.zeros_like(members, dtype=torch.bool)
-        dup[:, 1:] = members[:, 1:] == members[:, :-1]
-        valid = (members < m) & ~dup
-        # distances d(i, j): from i's own list where j is in it, else computed
-        pos = torch.searchsorted(sorted_ids[a:b], members).clamp_(max=lookup - 1)
-        hit = sorted_ids[a:b].gather(1, pos) == members
-        d = sorted_d[a:b].gather(1, pos)
-        miss = valid & ~hit
-        if bool(miss.any()):
-            mr, mc = miss.nonzero(as_tuple=True)
-            d[mr, mc] = pair_distances(mr + a, members[mr, mc])
-        rm = row_max[a:b, None]
-        dn = torch.where(rm > 0, d / rm.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
-        w = torch.exp(-dn).masked_fill_(~valid, 0)
-        w = w / w.sum(1, keepdim=True)
-        counts.append(valid.sum(1))
-        cols.append(members[valid])
-        vals.append(w[valid])
-    crow = cumsum(torch.cat(counts))
-    v = csr(crow, torch.cat(cols), torch.cat(vals), (m, m), check=False, sorted=True)
+    rec1 = reciprocal_mask(first, budget).numpy()
+    rech = reciprocal_mask(half, budget).numpy()
+    first_np, half_np = first.numpy(), half.numpy()
+    # the sets as sparse 0/1 patterns: A[i, j] = [j in R(i, k1)], H[c, j] = [j in R(c, k1/2)]
+    rows_a = np.nonzero(rec1)[0]
+    cols_a = first_np[rec1]
+    a = _pattern(rows_a, cols_a, m)
+    h = _pattern(np.nonzero(rech)[0], half_np[rech], m)
+    # |R(c, k1/2) & R(i, k1)| for every c in R(i, k1), read off (A H^T)[i, c]
+    inter = np.asarray((a @ h.T)[rows_a, cols_a]).ravel()
+    size = np.diff(h.indptr)[cols_a]
+    accept = 3 * inter > 2 * size  # |R(c) & R(i)| > 2/3 |R(c)|, in integers
+    c = _pattern(rows_a[accept], cols_a[accept], m)
+    star = a + c @ h  # R*(i): R(i, k1) and the accepted R(c, k1/2)
+    star.sum_duplicates()
+    star.sort_indices()
+    crow = torch.from_numpy(star.indptr.astype(np.int64))
+    cols = torch.from_numpy(star.indices.astype(np.int64))
+    rows = torch.repeat_interleave(torch.arange(m), crow.diff(), output_size=cols.numel())
+    d = _lookup(nbr, distances.cpu(), max(n1, LOOKUP_LENGTH), rows, cols, pair_distances, dev)
+    rm = row_max.cpu()[rows]
+    dn = torch.where(rm > 0, d / rm.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
+    w = torch.exp(-dn)
+    total = torch.zeros(m, dtype=w.dtype).index_add_(0, rows, w)
+    w = w / total[rows]
     if k2 == 1:
-        return v
+        return csr(crow, cols, w, (m, m), check=False, sorted=True).to(dev)
     # local query expansion: V_i <- mean of V_j over the first k2 of i's original ranking
     n2 = min(k2, m)
-    qe_cols = nbr[:, :n2].sort(dim=1).values
-    qe = csr_from_rows(qe_cols, torch.full_like(qe_cols, 1.0 / n2, dtype=v.dtype), m)
-    return WeightedPropagation()(v, qe)
+    v = sp.csr_matrix((w.numpy(), cols.numpy(), crow.numpy()), shape=(m, m))
+    qe_rows = np.repeat(np.arange(m), n2)
+    qe = sp.csr_matrix(
+        (np.full(m * n2, 1.0 / n2, dtype=v.dtype), (qe_rows, nbr[:, :n2].numpy().ravel())),
+        shape=(m, m),
+    )
+    out = qe @ v
+    out.sort_indices()
+    return csr(
+        torch.from_numpy(out.indptr.astype(np.int64)),
+        torch.from_numpy(out.indices.astype(np.int64)),
+        torch.from_numpy(out.data),
+        (m, m),
+        check=False,
+        sorted=True,
+    ).to(dev)
+
+
+def _pattern(rows: np.ndarray, cols: np.ndarray, m: int) -> sp.csr_matrix:
+    """The 0/1 ``(m, m)`` CSR pattern of the entries ``(rows[e], cols[e])`` (int32 counts)."""
+    out = sp.csr_matrix((np.ones(rows.size, dtype=np.int32), (rows, cols)), shape=(m, m))
+    out.sum_duplicates()
+    out.data[:] = 1
+    return out
+
+
+def _lookup(nbr, nbr_d, length, rows, cols, pair_distances, dev) -> Tensor:
+    """Distances of the pairs ``(rows[e], cols[e])`` (rows ascending, columns ascending in a
+    row): from row ``i``'s list where ``j`` is in its first ``length`` entries, else
+    ``pair_distances``."""
+    m = nbr.shape[0]
+    length = min(nbr.shape[1], length)
+    ids, order = nbr[:, :length].sort(dim=1)
+    dist = nbr_d[:, :length].gather(1, order)
+    keys = (ids + torch.arange(m)[:, None] * m).flatten()  # ascending: rows, then ids
+    want = rows * m + cols
+    pos = torch.searchsorted(keys, want).clamp_(max=keys.numel() - 1)
+    hit = keys[pos] == want
+    d = dist.flatten()[pos]
+    miss = (~hit).nonzero().flatten()
+    if miss.numel():
+        d[miss] = pair_distances(rows[miss].to(dev), cols[miss].to(dev)).cpu().to(d.dtype)
+    return d
 
 
 kreciprocal_encoding.__doc__ = kreciprocal_encoding.__doc__.replace(

@@ -2,9 +2,12 @@ r"""k-reciprocal encoding re-ranking (Zhong et al., CVPR 2017), computed sparsel
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
+import numpy as np
+import scipy.sparse
 import torch
 from torch import Tensor
 
@@ -16,6 +19,7 @@ from ..graph.lists import DistanceNodes, FeatureNodes, ScoreNodes, graph_lists, 
 from ..graph.ranking import select_topk
 from ..graph.scores import ScoreMatrix
 from ..graph.sparse import (
+    csr,
     csr_rows,
     csr_transpose,
     overlap_cost,
@@ -32,6 +36,11 @@ __all__ = ["KReciprocal", "kreciprocal_rerank", "kreciprocal_rerank_distances"]
 #: Neighbours kept per database item at fit: enough for all-vs-all rankings of length
 #: ``LIST_LENGTH - SHORTLIST_MARGIN`` (100) without a second search.
 LIST_LENGTH = 500
+
+
+#: Working blocks (:data:`~graphrerank.graph.lists.BLOCK_ELEMENTS`) of the dense overlap
+#: accumulator of the final ranking.
+_RANK_BLOCKS = 4
 
 
 def _list_length(k1: int, k2: int, m: int) -> int:
@@ -62,6 +71,25 @@ def _amax(x: Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- final ranking
+def _inverted_index(vd: Tensor) -> Tensor:
+    r""":math:`V_d^\top` in CSR form: on a CPU through SciPy's compiled conversion (one
+    pass, no sort), elsewhere :func:`~graphrerank.graph.sparse.csr_transpose`."""
+    if vd.device.type != "cpu":
+        return csr_transpose(vd)
+    crow, col, val = vd.crow_indices(), vd.col_indices(), vd.values()
+    a = scipy.sparse.csr_matrix((val.numpy(), col.numpy(), crow.numpy()), shape=tuple(vd.shape))
+    t = a.T.tocsr()
+    t.sort_indices()
+    return csr(
+        torch.from_numpy(t.indptr.astype(np.int64)),
+        torch.from_numpy(t.indices.astype(np.int64)),
+        torch.from_numpy(t.data),
+        (vd.shape[1], vd.shape[0]),
+        check=False,
+        sorted=True,
+    )
+
+
 def _rank(
     v: Tensor,
     nq: int,
@@ -87,7 +115,7 @@ def _rank(
     nd = m - nq
     vq = v if nq == 0 else csr_rows(v, 0, nq)
     vd = v if nq == 0 else csr_rows(v, nq, m)
-    inv = csr_transpose(vd)
+    inv = _inverted_index(vd)
     lam = float(lambda_value)
     tiny = torch.finfo(short_d.dtype).tiny
     dn_short = short_d / row_max[query_ids, None].clamp(min=tiny)
@@ -103,20 +131,24 @@ def _rank(
         u = (1 - (-kth - lam * dn) / (1 - lam)).clamp(min=0)
         return (2 * u / (1 + u)) * (1 - 1e-6) - 1e-12  # err low: candidates are re-scored
 
-    cost = overlap_cost(vq, inv)
+    # internal calls on parts built here: the declared checks (passes over the dense
+    # accumulator) are skipped; the accumulator is _RANK_BLOCKS working blocks, so that few
+    # chunks (few operations) cover the queries
+    cost = overlap_cost.__wrapped__(vq, inv)
+    budget = budget * _RANK_BLOCKS
     nrows = vq.shape[0]
     scores = torch.empty(nrows, k, dtype=v.dtype, device=v.device)
     indices = torch.empty(nrows, k, dtype=torch.long, device=v.device)
     for a, b in row_chunks(cost, budget, max(1, budget // nd)):
         buf = torch.zeros(b - a, nd, dtype=v.dtype, device=v.device)
-        pair_overlap(csr_rows(vq, a, b), inv, "min", buf)
+        pair_overlap.__wrapped__(csr_rows.__wrapped__(vq, a, b), inv, "min", buf)
         qid = query_ids[a:b]
 
         def base_of(r: Tensor, c: Tensor, qid=qid) -> Tensor:
             rows = qid[r]
             return nodes.pairs(rows, c + nq) / row_max[rows].clamp(min=tiny)
 
-        s, i = select_topk(
+        s, i = select_topk.__wrapped__(
             buf, short_idx[a:b], dn_short[a:b], k, score, base_of, min_overlap,
             higher_base_is_better=False,
         )  # fmt: skip
@@ -151,16 +183,40 @@ def _run(
         database=database,
         budget=budget,
     )
+    return _step(nodes, lists, k, k1, k2, lambda_value, budget, bar)
+
+
+def _step(nodes, lists, k, k1, k2, lambda_value, budget, bar=None) -> RerankResult:
+    """The method given the neighbour lists of :func:`~graphrerank.graph.graph_lists`:
+    the encodings, the local query expansion, the Jaccard sums and the exact top-``k``."""
     nbr, nbr_d, row_max = lists["indices"], lists["values"], lists["extreme"]
     short_idx, short_d, query_ids = (
         lists["short_indices"],
         lists["short_values"],
         lists["query_ids"],
     )
-    v = kreciprocal_encoding(nbr, nbr_d, row_max, k1, k2, nodes.pairs, budget)
-    return _rank(
-        v, nodes.nq, short_idx, short_d, row_max, k, lambda_value, nodes, query_ids, budget, bar
-    )
+    with _one_thread(nbr.device):
+        v = kreciprocal_encoding(nbr, nbr_d, row_max, k1, k2, nodes.pairs, budget)
+        return _rank(
+            v, nodes.nq, short_idx, short_d, row_max, k, lambda_value, nodes, query_ids, budget, bar
+        )
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device):
+    """torch on one thread for the step after the neighbour lists (CPU): its operations are
+    passes over memory, which a second thread hardly speeds up, while every parallel operation
+    waits for both cores; on the shared 2-core benchmark machine (load 15) the digits step
+    took 9-11 s on two threads and 4.9 s on one (0.6 s of CPU time)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _MATH = r"""
@@ -426,6 +482,13 @@ def _check_distance(x, name: str, shape: tuple[int, int] | None = None) -> Tenso
         raise ValueError(f"{name} contains NaN or infinite values")
     if bool((t < 0).any()):
         raise ValueError(f"{name} contains negative distances")
+    top = float(t.max())
+    if not math.isfinite(top * top) or top * top > torch.finfo(t.dtype).max:
+        raise ValueError(
+            f"{name} holds distances up to {top:.3g}, whose squares (the method squares the "
+            f"distances) overflow {t.dtype}: scale all three matrices by one factor (the "
+            "result does not change) or pass float64"
+        )
     return t
 
 
@@ -486,7 +549,14 @@ def kreciprocal_rerank_distances(
             raise ValueError(
                 f"q_g_dist has {qg.shape[1]} columns but g_g_dist describes {nd} database items"
             )
-        qq = _check_distance(q_q_dist, "q_q_dist", (qg.shape[0], qg.shape[0]))
+        qq = _check_distance(q_q_dist, "q_q_dist")
+        if qq.shape[0] != qq.shape[1]:
+            raise ValueError(f"q_q_dist must be square, got shape {tuple(qq.shape)}")
+        if qg.shape[0] != qq.shape[0]:
+            raise ValueError(
+                f"q_g_dist has {qg.shape[0]} row(s) but q_q_dist describes {qq.shape[0]} "
+                "queries: both must describe the same queries"
+            )
         check_same_device(g_g_dist=gg, q_g_dist=qg, q_q_dist=qq)
         dtype = torch.promote_types(torch.promote_types(gg.dtype, qg.dtype), qq.dtype)
         gg, qg, qq = gg.to(dtype), qg.to(dtype), qq.to(dtype)

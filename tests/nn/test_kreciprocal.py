@@ -194,3 +194,21 @@ def test_kreciprocal_encoding_zero_row_max():
         lambda r, c: torch.zeros(len(r), dtype=torch.float64),
     )  # fmt: skip
     np.testing.assert_allclose(v.to_dense().numpy(), np.full((3, 3), 1 / 3), rtol=1e-15)
+
+
+def test_reciprocal_mask_names_bad_lists():
+    lists = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    with pytest.raises(TypeError, match="lists"):
+        reciprocal_mask(None)
+    with pytest.raises(ValueError, match="lists"):
+        reciprocal_mask(lists[1:])  # a row short: ids out of range
+
+
+def test_reciprocal_mask_any_block_size():
+    rng = np.random.default_rng(3)
+    lists = np.stack(
+        [np.concatenate([[i], rng.permutation(np.delete(np.arange(15), i))[:4]]) for i in range(15)]
+    )
+    for budget in (1, 7, 10**6):
+        out = reciprocal_mask(torch.from_numpy(lists), budget)
+        np.testing.assert_array_equal(out.numpy(), reciprocal_brute(lists))

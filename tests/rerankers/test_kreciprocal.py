@@ -228,7 +228,15 @@ def test_bad_distance_matrices():
     cases = [
         ((qg, qq, gg[:, :5]), ValueError, "g_g_dist must be square"),
         ((qg[:, :5], qq, gg), ValueError, "q_g_dist has 5 columns but g_g_dist describes 12"),
-        ((qg, qq[:2], gg), ValueError, r"q_q_dist must have shape \(3, 3\)"),
+        ((qg, qq[:2], gg), ValueError, r"q_q_dist must be square, got shape \(2, 3\)"),
+        ((qg[:1], qq, gg), ValueError, "q_g_dist has 1 row.* q_q_dist describes 3 queries"),
+        ((qg, qq[:2, :2], gg), ValueError, "q_g_dist has 3 row.* q_q_dist describes 2 queries"),
+        ((qg.float() * 1e30, qq.float(), gg.float()), ValueError, "q_g_dist holds distances up"),
+        (
+            (qg, qq, gg.float() * 1e30),
+            ValueError,
+            "g_g_dist holds distances up to .*overflow torch.float32",
+        ),
         ((qg, None, gg), ValueError, "give both q_g_dist and q_q_dist, or neither"),
         ((qg, qq, -gg), ValueError, "g_g_dist contains negative distances"),
         ((qg * np.nan, qq, gg), ValueError, "q_g_dist contains NaN"),
@@ -258,3 +266,10 @@ def test_declarations():
         "lambda_value": 0.3,
         "progress": None,
     }
+
+
+def test_step_leaves_the_thread_count_as_it_was():
+    before = torch.get_num_threads()
+    x = torch.randn(30, 4, dtype=torch.float64)
+    KReciprocal(k1=4, k2=2).fit(x).rerank(None, k=5)
+    assert torch.get_num_threads() == before
