@@ -1189,6 +1189,7 @@ def _lower_targets() -> list[Target]:
             "logits": _feat(r, Q, 4),
             "lambda_value": 0.5,
             "gamma": 1.0,
+            "num_items": N,  # without it, any id below 2**32 is a possible database item
         }
 
     add(
@@ -1236,6 +1237,7 @@ def _lower_targets() -> list[Target]:
         }
 
     add("models.mine_shortlists", ms_base, lambda kw: Mo.mine_shortlists(**kw))
+    T[-1].edge = {"index|length-1"}  # a shorter index list is a valid subset of the images
 
     def mg_base(r, c):
         return {
@@ -1294,6 +1296,8 @@ def _lower_targets() -> list[Target]:
         }
 
     add("models.tune_fusion", tf_base, lambda kw: Mo.tune_fusion(**kw).map)
+    # with query_labels given, a database may hold an image that no ranking retrieves
+    T[-1].edge = {"database_labels|length+1"}
     return T
 
 

@@ -1,16 +1,12 @@
 """The learned re-ranking tutorial runs in its fast mode (synthetic descriptors: no data)."""
 
 import re
-import runpy
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-TUTORIAL = (
-    Path(__file__).resolve().parents[1] / "examples" / "tutorials" / "tutorial_learned_rerankers.py"
-)
+from ._tutorials import TUTORIALS, run_script
+
+TUTORIAL = TUTORIALS / "tutorial_learned_rerankers.py"
 
 
 def test_tutorial_learned_rerankers_fast(tmp_path, monkeypatch, capsys):
@@ -18,17 +14,7 @@ def test_tutorial_learned_rerankers_fast(tmp_path, monkeypatch, capsys):
     plt.switch_backend("Agg")
     empty = tmp_path / "no-data"
     empty.mkdir()
-    monkeypatch.setenv("GRAPHRERANK_DATA", str(empty))
-    monkeypatch.setenv("GRAPHRERANK_FAST", "1")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [TUTORIAL.name])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runpy.run_path(str(TUTORIAL), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr().out
+    out = run_script(TUTORIAL, monkeypatch, tmp_path, capsys, GRAPHRERANK_DATA=str(empty))
     assert "synthetic local descriptors" in out
     # the class-disjoint protocol: validation classes unseen at training, test unseen by both
     assert "train classes [0, 1, 2] validation [3, 4] test [5, 6, 7, 8, 9]" in out

@@ -20,7 +20,6 @@ disjoint: the model is trained on five classes and tested on five others.
 # Each image has a global descriptor :math:`(D_g,)` and :math:`L` local descriptors
 # :math:`(L, D)`. With the Corel files: EfficientNet global descriptors and the 64 strongest
 # positions of the last feature map, PCA-whitened to 128-d.
-import os
 import time
 
 import matplotlib.pyplot as plt
@@ -31,24 +30,10 @@ from graphrerank.graph import knn_graph
 from graphrerank.metrics import class_map
 from graphrerank.models import LocalMatcher, rerank_shortlist, train_matcher
 from graphrerank.rerankers import LocalDescriptorReranker
+from graphrerank.testing import fast_mode
 
-FAST = bool(os.environ.get("GRAPHRERANK_FAST"))
+FAST = fast_mode()
 torch.manual_seed(0)
-
-
-def synthetic_local(num_classes=10, per_class=60, parts=12, length=24, dim=32, seed=0):
-    """Images as bags of noisy class "parts" plus shared clutter; a noisy global mean."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(num_classes, parts, dim, generator=g)
-    clutter = torch.randn(40, dim, generator=g)
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    n = labels.numel()
-    pick = torch.rand(n, parts, generator=g).argsort(1)[:, : length // 2]
-    own = protos[labels[:, None], pick] + 0.6 * torch.randn(n, length // 2, dim, generator=g)
-    other = clutter[torch.randint(40, (n, length - length // 2), generator=g)]
-    local = torch.cat([own, other], dim=1)
-    glob = local.mean(1) + 0.25 * torch.randn(n, dim, generator=g)
-    return torch.nn.functional.normalize(glob, dim=1), local, labels
 
 
 try:
@@ -57,7 +42,7 @@ try:
     local, labels = data.local, data.labels
     print(data)
 except FileNotFoundError:
-    glob, local, labels = synthetic_local()
+    glob, local, labels = gr.datasets.make_local_descriptors()
     print("Corel-1k files not found: synthetic local descriptors", tuple(local.shape))
 
 # %%
