@@ -582,9 +582,16 @@ def test_kreciprocal_encoding(x, data):
         names=["k1", "k2", "neighbors"],
     )
     assert_csr(v, (n, n))
-    torch.testing.assert_close(
-        v.to_dense().sum(1).double(), torch.ones(n, dtype=torch.float64), rtol=1e-6, atol=1e-6
-    )
+    sums = v.to_dense().sum(1).double()
+    # Each row of V is a distribution over the item's k-reciprocal set, averaged over its k2
+    # nearest neighbours. With tied (identical) points the ties are broken by index, so an
+    # item may fall out of its own first k1 + 1 entries: its set is then empty and its row
+    # zero (the reference code does the same), and the rows averaging it sum to less than 1.
+    own = (s["row_indices"][:, : k1 + 1] == torch.arange(n)[:, None]).any(1)
+    if bool(own.all()):
+        torch.testing.assert_close(sums, torch.ones(n, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    else:
+        assert bool((sums >= -1e-9).all() and (sums <= 1 + 1e-6).all()), sums
     mask = gnn.reciprocal_mask(s["row_indices"])
     assert mask.shape == (n, n) and bool(mask[:, 0].all())
 
