@@ -1,25 +1,39 @@
 """Time query expansion (alpha-QE), database augmentation (DBA) and SuperGlobal re-ranking.
 
-For each size ``QxN`` (Q queries, a database of N items, synthetic descriptors of dimension
-``--dim`` from ``make_retrieval_dataset``) and each method it measures
+For each size and each method it measures
 
 * ``search``: the bare first-stage kNN search the method needs (faiss, exact), for scale;
 * ``step``: the re-ranking step alone, given that search's result (alpha-QE: expanding the
   queries; DBA: augmenting the database given its kNN graph; SuperGlobal: refining the
-  top-M shortlist of every query);
+  top-M shortlist of every query, on a fitted re-ranker);
 * ``end to end``: ``fit(database)`` then ``rerank(queries, k=100)`` from scratch;
 
-for graphrerank and for a straightforward dense torch transcription of the same formulas run
-in the same process family (the SuperGlobal one gathers ``b x M x (K+1) x D`` descriptors per
-block of ``b`` queries and sorts the ``M x M`` similarities, as the official code does).
-Every measurement runs in a fresh process (``_common.isolated``), so its peak resident memory
-is its own; times are medians over ``--repeats`` runs after one warm-up. ``ratio`` is the
-dense transcription's time over graphrerank's, measured in the same run.
+for graphrerank and for the reference. For alpha-QE and DBA that is a straightforward dense
+torch transcription of the formulas; for SuperGlobal it is the official code's algorithm in
+its own dtypes and operations (``dense_superglobal``: float32 torch, per block of
+``--sg-batch`` queries the shortlist gathered twice, the M x M similarities sorted twice,
+``b x M x (K+1) x D`` neighbour descriptors gathered in a loop over the block's queries,
+the ranking rebuilt per query; end to end from a full argsort of the similarities).
 
-Full size (Market-1501's 3,368 queries and 19,732 gallery items at d = 2048, and a database
-of 100k items), as recorded in the repository:
+Sizes: ``QxN`` (Q queries, a database of N synthetic items of dimension ``--dim`` from
+``make_retrieval_dataset``), ``digits`` (the 1,797 scikit-learn digits, 64-d, all-vs-all:
+``rerank(None)``), ``corel`` (Corel-1k, 1,280-d, its 1,000 descriptors as explicit queries)
+and ``corel-all`` (the same, all-vs-all); the real sets need ``GRAPHRERANK_DATA``.
 
-    python benchmarks/bench_neighbourhood.py --sizes 3368x19732 1000x100000 --dim 2048 --repeats 3
+Every measurement runs in a fresh process (``_common.isolated``), ours and the reference's
+alternating, so its peak resident memory is its own; times are medians over ``--repeats``
+runs after ``--warmup`` runs, with ``--threads`` torch threads. ``ratio`` is the reference's
+time over graphrerank's, measured in the same run; ``load`` is the 1-minute load average when
+the measurement started and ended; ``agree`` is the share of the top-100 entries in which the
+SuperGlobal ranking equals the reference's (over the queries the reference ran). With
+``--ref-queries R`` the SuperGlobal reference runs on the first R queries only and its time
+is scaled by Q / R (it treats blocks of queries independently: its time is linear in Q).
+
+Full size (Market-1501's 3,368 queries and 19,732 gallery items at d = 2048), as recorded in
+``benchmarks/results/neighbourhood.md``:
+
+    nice python benchmarks/bench_neighbourhood.py --sizes digits corel corel-all 3368x19732 \
+        --dim 2048 --repeats 3 --ref-queries 200
 
 Quick check (a few seconds a row):
 
@@ -41,16 +55,37 @@ QE_K, ALPHA, DBA_K, TOP = 5, 3.0, 5, 100
 M, K, BETA = 400, 9, 0.15
 
 
-def _data(nq, n, dim):
+def _data(size, dim, cache=None):
+    """``(queries, database, all_vs_all)`` of a size token (see the module docstring)."""
     import torch
+    from torch.nn.functional import normalize
 
+    if size in ("digits", "corel", "corel-all"):
+        from graphrerank.datasets import load_corel1k, load_digits_retrieval
+
+        ds = load_digits_retrieval() if size == "digits" else load_corel1k()
+        x = normalize(ds.database.float(), dim=1).contiguous()
+        return x.clone(), x, size != "corel"
+    nq, n = (int(v) for v in size.lower().split("x"))
+    path = None if cache is None else Path(cache) / f"synthetic_{nq}x{n}x{dim}.pt"
+    if path is not None and path.exists():
+        q, x = torch.load(path)
+        return q, x, False
     from graphrerank.datasets import make_retrieval_dataset
 
     ds = make_retrieval_dataset(
         num_items=n, dim=dim, num_classes=max(10, n // 50), num_queries=nq, seed=0
     )
-    torch.set_num_threads(torch.get_num_threads())
-    return ds.queries.contiguous(), ds.database.contiguous()
+    q, x = ds.queries.contiguous(), ds.database.contiguous()
+    if path is not None:
+        torch.save((q, x), path)
+    return q, x, False
+
+
+def _label(size):
+    names = {"digits": "digits (1797, all-vs-all)", "corel": "Corel-1k (1000 queries)"}
+    names["corel-all"] = "Corel-1k (all-vs-all)"
+    return names.get(size, size.replace("x", " x "))
 
 
 # ----------------------------------------------------------------------------- dense references
@@ -78,44 +113,66 @@ def dense_dba(x, k):
 
 
 def dense_superglobal(q, x, ranks, m, kk, beta, batch):
-    """The official MDescAug + RerankwMDA, vectorised per block of ``batch`` queries."""
+    """The official ``MDescAug`` + ``RerankwMDA`` (float32 torch), one block of ``batch`` queries
+    at a time (the official code takes all queries in one block: 70 on ROxford; at Market size
+    that would hold 3,368 x 400 x 10 x 2048 floats).
+
+    As the official code: the shortlist's descriptors are gathered twice, the M x M
+    similarities are sorted twice (``argsort`` and ``sort`` of copies), every shortlisted item's
+    K + 1 neighbour descriptors are gathered per query in a Python loop and averaged, the
+    refined descriptors re-gathered in the new order, and the ranking rebuilt per query with
+    the rest of the first-stage ranking ``ranks[:, m:]`` appended. Returns the new ranking.
+    """
     import torch
 
+    kk = kk + 1  # including oneself
     out = []
     for s in range(0, q.shape[0], batch):
-        r = ranks[s : s + batch, :m]
-        x1 = x[r]  # (b, M, D)
+        r = ranks[s : s + batch]
+        r_m = r[:, :m]
+        x1 = x[r_m]  # (b, M, D)
         g = torch.einsum("abc,adc->abd", x1, x1)
-        v, o = torch.sort(g, dim=-1, descending=True)
-        v, o = v[:, :, : kk + 1].clone(), o[:, :, : kk + 1]
-        del g
-        v[:, :, 1:] *= beta
-        v[:, :, :1] = 1.0
-        xd = torch.stack([x1[i][o[i]] for i in range(x1.shape[0])])  # (b, M, K+1, D)
-        xd = (xd * v[..., None]).sum(2) / v.sum(2)[..., None]
+        o = torch.argsort(-g.clone(), dim=-1)[:, :, :kk]
+        v = -torch.sort(-g.clone(), dim=-1)[0][:, :, :kk, None]
+        v[:, :, 1:, :] *= beta
+        v[:, :, 0:1, :] = 1.0
+        x_dba = x[r_m]
+        xd = torch.stack([j[i] for i, j in zip(o, x_dba)], 0)  # (b, M, K+1, D)
+        xd = torch.sum(xd * v, 2) / torch.sum(v, 2)
         a = torch.einsum("ac,adc->ad", q[s : s + batch], xd)
-        pre = torch.argsort(-a, dim=-1)
-        a_sorted = -torch.sort(-a, dim=-1)[0]
+        pre = torch.argsort(-a, -1)
+        first = torch.stack([r_m[i][pre[i]] for i in range(pre.shape[0])], 0)
+        a_sorted = -torch.sort(-a, -1)[0]
+        _unused = a_sorted[:, :kk].clone() * beta  # computed there, unused
+        x_top = torch.take_along_dim(xd, pre[:, :kk, None], 1)
         x2 = torch.take_along_dim(xd, pre[..., None], 1)
-        qt = x2[:, : kk + 1].max(1, keepdim=True)[0]
-        f = (a_sorted + torch.einsum("abc,adc->abd", qt, x2).sum(1)) / 2
+        x_top = torch.max(x_top, 1, True)[0]
+        f = torch.sum(torch.einsum("abc,adc->abd", x_top, x2), 1)
+        f = (a_sorted + f) / 2.0
         order = torch.argsort(-f, dim=-1)
-        out.append(torch.take_along_dim(r.gather(1, pre), order, 1))
-    return torch.cat(out)
+        tail = r[:, m:]
+        out.extend(torch.cat([first[i][order[i]], tail[i]], 0) for i in range(order.shape[0]))
+    return torch.stack(out, 0)
 
 
 # ----------------------------------------------------------------------------- measurements
 
 
-def measure(method, impl, stage, nq, n, dim, repeats, sg_batch):
+def measure(method, impl, stage, size, dim, repeats, sg_batch, threads, warmup, ref_queries, cache):
+    import os
+
+    import torch
     from torch.nn.functional import normalize
 
     from graphrerank.graph import knn_graph, knn_search, to_torch_csr
     from graphrerank.nn import ExpansionPropagation, bipartite_adjacency
     from graphrerank.rerankers import AlphaQueryExpansion, DatabaseAugmentation, SuperGlobal
 
-    q, x = _data(nq, n, dim)
+    torch.set_num_threads(threads)
+    q, x, all_vs_all = _data(size, dim, cache)
+    n = x.shape[0]
     fn = None
+    scale, keep = 1.0, None
     if method == "alpha-QE":
         if stage == "search":
             fn = lambda: knn_search(q, x, QE_K)  # noqa: E731
@@ -152,28 +209,55 @@ def measure(method, impl, stage, nq, n, dim, repeats, sg_batch):
             fn = lambda: (q @ dense_dba(x, DBA_K).T).topk(TOP, dim=1)  # noqa: E731
     elif method.startswith("SuperGlobal"):
         lists = 64 if "lists" in method else None
+        ours_q = None if all_vs_all else q
+        nref = q.shape[0] if not ref_queries else min(ref_queries, q.shape[0])
+        keep = nref
         if stage == "search":
             fn = lambda: knn_search(q, x, M)  # noqa: E731
         elif stage == "step":
             first = knn_search(q, x, M)
             if impl == "graphrerank":
                 sg = SuperGlobal(M=M, K=K, beta=BETA, database_neighbors=lists).fit(x)
-                fn = lambda: sg.rerank(q, TOP, initial=first)  # noqa: E731
+                fn = lambda: sg.rerank(ours_q, TOP, initial=first).indices  # noqa: E731
             else:
-                fn = lambda: dense_superglobal(q, x, first.indices, M, K, BETA, sg_batch)  # noqa: E731
+                scale = q.shape[0] / nref
+                qr, fr = q[:nref], first.indices[:nref]
+                fn = lambda: dense_superglobal(qr, x, fr, M, K, BETA, sg_batch)  # noqa: E731
         elif impl == "graphrerank":
             fn = lambda: (  # noqa: E731
-                SuperGlobal(M=M, K=K, beta=BETA, database_neighbors=lists).fit(x).rerank(q, TOP)
+                SuperGlobal(M=M, K=K, beta=BETA, database_neighbors=lists)
+                .fit(x)
+                .rerank(ours_q, TOP)
+                .indices
             )
         else:
+            scale = q.shape[0] / nref
+            qr = q[:nref]
 
             def fn():
-                s = q @ x.T
-                return dense_superglobal(q, x, s.topk(M, dim=1).indices, M, K, BETA, sg_batch)
+                # As the official test script: similarities, a full argsort, the re-ranking.
+                ranks = torch.argsort(-(x @ qr.T), dim=0).T
+                return dense_superglobal(qr, x, ranks, M, K, BETA, sg_batch)
 
     base = rss_mb()
-    ts = timed(fn, repeats)
-    return {"median_s": median(ts), "peak_mb": rss_mb(), "base_mb": base}
+    load0 = os.getloadavg()[0]
+    out = {}
+
+    def run():
+        out["r"] = fn()
+
+    ts = timed(run, repeats, warmup=warmup)
+    res = {
+        "median_s": median(ts) * scale,
+        "peak_mb": rss_mb(),
+        "base_mb": base,
+        "load": f"{load0:.1f}-{os.getloadavg()[0]:.1f}",
+    }
+    if keep is not None and stage != "search":
+        res["top"] = out["r"][:keep, :TOP].numpy().copy()  # a tensor would travel as a handle
+    if scale != 1.0:
+        res["note"] = f"reference on {keep} of {q.shape[0]} queries, time x {scale:.3g}"
+    return res
 
 
 def main(argv=None):
@@ -187,12 +271,17 @@ def main(argv=None):
         "--methods", nargs="*", default=["alpha-QE", "DBA", "SuperGlobal", "SuperGlobal+lists"]
     )
     p.add_argument("--sg-batch", type=int, default=16, help="queries per block, dense SuperGlobal")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    p.add_argument(
+        "--ref-queries", type=int, default=0, help="SuperGlobal reference on this many queries"
+    )
+    p.add_argument("--cache", type=Path, help="keep the synthetic data in this folder")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
 
     rows = []
     for size in args.sizes:
-        nq, n = (int(v) for v in size.lower().split("x"))
         for method in args.methods:
             stages = ["search", "step", "end to end"]
             for stage in stages:
@@ -208,17 +297,22 @@ def main(argv=None):
                         method=method,
                         impl=impl,
                         stage=stage,
-                        nq=nq,
-                        n=n,
+                        size=size,
                         dim=args.dim,
                         repeats=args.repeats,
                         sg_batch=args.sg_batch,
+                        threads=args.threads,
+                        warmup=args.warmup,
+                        ref_queries=args.ref_queries,
+                        cache=args.cache,
                     )
                     res[impl] = r
                     label = "faiss kNN" if stage == "search" else impl
+                    if impl == "dense" and method.startswith("SuperGlobal"):
+                        label = "reference"
                     rows.append(
                         {
-                            "size": f"{nq} x {n}",
+                            "size": _label(size),
                             "method": method,
                             "stage": stage,
                             "impl": label,
@@ -228,6 +322,11 @@ def main(argv=None):
                 ours, dense = res.get("graphrerank", {}), res.get("dense", {})
                 if "median_s" in ours and "median_s" in dense:
                     rows[-2]["ratio"] = dense["median_s"] / ours["median_s"]
+                if "top" in ours and "top" in dense:
+                    a, b = ours.pop("top"), dense.pop("top")
+                    rows[-2]["agree"] = float((a[: b.shape[0]] == b).mean())
+                for r in res.values():
+                    r.pop("top", None)
                 print(f"done {size} {method} {stage}", file=sys.stderr, flush=True)
 
     text = "\n".join(
@@ -236,8 +335,10 @@ def main(argv=None):
             f"Command: python benchmarks/bench_neighbourhood.py {' '.join(argv or sys.argv[1:])}",
             f"d = {args.dim}; alpha-QE k={QE_K}, alpha={ALPHA}; DBA k={DBA_K}; SuperGlobal "
             f"M={M}, K={K}, beta={BETA} (+lists: database_neighbors=64, lists built at fit); "
-            f"ranked lists of {TOP}; median of {args.repeats} runs; peak = resident memory of "
-            "the measuring process; ratio = dense time / graphrerank time.",
+            f"ranked lists of {TOP}; {args.threads} threads; median of {args.repeats} runs "
+            f"after {args.warmup} warm-up; peak = resident memory of the measuring process; "
+            "ratio = reference time / graphrerank time; agree = share of equal top-100 "
+            "entries; load = 1-minute load average at the start and end of the measurement.",
             "",
             table(
                 rows,
@@ -249,6 +350,8 @@ def main(argv=None):
                     ("median_s", "median s"),
                     ("peak_mb", "peak MiB"),
                     ("ratio", "ratio"),
+                    ("agree", "agree"),
+                    ("load", "load"),
                     ("note", "note"),
                 ],
             ),

@@ -197,3 +197,46 @@ def test_bad_inputs():
     first[2, 5] = first[2, 1]
     with pytest.raises(ValueError, match="initial repeats a database item in row 2"):
         sg.rerank(q, k=5, initial=(s, first))
+
+
+@pytest.mark.parametrize("plan", ["gram", "dense"])
+@pytest.mark.parametrize("block_bytes", [1, 4096, 256 * 2**20])
+def test_every_neighbour_plan_equals_the_reference(plan, block_bytes, monkeypatch):
+    """The product of the distinct shortlisted items with each other (whole, or item-major in
+    blocks) and the per-query products give the same ranking as the reference."""
+    import graphrerank.rerankers.superglobal as module
+
+    monkeypatch.setattr(module, "_GRAM_READ_COST", -(10**9) if plan == "gram" else 10**9)
+    q, x = _data(seed=10)
+    sg = SuperGlobal(M=30, K=4, backend="torch", block_bytes=block_bytes).fit(x)
+    assert sg._plan(10, 30, knn_search(q, x, 30, backend="torch")[1], None) == plan
+    idx, f = ref_superglobal(q, x, 30, 4, 0.15, _first(q, x, 60))
+    out = sg.rerank(q, k=60)
+    assert torch.equal(out.indices, idx)
+    torch.testing.assert_close(out.scores[:, :30], f)
+    # padding in the initial ranking and shortlists cut short
+    s, first = knn_search(q, x, 30, backend="torch")
+    s, padded = s.clone(), first.clone()
+    padded[:, 20:] = -1
+    s[:, 20:] = float("-inf")
+    out = sg.rerank(q, k=30, initial=(s, padded))
+    idx, f = ref_superglobal(q, x, 25, 4, 0.15, first[:, :20])
+    assert torch.equal(out.indices[:, :20], idx)
+    torch.testing.assert_close(out.scores[:, :20], f)
+    # all-vs-all and the R-DiP re-scoring hook
+    idx, _ = ref_superglobal(x, x, 30, 4, 0.15, _first(x, x, 60))
+    assert torch.equal(sg.rerank(None, k=60).indices, idx)
+
+
+def test_the_plan_follows_the_cost():
+    """Many queries over a small database of long descriptors: one product of the shortlisted
+    items; few queries, or short descriptors (cheap per-query products): each query's own."""
+    many = torch.randint(0, 2000, (2000, 100))
+    few = torch.randperm(2000)[:100][None, :]
+    _, x = _data(n=2000, d=1024, seed=11)
+    sg = SuperGlobal(M=100, K=4, backend="torch").fit(x)
+    assert sg._plan(2000, 100, many, None) == "gram"
+    assert sg._plan(1, 100, few, None) == "dense"
+    _, x = _data(n=2000, d=32, seed=11)
+    sg = SuperGlobal(M=100, K=4, backend="torch").fit(x)
+    assert sg._plan(2000, 100, many, None) == "dense"
