@@ -1,37 +1,35 @@
-"""Offline diffusion: batched CG blocks against per-column SciPy CG, and the online step.
+"""Offline diffusion (Yang et al., AAAI 2019) against the reference code's algorithm.
 
-For each database size N (synthetic descriptors from ``make_retrieval_dataset``, one smooth
-curve per class, 100 items per class, L2-normalised), in a fresh process each:
+For each size ``N:Q`` (a database of N synthetic descriptors from ``make_retrieval_dataset``,
+d = 2048 by default, and Q new queries), fresh processes alternate between
 
-* kNN search: the database searched in itself for the truncation lists and graph candidates
-  (exact below 100,000 items, faiss IVF from there, as ``search="auto"`` does), timed apart;
-* graph: mutual kNN graph and the sparse ``I - alpha S``;
-* offline: the late-truncated systems of all N nodes, solved as batched CG blocks
-  (``late_truncation``), time and peak resident memory of the process;
-* SciPy: the same sub-blocks solved one node at a time, ``L[T_i][:, T_i]`` then
-  ``scipy.sparse.linalg.cg(rtol=1e-6, maxiter=20)`` (what the reference code does per node),
-  in the same process, on ``--scipy-sample`` evenly spaced nodes and extrapolated to N when
-  the sample is smaller than N (the table says so);
-* online: per query, the kNN search (``kq`` neighbours) and the diffusion step (sparse
-  combination of ``kq`` rows of C, top-``k`` ranking) timed apart, for a batch of 1 query
-  (median over single queries) and a batch of 1000 (time / 1000).
+* ours: ``OfflineDiffusion(kd=50, kq=10, truncation=1000).fit(database)`` (kNN lists,
+  mutual kNN graph, the late-truncated systems solved block by block), then
+  ``rerank(queries, k)``;
+* the reference (``_reference_fyang93.py``: faiss flat search, mutual affinity node by node,
+  ``L[T_i][:, T_i]`` and ``scipy.sparse.linalg.cg`` per node in a joblib thread pool, online
+  ``y @ C`` made dense and argsorted),
 
-Full size (the table in the docs; about an hour on a 2-core machine, the 1M row within 24 GiB):
+``--repeats`` times each (ours, reference, ours, reference, ...), with the same thread count
+(torch, faiss and joblib workers). Printed: the median fit, fit + rerank of the Q queries,
+online ms per query in one batch of Q and for single queries (median of ``--single``), the
+peak resident memory of the process, the ratio reference / ours (higher is better), the
+load average during the runs, and the agreement of the rankings (top-10 and top-100 lists
+equal, mean overlap of the top-k).
 
-    python benchmarks/bench_offline_diffusion.py --sizes 10000 100000 1000000 --dim 512
+Full run (the table in ``benchmarks/results/offline_diffusion.md``):
+
+    nice python benchmarks/bench_offline_diffusion.py --sizes 10000:1000 19732:3368
 
 Quick check:
 
-    python benchmarks/bench_offline_diffusion.py --sizes 5000 --scipy-sample 300 --online 50
-
-For scale: on a 2-core machine the fyang93 reference code takes 22 s offline and 0.47 ms per
-online query at N = 23,100 (d = 2048). Targets: offline at least 10x faster than per-column
-SciPy CG, online query under 1 ms at N = 100k, 1M within 24 GiB.
+    python benchmarks/bench_offline_diffusion.py --sizes 2000:200 --repeats 1 --dim 256
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,147 +40,136 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import isolated, machine, median, rss_mb, table
 
 
-def run_size(n, dim, kd, kq, truncation, k, scipy_sample, online, device, threads):
-    import numpy as np
-    import scipy.sparse as sp
-    import scipy.sparse.linalg as spla
-    import torch
-
+def _data(n, q, dim):
     from graphrerank.datasets import make_retrieval_dataset
-    from graphrerank.diffusion import laplacian_alpha, late_truncation, offline_diffusion_scores
-    from graphrerank.graph import database_index, mutual_knn_graph, rank_csr, truncation_lists
-
-    if threads:
-        torch.set_num_threads(threads)
-    cuda = device.startswith("cuda")
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
 
     ds = make_retrieval_dataset(
-        num_items=n, dim=dim, num_classes=max(10, n // 100), num_queries=1000, seed=0
+        num_items=n, dim=dim, num_classes=max(10, n // 100), num_queries=q, seed=0
     )
-    x = ds.database.to(device)
-    q = ds.queries.to(device)
+    return ds.database.float().contiguous(), ds.queries.float().contiguous()
+
+
+def run_one(which, n, q, dim, k, threads, single):
+    """One fit + rerank of ``which`` ("ours" or "reference") in this fresh process."""
+    import faiss
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    x, queries = _data(n, q, dim)
     base = rss_mb()
-    out = {"N": n, "d": dim, "T": min(truncation, n)}
+    load = [os.getloadavg()[0]]
+    out = {}
+    if which == "ours":
+        from graphrerank.rerankers import OfflineDiffusion
 
-    t = time.perf_counter()
-    index = database_index(x, "auto", "auto")
-    lists, cand = truncation_lists(x, index, truncation, kd)
-    sync()
-    out["knn_s"] = time.perf_counter() - t
-    out["index"] = index.kind
+        model = OfflineDiffusion(kd=50, kq=10, truncation=1000, progress=False)
+        t = time.perf_counter()
+        model.fit(x)
+        out["fit_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        res = model.rerank(queries, k)
+        out["online_s"] = time.perf_counter() - t
+        ranks = res.indices.numpy()
 
-    t = time.perf_counter()
-    L = laplacian_alpha(mutual_knn_graph(x, kd, gamma=3.0, candidates=cand), 0.99)
-    sync()
-    out["graph_s"] = time.perf_counter() - t
-    del cand
+        def one(i):
+            model.rerank(queries[i : i + 1], k)
 
-    t = time.perf_counter()
-    C = late_truncation(L, lists, progress=False)
-    sync()
-    out["offline_s"] = time.perf_counter() - t
-    out["ours_ms_node"] = 1000 * out["offline_s"] / n
+    else:
+        from _reference_fyang93 import Fyang93
+
+        model = Fyang93(kd=50, kq=10, truncation=1000, n_jobs=threads)
+        xn, qn = x.numpy(), queries.numpy()
+        t = time.perf_counter()
+        model.fit(xn)
+        out["fit_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _, ranks = model.search(qn, k)
+        out["online_s"] = time.perf_counter() - t
+
+        def one(i):
+            model.search(qn[i : i + 1], k)
+
+    times = []
+    for i in range(min(single, q) + 1):
+        t = time.perf_counter()
+        one(i)
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - t)
+    out["single_ms"] = 1000 * median(times)
+    load.append(os.getloadavg()[0])
+    out["load"] = sum(load) / len(load)
     out["peak_mb"] = rss_mb()
     out["base_mb"] = base
-    if cuda:
-        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-
-    # per-column SciPy CG on the same sub-blocks
-    Ls = sp.csr_matrix(
-        (
-            L.values().cpu().numpy(),
-            L.col_indices().cpu().numpy(),
-            L.crow_indices().cpu().numpy(),
-        ),
-        shape=(n, n),
-    )
-    sample = np.unique(np.linspace(0, n - 1, min(scipy_sample, n)).astype(np.int64))
-    lst = lists.cpu().numpy()
-    t = time.perf_counter()
-    for i in sample:
-        ids = lst[i][lst[i] >= 0]
-        e0 = np.zeros(len(ids), dtype=np.float32)
-        e0[0] = 1.0
-        spla.cg(Ls[ids][:, ids], e0, rtol=1e-6, atol=0.0, maxiter=20)
-    per = (time.perf_counter() - t) / len(sample)
-    out["scipy_ms_node"] = 1000 * per
-    out["scipy_s"] = per * n
-    out["scipy_how"] = "all nodes" if len(sample) == n else f"{len(sample)} sampled, extrapolated"
-    out["speedup"] = out["scipy_s"] / out["offline_s"]
-    del Ls
-
-    # online step
-    def diffuse(qb, knn):
-        F = offline_diffusion_scores(C, knn, 3.0)
-        return rank_csr(F, k, qb, x, index, "similarity")
-
-    single_knn, single_diff = [], []
-    for i in range(min(online, q.shape[0])):
-        qi = q[i : i + 1]
-        sync()
-        t0 = time.perf_counter()
-        knn = index.search(qi, kq)
-        sync()
-        t1 = time.perf_counter()
-        diffuse(qi, knn)
-        sync()
-        t2 = time.perf_counter()
-        if i:  # the first call warms up
-            single_knn.append(t1 - t0)
-            single_diff.append(t2 - t1)
-    out["knn_ms_q1"] = 1000 * median(single_knn)
-    out["diff_ms_q1"] = 1000 * median(single_diff)
-    sync()
-    t0 = time.perf_counter()
-    knn = index.search(q, kq)
-    sync()
-    t1 = time.perf_counter()
-    diffuse(q, knn)
-    sync()
-    t2 = time.perf_counter()
-    out["knn_ms_q1000"] = t1 - t0
-    out["diff_ms_q1000"] = t2 - t1
+    out["ranks"] = np.asarray(ranks, dtype=np.int64)
     return out
+
+
+def agreement(a, b, k):
+    import numpy as np
+
+    kk = min(k, a.shape[1], b.shape[1])
+    top10 = float(np.mean((a[:, :10] == b[:, :10]).all(1)))
+    top100 = float(np.mean((a[:, :100] == b[:, :100]).all(1)))
+    overlap = np.mean([len(np.intersect1d(a[i, :kk], b[i, :kk])) / kk for i in range(len(a))])
+    return top10, top100, float(overlap)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--kd", type=int, default=50)
-    p.add_argument("--kq", type=int, default=10)
-    p.add_argument("--truncation", type=int, default=1000)
-    p.add_argument("--k", type=int, default=100, help="length of the online ranking")
-    p.add_argument("--scipy-sample", type=int, default=2000, help="nodes solved by SciPy")
-    p.add_argument("--online", type=int, default=200, help="single queries timed")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--sizes", nargs="+", default=["10000:1000", "19732:3368"], help="N:Q")
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--k", type=int, default=1000, help="length of the online ranking")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--single", type=int, default=30, help="single queries timed")
     args = p.parse_args(argv)
 
     rows = []
-    for n in args.sizes:
-        r = isolated(
-            run_size,
-            n=n,
-            dim=args.dim,
-            kd=args.kd,
-            kq=args.kq,
-            truncation=args.truncation,
-            k=args.k,
-            scipy_sample=args.scipy_sample,
-            online=args.online,
-            device=args.device,
-            threads=args.threads,
+    for spec in args.sizes:
+        n, q = (int(v) for v in spec.split(":"))
+        runs = {"ours": [], "reference": []}
+        for r in range(args.repeats):
+            for which in ("ours", "reference"):
+                out = isolated(
+                    run_one,
+                    which=which,
+                    n=n,
+                    q=q,
+                    dim=args.dim,
+                    k=args.k,
+                    threads=args.threads,
+                    single=args.single,
+                )
+                runs[which].append(out)
+                print(
+                    f"N={n} {which} #{r}: fit {out['fit_s']:.2f} s, online "
+                    f"{out['online_s']:.2f} s, load {out['load']:.1f}",
+                    file=sys.stderr,
+                )
+        top10, top100, overlap = agreement(
+            runs["ours"][0]["ranks"], runs["reference"][0]["ranks"], args.k
         )
-        rows.append(r)
-        print(f"N={n}: done ({r['offline_s']:.1f} s offline)", file=sys.stderr)
-    print(f"Machine: {machine()}\n")
+        row = {"size": f"{n} + {q}", "top10": top10, "top100": top100, "overlap": overlap}
+        for which, tag in (("ours", "o"), ("reference", "r")):
+            rs = runs[which]
+            row[f"fit_{tag}"] = median([o["fit_s"] for o in rs])
+            row[f"all_{tag}"] = median([o["fit_s"] + o["online_s"] for o in rs])
+            row[f"qb_{tag}"] = 1000 * median([o["online_s"] for o in rs]) / q
+            row[f"q1_{tag}"] = median([o["single_ms"] for o in rs])
+            row[f"mem_{tag}"] = max(o["peak_mb"] for o in rs)
+        row["fit_x"] = row["fit_r"] / row["fit_o"]
+        row["all_x"] = row["all_r"] / row["all_o"]
+        row["qb_x"] = row["qb_r"] / row["qb_o"]
+        row["q1_x"] = row["q1_r"] / row["q1_o"]
+        loads = [o["load"] for rs in runs.values() for o in rs]
+        row["load"] = f"{min(loads):.1f}-{max(loads):.1f}"
+        rows.append(row)
+
+    print(f"Machine: {machine()}; {args.threads} threads (torch, faiss, joblib workers)\n")
     print(
         "Command: python benchmarks/bench_offline_diffusion.py "
         + " ".join(sys.argv[1:] if argv is None else argv)
@@ -192,19 +179,16 @@ def main(argv=None) -> None:
         table(
             rows,
             [
-                ("N", "N"),
-                ("T", "T"),
-                ("index", "kNN index"),
-                ("knn_s", "kNN search s"),
-                ("graph_s", "graph s"),
-                ("offline_s", "offline s (ours)"),
-                ("ours_ms_node", "ours ms/node"),
-                ("scipy_ms_node", "SciPy ms/node"),
-                ("scipy_s", "SciPy s"),
-                ("scipy_how", "SciPy measured on"),
-                ("speedup", "speed-up"),
-                ("peak_mb", "peak RSS MiB"),
-                ("base_mb", "data MiB"),
+                ("size", "N + Q"),
+                ("fit_o", "fit s (ours)"),
+                ("fit_r", "fit s (fyang93)"),
+                ("fit_x", "fit x"),
+                ("all_o", "fit+rerank s (ours)"),
+                ("all_r", "fit+rerank s (fyang93)"),
+                ("all_x", "fit+rerank x"),
+                ("mem_o", "peak MiB (ours)"),
+                ("mem_r", "peak MiB (fyang93)"),
+                ("load", "load"),
             ],
         )
     )
@@ -213,11 +197,16 @@ def main(argv=None) -> None:
         table(
             rows,
             [
-                ("N", "N"),
-                ("knn_ms_q1", "kNN ms/query (1)"),
-                ("diff_ms_q1", "diffusion ms/query (1)"),
-                ("knn_ms_q1000", "kNN ms/query (1000)"),
-                ("diff_ms_q1000", "diffusion ms/query (1000)"),
+                ("size", "N + Q"),
+                ("qb_o", "ms/query batch (ours)"),
+                ("qb_r", "ms/query batch (fyang93)"),
+                ("qb_x", "batch x"),
+                ("q1_o", "ms single query (ours)"),
+                ("q1_r", "ms single query (fyang93)"),
+                ("q1_x", "single x"),
+                ("top10", "top-10 equal"),
+                ("top100", "top-100 equal"),
+                ("overlap", f"top-{args.k} overlap"),
             ],
         )
     )

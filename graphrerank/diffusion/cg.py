@@ -163,8 +163,10 @@ def _solve(A, B, *, x0, tol, max_iter, return_best, names=("A", "B")) -> CGResul
     matvec = _matvec(A, n, Bm, names)
     # right-hand sides whose squared norms would overflow are solved scaled (the system is
     # linear; relative residuals do not change)
+    # right-hand sides so small that their squared norms underflow are scaled too (else a
+    # non-zero column would look solved by x = 0)
     scale = None
-    if Bm.numel() and float(Bm.abs().max()) > torch.finfo(Bm.dtype).max ** 0.5 / (4 * n**0.5):
+    if Bm.numel() and _needs_scaling(Bm, n):
         scale = Bm.abs().amax(0).clamp(min=torch.finfo(Bm.dtype).tiny)
         Bm = Bm / scale
         if x0 is not None:
@@ -194,6 +196,50 @@ def _solve(A, B, *, x0, tol, max_iter, return_best, names=("A", "B")) -> CGResul
         X = X * scale
     sol = X[:, 0] if vector else X
     return CGResult(sol, iters, res, done)
+
+
+def _needs_scaling(Bm: Tensor, n: int) -> bool:
+    """Whether a column's squared norm (times ``tol**2``) could overflow or underflow."""
+    info = torch.finfo(Bm.dtype)
+    amax = Bm.abs().amax(0)
+    huge = bool((amax > info.max**0.5 / (4 * n**0.5)).any())
+    tiny = bool(((amax > 0) & (amax < info.tiny**0.25)).any())
+    return huge or tiny
+
+
+def _cg_rows(matvec, B: Tensor, tol: float, max_iter: int, name: str = "A") -> Tensor:
+    r"""Conjugate gradients on many independent systems stored as the *rows* of ``B``
+    :math:`(m, n)` (``matvec`` maps such a block to the products of each system's matrix
+    with its row), from :math:`\mathbf{x} = 0`.
+
+    The iteration of :func:`_cg_block` (the same recurrences, stopping test and frozen
+    columns), with contiguous row-wise reductions and fewer, larger operations: the offline
+    precompute runs it on blocks of many truncated systems. Right-hand sides are expected in
+    a safe range (the unit vectors of offline diffusion); no rescaling is done.
+    """
+    X = torch.zeros_like(B)
+    R = B.clone()
+    rr = torch.linalg.vecdot(R, R)
+    thresh = (tol * tol) * rr
+    done = rr <= thresh
+    P = R.clone()
+    for _ in range(max_iter):
+        if bool(done.all()):
+            break
+        AP = matvec(P)
+        pap = torch.linalg.vecdot(P, AP)
+        if bool((pap.masked_fill(done, 1) <= 0).any()):
+            raise _not_spd(name)
+        # frozen rows (done) get step 0; their 0/0 or x/0 quotients are masked away
+        step = (rr / pap).masked_fill_(done, 0)[:, None]
+        X.addcmul_(P, step)
+        R.addcmul_(AP, step, value=-1)
+        rr_new = torch.linalg.vecdot(R, R)
+        beta = (rr_new / rr).masked_fill_(done, 0)[:, None]
+        P = torch.addcmul(R, P, beta)
+        rr = torch.where(done, rr, rr_new)
+        done = done | (rr_new <= thresh)
+    return X
 
 
 def _not_spd(name: str = "A") -> ValueError:

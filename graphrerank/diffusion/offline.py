@@ -4,13 +4,16 @@ The offline step solves, for every database node :math:`i`, the diffusion system
 its ``truncation`` nearest nodes :math:`T_i` and keeps the solution as row :math:`i` of a sparse
 matrix :math:`\mathbf{C}`; a query is then answered by a sparse combination of the rows of its
 nearest database items. The systems are solved many at once: the sub-blocks of a block of
-nodes are stacked into one block-diagonal sparse operator and handed to one call of
-:func:`~graphrerank.diffusion.conjugate_gradient`.
+nodes are stacked into one block-diagonal sparse operator and solved by one batched
+conjugate-gradient iteration (one system per row); on a CPU, blocks run side by side on a
+thread pool of ``torch.get_num_threads()`` workers.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ from ..graph.lists import self_first, truncation_lists
 from ..graph.scores import ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
 from ..typing import SEARCHES, Backend, KNNResult, Search, TensorLike
-from .cg import _solve
+from .cg import _cg_rows
 from .operators import laplacian_alpha
 
 __all__ = [
@@ -124,15 +127,31 @@ def _solve_block(
     self_pos = (ids == nodes[:, None]).to(torch.int8).argmax(dim=1)
     rhs = torch.zeros(b, t, dtype=v.dtype, device=device)
     rhs[torch.arange(b, device=device), self_pos] = 1
-    rhs = rhs.T  # (t, b) view: column j is node j's system, stored node-major
 
-    def op(X: Tensor) -> Tensor:
-        return torch.mv(M, X.T.reshape(-1)).view(b, t).T
+    if device.type == "cpu":  # SciPy's compiled CSR product: faster, and it frees the GIL
+        import scipy.sparse as sp
 
-    names = ("laplacian", "the unit right-hand sides")  # errors name the user's argument
-    sol = _solve(op, rhs, x0=None, tol=tol, max_iter=max_iter, return_best=False, names=names)
-    sol = sol.solution
-    return ids, sol.T
+        Ms = sp.csr_matrix((v.numpy(), c.numpy(), bcrow.numpy()), shape=(b * t, b * t))
+
+        def op(X: Tensor) -> Tensor:  # X: (b, t), row j is node j's system
+            return torch.from_numpy(Ms @ X.numpy().reshape(-1)).view(b, t)
+
+    else:
+
+        def op(X: Tensor) -> Tensor:
+            return torch.mv(M, X.reshape(-1)).view(b, t)
+
+    # one row per node: contiguous row-wise reductions, few large operations per iteration
+    return ids, _cg_rows(op, rhs, tol, max_iter, name="laplacian")
+
+
+def _workers(device: torch.device, blocks: int) -> int:
+    """Threads solving blocks side by side: on a CPU, torch's thread count (each block's
+    operations are small, so one stream per core beats intra-op parallelism, which on a
+    loaded machine waits a scheduler slice per operation); one elsewhere."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), blocks))
 
 
 def late_truncation(
@@ -155,7 +174,8 @@ def late_truncation(
     by conjugate gradients from :math:`\mathbf{c} = 0`, and store :math:`\mathbf{c}_i` as row
     :math:`i` of :math:`\mathbf{C}` (columns :math:`T_i`). Exact zeros are not stored.
 
-    Many nodes are solved in one call of :func:`~graphrerank.diffusion.conjugate_gradient`: their
+    Many nodes are solved in one batched conjugate-gradient iteration (blocks of them side by
+    side on a thread pool of ``torch.get_num_threads()`` workers on a CPU): their
     sub-blocks are gathered from the CSR rows of :math:`T_i` (global column ids mapped to local
     positions, entries outside :math:`T_i` dropped) into one block-diagonal sparse operator, one
     right-hand side column per node, so each node keeps its own CG step sizes.
@@ -231,19 +251,44 @@ def late_truncation(
     out_val = torch.empty(n * t, dtype=val.dtype, device=lists.device)
     counts = torch.empty(n, dtype=torch.long, device=lists.device)
     fill = 0
+    starts = list(range(0, n, block_size))
+    workers = _workers(lists.device, len(starts))
+    tables = [table] + [torch.zeros_like(table) for _ in range(workers - 1)]
+    free = list(range(workers))
+    lock = threading.Lock()
+
+    def solve(s: int) -> tuple[Tensor, Tensor, Tensor]:
+        with lock:
+            slot = free.pop()
+        try:
+            e = min(n, s + block_size)
+            ids, c = _solve_block(rows, tables[slot], nodes[s:e], lists[s:e].long(), tol, max_iter)
+        finally:
+            with lock:
+                free.append(slot)
+        keep = (ids >= 0) & (c != 0)
+        return keep.sum(1), ids[keep].to(index_dtype), c[keep]
+
     show, callback = progress_options(progress)
     with Progress(n, "offline diffusion", show=show, callback=callback) as bar:
-        for s in range(0, n, block_size):
-            e = min(n, s + block_size)
-            ids, c = _solve_block(rows, table, nodes[s:e], lists[s:e].long(), tol, max_iter)
-            keep = (ids >= 0) & (c != 0)
-            cnt = keep.sum(1)
-            m = int(cnt.sum())
-            out_col[fill : fill + m] = ids[keep].to(index_dtype)
-            out_val[fill : fill + m] = c[keep]
-            counts[s:e] = cnt
-            fill += m
-            bar.update(e - s)
+        if workers == 1:
+            results = map(solve, starts)
+            pool = None
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="graphrerank-offline")
+            results = pool.map(solve, starts)
+        try:
+            for s, (cnt, cols, vals) in zip(starts, results, strict=True):
+                e = min(n, s + block_size)
+                m = cols.numel()
+                out_col[fill : fill + m] = cols
+                out_val[fill : fill + m] = vals
+                counts[s:e] = cnt
+                fill += m
+                bar.update(e - s)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     crow_c = torch.zeros(n + 1, dtype=index_dtype, device=lists.device)
     crow_c[1:] = counts.cumsum(0)
     if fill < 0.5 * n * t:  # give back the unused tail (a copy at most half the buffer)
@@ -408,6 +453,12 @@ def offline_diffusion_scores(
         raise ValueError("knn scores contain +inf")
     if scores.device != C.device:
         raise ValueError(f"knn is on {scores.device} but C is on {C.device}")
+    return _query_rows(C, scores, idx, gamma)
+
+
+def _query_rows(C: Tensor, scores: Tensor, idx: Tensor, gamma: float) -> Tensor:
+    """:func:`offline_diffusion_scores` on checked inputs (the online step of a fitted
+    re-ranker, whose ``C`` is known valid: no pass over all of ``C`` per call)."""
     q, kq = idx.shape
     n = C.shape[0]
     w = scores.clamp(min=0).pow(gamma).to(C.values().dtype)
@@ -418,5 +469,23 @@ def offline_diffusion_scores(
     itype = C.crow_indices().dtype
     crow = torch.zeros(q + 1, dtype=itype, device=idx.device)
     crow[1:] = keep.sum(1).cumsum(0)
-    Y = csr(crow, idx[keep].to(itype), w[keep], (q, n))
-    return Y @ C
+    cols, vals = idx[keep].to(itype), w[keep]
+    if C.device.type == "cpu":  # SciPy's compiled sparse product (torch's is several x slower)
+        import scipy.sparse as sp
+
+        Cs = sp.csr_matrix(
+            (C.values().numpy(), C.col_indices().numpy(), C.crow_indices().numpy()),
+            shape=C.shape,
+        )
+        Ys = sp.csr_matrix((vals.numpy(), cols.numpy(), crow.numpy()), shape=(q, n))
+        F = Ys @ Cs
+        F.sort_indices()
+        return csr(
+            torch.from_numpy(F.indptr),
+            torch.from_numpy(F.indices),
+            torch.from_numpy(F.data),
+            (q, n),
+            check=False,
+            sorted=True,
+        )
+    return csr(crow, cols, vals, (q, n)) @ C

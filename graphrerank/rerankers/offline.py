@@ -14,8 +14,9 @@ from .._checks import check_normalized
 from .._io import CorruptFileError, load_arrays
 from .._params import PROGRESS, AnyOf, Bool, Function, InstanceOf, Int, OneOf, Real, setting
 from .._progress import ProgressCallback
-from ..diffusion import offline_diffusion, offline_diffusion_scores
+from ..diffusion import offline_diffusion
 from ..diffusion.distributed import sharded_offline_diffusion
+from ..diffusion.offline import _query_rows
 from ..diffusion.store import OfflineStore, array_fingerprint
 from ..graph import (
     EdgeRescorer,
@@ -28,7 +29,7 @@ from ..graph import (
     symmetrize,
 )
 from ..graph.ranking import dense_ranking, rank_candidates, rank_csr, rank_dense
-from ..graph.sparse import csr, csr_row_normalize, csr_rows, csr_transpose
+from ..graph.sparse import csr, csr_padded, csr_row_normalize, csr_rows, csr_transpose
 from ..typing import (
     BACKENDS,
     SEARCHES,
@@ -237,8 +238,8 @@ class _OfflineBase(Reranker):
         if isinstance(C, OfflineStore):
             F = C.scores(knn, self.gamma)
         else:
-            F = offline_diffusion_scores(C, knn, self.gamma)
-        return rank_csr(F, k, q, self.x_, self.index_, self.ties)
+            F = _query_rows(C, knn.scores, knn.indices, self.gamma)
+        return _rank_rows(F, k, q, self.x_, self.index_, self.ties)
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -887,6 +888,74 @@ def load_legacy(
         (n, n),
     )
     return r
+
+
+def _rank_rows(F: Tensor, k: int, q, x, index, ties: str) -> RerankResult:
+    """:func:`~graphrerank.graph.ranking.rank_csr` of the ``(B, N)`` CSR scores, with a
+    shortcut for the rows whose ``k``-th best stored score is positive.
+
+    Such a row's ``k`` best items are among its stored entries (every item it does not store
+    scores 0), so its ranking is the top of its stored entries: by score, equal scores (float
+    ties) ordered by the tie rule, the first-stage similarity computed for the tied entries
+    only, or the index. The other rows (fewer than ``k`` positive scores) go through
+    :func:`~graphrerank.graph.ranking.rank_csr`.
+    """
+    b, n = F.shape
+    if b == 0 or k >= n:
+        return rank_csr(F, k, q, x, index, ties)
+    idx, val = csr_padded(F)  # padding: index -1, value 0 (the score of an unstored item)
+    if val.shape[1] <= k:
+        pad = k + 1 - val.shape[1]
+        idx = torch.cat([idx, idx.new_full((b, pad), -1)], dim=1)
+        val = torch.cat([val, val.new_zeros(b, pad)], dim=1)
+    top, pos = val.topk(k + 1, dim=1)
+    kth = top[:, k - 1 : k]
+    ok = kth[:, 0] > 0
+    # entries tied with the k-th beyond the window compete for its last places: widen it
+    extra = int(((val == kth).sum(1) - (top[:, :k] == kth).sum(1)).masked_fill(~ok, 0).max())
+    if extra > 1:
+        top, pos = val.topk(min(val.shape[1], k + extra), dim=1)
+    cand = idx.gather(1, pos)
+    dup = torch.zeros_like(top, dtype=torch.bool)
+    same = top[:, 1:] == top[:, :-1]
+    dup[:, 1:] |= same
+    dup[:, :-1] |= same
+    dup &= cand >= 0  # (padding sits below the k-th of a row that takes the shortcut)
+    tied = (dup.any(1) & ok).nonzero().squeeze(1)
+    exact_sec = ties == "index" or (isinstance(q, Tensor) and isinstance(x, Tensor))
+    if tied.numel() and exact_sec:
+        tv, ti, td = (
+            top.index_select(0, tied),
+            cand.index_select(0, tied),
+            dup.index_select(0, tied),
+        )
+        sec = torch.full(tv.shape, float("-inf"), dtype=torch.float64, device=tv.device)
+        r, c = td.nonzero(as_tuple=True)
+        j = ti[r, c]
+        if ties == "index":
+            sec[r, c] = -j.double()
+        else:
+            s = (q.index_select(0, tied[r]) * x.index_select(0, j)).sum(1)
+            sec[r, c] = s.double()
+        o = torch.sort(sec, dim=1, descending=True, stable=True).indices
+        o = o.gather(1, torch.sort(tv.gather(1, o), dim=1, descending=True, stable=True).indices)
+        top[tied], cand[tied] = tv.gather(1, o), ti.gather(1, o)
+    elif tied.numel():
+        ok[tied] = False
+    scores, indices = top[:, :k].contiguous(), cand[:, :k].contiguous()
+    bad = (~ok).nonzero().squeeze(1)
+    if bad.numel():
+        sub_idx, sub_val = idx.index_select(0, bad), val.index_select(0, bad)
+        keep = sub_idx >= 0
+        crow = torch.zeros(bad.numel() + 1, dtype=F.crow_indices().dtype, device=F.device)
+        crow[1:] = keep.sum(1).cumsum(0)
+        itype = F.col_indices().dtype
+        Fb = csr(crow, sub_idx[keep].to(itype), sub_val[keep], (bad.numel(), n), check=False)
+        qb = q.index_select(0, bad) if isinstance(q, Tensor) else q[bad]
+        r = rank_csr(Fb, k, qb, x, index, ties)
+        scores[bad] = r.scores.to(scores.dtype)
+        indices[bad] = r.indices.to(indices.dtype)
+    return RerankResult(scores, indices)
 
 
 def _matrix_rescorer(scores: ScoreMatrix, n: int):

@@ -122,3 +122,17 @@ def test_single_column_path_matches_the_block_path_and_scipy(return_best, max_it
     # a converging column stops early on both paths
     easy = conjugate_gradient(A.to_sparse_csr(), B[:, :1], tol=1e-3, max_iter=500)
     assert easy.converged.all() and 0 < int(easy.iterations[0]) < 500
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_tiny_right_hand_sides_are_solved_not_reported_converged_at_zero(n):
+    # squared norms of 1e-25 underflow in float32: the column must still be solved
+    A = (torch.eye(n) * 2.0).to_sparse_csr()
+    B = torch.full((n, 2), 1e-25)
+    B[:, 1] = 3e-30
+    out = conjugate_gradient(A, B, tol=1e-6, max_iter=20)
+    torch.testing.assert_close(out.solution, B / 2, rtol=1e-5, atol=0)
+    assert out.converged.all()
+    assert (out.residuals <= 1e-5).all()
+    v = conjugate_gradient(A, torch.full((n,), 1e-25), tol=1e-6, max_iter=20)
+    torch.testing.assert_close(v.solution, torch.full((n,), 5e-26), rtol=1e-5, atol=0)
