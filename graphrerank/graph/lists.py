@@ -32,6 +32,7 @@ from .._checks import (
     Int,
     OneOf,
     Ref,
+    check_allocation,
     check_features,
     check_index,
     check_int,
@@ -495,7 +496,8 @@ def self_first(indices: Tensor, truncation: int) -> Tensor:
 
     Args:
         indices: :math:`(N, m)` int64 kNN of node :math:`i` (``-1`` for padding).
-        truncation: Length :math:`T` of each list, ``1 <= T <= N``.
+        truncation: Length :math:`T` of each list, ``T >= 1`` (entries beyond the ``N``
+            nodes are ``-1`` padding).
 
     Returns:
         :math:`(N, T)` int64 lists, ``-1`` where fewer than :math:`T` nodes are known.
@@ -507,15 +509,15 @@ def self_first(indices: Tensor, truncation: int) -> Tensor:
                 [ 2, -1, -1]])
 
     Raises:
-        ValueError: ids outside ``[0, N)`` other than ``-1`` padding, or ``truncation``
-            outside ``[1, N]``.
+        ValueError: ids outside ``[0, N)`` other than ``-1`` padding, ``truncation < 1``,
+            or ``N x T`` lists larger than the device's memory.
     """
     indices = check_tensor(indices, "indices", ndim=2, kind="int")
     n = indices.shape[0]
-    # a list holds at most the N nodes: a longer one is padding only (and N x T memory)
-    truncation = check_int(
-        truncation, "truncation", low=1, high=max(1, n), high_of="the number of nodes (rows)"
-    )
+    # a list holds at most the N nodes: a longer one is -1 padding beyond N; refused only
+    # when its N x T memory could not be allocated
+    truncation = check_int(truncation, "truncation", low=1)
+    check_allocation(n * truncation, torch.int64, indices.device, "truncation", "N x T lists")
     indices = check_index(indices, "indices", high=n, padding=True)
     rows = torch.arange(n, device=indices.device)[:, None]
     return _self_first_rows(indices, rows, truncation)

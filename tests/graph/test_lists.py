@@ -333,6 +333,8 @@ def test_truncation_lists_equal_self_first_of_exact_knn(t, kc, metric, device):
 
 def test_self_first_refuses_huge_truncation():
     idx = torch.tensor([[0, 1], [1, 0], [2, 0]])
-    with pytest.raises(ValueError, match="truncation must be <= 3"):
-        self_first(idx, 10**12)  # was an allocation of N x 10**12
+    with pytest.raises(ValueError, match="truncation asks for N x T lists"):
+        self_first(idx, 10**12)  # was an allocator error for N x 10**12
     np.testing.assert_array_equal(self_first(idx, 3).numpy(), [[0, 1, -1], [1, 0, -1], [2, 0, -1]])
+    # longer than N: -1 padding beyond the N nodes
+    np.testing.assert_array_equal(self_first(idx, 4).numpy()[:, 3], [-1, -1, -1])
