@@ -955,6 +955,9 @@ def _lower_targets() -> list[Target]:
         return {"indices": i, "truncation": 6}
 
     add("graph.self_first", sf_base, lambda kw: G.self_first(**kw))
+    # one more row is the list of one more node, which no list names (valid: tied points
+    # give such lists)
+    T[-1].edge = {"indices|length+1"}
 
     def sm_base(r, c):
         x = _feat(r, N)
@@ -1000,6 +1003,7 @@ def _lower_targets() -> list[Target]:
         return {"lists": i}
 
     add("nn.reciprocal_mask", rm_base, lambda kw: Nn.reciprocal_mask(**kw))
+    T[-1].edge = {"lists|length+1"}  # as for self_first: a node that no list names
 
     def prop_base(r, c):
         g = _graph_data(r)
@@ -1584,7 +1588,7 @@ def _dataset_targets() -> list[Target]:
     # queries; a shorter index list is a smaller subset.
     no_checksum = {"path|flipped_byte"}
     default_path = {"path|none"}
-    any_length = {f"{a}|length{s}" for a in ("database_labels", "query_labels") for s in "+-"}
+    any_length = {f"{a}|length{s}1" for a in ("database_labels", "query_labels") for s in "+-"}
 
     def feat_file(r, c):
         p = Path(c["tmp"]) / "features.npy"

@@ -385,7 +385,7 @@ def offline_diffusion(
         x = check_features(x, "x", detach=True)
         check_normalized(x, "x")
     n = x.shape[0]
-    kd = check_int(kd, "kd", low=1, high=n)
+    kd = check_int(kd, "kd", low=1, high=n, high_of="the number of rows of x")
     truncation = check_int(truncation, "truncation", low=1)
     alpha = check_real(alpha, "alpha", low=0, high=1, low_open=True, high_open=True)
     gamma = check_real(gamma, "gamma", low=0)

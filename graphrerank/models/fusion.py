@@ -106,7 +106,7 @@ def _check_ranking(
         indices = check_index(indices, "indices", high=max(high, 0), padding=True, unique=True)
     else:
         indices = check_index(indices, "indices", high=num_items, padding=True, unique=True,
-                              of="a database of {high} item(s)")  # fmt: skip
+                              of="a database of num_items={high} item(s)")  # fmt: skip
     if scores.numel() and bool((~torch.isfinite(scores) & (indices >= 0)).any()):
         raise ValueError(
             "scores contains NaN or infinite values at real entries (indices >= 0); only "

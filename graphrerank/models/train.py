@@ -27,6 +27,7 @@ from .._checks import (
 )
 from .._progress import Progress, ProgressCallback
 from ..graph import knn_search
+from ..graph.knn import check_magnitude
 from .fusion import rerank_shortlist
 from .matcher import LocalMatcher
 from .scoring import score_shortlist
@@ -109,6 +110,9 @@ def mine_shortlists(
     sub = global_descriptors[index]
     n = sub.shape[0]
     length = min(length, n - 1)
+    # faiss searches in float32: descriptors whose scores would overflow it are refused here,
+    # by their own name (the search would name its queries and database)
+    check_magnitude(sub, "global_descriptors", torch.float32)
     _, idx = knn_search(sub, sub, length + 1, backend=backend)
     own = torch.arange(n, device=idx.device).view(-1, 1)
     keep = idx != own

@@ -192,9 +192,22 @@ def gnn_propagate(
     a, p = gnn_rerank_graph(neighbors, similarities, n1, n2)
     if k2 == 1:
         return a
+
+    def finite(a: Tensor, where: str) -> None:
+        if not bool(torch.isfinite(a.values()).all()):
+            top = float(similarities.abs().max()) if similarities.numel() else 0.0
+            raise ValueError(
+                f"similarities overflow the propagation (infinite values in {where}; the "
+                f"largest |similarity| is {top:.3g}): GNN re-ranking expects similarities "
+                "such as cosines in [-1, 1]"
+            )
+
+    finite(a, "the initial graph")
+    finite(p, "the squared-similarity weights")
     conv = GNNRerankConv()
-    for _ in range(layers):
+    for layer in range(layers):
         a = conv(a, p)
+        finite(a, f"layer {layer + 1} of {layers}")
         if max_nonzeros is not None:
             a = csr_keep_largest(a, max_nonzeros)
     return a

@@ -726,10 +726,11 @@ class RDiP(_OfflineBase):
             w = s.clamp(min=0).pow(self.gamma)
         if self.rescore_ is not None and n > 1 and w.numel() and not bool((w > 0).any()):
             raise ValueError(
-                f"no re-scored edge has a positive weight with edge_weights={weights!r}: the "
-                "rescorer's scores are not similarities in [-1, 1] (for minus a distance in "
-                "[0, 1] use edge_weights='rescored_distance'; to keep the base similarities as "
-                "weights use 'base')"
+                f"no re-scored edge has a positive weight with edge_weights={weights!r} and "
+                f"gamma={self.gamma!r}: the rescorer's scores are not similarities in [-1, 1] "
+                "(for minus a distance in [0, 1] use edge_weights='rescored_distance'; to keep "
+                "the base similarities as weights use 'base'), or gamma is so large that every "
+                "max(s, 0) ** gamma underflows to 0"
             )
         g.edge_weight = w
         return self._symmetrized(g, n)

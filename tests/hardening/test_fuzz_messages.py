@@ -360,3 +360,34 @@ def test_one_call_expansion_names_num_neighbors(fn, match):
     with pytest.raises(ValueError, match=match):
         fn(Q, X, k=3, num_neighbors=29)
     assert fn(Q, X, k=3, num_neighbors=2).indices.shape == (3, 3)
+
+
+# ----------------------------------------------------------- the last three unclear messages
+def test_gnn_propagate_overflow_names_similarities():
+    from graphrerank.graph import knn_search
+    from graphrerank.nn import gnn_propagate
+
+    x = torch.nn.functional.normalize(
+        torch.randn(24, 8, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    s, i = knn_search(x, x, 6, backend="torch")
+    gnn_propagate(i, s, k1=6, k2=3)  # cosines: fine
+    with pytest.raises(ValueError, match=r"similarities overflow the propagation.*1e\+30"):
+        gnn_propagate(i, s * 1e30, k1=6, k2=3)
+
+
+def test_rerank_shortlist_names_num_items():
+    from graphrerank.models import rerank_shortlist
+
+    scores, indices = torch.tensor([[0.9, 0.5]]), torch.tensor([[3, 1]])
+    with pytest.raises(ValueError, match=r"num_items=0"):
+        rerank_shortlist(scores, indices, torch.zeros(1, 2), num_items=0)
+
+
+def test_mine_shortlists_overflow_names_global_descriptors():
+    from graphrerank.models import mine_shortlists
+
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert mine_shortlists(x, torch.tensor([0, 1, 3]), 2, backend="torch").shape == (3, 2)
+    with pytest.raises(ValueError, match="global_descriptors"):
+        mine_shortlists(x * 1e30, torch.tensor([0, 1, 3]), 2, backend="torch")
