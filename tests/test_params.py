@@ -268,7 +268,7 @@ def test_check_params_skips_undeclared_and_none():
     check_params({"kd": 3, "anything": object(), "extra": "x", "km": 3}, constraints)
     with pytest.raises(ValueError, match="kd must be >= 1, got 0"):
         check_params({"kd": 0}, constraints)
-    with pytest.raises(ValueError, match="km must be >= 5, got 4"):
+    with pytest.raises(ValueError, match=r"km must be >= 5 \(the setting kd\), got 4"):
         check_params({"kd": 5, "km": 4}, constraints)
 
 
@@ -297,7 +297,7 @@ def test_every_declared_constraint_refuses_an_odd_value(cls):
 
 
 def test_declared_bounds_of_some_rerankers():
-    with pytest.raises(ValueError, match="km must be >= 10, got 5"):
+    with pytest.raises(ValueError, match=r"km must be >= 10 \(the setting kd\), got 5"):
         RDiP(km=5, kd=10).validate_params()
     RDiP(km=10, kd=10).validate_params()
     with pytest.raises(ValueError, match="alpha"):

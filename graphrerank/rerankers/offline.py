@@ -952,7 +952,7 @@ def _rank_rows(F: Tensor, k: int, q, x, index, ties: str) -> RerankResult:
         crow[1:] = keep.sum(1).cumsum(0)
         itype = F.col_indices().dtype
         Fb = csr(crow, sub_idx[keep].to(itype), sub_val[keep], (bad.numel(), n), check=False)
-        qb = q.index_select(0, bad) if isinstance(q, Tensor) else q[bad]
+        qb = None if q is None else q.index_select(0, bad)  # a Tensor or a ScoreMatrix
         r = rank_csr(Fb, k, qb, x, index, ties)
         scores[bad] = r.scores.to(scores.dtype)
         indices[bad] = r.indices.to(indices.dtype)
