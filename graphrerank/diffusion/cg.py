@@ -124,7 +124,8 @@ def conjugate_gradient(
             a callable mapping an :math:`(N, m)` block to :math:`\mathbf{A}` times it.
         B: Right-hand sides :math:`(N,)` or :math:`(N, m)`, float32 or float64.
         x0: Initial guess shaped like ``B`` (zeros by default).
-        tol: Relative residual tolerance.
+        tol: Relative residual tolerance (at least the dtype's epsilon: a smaller one, 0
+            included, stops there, where further steps only break down on rounding noise).
         max_iter: Iteration cap (0 returns ``x0``).
         return_best: Return, for each column, the iterate of lowest recursive residual instead
             of the last one (MATLAB ``pcg`` does this when it does not converge).
@@ -185,7 +186,10 @@ def _solve(A, B, *, x0, tol, max_iter, return_best, names=("A", "B")) -> CGResul
         X = (x0[:, None] if vector else x0).to(Bm).clone()
         R = Bm - matvec(X)
     bnorm2 = (Bm * Bm).sum(0)
-    thresh = (tol * tol) * bnorm2
+    # below a relative residual of the dtype's epsilon the iteration only turns rounding noise
+    # into a breakdown (p^T A p = 0 with tol = 0): that is as converged as the dtype allows
+    tol_eff = max(float(tol), float(torch.finfo(Bm.dtype).eps))
+    thresh = (tol_eff * tol_eff) * bnorm2
     if m == 1:
         X, iters, done = _cg_one_column(matvec, X, R, thresh, max_iter, return_best, a_name)
     else:
@@ -220,7 +224,8 @@ def _cg_rows(matvec, B: Tensor, tol: float, max_iter: int, name: str = "A") -> T
     X = torch.zeros_like(B)
     R = B.clone()
     rr = torch.linalg.vecdot(R, R)
-    thresh = (tol * tol) * rr
+    tol_eff = max(float(tol), float(torch.finfo(B.dtype).eps))  # as in conjugate_gradient
+    thresh = (tol_eff * tol_eff) * rr
     done = rr <= thresh
     P = R.clone()
     for _ in range(max_iter):

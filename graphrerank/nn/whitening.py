@@ -300,6 +300,12 @@ class PCAWhitening(torch.nn.Module):
         y = (x - self.mean.to(dtype)) @ w.T
         if self.power != 1.0:
             y = y.sign() * y.abs().pow(self.power)
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError(
+                    f"power={self.power:g} overflows {dtype}: |y| ** power is infinite for "
+                    f"{int((~torch.isfinite(y)).sum())} value(s) of the whitened descriptors; "
+                    "use a power such as 0.5 (power normalisation), at most a few units"
+                )
         if self.l2:
             y = torch.nn.functional.normalize(y, dim=-1)
         return y

@@ -391,3 +391,18 @@ def test_mine_shortlists_overflow_names_global_descriptors():
     assert mine_shortlists(x, torch.tensor([0, 1, 3]), 2, backend="torch").shape == (3, 2)
     with pytest.raises(ValueError, match="global_descriptors"):
         mine_shortlists(x * 1e30, torch.tensor([0, 1, 3]), 2, backend="torch")
+
+
+def test_whitening_power_overflow_names_power():
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    R.Whitening(power=0.5).fit(x).rerank(None, 5)  # fine
+    with pytest.raises(ValueError, match=r"power=1e\+30 overflows"):
+        R.Whitening(power=1e30).fit(x * 10).rerank(None, 5)
+
+
+def test_cg_with_tol_zero_stops_at_the_dtype_epsilon():
+    # tol = 0 used to run past convergence into p^T A p = 0 and report "not positive definite"
+    a = torch.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    x = gd.conjugate_gradient(a.to_sparse_csr(), b, tol=0.0, max_iter=50).solution
+    torch.testing.assert_close(x, torch.linalg.solve(a, b))
