@@ -157,10 +157,24 @@ def spectral_embedding(
         mat = sp.csr_matrix(
             (w.detach().double().numpy(), (idx[0].numpy(), idx[1].numpy())), shape=(n, n)
         )
-        rng = np.random.default_rng(0)
-        vals, vecs = eigsh(mat, k=rank, which="LA", v0=rng.standard_normal(n))
-        lam = torch.from_numpy(vals.copy())
-        vec = torch.from_numpy(vecs.copy())
+        if not np.any(mat.data):
+            # no edge of positive weight: S = 0, every eigenvalue is 0 (ARPACK would stop on a
+            # zero Krylov vector); any orthonormal basis is an eigenbasis
+            lam = torch.zeros(rank, dtype=torch.float64)
+            vec = torch.eye(n, rank, dtype=torch.float64)
+        else:
+            from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
+
+            rng = np.random.default_rng(0)
+            try:
+                vals, vecs = eigsh(mat, k=rank, which="LA", v0=rng.standard_normal(n))
+            except (ArpackError, ArpackNoConvergence) as err:
+                raise ValueError(
+                    f"graph: Lanczos (eigensolver='scipy') failed on this graph ({err}); "
+                    "eigensolver='dense' solves it exactly (O(N^2) memory)"
+                ) from None
+            lam = torch.from_numpy(vals.copy())
+            vec = torch.from_numpy(vecs.copy())
     else:
         dense = torch.zeros(n, n, dtype=torch.float64, device=device)
         dense.index_put_((idx[0], idx[1]), w.double(), accumulate=True)

@@ -406,3 +406,11 @@ def test_cg_with_tol_zero_stops_at_the_dtype_epsilon():
     b = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     x = gd.conjugate_gradient(a.to_sparse_csr(), b, tol=0.0, max_iter=50).solution
     torch.testing.assert_close(x, torch.linalg.solve(a, b))
+
+
+def test_spectral_embedding_of_an_empty_graph_with_lanczos():
+    # the long hypothesis profile: ARPACK stopped on a zero Krylov vector (an internal error)
+    e, lam = gd.spectral_embedding(torch.zeros(3, 3), 1, alpha=0.0, eigensolver="scipy")
+    e_dense, lam_dense = gd.spectral_embedding(torch.zeros(3, 3), 1, alpha=0.0, eigensolver="dense")
+    assert lam.tolist() == lam_dense.tolist() == [0.0]
+    assert e.shape == e_dense.shape == (3, 1) and bool(torch.isfinite(e).all())
