@@ -28,6 +28,9 @@ _MISHKIN = (
     "86.42 / 72.52 / 48.56"
 )
 _YANG = "Yang et al., AAAI 2019, reference code (fyang93/diffusion)"
+_RRT = "Tan et al., ICCV 2021 (Reranking Transformers), reference code"
+_AMES = "Suma et al., ECCV 2024 (AMES), reference code's README"
+_LOCORE = "Xiao et al., CVPR 2025 (LOCORE), reference code's README"
 
 
 def _rdip_paper() -> dict:
@@ -121,6 +124,66 @@ PRESETS: dict[str, dict[str, Preset]] = {
     },
     "DatabaseAugmentation": {
         "pyretri": Preset({"k": 10, "alpha": 0.0}, "PyRetri DBA (enhance_k=10)"),
+    },
+    # The shortlist, descriptors, storage and fusion of the learned re-rankers; the model
+    # sizes are graphrerank.models.matcher_preset of the same name (give model=...).
+    "LocalDescriptorReranker": {
+        "rrt": Preset(
+            {
+                "top_m": 100,
+                "mode": "pairwise",
+                "lambda_value": 0.0,
+                "query_descriptors": 500,
+                "db_descriptors": 500,
+                "db_storage": "float32",
+            },
+            f"{_RRT}: the global top-100 re-ranked pair by pair, up to 500 DELG local "
+            "descriptors per image, the logit replaces the global score (no fusion: "
+            "lambda_value=0)",
+        ),
+        "ames": Preset(
+            {
+                "top_m": 100,
+                "mode": "pairwise",
+                "lambda_value": 0.55,
+                "gamma": 0.30,
+                "query_descriptors": 600,
+                "db_descriptors": 50,
+                "db_storage": "float32",
+            },
+            f"{_AMES}: top-100 (num_rerank=100), asymmetric 600 query / 50 database "
+            "descriptors, DINOv2 full precision, fusion lambda=0.55, temperature 0.30",
+        ),
+        "ames_binary": Preset(
+            {
+                "top_m": 100,
+                "mode": "pairwise",
+                "lambda_value": 0.35,
+                "gamma": 0.10,
+                "query_descriptors": 600,
+                "db_descriptors": 50,
+                "db_storage": "binary",
+            },
+            f"{_AMES}: as 'ames' with binary database descriptors (128-bit ITQ codes: give "
+            "the model whitening=graphrerank.models.itq_whitening(train_local, 128)), "
+            "fusion lambda=0.35, temperature 0.10",
+        ),
+        "locore": Preset(
+            {
+                "top_m": 400,
+                "mode": "listwise",
+                "window": 100,
+                "stride": 50,
+                "lambda_value": 0.5,
+                "gamma": 0.1,
+                "query_descriptors": 48,
+                "db_descriptors": 48,
+                "db_storage": "float32",
+            },
+            f"{_LOCORE}: sliding windows of 100 every 50 over the top-400 "
+            "(--sliding_topk 400), 48 DINOv2 local descriptors per image "
+            "(--num_descriptors 48), fusion alpha=0.5, temp=0.1",
+        ),
     },
 }
 
