@@ -42,10 +42,12 @@ dimensions, and checks that each batched form equals the per-pair one:
 ``--part speed`` times the default :class:`~graphrerank.models.LocalMatcher`
 (``design="late"``) re-ranking one query's top-M in one dense batched pass for several M (one
 thread), with the database encoded once (as the reranker caches it at fit time) and without,
-against the previous default (``design="joint"``) in the same run; it reports wall and CPU
-(process) time, fits the cost per extra candidate (least squares over M), checks the dense
-pass against PyG's TransformerConv on the match graph, and with ``--profile`` prints where
-the time goes (torch.profiler):
+interleaved in the same run with: the model's pass alone (``LocalMatcher.match``, without
+``score_shortlist``'s input checks), the top-k without numba, the previous dense pass, a
+smaller ``k_cross=2`` (not the default) and the previous default (``design="joint"``); it
+reports wall and CPU (process) time (median and minimum over the repeats), fits the cost per
+extra candidate (least squares over M), checks the dense pass against PyG's TransformerConv
+on the match graph, and with ``--profile`` prints where the time goes (torch.profiler):
 
     python benchmarks/bench_learned.py --part speed --repeats 5 --profile
 """
@@ -259,10 +261,15 @@ def baseline_times(images: int, dim: int, repeats: int, threads: int, pair_batch
     return out
 
 
+#: (name, model, database encoded at fit, inference pass, numba top-k, match only)
 VARIANTS = (
-    ("late (default), database encoded at fit", "late", True),
-    ("late (default), shortlist encoded per call", "late", False),
-    ('joint (previous default, design="joint")', "joint", False),
+    ("late (default), database encoded at fit", "late", True, True, True, False),
+    ("same, LocalMatcher.match only (no input checks)", "late", True, True, True, True),
+    ("same, torch.topk (without numba)", "late", True, True, False, False),
+    ("same, previous dense pass (autograd-capable)", "late", True, False, False, False),
+    ("late (default), shortlist encoded per call", "late", False, True, True, False),
+    ("late, k_cross=2 (not the default), encoded at fit", "late2", True, True, True, False),
+    ('joint (previous default, design="joint")', "joint", False, True, True, False),
 )
 
 
@@ -271,52 +278,66 @@ def speed_times(top_ms: list[int], repeats: int, threads: int, profile: bool) ->
 
     import torch
 
-    from graphrerank.models import LocalMatcher, score_shortlist
+    from graphrerank.models import LocalMatcher, matcher, score_shortlist
 
     torch.set_num_threads(threads)
     db = _data(max(top_ms) + 1)
-    out: dict = {}
-    models = {}
-    for design in ("late", "joint"):
+    models, encoded = {}, {}
+    for key, kw in (("late", {}), ("late2", {"k_cross": 2}), ("joint", {"design": "joint"})):
         torch.manual_seed(0)
-        models[design] = LocalMatcher(D, design=design).eval()  # the default sizes
-    with torch.no_grad():
-        enc = models["late"].encode(db, role=1)  # what the reranker caches at fit time
-    for name, design, cached in VARIANTS:
-        model = models[design]
-        for m in top_ms:
-            short = torch.arange(1, m + 1).view(1, -1)
-            kw = {"database_encoded": enc} if cached else {}
-            wall, cpu = [], []
-            for _ in range(repeats if design == "late" else max(1, min(repeats, 3))):
+        models[key] = LocalMatcher(D, **kw).eval()  # the default sizes
+        if key != "joint":
+            with torch.no_grad():  # what the reranker caches at fit time
+                encoded[key] = models[key].encode(db, role=1)
+
+    def run(variant, m):
+        _, key, cached, fast, numba, match_only = variant
+        model = models[key]
+        matcher._FAST_INFERENCE, matcher._USE_NUMBA = fast, numba
+        short = torch.arange(1, m + 1).view(1, -1)
+        try:
+            with torch.no_grad():
+                if match_only:
+                    q = model.encode(db[:1], role=0)
+                    return model.match(q, encoded[key][short[0]], 1)
+                kw = {"database_encoded": encoded[key]} if cached else {}
+                return score_shortlist(model, db[:1], db, short, batch_size=m, **kw)
+        finally:
+            matcher._FAST_INFERENCE, matcher._USE_NUMBA = True, True
+
+    for variant in VARIANTS:  # warm-up (the numba kernel compiles or loads from its cache)
+        run(variant, top_ms[0])
+    times: dict = {(v[0], m): ([], []) for v in VARIANTS for m in top_ms}
+    # interleaved: every variant at each M in turn, repeat after repeat
+    for m in top_ms:
+        for rep in range(repeats):
+            for variant in VARIANTS:
+                if variant[1] == "joint" and rep >= 3:
+                    continue
+                wall, cpu = times[(variant[0], m)]
                 t0, c0 = time.perf_counter(), time.process_time()
-                with torch.no_grad():
-                    score_shortlist(model, db[:1], db, short, batch_size=m, **kw)
+                run(variant, m)
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
-            out[(name, m)] = (median(wall), median(cpu))
+    out: dict = {k: (median(w), median(c), min(c), min(w)) for k, (w, c) in times.items()}
     # the dense batched pass against PyG's sparse TransformerConv on the match graph
     model = models["late"]
     m = 100 if 100 in top_ms else top_ms[0]
     with torch.no_grad():
-        dense = score_shortlist(
-            model, db[:1], db, torch.arange(1, m + 1).view(1, -1), batch_size=m,
-            database_encoded=enc,
-        )[0]  # fmt: skip
         graph = model(model.graph(db[:1].expand(m, -1, -1), db[1 : m + 1].unsqueeze(1)))
-    out["_err"] = float((dense - graph).abs().max())
+        out["_err"] = float((run(VARIANTS[0], m)[0] - graph).abs().max())
+        out["_err_prev"] = float((run(VARIANTS[3], m)[0] - graph).abs().max())
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as prof
 
-        short = torch.arange(1, m + 1).view(1, -1)
         with torch.no_grad(), prof(activities=[ProfilerActivity.CPU]) as p:
             for _ in range(repeats):
-                score_shortlist(model, db[:1], db, short, batch_size=m, database_encoded=enc)
+                run(VARIANTS[0], m)
         rows = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in rows)
         out["_profile"] = [
-            (e.key, e.count // repeats, e.self_cpu_time_total / total) for e in rows[:12]
+            (e.key, e.count // repeats, e.self_cpu_time_total / total) for e in rows[:14]
         ]
     return out
 
@@ -371,16 +392,19 @@ def main_speed(args, command) -> list[dict]:
     load_after = os.getloadavg()[0]
     rows = []
     slopes = {}
-    for name, _, _ in VARIANTS:
-        ms = [1000 * res[(name, m)][0] for m in top_ms]
+    for name, *_ in VARIANTS:
         cpu = [1000 * res[(name, m)][1] for m in top_ms]
         n = len(top_ms)
         mean_m, mean_t = sum(top_ms) / n, sum(cpu) / n
         slopes[name] = sum(
             (m - mean_m) * (t - mean_t) for m, t in zip(top_ms, cpu, strict=True)
         ) / sum((m - mean_m) ** 2 for m in top_ms)
-        for m, t, c in zip(top_ms, ms, cpu, strict=True):
-            rows.append({"variant": name, "top_m": m, "ms": t, "cpu": c, "per": c / m})
+        for m in top_ms:
+            wall, c, cmin, wmin = (1000 * t for t in res[(name, m)])
+            rows.append(
+                {"variant": name, "top_m": m, "ms": wall, "wmin": wmin, "cpu": c, "cmin": cmin,
+                 "per": c / m}
+            )  # fmt: skip
     print(f"# Learned re-ranker: ms per query (CPU)\n\n`{command}`\n")
     print(
         f"{machine()}; {args.threads} thread(s); load average {load_before:.1f} before, "
@@ -389,13 +413,15 @@ def main_speed(args, command) -> list[dict]:
     print(
         f"`LocalMatcher({D})` at the default sizes (d=32, 2 heads, 2 layers, k_intra = k_cross "
         f"= 4), {L} descriptors of {D}-d per image, one query's top-M scored in one batched "
-        f"pass (`score_shortlist(..., batch_size=M)`); median of {args.repeats} (joint: of "
-        f"at most 3); CPU = process time (what the call itself used: on a shared machine the wall "
-        f"time also counts other jobs). Cost per extra candidate (least-squares slope of the "
-        f"CPU time over M): "
+        f"pass (`score_shortlist(..., batch_size=M)`); variants interleaved (each M: every "
+        f"variant in turn, {args.repeats} times; joint: at most 3); median and minimum over "
+        f"the repeats; CPU = process time (what the call itself used: on a shared machine the "
+        f"wall time also counts other jobs; the minimum is the estimate of an uncontended "
+        f"core). Cost per extra candidate (least-squares slope of the median CPU time over "
+        f"M): "
         + "; ".join(f"{k}: {v:.3f} ms" for k, v in slopes.items())
         + f". Max |dense batched pass - PyG TransformerConv on the match graph| (same "
-        f"weights, top-100): {res['_err']:.1e}.\n"
+        f"weights, top-100): {res['_err']:.1e} (previous dense pass: {res['_err_prev']:.1e}).\n"
     )
     print(
         table(
@@ -403,8 +429,10 @@ def main_speed(args, command) -> list[dict]:
             [
                 ("variant", "variant"),
                 ("top_m", "top-M"),
-                ("ms", "wall ms / query"),
-                ("cpu", "CPU ms / query"),
+                ("ms", "wall ms (median)"),
+                ("wmin", "wall ms (min)"),
+                ("cpu", "CPU ms (median)"),
+                ("cmin", "CPU ms (min)"),
                 ("per", "CPU ms / candidate"),
             ],
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -142,6 +143,142 @@ def _block_attention(
     return out.transpose(1, 2).reshape(g, n, heads * c)
 
 
+#: Correspondences per block of the inference readout (:meth:`LocalMatcher.match`): its
+#: (edges, hidden) intermediates stay in a core's cache.
+_READOUT_EDGES = 16384
+
+#: :meth:`LocalMatcher.match` without autograd takes the faster inference pass (``False``:
+#: the autograd-capable pass everywhere; benchmarks and tests compare the two).
+_FAST_INFERENCE = True
+#: :func:`_topk_both` uses its numba kernel when numba is importable (``False``: torch.topk).
+_USE_NUMBA = True
+
+_TOPK_KERNEL: Any = None  # the compiled kernel, False without numba, None before the first call
+
+
+def _topk_both_py(x, s1, i1, s2, i2):  # pragma: no cover - compiled by numba
+    """:func:`_topk_both`'s kernel (compiled by :func:`_topk_kernel`): of each block
+    ``x[g]`` (n, m), the ``s1.shape[2]`` largest of each row into ``s1``, ``i1`` (B, n, k1)
+    and the ``s2.shape[1]`` largest of each column into ``s2``, ``i2`` (B, k2, m), sorted.
+
+    Branch-free compare-exchange insertion into sorted lists, every step a loop over a
+    block's columns (SIMD); the rows on a transposed copy of the block. A value displaces only
+    strictly smaller ones (ties: the earlier index first)."""
+    b, n, m = x.shape
+    k1, k2 = s1.shape[2], s2.shape[1]
+    xt = np.empty((m, n), x.dtype)
+    a1, j1 = np.empty((k1, n), x.dtype), np.empty((k1, n), np.int32)
+    a2, j2 = np.empty((k2, m), x.dtype), np.empty((k2, m), np.int32)
+    vb = np.empty(max(n, m), x.dtype)
+    ib = np.empty(max(n, m), np.int32)
+    for g in range(b):
+        for r in range(n):
+            for i in range(m):
+                xt[i, r] = x[g, r, i]
+        for side in range(2):
+            if side == 0:  # columns of x[g]
+                src, a, jj = x[g], a2, j2
+            else:  # rows of x[g]: columns of its transpose
+                src, a, jj = xt, a1, j1
+            rows, cols = src.shape
+            k = a.shape[0]
+            for p in range(k):
+                for i in range(cols):
+                    a[p, i] = src[p, i]
+                    jj[p, i] = p
+            for p in range(1, k):  # sort the first k rows
+                for q in range(p, 0, -1):
+                    for i in range(cols):
+                        hi, lo = a[q - 1, i], a[q, i]
+                        c = lo > hi
+                        a[q - 1, i], a[q, i] = (lo, hi) if c else (hi, lo)
+                        jh, jl = jj[q - 1, i], jj[q, i]
+                        jj[q - 1, i], jj[q, i] = (jl, jh) if c else (jh, jl)
+            for r in range(k, rows):
+                for i in range(cols):
+                    vb[i] = src[r, i]
+                    ib[i] = r
+                for p in range(k):
+                    for i in range(cols):
+                        s, v = a[p, i], vb[i]
+                        c = v > s
+                        a[p, i], vb[i] = (v, s) if c else (s, v)
+                        js, jv = jj[p, i], ib[i]
+                        jj[p, i], ib[i] = (jv, js) if c else (js, jv)
+        for p in range(k2):
+            for i in range(m):
+                s2[g, p, i] = a2[p, i]
+                i2[g, p, i] = j2[p, i]
+        for r in range(n):
+            for p in range(k1):
+                s1[g, r, p] = a1[p, r]
+                i1[g, r, p] = j1[p, r]
+
+
+def _topk_kernel():
+    """:func:`_topk_both_py` compiled by numba at the first call (``cache=True``: later
+    processes load it from disk); ``False`` when numba is not importable."""
+    global _TOPK_KERNEL
+    if _TOPK_KERNEL is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is an optional speed-up
+            _TOPK_KERNEL = False
+        else:
+            _TOPK_KERNEL = numba.njit(nogil=True, boundscheck=False, cache=True)(_topk_both_py)
+    return _TOPK_KERNEL
+
+
+def _topk_both(
+    sim: Tensor, kq: int, kc: int, *, use_numba: bool | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``sim.topk(kq, dim=2)`` and ``sim.topk(kc, dim=1)`` of a :math:`(B, n, m)` matrix
+    (values and indices, sorted, largest first). ``torch.topk`` costs about 0.5 us per row of
+    64 on one core (most of a shortlist's re-ranking time), so on a CPU tensor and with numba
+    importable one compiled pass over ``sim`` reads both (several times faster; ``use_numba``
+    forces either path). The two agree except in the order of exactly tied values."""
+    b, n, m = sim.shape
+    if not (0 <= kq <= m and 0 <= kc <= n):
+        raise ValueError(f"top-{kq} of rows of {m} and top-{kc} of columns of {n}: out of range")
+    if use_numba is None:
+        use_numba = _USE_NUMBA
+    use_numba = (
+        use_numba and sim.device.type == "cpu" and sim.dtype in (torch.float32, torch.float64)
+    )
+    kernel = _topk_kernel() if use_numba else False
+    if kernel is False:
+        s1, i1 = sim.topk(kq, dim=2)
+        s2, i2 = sim.topk(kc, dim=1)
+        return s1, i1, s2, i2
+    s1, i1 = sim.new_empty(b, n, kq), torch.empty(b, n, kq, dtype=torch.long)
+    s2, i2 = sim.new_empty(b, kc, m), torch.empty(b, kc, m, dtype=torch.long)
+    try:
+        kernel(sim.detach().contiguous().numpy(), s1.numpy(), i1.numpy(), s2.numpy(), i2.numpy())
+    except Exception as err:
+        # numba could not compile or load the kernel here (no writable cache location, an
+        # unsupported CPU): warn once, then torch.topk from now on (the same result)
+        global _TOPK_KERNEL
+        _TOPK_KERNEL = False
+        warnings.warn(
+            f"the numba top-k kernel failed ({type(err).__name__}: {err}); using torch.topk",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _topk_both(sim, kq, kc, use_numba=False)
+    return s1, i1, s2, i2
+
+
+def _block_diag_keys(x: Tensor, heads: int) -> Tensor:
+    r"""Per-head vectors :math:`(G, L, H C)` as :math:`(G, H C, L H)` block-diagonal matrices:
+    entry :math:`(h C + c,\ l H + h)` is :math:`x_{l, h C + c}`, zero across heads, so that
+    ``y @ result`` holds every head's products :math:`y_h \cdot x_{l, h}` at :math:`(l, h)`."""
+    g, length, width = x.shape
+    c = width // heads
+    out = x.new_zeros(g, heads, c, length, heads)
+    out.diagonal(dim1=1, dim2=4).copy_(x.view(g, length, heads, c).permute(0, 3, 1, 2))
+    return out.view(g, width, length * heads)
+
+
 def _rows_of(x: Tensor, index: Tensor) -> Tensor:
     """Rows ``x[g, index[g, ...]]`` of ``x`` (G, m, d) for ``index`` (G, ...), flattened to
     (G * index[g].numel(), d)."""
@@ -178,6 +315,12 @@ class EncodedLocal(NamedTuple):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, int) and not isinstance(index, bool):
             return tuple.__getitem__(self, index)
+        if (
+            isinstance(index, Tensor) and index.dim() == 1 and index.dtype == torch.long
+            and (index.numel() == 0 or int(index.min()) >= 0)
+        ):  # fmt: skip
+            # the rows of a shortlist: index_select is faster than advanced indexing
+            return EncodedLocal(*(None if t is None else t.index_select(0, index) for t in self))
         return EncodedLocal(
             self.unit[index],
             self.h[index],
@@ -471,6 +614,14 @@ class LocalMatcher(nn.Module):
         )  # fmt: skip
 
     @classmethod
+    def preset(cls, name: str, input_dim: int, /, **overrides: Any) -> LocalMatcher:
+        """An untrained model with a paper's published sizes (``"rrt"``, ``"ames"``,
+        ``"locore_base"``): :func:`~graphrerank.models.matcher_preset`, which lists them."""
+        from .presets import matcher_preset
+
+        return matcher_preset(name, input_dim, **overrides)
+
+    @classmethod
     def from_config(cls, config: dict[str, Any]) -> LocalMatcher:
         """An untrained model of a saved configuration (``config`` with ``in_dim`` and, for
         a model with preprocessing, ``whitening`` settings: its buffers come with the weights
@@ -489,6 +640,11 @@ class LocalMatcher(nn.Module):
 
     def _rbf(self, s: Tensor) -> Tensor:
         return torch.exp(-(((s.unsqueeze(-1) - self.rbf_centers) / self.rbf_width) ** 2))
+
+    def _rbf_(self, s: Tensor) -> Tensor:
+        """:meth:`_rbf` with one temporary, computed in place (no autograd)."""
+        inv = 1.0 / self.rbf_width
+        return torch.sub(s.unsqueeze(-1) * inv, self.rbf_centers * inv).square_().neg_().exp_()
 
     def graph(
         self,
@@ -688,7 +844,13 @@ class LocalMatcher(nn.Module):
         with :math:`B W` encoded candidates (``role=1``, each query's :math:`W` in turn,
         ``width`` :math:`= W`): the cross attention over the kNN correspondences and the
         readout, as dense batched tensors. Equal (to float rounding) to :meth:`forward` on
-        the match graph of the same images."""
+        the match graph of the same images.
+
+        Without autograd (``torch.no_grad``, as in
+        :func:`~graphrerank.models.score_shortlist`), without dropout and for a model without
+        global nodes, a faster pass computes the same logits in fewer operations; with numba
+        installed (optional), the correspondences' top-k is one compiled pass over the
+        cosines (``benchmarks/results/learned_speed.md``)."""
         if self.config["design"] != "late":
             raise ValueError('match needs a design="late" LocalMatcher')
         w = int(width)
@@ -700,6 +862,11 @@ class LocalMatcher(nn.Module):
             )
         lq, lc = query.unit.shape[1], candidates.unit.shape[1]
         glob = query.unit_global is not None
+        if _FAST_INFERENCE and not (
+            glob or torch.is_grad_enabled() or (self.training and self.config["dropout"])
+        ):
+            if b and lq and lc and w:
+                return self._match_inference(query, candidates, b, w)
         hid = query.h.shape[-1]
         if query.num_images == 1 and b > 1:
             # one query shared by every row: one matrix product for all candidates
@@ -776,6 +943,186 @@ class LocalMatcher(nn.Module):
         f_all, g_all = torch.cat(f, dim=-1), torch.cat(gsc, dim=-1)
         beta = torch.softmax(g_all, dim=-1)
         return (beta * f_all).sum(-1) + self.bias
+
+    def _match_inference(
+        self, query: EncodedLocal, candidates: EncodedLocal, b: int, w: int
+    ) -> Tensor:
+        r""":meth:`match` without autograd, dropout or global nodes, in fewer and larger
+        operations; the same logits to float rounding (``tests/models/test_late.py``).
+
+        * The :math:`n = W L_c` candidate nodes of each of the :math:`B` rows against the
+          :math:`L_q` query nodes: one cosine matrix :math:`(B, n, L_q)` (one matrix product
+          when the query is shared), read along both axes by one pass
+          (:func:`_topk_both`), with no transposed copy.
+        * Attention: each head's scores of all targets against all sources come from one
+          product with a block-diagonal matrix of the sources' keys (heads side by side) and
+          are read at the :math:`K` edges; softmax over the edge axis, never the innermost
+          one. Candidate nodes: the weights scattered into a dense :math:`(B n, L_q H)` matrix
+          next to their weighted rbf features give the messages in one product with the
+          block-diagonal values and edge weights, the residual (and the message of the
+          constant edge features) as its bias. The constant edge features (the direction
+          flags) add the same score to every edge of a target and drop out of the softmax.
+        * Readout (:meth:`_readout_rows`): a block of rows at a time, so that its (edges,
+          :math:`d`) intermediates stay in cache."""
+        cross = self.cross
+        heads, c = cross.heads, cross.out_channels
+        hid = heads * c
+        r = self.config["num_rbf"]
+        lq, lc = query.unit.shape[1], candidates.unit.shape[1]
+        n = w * lc  # candidate nodes per row
+        kq, kc = min(self.config["k_cross"], lq), min(self.config["k_cross"], n)
+        dim = query.unit.shape[-1]
+        dev = query.h.device
+        shared = query.num_images == 1
+        scale = 1.0 / math.sqrt(c)
+        w_e = cross.lin_edge.weight.view(heads, c, r + 3)  # (H, C, E)
+        # per head: W_e[:, :R] (C, R) and the constant edge features' message W_e[:, R:] tail
+        w_rbf = torch.block_diag(*w_e[:, :, :r])  # (H C, H R): query -> its rbf weights
+        tail_c = (w_e[:, :, r:] @ w_e.new_tensor([0.0, 1.0, 0.0])).reshape(hid)  # q -> c
+        tail_q = (w_e[:, :, r:] @ w_e.new_tensor([1.0, 0.0, 0.0])).reshape(hid)  # c -> q
+
+        cu = candidates.unit.reshape(b, n, dim)
+        if shared:
+            sim = torch.mm(cu.reshape(b * n, dim), query.unit[0].T).view(b, n, lq)
+        else:
+            sim = torch.bmm(cu, query.unit.transpose(1, 2))  # (B, n, Lq)
+        # (B, n, kq): best query nodes of each candidate node; (B, kc, Lq): best candidate
+        # nodes of each query node
+        s1, i1, s2, i2 = _topk_both(sim, kq, kc)
+        rbf1, rbf2 = self._rbf_(s1), self._rbf_(s2)  # (B, n, kq, R), (B, kc, Lq, R)
+
+        gq = query.num_images
+        q_h = query.h  # (Gq, Lq, d)
+        q_q = query.query  # (Gq, Lq, d)
+        q_k, q_v = query.kv[..., :hid], query.kv[..., hid:]
+        c_q = candidates.query.reshape(b * n, hid)
+        c_kv = candidates.kv.reshape(b, n, 2 * hid)
+
+        # ---- candidate nodes <- their kq best query nodes
+        # scores of every candidate node against every query node, (B n, Lq, H)
+        kbd = _block_diag_keys(q_k, heads)  # (Gq, H C, Lq H)
+        if shared:
+            full = torch.mm(c_q, kbd[0])
+        else:
+            full = torch.bmm(c_q.view(b, n, hid), kbd)
+        idx1 = i1.view(b * n, kq, 1).expand(b * n, kq, heads)
+        score = full.view(b * n, lq, heads).gather(1, idx1)  # (B n, kq, H)
+        qe = torch.mm(c_q, w_rbf).view(b * n, heads, r)  # W_e[:, :R]^T q per head
+        rbf1f = rbf1.view(b * n, kq, r)
+        score.baddbmm_(rbf1f, qe.transpose(1, 2))
+        alpha = torch.softmax(score.mul_(scale), dim=1)
+        # the weights scattered into (B n, Lq H), next to their weighted rbf features
+        # (B n, H R), times [values; W_e[:, :R]] (block-diagonal over the heads)
+        z = alpha.new_zeros(b * n, lq * heads + heads * r)
+        z[:, : lq * heads].view(b * n, lq, heads).scatter_(1, idx1, alpha)
+        z[:, lq * heads :] = torch.bmm(alpha.transpose(1, 2), rbf1f).view(b * n, heads * r)
+        vbd = torch.cat(
+            [_block_diag_keys(q_v, heads).transpose(1, 2), w_rbf.T.expand(gq, -1, -1)], 1
+        )
+        c_h = candidates.h.reshape(b, n, hid) + tail_c
+        if shared:
+            hc = torch.addmm(c_h.view(b * n, hid), z, vbd[0])
+        else:
+            hc = torch.baddbmm(c_h, z.view(b, n, -1), vbd)
+        hc = self.norm(hc.view(b, n, hid))
+
+        # ---- query nodes <- their kc best candidate nodes (of the row's W candidates)
+        qbd = _block_diag_keys(q_q, heads)  # (Gq, H C, Lq H)
+        c_k = c_kv[..., :hid]
+        if shared:
+            full = torch.mm(c_k.reshape(b * n, hid), qbd[0])
+        else:
+            full = torch.bmm(c_k, qbd)
+        full = full.view(b, n, lq, heads)
+        score = full.gather(1, i2.unsqueeze(-1).expand(b, kc, lq, heads))  # (B, kc, Lq, H)
+        # + rbf(s) . W_e[:, :R]^T q, batched over the query nodes
+        uq = torch.matmul(q_q, w_rbf).view(gq, lq, heads, r)
+        if shared:
+            t2 = torch.bmm(rbf2.permute(2, 0, 1, 3).reshape(lq, b * kc, r), uq[0].transpose(1, 2))
+            score += t2.view(lq, b, kc, heads).permute(1, 2, 0, 3)
+        else:
+            score += (rbf2.unsqueeze(3) * uq.unsqueeze(1)).sum(-1)
+        alpha = torch.softmax(score.mul_(scale), dim=1)  # (B, kc, Lq, H)
+        base = (torch.arange(b, device=dev) * n).view(b, 1, 1)
+        v = c_kv[..., hid:].reshape(b * n, hid).index_select(0, (i2 + base).view(-1))
+        v = v.view(b, kc, lq, heads, c)
+        msg = v[:, 0] * alpha[:, 0].unsqueeze(-1)  # (B, Lq, H, C)
+        ae = alpha[:, 0].unsqueeze(-1) * rbf2[:, 0].unsqueeze(2)  # (B, Lq, H, R)
+        for t in range(1, kc):
+            msg.addcmul_(v[:, t], alpha[:, t].unsqueeze(-1))
+            ae.addcmul_(alpha[:, t].unsqueeze(-1), rbf2[:, t].unsqueeze(2))
+        hq = torch.addmm(
+            (q_h + tail_q).expand(b, lq, hid).reshape(b * lq, hid) + msg.view(b * lq, hid),
+            ae.view(b * lq, heads * r),
+            w_rbf.T,
+        )
+        hq = self.norm(hq.view(b, lq, hid))
+
+        # ---- readout, a few rows at a time (its (edges, d) blocks then stay in cache)
+        step = max(1, _READOUT_EDGES // (n * kq + kc * lq))
+        if step >= b:
+            return self._readout_rows(hq, hc, i1, i2, rbf1, rbf2, w)
+        return torch.cat(
+            [
+                self._readout_rows(
+                    hq[s : s + step], hc[s : s + step], i1[s : s + step], i2[s : s + step],
+                    rbf1[s : s + step], rbf2[s : s + step], w,
+                )
+                for s in range(0, b, step)
+            ]
+        )  # fmt: skip
+
+    def _readout_rows(
+        self, hq: Tensor, hc: Tensor, i1: Tensor, i2: Tensor, rbf1: Tensor, rbf2: Tensor, w: int
+    ) -> Tensor:
+        r"""The readout of :meth:`_match_inference` for :math:`B` rows: logits :math:`(B, W)`
+        from the query states ``hq`` :math:`(B, L_q, d)`, the candidate states ``hc``
+        :math:`(B, n, d)`, the correspondences ``i1`` :math:`(B, n, k_q)` and ``i2``
+        :math:`(B, k_c, L_q)` and their rbf features. The q2c correspondences (candidate
+        node, its :math:`k_q` query nodes; :math:`B n k_q` rows) then the c2q ones (query
+        node, its :math:`k_c` candidate nodes; :math:`B k_c L_q` rows): the first layer as
+        products of contiguous :math:`[h_i \odot h_j]`, :math:`[|h_i - h_j|]`,
+        :math:`[\operatorname{rbf}]` blocks with slices of its weight (no concatenation)."""
+        b, lq, hid = hq.shape
+        n, kq, kc, r = hc.shape[1], i1.shape[2], i2.shape[1], rbf1.shape[-1]
+        lc = n // w
+        dev = hq.device
+        e1, e2 = n * kq, kc * lq
+        prod = torch.empty(b * (e1 + e2), hid, dtype=hq.dtype, device=dev)
+        diff = torch.empty_like(prod)
+        a = (
+            hq.reshape(b * lq, hid)
+            .index_select(0, (i1 + (torch.arange(b, device=dev) * lq).view(b, 1, 1)).view(-1))
+            .view(b, n, kq, hid)
+        )
+        cc = hc.unsqueeze(2)
+        torch.mul(a, cc, out=prod[: b * e1].view(b, n, kq, hid))
+        torch.sub(a, cc, out=diff[: b * e1].view(b, n, kq, hid))
+        a = hq.unsqueeze(1)
+        base = (torch.arange(b, device=dev) * n).view(b, 1, 1)
+        cc = hc.reshape(b * n, hid).index_select(0, (i2 + base).view(-1)).view(b, kc, lq, hid)
+        torch.mul(a, cc, out=prod[b * e1 :].view(b, kc, lq, hid))
+        torch.sub(a, cc, out=diff[b * e1 :].view(b, kc, lq, hid))
+        lin1, act, _, lin2 = self.readout
+        wt = lin1.weight
+        x = torch.addmm(lin1.bias, prod, wt[:, :hid].T)
+        x.addmm_(diff.abs_(), wt[:, hid : 2 * hid].T)
+        x[: b * e1].addmm_(rbf1.reshape(b * e1, r), wt[:, 2 * hid : -1].T)
+        x[b * e1 :].addmm_(rbf2.reshape(b * e2, r), wt[:, 2 * hid : -1].T)
+        out = torch.addmm(lin2.bias.unsqueeze(1), lin2.weight, act(x).T)  # (2, E): f, g
+        f1, f2 = out[0, : b * e1].view(b, e1), out[0, b * e1 :].view(b, e2)
+        g1, g2 = out[1, : b * e1].view(b, e1), out[1, b * e1 :].view(b, e2)
+        if w == 1:
+            beta = torch.softmax(torch.cat([g1, g2], dim=1), dim=-1)
+            return (beta * torch.cat([f1, f2], dim=1)).sum(-1, keepdim=True) + self.bias
+        # each candidate: its q2c correspondences and the c2q ones that reach it
+        f1, g1 = f1.view(b, w, lc * kq), g1.view(b, w, lc * kq)
+        own = (i2 // lc).view(b, 1, e2) == torch.arange(w, device=dev).view(1, w, 1)
+        g2 = g2.unsqueeze(1).masked_fill(~own, float("-inf"))
+        beta = torch.softmax(torch.cat([g1, g2], dim=-1), dim=-1)
+        return (beta * torch.cat([f1, f2.unsqueeze(1).expand(b, w, e2)], dim=-1)).sum(
+            -1
+        ) + self.bias
 
     def _readout(self, a: Tensor, c: Tensor, rbf: Tensor, gflag: int) -> Tensor:
         """``readout([a * c, |a - c|, rbf, gflag])`` without building the concatenation:

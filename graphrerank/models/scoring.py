@@ -37,15 +37,19 @@ def _dim(local: Tensor | StoredLocal) -> int:
 
 
 def _shortlist(value: Tensor, name: str, *, database: Tensor | StoredLocal) -> Tensor:
-    """``(Q, M)`` ids of ``database`` images (``-1`` padding); the images they name must hold
-    finite descriptors (checked a block at a time, only those rows)."""
+    """``(Q, M)`` ids of ``database`` images (``-1`` padding)."""
     n = _num_items(database)
     try:
-        ids = check_index(value, name, high=n, ndim=2, padding=True)
+        return check_index(value, name, high=n, ndim=2, padding=True)
     except ValueError as err:
         if "out of range" not in str(err):
             raise
         raise ValueError(f"{err} (database_local holds {n} image(s))") from None
+
+
+def _check_shortlisted(database: Tensor | StoredLocal, ids: Tensor) -> None:
+    """The images ``ids`` names must hold finite descriptors (checked a block at a time, only
+    those rows)."""
     if not isinstance(database, StoredLocal) and ids.numel():
         rows = ids[ids >= 0].unique()
         per = max(1, (16 * 2**20) // max(1, database[0].numel())) if rows.numel() else 1
@@ -55,7 +59,6 @@ def _shortlist(value: Tensor, name: str, *, database: Tensor | StoredLocal) -> T
                 raise ValueError(
                     "database_local contains NaN or infinite values in images of the shortlist"
                 )
-    return ids
 
 
 def _model(value: object, name: str) -> LocalMatcher | None:
@@ -306,6 +309,10 @@ def score_shortlist(
         )
     if own_index is not None and own_index.shape[0] != nq:
         raise ValueError(f"own_index must have shape ({nq},), got {tuple(own_index.shape)}")
+    if database_encoded is None or model is None or model.config["design"] != "late":
+        # with a cached database the descriptors are not read (the states are, and their
+        # logits are checked below): no scan of the shortlisted images per call then
+        _check_shortlisted(database_local, shortlist)
     if model is None:
         if isinstance(query_local, StoredLocal):
             query_local = decode_local(query_local)
@@ -353,6 +360,11 @@ def score_shortlist(
             out[r, c] = score(r, idx.unsqueeze(1)).reshape(-1).float()
         if mode == "listwise":
             _listwise(score, out, shortlist, valid & ~alone, window, stride, batch_size)
+        if database_encoded is not None and not bool(torch.isfinite(out[valid]).all()):
+            raise ValueError(
+                "database_encoded holds NaN or infinite states for images of the shortlist "
+                "(encoded from non-finite descriptors?)"
+            )
     finally:
         model.train(was_training)
     return out

@@ -125,3 +125,13 @@ def test_unknown_and_bad_names():
         matcher_preset("ames", 128, layers=3)  # not a LocalMatcher argument
     with pytest.raises(ValueError, match="hidden=128 must be divisible by heads=3"):
         matcher_preset("ames", 128, heads=3)
+
+
+def test_local_matcher_preset_is_matcher_preset():
+    from graphrerank.models import LocalMatcher, matcher_preset
+
+    a, b = LocalMatcher.preset("ames", 32), matcher_preset("ames", 32)
+    assert a.config == b.config
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    with pytest.raises(ValueError, match="rrt"):
+        LocalMatcher.preset("nope", 32)

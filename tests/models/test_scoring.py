@@ -143,3 +143,32 @@ def test_score_shortlist_bad_settings():
         score_shortlist(None, q, db, short, mode="both")
     with pytest.raises(ValueError, match="window must be >= 1"):
         score_shortlist(None, q, db, short, window=0)
+
+
+def test_a_cached_database_is_not_rescanned_but_its_non_finite_states_are_refused():
+    from graphrerank.models import LocalMatcher
+
+    torch.manual_seed(4)
+    model = LocalMatcher(8, hidden=16, heads=2, num_layers=1, ffn=16).eval()
+    g = torch.Generator().manual_seed(5)
+    q, db = torch.randn(2, 4, 8, generator=g), torch.randn(6, 4, 8, generator=g)
+    short = torch.tensor([[0, 3, -1], [5, 1, 2]])
+    with torch.no_grad():
+        enc = model.encode(db, role=1)
+    want = score_shortlist(model, q, db, short)
+    # the states are what is read: the same logits with the cached database
+    torch.testing.assert_close(score_shortlist(model, q, db, short, database_encoded=enc), want)
+    # without a cache the shortlisted descriptors are checked ...
+    bad = db.clone()
+    bad[3, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="database_local contains NaN"):
+        score_shortlist(model, q, bad, short)
+    # ... with one, non-finite states of a shortlisted image are refused by name
+    nan_states = enc._replace(h=enc.h.clone())
+    nan_states.h[5] = float("nan")
+    with pytest.raises(ValueError, match="database_encoded holds NaN"):
+        score_shortlist(model, q, db, short, database_encoded=nan_states)
+    # while a non-finite state outside the shortlist changes nothing
+    other = enc._replace(h=enc.h.clone())
+    other.h[4] = float("nan")
+    torch.testing.assert_close(score_shortlist(model, q, db, short, database_encoded=other), want)

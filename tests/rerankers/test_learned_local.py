@@ -152,3 +152,28 @@ def test_late_model_database_encoding_is_cached_and_refreshed_when_weights_chang
     fresh = r.shortlist_logits(x[:3], 6, local=local[:3])
     torch.testing.assert_close(again.logits, fresh.logits, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(again.logits, first.logits)
+
+
+def test_late_model_cache_is_refreshed_by_loaded_or_replaced_weights():
+    # local descriptors only: the reranker's logits come from match's inference pass
+    x, local = _data(n=10)
+    torch.manual_seed(4)
+    model = LocalMatcher(8, hidden=8, heads=2, num_layers=1, ffn=8).eval()
+    other = LocalMatcher(8, hidden=8, heads=2, num_layers=1, ffn=8).eval()
+    r = LocalDescriptorReranker(model=model, top_m=6).fit(x, local=local)
+    first = r.shortlist_logits(x[:3], 6, local=local[:3])
+    enc = r._database_encoded()
+    with torch.no_grad():
+        for q in range(3):
+            for c in range(6):
+                i = int(first.indices[q, c])
+                ref = model(model.graph(local[q : q + 1], local[i].view(1, 1, 5, 8)))
+                assert float(first.logits[q, c]) == pytest.approx(float(ref), abs=1e-5)
+    model.load_state_dict(other.state_dict())
+    assert r._database_encoded() is not enc
+    enc = r._database_encoded()
+    model.bias = torch.nn.Parameter(torch.ones(()))  # a replaced parameter
+    assert r._database_encoded() is not enc
+    again = r.shortlist_logits(x[:3], 6, local=local[:3])
+    ref = LocalDescriptorReranker(model=model, top_m=6).fit(x, local=local)
+    torch.testing.assert_close(again.logits, ref.shortlist_logits(x[:3], 6, local=local[:3]).logits)
