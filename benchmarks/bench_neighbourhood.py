@@ -278,13 +278,19 @@ def main(argv=None):
     )
     p.add_argument("--cache", type=Path, help="keep the synthetic data in this folder")
     p.add_argument("--out", type=Path, help="also write the table to this file")
+    p.add_argument(
+        "--stages",
+        nargs="*",
+        default=["search", "step", "end to end"],
+        choices=["search", "step", "end to end"],
+        help="stages to time (default: all three)",
+    )
     args = p.parse_args(argv)
 
     rows = []
     for size in args.sizes:
         for method in args.methods:
-            stages = ["search", "step", "end to end"]
-            for stage in stages:
+            for stage in args.stages:
                 impls = ["graphrerank"] if stage == "search" else ["graphrerank", "dense"]
                 if method == "SuperGlobal+lists" and stage != "search":
                     impls = ["graphrerank"]

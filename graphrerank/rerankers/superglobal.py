@@ -181,7 +181,8 @@ class SuperGlobal(Reranker):
         r"""Each shortlisted item's ``kk`` nearest within the shortlist (itself first) from the
         :math:`B \times M \times M` similarities."""
         g = torch.bmm(xm, xm.transpose(1, 2))
-        g.masked_fill_(~valid[:, None, :], float("-inf"))
+        if not bool(valid.all()):
+            g.masked_fill_(~valid[:, None, :], float("-inf"))
         g.diagonal(dim1=1, dim2=2).fill_(float("inf"))
         return g.topk(kk, dim=2)
 
@@ -202,14 +203,17 @@ class SuperGlobal(Reranker):
             return "gram"
         return "dense" if lists is None else "lists"
 
-    def _gram_neighbours(self, idx: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+    def _gram_neighbours(
+        self, idx: Tensor, kk: int, scratch: _Scratch | None = None
+    ) -> tuple[Tensor, Tensor]:
         r"""Each shortlisted item's ``kk`` nearest within its shortlist (itself first), for
         every shortlist of ``idx`` :math:`(C, m)` at once, from the similarities of the distinct
         shortlisted items with each other.
 
         Item-major: the (query, item) pairs are sorted by item, the product of a block of
         distinct items with all of them is formed once (one matrix product), and each pair
-        reads its shortlist's entries from its item's row. Returns ``(scores, positions)``
+        reads its shortlist's entries from its item's row (into ``scratch``'s buffers, reused
+        from block to block: fresh large tensors cost page faults). Returns ``(scores, positions)``
         :math:`(C, m, kk)`, positions in the shortlist, ``-inf`` / 0 where fewer exist.
         """
         x = self.database_
@@ -217,6 +221,7 @@ class SuperGlobal(Reranker):
         c, m = idx.shape
         n = x.shape[0]
         elem = x.element_size()
+        scratch = _Scratch() if scratch is None else scratch
         flat = idx.reshape(-1)
         valid = flat >= 0
         uniq = _distinct(idx, n)  # sorted distinct items
@@ -256,23 +261,32 @@ class SuperGlobal(Reranker):
         pc = max(1, budget // max(m * 20, 1))
         bounds = torch.searchsorted(pu, torch.arange(0, u + rb, rb, device=dev)).tolist()
         qvalid = idx >= 0
+        padded = not bool(qvalid.all())
         for b, r0 in enumerate(range(0, u, rb)):
             lo, hi = bounds[b], bounds[b + 1]
             if lo == hi:
                 continue
-            g = (xu[r0 : r0 + rb] @ xu.T).view(-1)  # (rb * u,)
+            xr = xu[r0 : r0 + rb]
+            g = scratch.get("gram", (xr.shape[0], u), x, x.dtype)
+            torch.mm(xr, xu.T, out=g)
+            g = g.view(-1)  # (rb * u,)
             for p0 in range(lo, hi, pc):
                 p1 = min(hi, p0 + pc)
                 pp = pair[p0:p1]
                 row = (pu[p0:p1] - r0) * u
                 qq = torch.div(pp, m, rounding_mode="floor")
-                vals = g[short[qq] + row[:, None]]  # (P, m)
-                vals.masked_fill_(~qvalid[qq], float("-inf"))
+                at = scratch.get("at", (p1 - p0, m), x, torch.long)
+                torch.index_select(short, 0, qq, out=at).add_(row[:, None])
+                vals = scratch.get("vals", (p1 - p0, m), x, x.dtype)
+                torch.take(g, at, out=vals)  # (P, m)
+                if padded:
+                    vals.masked_fill_(~qvalid[qq], float("-inf"))
                 vals.scatter_(1, (pp - qq * m)[:, None], float("inf"))
                 ts, tj = vals.topk(min(kk, m), dim=1)
                 top_s[pp, : ts.shape[1]] = ts
                 top_j[pp, : tj.shape[1]] = tj
             del g
+        scratch.drop("gram", "at", "vals")  # not held while the refinement runs
         return top_s.view(c, m, kk), top_j.view(c, m, kk)
 
     def _listed_neighbours(
@@ -395,6 +409,7 @@ class SuperGlobal(Reranker):
         idx: Tensor,
         lists: tuple[Tensor, Tensor] | None = None,
         found: tuple[Tensor, Tensor] | None = None,
+        scratch: _Scratch | None = None,
     ) -> tuple[Tensor, Tensor]:
         r"""Scores ``a`` and final scores ``(a + b) / 2`` of a shortlist block.
 
@@ -402,7 +417,8 @@ class SuperGlobal(Reranker):
         are :math:`(B, m)`, aligned with ``idx``, ``-inf`` at padding. ``lists``: the database
         items' nearest-neighbour lists ``(indices, scores)`` :math:`(N, L)`, or ``None`` for
         the exact :math:`M \times M` similarities; ``found``: the neighbours already found
-        (:meth:`_gram_neighbours`), which replace both.
+        (:meth:`_gram_neighbours`), which replace both; ``scratch``: buffers reused from block
+        to block (the gathered shortlist descriptors).
 
         With :math:`P` the row-normalised weights of the shortlist's neighbour graph,
         :math:`\tilde{\mathbf{x}}_i = \sum_j P_{ij}\mathbf{x}_j`, so
@@ -416,10 +432,14 @@ class SuperGlobal(Reranker):
         valid = idx >= 0
         safe = idx.clamp(min=0)
         kk = min(self.K + 1, m)
+        scratch = _Scratch() if scratch is None else scratch
         # Similarities with the shortlist come from gathering its descriptors, or, for a
         # database of a few shortlists' size, from one product with the whole database.
         via_database = (lists is not None or found is not None) and x.shape[0] <= _GATHER_RATIO * m
-        xm = None if via_database else x[safe]  # (B, m, D)
+        xm = None
+        if not via_database:  # (B, m, D), into a buffer kept from block to block
+            xm = scratch.get("xm", (bsz, m, d), x, x.dtype)
+            torch.index_select(x, 0, safe.view(-1), out=xm.view(bsz * m, d))
         if found is not None:
             top_s, top_j = found[0].clone(), found[1]
         elif lists is None:
@@ -455,7 +475,10 @@ class SuperGlobal(Reranker):
         top_a = a.topk(kk, dim=1).indices  # (B, kk)
         wt = w.gather(1, top_a[:, :, None].expand(-1, -1, kk))
         jt = top_j.gather(1, top_a[:, :, None].expand(-1, -1, kk))
-        xsel = x[safe.gather(1, jt.view(bsz, kk * kk))].view(bsz * kk, kk, d)
+        xsel = scratch.get("xsel", (bsz * kk, kk, d), x, x.dtype)
+        torch.index_select(
+            x, 0, safe.gather(1, jt.view(bsz, kk * kk)).view(-1), out=xsel.view(-1, d)
+        )
         xt_top = torch.bmm(wt.reshape(bsz * kk, 1, kk), xsel).view(bsz, kk, d)
         ok = valid.gather(1, top_a)
         qt = xt_top.masked_fill_(~ok[:, :, None], float("-inf")).amax(1)
@@ -481,6 +504,7 @@ class SuperGlobal(Reranker):
             return
         kk = min(self.K + 1, m)
         plan = self._plan(nq, m, idx, lists)
+        scratch = _Scratch()
         if plan == "gram":
             elem = self.database_.element_size()
             # Rows whose neighbours are held at once (12 bytes per neighbour).
@@ -491,19 +515,20 @@ class SuperGlobal(Reranker):
                 if c0 > 0 and self._plan(c1 - c0, m, idx[c0:c1], lists) != "gram":
                     for s in range(c0, c1, bs):
                         e = min(c1, s + bs)
-                        yield (s, e, *self._refine(q[s:e], idx[s:e], lists))
+                        yield (s, e, *self._refine(q[s:e], idx[s:e], lists, scratch=scratch))
                     continue
-                top_s, top_j = self._gram_neighbours(idx[c0:c1], kk)
+                top_s, top_j = self._gram_neighbours(idx[c0:c1], kk, scratch)
                 for s in range(c0, c1, bs):
                     e = min(c1, s + bs)
                     found = (top_s[s - c0 : e - c0], top_j[s - c0 : e - c0])
-                    yield (s, e, *self._refine(q[s:e], idx[s:e], found=found))
+                    yield (s, e, *self._refine(q[s:e], idx[s:e], found=found, scratch=scratch))
                 del top_s, top_j
             return
         bs = self._block_size(m, lists if plan == "lists" else None)
         for s in range(0, nq, bs):
             e = min(nq, s + bs)
-            yield (s, e, *self._refine(q[s:e], idx[s:e], lists if plan == "lists" else None))
+            use = lists if plan == "lists" else None
+            yield (s, e, *self._refine(q[s:e], idx[s:e], use, scratch=scratch))
 
     def _rerank_initial(
         self,
@@ -616,6 +641,32 @@ def _distinct(idx: Tensor, n: int) -> Tensor:
     seen = torch.zeros(n + 1, dtype=torch.bool, device=idx.device)
     seen[torch.where(idx >= 0, idx, n).view(-1)] = True
     return seen[:n].nonzero().squeeze(1)
+
+
+class _Scratch:
+    """Buffers reused from block to block, one per name: a block's large temporaries written
+    into memory already touched instead of fresh allocations (whose page faults cost as much
+    as the gathers that fill them)."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype) -> Tensor:
+        """A tensor of ``shape`` (contents undefined) on ``like``'s device, sharing the named
+        buffer."""
+        numel = 1
+        for v in shape:
+            numel *= int(v)
+        buf = self.bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.device != like.device or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=like.device)
+            self.bufs[name] = buf
+        return buf[:numel].view(shape)
+
+    def drop(self, *names: str) -> None:
+        """Free the named buffers."""
+        for name in names:
+            self.bufs.pop(name, None)
 
 
 class _Rows:

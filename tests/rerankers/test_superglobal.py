@@ -240,3 +240,37 @@ def test_the_plan_follows_the_cost():
     _, x = _data(n=2000, d=32, seed=11)
     sg = SuperGlobal(M=100, K=4, backend="torch").fit(x)
     assert sg._plan(2000, 100, many, None) == "dense"
+
+
+@pytest.mark.parametrize("plan", ["gram", "dense", "lists"])
+def test_buffers_reused_across_uneven_blocks_with_ties_and_short_lists(plan, monkeypatch):
+    """The per-block buffers (kept from block to block, the last block smaller) leave nothing
+    of an earlier block behind: exact duplicates of database items (tied neighbours and tied
+    final scores: the refined scores agree, the sets of items agree) and a shortlist shorter
+    than K + 1 (K = 9 neighbours within 6 items) give the reference's scores."""
+    import graphrerank.rerankers.superglobal as module
+
+    monkeypatch.setattr(module, "_GRAM_READ_COST", -(10**9) if plan == "gram" else 10**9)
+    q, x = _data(n=60, d=12, nq=7, seed=12)
+    x = torch.cat([x, x[:20]])  # items 60..79 duplicate items 0..19
+    lists = 30 if plan == "lists" else None
+    for block_bytes in (1, 3 * 2**14, 256 * 2**20):
+        sg = SuperGlobal(
+            M=24, K=4, database_neighbors=lists, backend="torch", block_bytes=block_bytes
+        ).fit(x)
+        first = _first(q, x, 40)
+        s = torch.gather(q @ x.T, 1, first)
+        if plan != "lists":
+            assert sg._plan(7, 24, first[:, :24], None) == plan
+        out = sg.rerank(q, k=40, initial=(s, first))
+        idx, f = ref_superglobal(q, x, 24, 4, 0.15, first)
+        torch.testing.assert_close(out.scores[:, :24], f)
+        assert torch.equal(out.indices[:, :24].sort(1).values, idx[:, :24].sort(1).values)
+        # a shortlist of 6 with K = 9: every item's neighbours are the other 5
+        sg = SuperGlobal(
+            M=24, K=9, database_neighbors=lists, backend="torch", block_bytes=block_bytes
+        ).fit(x)
+        out = sg.rerank(q, k=6, initial=(s[:, :6], first[:, :6]))
+        idx, f = ref_superglobal(q, x, 24, 5, 0.15, first[:, :6])
+        torch.testing.assert_close(out.scores, f)
+        assert torch.equal(out.indices.sort(1).values, idx.sort(1).values)
