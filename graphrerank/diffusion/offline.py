@@ -3,10 +3,13 @@ r"""Offline diffusion with late truncation (Yang et al., AAAI 2019).
 The offline step solves, for every database node :math:`i`, the diffusion system restricted to
 its ``truncation`` nearest nodes :math:`T_i` and keeps the solution as row :math:`i` of a sparse
 matrix :math:`\mathbf{C}`; a query is then answered by a sparse combination of the rows of its
-nearest database items. The systems are solved many at once: the sub-blocks of a block of
-nodes are stacked into one block-diagonal sparse operator and solved by one batched
-conjugate-gradient iteration (one system per row); on a CPU, blocks run side by side on a
-thread pool of ``torch.get_num_threads()`` workers.
+nearest database items. The systems are solved block by block; on a CPU, blocks run side
+by side on a thread pool of ``torch.get_num_threads()`` workers. With numba installed (the
+``speed`` extra), a CPU solves each node's system in compiled code: its sub-block gathered
+breadth-first from the node (only the nodes connected to it inside :math:`T_i`, the only
+ones its solution reaches) and conjugate gradients in float64. Otherwise (and on other
+devices) the sub-blocks of a block of nodes are stacked into one block-diagonal sparse
+operator solved by one batched conjugate-gradient iteration (one system per row).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..graph.lists import self_first, truncation_lists
 from ..graph.scores import ScoreIndex, ScoreMatrix
 from ..graph.sparse import csr
 from ..typing import SEARCHES, Backend, KNNResult, Search, TensorLike
-from .cg import _cg_rows
+from .cg import _cg_rows, _not_spd
 from .operators import laplacian_alpha
 
 __all__ = [
@@ -56,6 +59,8 @@ _BLOCK_ENTRIES = 2**21
 _TABLE_ENTRIES = 2**26
 #: Rows checked at once (bounds temporaries of size rows x T).
 _CHECK_ROWS = 2**14
+#: Rows searched at once for the truncation lists (bounds faiss' output to rows x T).
+_SEARCH_ROWS = 2**14
 
 
 def _flatnonzero(x: Tensor) -> Tensor:
@@ -87,7 +92,7 @@ class _Rows:
         self.vals.view(-1).index_copy_(0, flat, val)
 
 
-def _solve_block(
+def _solve_block_torch(
     rows: _Rows,
     table: Tensor,
     nodes: Tensor,
@@ -95,7 +100,7 @@ def _solve_block(
     tol: float,
     max_iter: int,
 ) -> tuple[Tensor, Tensor]:
-    """Solve ``L[T_i, T_i] c = e_i`` for the nodes of one block; return (sorted ids, c).
+    """:func:`_solve_block` in torch (any device): return (sorted ids, c).
 
     The sub-blocks are gathered from the padded rows of ``L`` for the members of each
     :math:`T_i`, their global columns mapped to local positions through ``table`` (a
@@ -145,6 +150,199 @@ def _solve_block(
     return ids, _cg_rows(op, rhs, tol, max_iter, name="laplacian")
 
 
+def _solve_block_cpu(
+    cols: np.ndarray,
+    vals: np.ndarray,
+    table: np.ndarray,
+    nodes: np.ndarray,
+    lists: np.ndarray,
+    tol: float,
+    max_iter: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_solve_block` in NumPy / SciPy on a CPU (its gathers are a little faster
+    than torch's ``index_select`` on small int32 tables): ``cols`` / ``vals`` the padded rows
+    of :class:`_Rows` as arrays, ``table`` a flat int32 lookup of ``B * (N + 1)`` zeros."""
+    import scipy.sparse as sp
+
+    b, t = lists.shape
+    n1, width = cols.shape
+    n = n1 - 1
+    ids = np.sort(lists, axis=1)  # -1 padding first, then ascending global ids
+    valid = ids >= 0
+    member = np.where(valid, ids, n).reshape(-1)
+    base = np.arange(b, dtype=np.int32) * np.int32(n1)
+    slots = (member.reshape(b, t) + base[:, None]).reshape(-1)
+    pos = np.arange(1, b * t + 1, dtype=np.int32)
+    pos[~valid.reshape(-1)] = 0
+    table[slots] = pos
+    key = cols[member]  # (b * t, width) global columns, n = padding
+    key += np.repeat(base, t)[:, None]
+    loc = table[key]
+    table[slots] = 0
+    inside = loc > 0
+    nz = np.flatnonzero(inside)  # entries inside the lists, row by row, columns ascending
+    c = loc.reshape(-1)[nz]
+    c -= 1
+    v = vals[member].reshape(-1)[nz]
+    bcrow = np.zeros(b * t + 1, dtype=np.int32)
+    np.cumsum(np.count_nonzero(inside, axis=1), out=bcrow[1:])
+    Ms = sp.csr_matrix((v, c, bcrow), shape=(b * t, b * t))
+    rhs = np.zeros((b, t), dtype=vals.dtype)
+    rhs[np.arange(b), (ids == nodes[:, None]).argmax(axis=1)] = 1
+
+    def op(X: Tensor) -> Tensor:  # X: (b, t), row j is node j's system
+        return torch.from_numpy(Ms @ X.numpy().reshape(-1)).view(b, t)
+
+    return torch.from_numpy(ids), _cg_rows(op, torch.from_numpy(rhs), tol, max_iter, "laplacian")
+
+
+_KERNEL: list = []
+
+
+def _numba_kernel() -> Callable | None:
+    """The compiled per-node gather + CG of :func:`_solve_nodes_numba`, or ``None`` when
+    numba is not importable (the NumPy / SciPy path then runs)."""
+    if not _KERNEL:
+        try:
+            import numba
+        except ImportError:
+            _KERNEL.append(None)
+        else:
+            _KERNEL.append(numba.njit(cache=True, nogil=True)(_solve_nodes_numba))
+    return _KERNEL[0]
+
+
+def _solve_nodes_numba(cols, vals, ids, nodes, mark, tol_eff, max_iter, out):  # pragma: no cover
+    """For each node ``j`` of a block: the rows of ``L[T_j, T_j]`` gathered from the padded
+    rows ``cols`` / ``vals`` (``(N + 1, W)``, padding column ``N``) through ``mark`` (``N + 1``
+    int32 zeros, ``1 +`` local position while a node is solved, restored on return), then conjugate gradients from 0 on ``e_self``
+    with the stopping test of :func:`~graphrerank.diffusion.cg._cg_rows`, in float64;
+    ``ids`` ``(B, T)`` the sorted lists (``-1`` first). Writes ``out[j]`` and returns -1, or
+    the first node whose system is not positive definite.
+
+    The solution lives on the nodes connected to the node itself inside ``T_j`` (CG from 0 on
+    ``e_self`` never reaches the others: their entries stay exactly 0), so only their rows
+    are gathered (breadth-first from the node) and iterated, in ascending order (the same
+    sums as over all rows)."""
+    n1, width = cols.shape
+    b, t = ids.shape
+    rstart = np.empty(t, np.int64)
+    rend = np.empty(t, np.int64)
+    ind = np.empty(t * width, np.int32)
+    val = np.empty(t * width, np.float64)
+    x = np.zeros(t, np.float64)
+    r = np.zeros(t, np.float64)
+    p = np.zeros(t, np.float64)
+    ap = np.zeros(t, np.float64)
+    seen = np.zeros(t, np.bool_)
+    queue = np.empty(t, np.int64)
+    act = np.empty(t, np.int64)
+    for j in range(b):
+        row = ids[j]
+        self_k = -1
+        for k in range(t):
+            if row[k] >= 0:
+                mark[row[k]] = k + 1
+                if row[k] == nodes[j]:
+                    self_k = k
+        seen[self_k] = True
+        queue[0] = self_k
+        head, tail, nnz = 0, 1, 0
+        while head < tail:
+            k = queue[head]
+            head += 1
+            u = row[k]
+            rstart[k] = nnz
+            for s in range(width):
+                m = mark[cols[u, s]] - 1
+                if m >= 0:
+                    ind[nnz] = m
+                    val[nnz] = vals[u, s]
+                    nnz += 1
+                    if not seen[m]:
+                        seen[m] = True
+                        queue[tail] = m
+                        tail += 1
+            rend[k] = nnz
+        for k in range(t):
+            if row[k] >= 0:
+                mark[row[k]] = 0
+        nact = 0
+        for k in range(t):
+            if seen[k]:
+                act[nact] = k
+                nact += 1
+                seen[k] = False
+        r[self_k] = 1.0
+        p[self_k] = 1.0
+        rr = 1.0
+        thresh = tol_eff * tol_eff * rr
+        done = rr <= thresh
+        it = 0
+        while not done and it < max_iter:
+            pap = 0.0
+            for a in range(nact):
+                k = act[a]
+                acc = 0.0
+                for e in range(rstart[k], rend[k]):
+                    acc += val[e] * p[ind[e]]
+                ap[k] = acc
+                pap += p[k] * acc
+            if pap <= 0:
+                return j
+            step = rr / pap
+            rr_new = 0.0
+            for a in range(nact):
+                k = act[a]
+                x[k] += step * p[k]
+                r[k] -= step * ap[k]
+                rr_new += r[k] * r[k]
+            beta = rr_new / rr
+            for a in range(nact):
+                k = act[a]
+                p[k] = r[k] + beta * p[k]
+            rr = rr_new
+            done = rr_new <= thresh
+            it += 1
+        for k in range(t):
+            out[j, k] = 0.0
+        for a in range(nact):  # write the row, and zero the work vectors for the next node
+            k = act[a]
+            out[j, k] = x[k]
+            x[k] = 0.0
+            r[k] = 0.0
+            p[k] = 0.0
+    return -1
+
+
+def _solve_block(
+    rows: _Rows,
+    table: Tensor,
+    nodes: Tensor,
+    lists: Tensor,
+    tol: float,
+    max_iter: int,
+) -> tuple[Tensor, Tensor]:
+    """Solve ``L[T_i, T_i] c = e_i`` for the nodes of one block; return (sorted ids, c):
+    on a CPU by the compiled per-node kernel (numba) when it is importable, else by NumPy /
+    SciPy (:func:`_solve_block_cpu`); elsewhere by torch (:func:`_solve_block_torch`).
+    ``table`` holds at least ``N + 1`` int32 zeros (restored on return)."""
+    if lists.device.type != "cpu":
+        return _solve_block_torch(rows, table, nodes, lists, tol, max_iter)
+    cols, vals = rows.cols.numpy(), rows.vals.numpy()
+    lst = lists.numpy().astype(np.int64, copy=False)
+    kernel = _numba_kernel()
+    if kernel is None:
+        return _solve_block_cpu(cols, vals, table.numpy(), nodes.numpy(), lst, tol, max_iter)
+    ids = np.sort(lst, axis=1)
+    out = np.empty(ids.shape, dtype=vals.dtype)
+    tol_eff = max(float(tol), float(np.finfo(vals.dtype).eps))  # as in _cg_rows
+    mark = table.numpy()[: rows.n + 1]
+    if kernel(cols, vals, ids, nodes.numpy(), mark, tol_eff, max_iter, out) >= 0:
+        raise _not_spd("laplacian")
+    return torch.from_numpy(ids), torch.from_numpy(out)
+
+
 def _workers(device: torch.device, blocks: int) -> int:
     """Threads solving blocks side by side: on a CPU, torch's thread count (each block's
     operations are small, so one stream per core beats intra-op parallelism, which on a
@@ -174,11 +372,15 @@ def late_truncation(
     by conjugate gradients from :math:`\mathbf{c} = 0`, and store :math:`\mathbf{c}_i` as row
     :math:`i` of :math:`\mathbf{C}` (columns :math:`T_i`). Exact zeros are not stored.
 
-    Many nodes are solved in one batched conjugate-gradient iteration (blocks of them side by
-    side on a thread pool of ``torch.get_num_threads()`` workers on a CPU): their
-    sub-blocks are gathered from the CSR rows of :math:`T_i` (global column ids mapped to local
-    positions, entries outside :math:`T_i` dropped) into one block-diagonal sparse operator, one
-    right-hand side column per node, so each node keeps its own CG step sizes.
+    Nodes are solved in blocks (side by side on a thread pool of ``torch.get_num_threads()``
+    workers on a CPU). With numba importable, a CPU solves each node in compiled code: the
+    rows of :math:`T_i` connected to :math:`i` inside :math:`T_i` (breadth-first from
+    :math:`i`; the others' entries of :math:`\mathbf{c}_i` stay exactly 0) and CG in float64
+    (stored in the dtype of ``laplacian``). Otherwise one batched conjugate-gradient
+    iteration solves a block: the sub-blocks are gathered from the CSR rows of :math:`T_i`
+    (global column ids mapped to local positions, entries outside :math:`T_i` dropped) into
+    one block-diagonal sparse operator, one right-hand side per node, so each node keeps its
+    own CG step sizes.
 
     Args:
         laplacian: :math:`\mathbf{L}_\alpha` as an :math:`(N, N)` ``torch.sparse_csr`` tensor,
@@ -298,6 +500,52 @@ def late_truncation(
     return csr(crow_c, out_col, out_val, (n, n))
 
 
+def _flat_faiss_lists(
+    x: Tensor | ScoreMatrix, index: KNNIndex, truncation: int, num_candidates: int
+) -> tuple[Tensor, KNNResult] | None:
+    """:func:`~graphrerank.graph.lists.truncation_lists` of checked, L2-normalised CPU
+    descriptors held by a flat faiss inner-product :class:`KNNIndex`, straight from faiss'
+    output (the same search, without the per-chunk finiteness checks of ``KNNIndex.search``
+    and torch round trips; similarities of unit vectors cannot overflow); ``None`` where
+    this does not apply (then the general path runs)."""
+    faiss_index = getattr(index, "_index", None)
+    if (
+        not isinstance(x, Tensor)
+        or x.device.type != "cpu"
+        or not isinstance(index, KNNIndex)
+        or getattr(index, "_backend", None) != "faiss"
+        or index.kind != "flat"
+        or index.metric != "ip"
+        or faiss_index is None
+        or index.ntotal != x.shape[0]
+        or x.dtype != torch.float32
+    ):
+        return None
+    n = x.shape[0]
+    t, kc = min(truncation, n), min(num_candidates, n)
+    m = max(t, kc)
+    itype = np.int32 if n < 2**31 - 1 else np.int64
+    xn = np.ascontiguousarray(x.numpy())
+    lists = np.empty((n, t), dtype=itype)
+    cs = np.empty((n, kc), dtype=np.float32)
+    ci = np.empty((n, kc), dtype=np.int64)
+    for s in range(0, n, _SEARCH_ROWS):
+        d, i = faiss_index.search(xn[s : s + _SEARCH_ROWS], m)
+        e = s + i.shape[0]
+        cs[s:e], ci[s:e] = d[:, :kc], i[:, :kc]
+        rows = np.arange(s, e)
+        if bool((i < 0).any()):  # cannot happen for an exact search; be safe
+            return None
+        first = i[:, 0] == rows
+        lists[s:e] = i[:, :t]
+        for r in np.flatnonzero(~first):  # self not ranked first (exact duplicates): rare
+            row = i[r]
+            rest = row[row != s + r]
+            lists[s + r, 0] = s + r
+            lists[s + r, 1:] = rest[: t - 1]
+    return torch.from_numpy(lists), KNNResult(torch.from_numpy(cs), torch.from_numpy(ci))
+
+
 def offline_diffusion(
     x: TensorLike | ScoreMatrix,
     *,
@@ -399,7 +647,8 @@ def offline_diffusion(
                 f"Data, got {type(graph).__name__}"
             )
         index = database_index(x, search, backend) if index is None else index
-        lst, cand = truncation_lists(x, index, truncation, num_candidates or kd)
+        fast = _flat_faiss_lists(x, index, truncation, num_candidates or kd)
+        lst, cand = fast or truncation_lists(x, index, truncation, num_candidates or kd)
         if graph is None:
             graph = mutual_knn_graph(x, kd, gamma=gamma, candidates=cand)
         elif not isinstance(graph, Data):

@@ -225,21 +225,48 @@ class _OfflineBase(Reranker):
         q = self.x_ if queries is None else self._prepare(queries, "queries")
         out_s, out_i = [], []
         bs = self._batch(min(self.kq, self.n_database_) * min(self.truncation, self.n_database_))
+        shared = self._shares_similarities(q, bs)
         for s in range(0, q.shape[0], bs):
             qb = q[s : s + bs]
-            knn = self._query_knn(qb, queries is None)
-            r = self._online(knn, k, qb)
+            sims = None
+            if shared:  # one product serves the kNN search and the zero-score ties
+                sims = qb.to(self.x_.dtype) @ self.x_.T
+                top = sims.topk(min(self.kq, self.n_database_), dim=1)
+                knn = KNNResult(top.values, top.indices)
+            else:
+                knn = self._query_knn(qb, queries is None)
+            r = self._online(knn, k, qb, sims)
             out_s.append(r.scores)
             out_i.append(r.indices)
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
 
-    def _online(self, knn: KNNResult, k: int, q: Tensor) -> RerankResult:
+    def _shares_similarities(self, q: Tensor | ScoreMatrix, batch: int) -> bool:
+        """Whether the online step computes the dense query x database similarities of each
+        batch once, for its kNN search (an exact inner-product index: the same neighbours,
+        up to float ties) and for ordering the zero-scored items (``ties="similarity"``),
+        instead of an index search plus a second, deeper one: descriptors (no score
+        matrix), the base kNN search, and batches of at most ``2 * _SHORT_ENTRIES`` scores."""
+        return (
+            type(self)._query_knn is _OfflineBase._query_knn
+            and self.ties == "similarity"
+            and isinstance(q, Tensor)
+            and isinstance(self.x_, Tensor)
+            and q.device == self.x_.device
+            and isinstance(self.index_, KNNIndex)
+            and self.index_.kind == "flat"
+            and self.index_.metric == "ip"
+            and min(batch, q.shape[0]) * self.n_database_ <= 2 * _SHORT_ENTRIES
+        )
+
+    def _online(
+        self, knn: KNNResult, k: int, q: Tensor, sims: Tensor | None = None
+    ) -> RerankResult:
         C = self._matrix()
         if isinstance(C, OfflineStore):
             F = C.scores(knn, self.gamma)
         else:
             F = _query_rows(C, knn.scores, knn.indices, self.gamma)
-        return _rank_rows(F, k, q, self.x_, self.index_, self.ties)
+        return _rank_rows(F, k, q, self.x_, self.index_, self.ties, sims)
 
     def _rerank(
         self, queries: Tensor | None, k: int, initial: RerankResult | None = None
@@ -891,7 +918,9 @@ def load_legacy(
     return r
 
 
-def _rank_rows(F: Tensor, k: int, q, x, index, ties: str) -> RerankResult:
+def _rank_rows(
+    F: Tensor, k: int, q, x, index, ties: str, sims: Tensor | None = None
+) -> RerankResult:
     """:func:`~graphrerank.graph.ranking.rank_csr` of the ``(B, N)`` CSR scores, with a
     shortcut for the rows whose ``k``-th best stored score is positive.
 
@@ -905,6 +934,17 @@ def _rank_rows(F: Tensor, k: int, q, x, index, ties: str) -> RerankResult:
     if b == 0 or k >= n:
         return rank_csr(F, k, q, x, index, ties)
     idx, val = csr_padded(F)  # padding: index -1, value 0 (the score of an unstored item)
+    short = ties == "similarity" and isinstance(q, Tensor) and isinstance(x, Tensor)
+    if short and not bool(((val > 0).sum(1) >= k).any()):  # no row takes the shortcut
+        scores = torch.zeros(b, k, dtype=val.dtype, device=val.device)
+        indices = torch.zeros(b, k, dtype=torch.long, device=val.device)
+        rows = torch.arange(b, device=val.device)
+        bad = _rank_short_rows(idx, val, rows, k, q, x, scores, indices, sims)
+        if bad.numel():
+            r = _rank_subset(idx, val, bad, k, q, x, index, ties, F)
+            scores[bad] = r.scores.to(scores.dtype)
+            indices[bad] = r.indices.to(indices.dtype)
+        return RerankResult(scores, indices)
     if val.shape[1] <= k:
         pad = k + 1 - val.shape[1]
         idx = torch.cat([idx, idx.new_full((b, pad), -1)], dim=1)
@@ -945,18 +985,96 @@ def _rank_rows(F: Tensor, k: int, q, x, index, ties: str) -> RerankResult:
         ok[tied] = False
     scores, indices = top[:, :k].contiguous(), cand[:, :k].contiguous()
     bad = (~ok).nonzero().squeeze(1)
+    if bad.numel() and short:
+        bad = _rank_short_rows(idx, val, bad, k, q, x, scores, indices, sims)
     if bad.numel():
-        sub_idx, sub_val = idx.index_select(0, bad), val.index_select(0, bad)
-        keep = sub_idx >= 0
-        crow = torch.zeros(bad.numel() + 1, dtype=F.crow_indices().dtype, device=F.device)
-        crow[1:] = keep.sum(1).cumsum(0)
-        itype = F.col_indices().dtype
-        Fb = csr(crow, sub_idx[keep].to(itype), sub_val[keep], (bad.numel(), n), check=False)
-        qb = None if q is None else q.index_select(0, bad)  # a Tensor or a ScoreMatrix
-        r = rank_csr(Fb, k, qb, x, index, ties)
+        r = _rank_subset(idx, val, bad, k, q, x, index, ties, F)
         scores[bad] = r.scores.to(scores.dtype)
         indices[bad] = r.indices.to(indices.dtype)
     return RerankResult(scores, indices)
+
+
+def _rank_subset(idx, val, bad, k, q, x, index, ties, F) -> RerankResult:
+    """:func:`~graphrerank.graph.ranking.rank_csr` of the rows ``bad`` of the padded scores."""
+    n = F.shape[1]
+    sub_idx, sub_val = idx.index_select(0, bad), val.index_select(0, bad)
+    keep = sub_idx >= 0
+    crow = torch.zeros(bad.numel() + 1, dtype=F.crow_indices().dtype, device=F.device)
+    crow[1:] = keep.sum(1).cumsum(0)
+    itype = F.col_indices().dtype
+    Fb = csr(crow, sub_idx[keep].to(itype), sub_val[keep], (bad.numel(), n), check=False)
+    qb = None if q is None else q.index_select(0, bad)  # a Tensor or a ScoreMatrix
+    return rank_csr(Fb, k, qb, x, index, ties)
+
+
+#: Entries of one dense (rows x N) similarity block of :func:`_rank_short_rows`.
+_SHORT_ENTRIES = 2**24
+
+
+def _rank_short_rows(
+    idx: Tensor,
+    val: Tensor,
+    rows: Tensor,
+    k: int,
+    q: Tensor,
+    x: Tensor,
+    scores: Tensor,
+    indices: Tensor,
+    sims: Tensor | None = None,
+) -> Tensor:
+    """Rank the ``rows`` of the padded scores ``(idx, val)`` that store fewer than ``k``
+    positive scores, by ``ties="similarity"``, into ``scores`` / ``indices``: their positive
+    entries (by score, equal scores by first-stage similarity), then the zero-scored items
+    (unstored, or stored as 0) by first-stage similarity from one dense block of
+    ``q @ x.T`` per chunk of rows (instead of a second, deeper kNN search; ``sims``: those
+    similarities of all rows of ``F``, already computed). Returns the rows
+    left for :func:`~graphrerank.graph.ranking.rank_csr`: those with negative entries
+    inside their ``k`` best."""
+    n = x.shape[0]
+    step = max(1, _SHORT_ENTRIES // max(1, n))
+    left = []
+    for s in range(0, rows.numel(), step):
+        r = rows[s : s + step]
+        ri, rv = idx.index_select(0, r), val.index_select(0, r)
+        valid = ri >= 0
+        if sims is None:  # (R, N) first-stage similarities
+            sr = q.index_select(0, r).to(x.dtype) @ x.T
+        else:
+            sr = sims.index_select(0, r)
+
+        nzv = valid & (rv != 0)  # the stored non-zero scores (unique columns per row)
+        npos = (valid & (rv > 0)).sum(1)
+        fits = npos + (n - nzv.sum(1)) >= k  # enough zero-scored items after the positives
+        if not bool(fits.all()):
+            left.append(r[~fits])
+        # positive entries: by score, equal scores by similarity (two stable sorts)
+        pv = rv.masked_fill(~(valid & (rv > 0)), float("-inf"))
+        o = torch.sort(pv, dim=1, descending=True).indices
+        top = pv.gather(1, o)
+        if bool(((top[:, 1:] == top[:, :-1]) & (top[:, 1:] > 0)).any()):  # equal scores
+            sec = torch.where(pv > 0, sr.gather(1, ri.clamp(min=0)), float("-inf")).double()
+            o = torch.sort(sec, dim=1, descending=True, stable=True).indices
+            o = o.gather(
+                1, torch.sort(pv.gather(1, o), dim=1, descending=True, stable=True).indices
+            )
+        pos_i, pos_v = ri.gather(1, o), rv.gather(1, o)
+        need = int((k - npos).clamp(min=0).max())
+        rr, cc = nzv.nonzero(as_tuple=True)
+        zs = sr.index_put_((rr, ri[rr, cc]), sr.new_tensor(float("-inf")))
+        zi = zs.topk(min(need, n), dim=1).indices if need else zs.new_zeros((r.numel(), 0))
+        # row j: its npos[j] positives, then its best zero-scored items
+        j = torch.arange(k, device=r.device)[None, :]
+        from_pos = j < npos[:, None]
+        pi = pos_i.gather(1, j.clamp(max=pos_i.shape[1] - 1).expand(r.numel(), k))
+        pvv = pos_v.gather(1, j.clamp(max=pos_v.shape[1] - 1).expand(r.numel(), k))
+        zj = (j - npos[:, None]).clamp(min=0, max=max(0, zi.shape[1] - 1))
+        zz = zi.long().gather(1, zj) if zi.shape[1] else torch.zeros_like(zj)
+        out_i = torch.where(from_pos, pi, zz)
+        out_v = torch.where(from_pos, pvv, torch.zeros_like(pvv))
+        keep = fits.nonzero().squeeze(1)
+        indices[r[keep]] = out_i.index_select(0, keep).to(indices.dtype)
+        scores[r[keep]] = out_v.index_select(0, keep).to(scores.dtype)
+    return torch.cat(left) if left else rows[:0]
 
 
 def _matrix_rescorer(scores: ScoreMatrix, n: int):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import graphrerank.diffusion.offline as offline
 from graphrerank.diffusion import conjugate_gradient, laplacian_alpha, late_truncation
 from graphrerank.diffusion.cg import _cg_rows
 from graphrerank.graph import mutual_knn_graph, rank_csr, truncation_lists
@@ -22,14 +23,14 @@ def _system(n=120, kd=8, T=30, seed=0):
     return x, L, lists
 
 
-def _dense_cg(M, b, max_iter):
+def _dense_cg(M, b, max_iter, tol=1e-6):
     """Textbook CG from x = 0 (float64), the reference's 20-step setting."""
     x = np.zeros_like(b)
     r = b.copy()
     p = r.copy()
     rr = r @ r
     for _ in range(max_iter):
-        if np.sqrt(rr) <= 1e-6 * np.linalg.norm(b):
+        if np.sqrt(rr) <= tol * np.linalg.norm(b):
             break
         ap = M @ p
         a = rr / (p @ ap)
@@ -40,6 +41,18 @@ def _dense_cg(M, b, max_iter):
     return x
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def solver(request, monkeypatch):
+    """Run a test through the numba kernel and through its NumPy / SciPy fallback."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(offline, "_KERNEL", [])
+        assert offline._numba_kernel() is not None
+    else:
+        monkeypatch.setattr(offline, "_KERNEL", [None])
+    return request.param
+
+
 @pytest.fixture
 def two_threads():
     old = torch.get_num_threads()
@@ -48,7 +61,7 @@ def two_threads():
     torch.set_num_threads(old)
 
 
-def test_threaded_blocks_match_dense_transcription(two_threads):
+def test_threaded_blocks_match_dense_transcription(two_threads, solver):
     x, L, lists = _system()
     C = late_truncation(L, lists, block_size=7).to_dense().double().numpy()
     Ld = L.to_dense().double().numpy()
@@ -62,7 +75,7 @@ def test_threaded_blocks_match_dense_transcription(two_threads):
         assert not C[i, outside].any()
 
 
-def test_thread_count_and_block_size_do_not_change_the_matrix(two_threads):
+def test_thread_count_and_block_size_do_not_change_the_matrix(two_threads, solver):
     x, L, lists = _system(seed=1)
     threaded = late_truncation(L, lists, block_size=5).to_dense()
     torch.set_num_threads(1)
@@ -70,11 +83,94 @@ def test_thread_count_and_block_size_do_not_change_the_matrix(two_threads):
     torch.testing.assert_close(threaded, single, rtol=1e-5, atol=1e-7)
 
 
-def test_progress_counts_every_node_once_with_threads(two_threads):
+def test_progress_counts_every_node_once_with_threads(two_threads, solver):
     x, L, lists = _system(n=60)
     seen = []
     late_truncation(L, lists, block_size=4, progress=lambda done, total: seen.append(done))
     assert seen[-1] == 60 and seen == sorted(seen)
+
+
+def _dense_rows(L, lists, max_iter=20, tol=1e-6):
+    """Each row of C by dense float64 CG on its sub-block (list order, node first)."""
+    n = L.shape[0]
+    Ld = L.to_dense().double().numpy()
+    out = np.zeros((n, n))
+    for i in range(n):
+        ids = lists[i][lists[i] >= 0].numpy()
+        e = np.zeros(len(ids))
+        e[list(ids).index(i)] = 1.0
+        out[i, ids] = _dense_cg(Ld[np.ix_(ids, ids)], e, max_iter, tol)
+    return out
+
+
+def test_disconnected_lists_and_padding_match_dense_transcription(solver):
+    # two clusters far apart: each list spans both, but a node's solution stays on its own
+    # cluster (the compiled kernel iterates only there); -1 padding in some lists
+    g = torch.Generator().manual_seed(5)
+    centres = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0]])
+    x = centres.repeat_interleave(30, 0) + 0.2 * torch.randn(60, 6, generator=g)
+    x = torch.nn.functional.normalize(x, dim=1)
+    index = database_index(x, "exact", "torch")
+    lists, cand = truncation_lists(x, index, 40, 6)
+    lists = lists.long()
+    lists[::7, 35:] = -1
+    L = laplacian_alpha(mutual_knn_graph(x, 6, gamma=3.0, candidates=cand), 0.99)
+    C = late_truncation(L, lists, block_size=9).to_dense().double().numpy()
+    np.testing.assert_allclose(C, _dense_rows(L, lists), rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("max_iter", [0, 1, 3, 20])
+def test_float64_laplacian_and_iteration_caps(solver, max_iter):
+    x, L, lists = _system(n=50, kd=6, T=20, seed=2)
+    L64 = torch.sparse_csr_tensor(L.crow_indices(), L.col_indices(), L.values().double(), L.shape)
+    C = late_truncation(L64, lists, max_iter=max_iter, tol=1e-12)
+    assert C.dtype == torch.float64
+    np.testing.assert_allclose(
+        C.to_dense().numpy(), _dense_rows(L64, lists, max_iter, 1e-12), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_compiled_kernel_equals_numpy_fallback(monkeypatch):
+    pytest.importorskip("numba")
+    x, L, lists = _system(n=150, kd=10, T=40, seed=6)
+    monkeypatch.setattr(offline, "_KERNEL", [None])
+    fallback = late_truncation(L, lists, block_size=11)
+    monkeypatch.setattr(offline, "_KERNEL", [])
+    compiled = late_truncation(L, lists, block_size=11)
+    torch.testing.assert_close(compiled.to_dense(), fallback.to_dense(), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_falls_back_without_numba(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
+    monkeypatch.setattr(offline, "_KERNEL", [])
+    assert offline._numba_kernel() is None
+    x, L, lists = _system(n=40, kd=5, T=12, seed=8)
+    C = late_truncation(L, lists).to_dense().double().numpy()
+    np.testing.assert_allclose(C, _dense_rows(L, lists), rtol=2e-4, atol=2e-6)
+
+
+def test_indefinite_sub_block_is_refused(solver):
+    L = torch.tensor([[1.0, 2.0], [2.0, 1.0]]).to_sparse_csr()  # eigenvalues 3, -1
+    with pytest.raises(ValueError, match="laplacian is not positive definite"):
+        late_truncation(L, torch.tensor([[0, 1], [1, 0]]), max_iter=5)
+
+
+def test_flat_faiss_lists_equal_truncation_lists():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(7)
+    x = torch.nn.functional.normalize(torch.randn(80, 8, generator=g), dim=1)
+    x[5] = x[9]  # an exact duplicate: the node is not always ranked first by the search
+    index = database_index(x, "exact", "faiss")
+    for t, kc in ((20, 6), (5, 12), (80, 80)):
+        fast = offline._flat_faiss_lists(x, index, t, kc)
+        ref = truncation_lists(x, index, t, kc)
+        assert fast is not None
+        assert torch.equal(fast[0], ref[0])
+        assert torch.equal(fast[1].indices, ref[1].indices)
+        assert torch.equal(fast[1].scores, ref[1].scores)
+    assert offline._flat_faiss_lists(x, database_index(x, "exact", "torch"), 20, 6) is None
 
 
 def test_cg_rows_matches_conjugate_gradient_per_column():
