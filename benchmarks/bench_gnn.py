@@ -234,7 +234,7 @@ def main(argv=None):
     text = (
         f"Machine: {machine()}\n"
         f"Command: python benchmarks/bench_gnn.py {shown}\n"
-        f"k1=26, k2=7, layers=2, k = {args.k}, d = {args.dim} (synthetic); {args.rounds} "
+        f"k1=26, k2=7, layers=2, k = {args.k}, d = {args.dim} (synthetic; digits: 64); {args.rounds} "
         f"alternating rounds of fresh processes x {args.repeats} timed calls (after "
         f"{args.warmup} warm-up call(s), none for the reference); {args.threads} threads; load average (1 min) "
         f"during the run: {min(loads):.1f}-{max(loads):.1f}\n\n" + table(rows, cols)

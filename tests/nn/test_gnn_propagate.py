@@ -106,24 +106,51 @@ def test_gnn_propagate_dtypes(dtype, device):
     np.testing.assert_allclose(rows, 1.0, rtol=tol)
 
 
+def _dense_form(name):
+    # the dense form's two propagations: SciPy CSR layers (the CPU's) and dense torch rows
+    # (the other devices'), called directly so that both run on the CPU here
+    from graphrerank.nn import gnn_rerank as mod
+
+    if name == "dispatch":
+        return mod._gnn_propagate_dense
+    f = getattr(mod, name)
+
+    def run(nbr, sim, k1, k2, layers):
+        n1 = min(k1, nbr.shape[0])
+        return f(nbr, sim, n1, min(k2, n1), layers, k2 == 1)
+
+    return run
+
+
+DENSE_FORMS = ["dispatch", "_propagate_scipy", "_propagate_torch"]
+
+
+@pytest.mark.parametrize("form", DENSE_FORMS)
 @pytest.mark.parametrize("layers", [0, 1, 2, 3])
 @pytest.mark.parametrize(("m", "k1", "k2"), [(1, 1, 1), (12, 4, 2), (15, 6, 6), (10, 20, 3)])
-def test_dense_form_equals_dense_reference(m, k1, k2, layers):
-    from graphrerank.nn.gnn_rerank import _gnn_propagate_dense
-
+def test_dense_form_equals_dense_reference(m, k1, k2, layers, form):
     nbr, sim = ranked_lists(5, m)
-    out = _gnn_propagate_dense(torch.from_numpy(nbr), torch.from_numpy(sim), k1, k2, layers)
+    out = _dense_form(form)(torch.from_numpy(nbr), torch.from_numpy(sim), k1, k2, layers)
     expected = propagate_reference(nbr, sim, k1, k2, layers)
+    assert out.dtype == torch.float64 and out.is_contiguous()
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-14)
 
 
-def test_dense_form_drops_padding():
-    from graphrerank.nn.gnn_rerank import _gnn_propagate_dense
+@pytest.mark.parametrize("form", DENSE_FORMS)
+def test_dense_form_float32(form):
+    nbr, sim = ranked_lists(3, 14)
+    out = _dense_form(form)(torch.from_numpy(nbr), torch.from_numpy(sim).float(), 5, 3, 2)
+    assert out.dtype == torch.float32
+    expected = propagate_reference(nbr, sim.astype(np.float32), 5, 3, 2)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
 
+
+@pytest.mark.parametrize("form", DENSE_FORMS)
+def test_dense_form_drops_padding(form):
     nbr = torch.tensor([[0, 1, -1], [1, 0, 2], [2, 1, -1]])
     sim = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.5, 0.4], [1.0, 0.2, 0.0]], dtype=torch.float64)
     for layers in (0, 2):
-        dense = _gnn_propagate_dense(nbr, sim, 3, 3, layers)
+        dense = _dense_form(form)(nbr, sim, 3, 3, layers)
         sparse = gnn_propagate(nbr, sim, 3, 3, layers).to_dense()
         np.testing.assert_allclose(dense.numpy(), sparse.numpy(), rtol=1e-12, atol=1e-15)
 
@@ -152,3 +179,15 @@ def test_layers_bounded_by_max_rounds():
     nbr, sim = (torch.from_numpy(a) for a in ranked_lists(0, 6))
     with pytest.raises(ValueError, match=f"layers must be <= {MAX_ROUNDS}"):
         gnn_propagate(nbr, sim, 3, 2, layers=10**12)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize(("m", "k1", "k2"), [(12, 4, 2), (15, 6, 6), (14, 14, 5)])
+def test_pruning_that_prunes_nothing_is_exact(m, k1, k2, layers):
+    # max_nonzeros at least the row length keeps every entry: the exact propagation
+    nbr, sim = (torch.from_numpy(a) for a in ranked_lists(7, m))
+    expected = propagate_reference(nbr.numpy(), sim.numpy(), k1, k2, layers)
+    for limit in (None, m):
+        out = gnn_propagate(nbr, sim, k1, k2, layers, max_nonzeros=limit)
+        assert out.layout == torch.sparse_csr and out.crow_indices().dtype == torch.int64
+        np.testing.assert_allclose(out.to_dense().numpy(), expected, rtol=1e-12, atol=1e-14)

@@ -77,11 +77,18 @@ SETTINGS = [
 ]
 
 
-@pytest.fixture(params=["dense", "sparse"])
+@pytest.fixture(params=["dense", "dense_blocks_torch", "sparse"])
 def form(request, monkeypatch):
-    """Both forms of the re-ranking: dense (small graphs) and sparse (forced here)."""
+    """Both forms of the re-ranking: dense (small graphs) and sparse (forced here); the dense
+    form also with its symmetric score product in row blocks and the propagation of the
+    devices other than the CPU (dense torch rows instead of SciPy CSR), both forced."""
     if request.param == "sparse":
         monkeypatch.setattr(gnn, "DENSE_ELEMENTS", 0)
+    if request.param == "dense_blocks_torch":
+        from graphrerank.nn import gnn_rerank
+
+        monkeypatch.setattr(gnn, "_GRAM_MIN_WORK", 0)
+        monkeypatch.setattr(gnn_rerank, "_propagate_scipy", gnn_rerank._propagate_torch)
     return request.param
 
 
@@ -250,3 +257,15 @@ def test_dense_fit_scans_lazily():
     assert not hasattr(r, "neighbors_")
     a = r.propagated()
     assert hasattr(r, "neighbors_") and tuple(a.shape) == (60, 60)
+
+
+def test_csr_product_made_dense_by_one_scatter():
+    # the sparse form's blocks: a CSR product (rows without entries included) made dense
+    rng = np.random.default_rng(5)
+    a = rng.random((7, 9)) * (rng.random((7, 9)) < 0.3)
+    a[2] = 0
+    b = rng.random((9, 11)) * (rng.random((9, 11)) < 0.3)
+    prod = torch.from_numpy(a).to_sparse_csr() @ torch.from_numpy(b).to_sparse_csr()
+    out = gnn._to_dense(prod)
+    assert out.shape == (7, 11) and out.dtype == torch.float64
+    np.testing.assert_allclose(out.numpy(), a @ b, rtol=1e-12, atol=0)
