@@ -5,8 +5,10 @@ Of the classes 0-4, train on 0-2 and validate on 3-4 (classes unseen at training
 stopping and the fusion's lambda and gamma), test all-vs-all within classes 5-9 (500 images;
 every image queries the 500, its own entry is dropped when scoring: leave-one-out class mAP
 over the full ranking). ``--split reverse`` swaps the halves: train 5-7, validate 8-9, test
-0-4. The first stage is the
-global descriptor (``desc_lite2_max512_gem3``, cosine); re-rankers re-order its top M = 100.
+0-4; ``--split hard`` trains on 3-7, validates on 8-9 and tests on 0-2 (the classes where the
+global ranking leaves the most room under the top-100 ceiling). The first stage is the
+global descriptor (``desc_lite2_max512_gem3``, cosine; ``--global`` picks another array of
+the file, e.g. the weaker ``desc_lite0_max512_gem3``); re-rankers re-order its top M = 100.
 Local descriptors: the 64 PCA-whitened 128-d vectors per image of ``corel1k_local``.
 
 Rows: global cosine; every training-free similarity (one-sided chamfer, database-to-query
@@ -27,6 +29,14 @@ Quick check that the script works (tiny training, top-20, no file written):
 Training-free rows only (minutes; ``--modes`` picks learned rows by name):
 
     python benchmarks/learned_corel.py --threads 1 --modes none
+
+One learned row against the strongest training-free baseline of the reverse split, with the
+list-wise softmax term added to the loss (``--loss softmax``; the sampling is set by
+``--positives`` / ``--negatives`` / ``--hard-pool``, the model by ``--dropout`` and
+``--no-global-node``):
+
+    python benchmarks/learned_corel.py --threads 1 --split reverse --modes pairwise \
+        --similarities chamfer_db --loss softmax
 """
 
 from __future__ import annotations
@@ -68,12 +78,21 @@ MODES = [
 ]
 
 
-def splits(labels: torch.Tensor, reverse: bool = False):
-    """Class-disjoint (train, val, test): train 0-2, validate 3-4, test 5-9 (or reversed)."""
-    if reverse:
-        split = class_disjoint_split(labels, test_classes=[0, 1, 2, 3, 4], val_classes=[8, 9])
-    else:
-        split = class_disjoint_split(labels, test_classes=[5, 6, 7, 8, 9], val_classes=[3, 4])
+#: test classes and validation classes of each ``--split`` (training: the rest)
+SPLITS = {
+    "forward": ([5, 6, 7, 8, 9], [3, 4]),
+    "reverse": ([0, 1, 2, 3, 4], [8, 9]),
+    "hard": ([0, 1, 2], [8, 9]),
+}
+
+
+def splits(labels: torch.Tensor, reverse: bool | str = False):
+    """Class-disjoint (train, val, test) of a ``--split`` name: "forward" trains on 0-2,
+    validates on 3-4 and tests on 5-9; "reverse" trains on 5-7, validates on 8-9, tests on 0-4;
+    "hard" trains on 3-7, validates on 8-9, tests on 0-2 (``reverse=True``: "reverse")."""
+    name = reverse if isinstance(reverse, str) else ("reverse" if reverse else "forward")
+    test, val = SPLITS[name]
+    split = class_disjoint_split(labels, test_classes=test, val_classes=val)
     return split.train, split.val, split.test, split
 
 
@@ -117,13 +136,34 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--top-m", type=int, default=100)
     p.add_argument("--raw", action="store_true", help="also chamfer on the raw 1280-d vectors")
-    p.add_argument("--split", choices=("forward", "reverse"), default="forward")
+    p.add_argument("--split", choices=tuple(SPLITS), default="forward")
     p.add_argument(
         "--design", choices=("late", "joint"), default="late", help="LocalMatcher design"
     )
     p.add_argument(
         "--modes", default="all", help="learned rows: 'all', 'none' or names joined by ','"
     )
+    p.add_argument(
+        "--global", dest="global_", default="desc_lite2_max512_gem3",
+        help="global descriptor of the first stage (an array of corel1k_effnetlite_desc.npz)",
+    )  # fmt: skip
+    p.add_argument("--loss", choices=("bce", "softmax"), default="bce", help="training loss")
+    p.add_argument("--positives", type=int, default=2, help="pairwise: positives per query")
+    p.add_argument("--negatives", type=int, default=6, help="pairwise: negatives per query")
+    p.add_argument("--hard-pool", type=int, default=50, help="pairwise: hard-negative pool")
+    p.add_argument("--patience", type=int, default=3, help="early-stopping patience")
+    p.add_argument(
+        "--val-top-m", type=int, default=None,
+        help="shortlist re-ranked in validation (default: --top-m, as at test time)",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--no-global-node", action="store_true", help="LocalMatcher without global_dim")
+    p.add_argument("--dropout", type=float, default=0.0, help="LocalMatcher dropout")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    p.add_argument(
+        "--similarities", default="all",
+        help="training-free rows: 'all' or names joined by ',' (e.g. chamfer_db)",
+    )  # fmt: skip
     p.add_argument(
         "--out", default=str(RESULTS), help="Markdown file to write ('none': print only)"
     )
@@ -134,10 +174,10 @@ def main(argv=None) -> list[dict]:
         argv if argv is not None else sys.argv[1:]
     )
 
-    g = load_corel1k().database.float()
+    g = load_corel1k(descriptor=args.global_).database.float()
     loc = load_corel1k_local()
     local, labels = loc.local, loc.labels
-    train, val, test, split = splits(labels, reverse=args.split == "reverse")
+    train, val, test, split = splits(labels, args.split)
     top_m, epochs = args.top_m, args.epochs
     modes = MODES
     if args.modes == "none":
@@ -149,6 +189,11 @@ def main(argv=None) -> list[dict]:
         train, val, test = train[::8], val[::4], test[::10]
         top_m, epochs, modes = 20, 1, MODES[:2]
     lab_test = labels[test]
+    val_top_m = top_m if args.val_top_m is None else args.val_top_m
+    free_kinds = SIMILARITIES if args.similarities == "all" else args.similarities.split(",")
+    for kind in free_kinds:
+        if kind not in SIMILARITIES:
+            raise SystemExit(f"--similarities: {kind!r} is not one of {SIMILARITIES}")
     rows: list[dict] = []
     global_bytes = 2 * g.shape[1]
 
@@ -158,7 +203,7 @@ def main(argv=None) -> list[dict]:
     rows.append(
         {"method": "global cosine (first stage)", "desc": "-", "bytes": 0, "test_unfused": base}
     )
-    for kind in SIMILARITIES:
+    for kind in free_kinds:
         full = ranking_map(full_similarity(local[test], kind), lab_test)
         rows.append({"method": f"{kind}, full ranking (no first stage)", "desc": "64/64", "bytes": bytes_per_image(64, 128, "float16"), "test_unfused": full, "free": True})  # fmt: skip
     if args.raw:
@@ -167,7 +212,7 @@ def main(argv=None) -> list[dict]:
             rows.append({"method": f"{kind} raw 1280-d, full ranking", "desc": "64/64", "bytes": bytes_per_image(64, 1280, "float16"), "test_unfused": ranking_map(full_similarity(raw, kind), lab_test)})  # fmt: skip
         del raw
     oracle_done = False
-    for kind in SIMILARITIES:
+    for kind in free_kinds:
         cham = LocalDescriptorReranker(similarity=kind, db_storage="float16")
         best = tune(cham, g, local, labels, val, top_m)
         sl, per_query = evaluate(cham, g, local, test, top_m)
@@ -208,7 +253,8 @@ def main(argv=None) -> list[dict]:
             ffn=64,
             k_intra=4,
             k_cross=4,
-            global_dim=g.shape[1],
+            global_dim=None if args.no_global_node else g.shape[1],
+            dropout=args.dropout,
             design=args.design,
         )
         t = time.perf_counter()
@@ -220,16 +266,25 @@ def main(argv=None) -> list[dict]:
             train_index=train,
             val_index=val,
             mode=mode,
+            loss=args.loss,
             epochs=epochs,
-            positives=2,
-            negatives=6,
+            positives=args.positives,
+            negatives=args.negatives,
+            hard_pool=args.hard_pool,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
             window=16,
-            val_top_m=30,
-            patience=3,
+            val_top_m=val_top_m,
+            patience=args.patience,
             seed=0,
+            progress=False,
             **storage,
         )
         train_s = time.perf_counter() - t
+        curve = ", ".join(
+            f"{h['epoch']}: {h['loss']:.3f}/{100 * (h['val_map'] or 0):.2f}" for h in result.history
+        )
+        print(f"{name}: epoch: loss/val mAP {curve}", flush=True)
         r = LocalDescriptorReranker(model=model, mode=mode, **infer, **storage)
         best = tune(r, g, local, labels, val, top_m)
         sl, per_query = evaluate(r, g, local, test, top_m)
@@ -258,7 +313,7 @@ def main(argv=None) -> list[dict]:
         top = row.get("test_fused", row["test_unfused"])
         row["vs_global"] = f"{top - round(100 * base, 2):+.2f}"
         row["vs_chamfer"] = f"{top - round(100 * best_chamfer, 2):+.2f}"
-    text = report(rows, command, base, best_chamfer, top_m, global_bytes, split, best_name)
+    text = report(rows, command, base, best_chamfer, top_m, global_bytes, split, best_name, args)
     print(text)
     if args.out != "none" and not args.fast:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +338,7 @@ COLUMNS = [
 ]
 
 
-def report(rows, command, base, best_chamfer, top_m, global_bytes, split, best_name) -> str:
+def report(rows, command, base, best_chamfer, top_m, global_bytes, split, best_name, args) -> str:
     when = datetime.date.today().isoformat()
     n_tr, n_va, n_te = split.train.numel(), split.val.numel(), split.test.numel()
     return f"""# Learned local-descriptor re-rankers on Corel-1k (class-disjoint)
@@ -295,16 +350,17 @@ Class-disjoint (`graphrerank.models.class_disjoint_split`): train on classes
 unseen at training: early stopping, and lambda / gamma of the fusion
 `s = lambda * s_global + (1 - lambda) * sigmoid(gamma * logit)`), test all-vs-all within
 classes {split.test_classes} ({n_te} images, unseen by both; leave-one-out class mAP over the
-full ranking, in %). First stage: global cosine; re-rankers re-order its top {top_m}. Local descriptors: 64
+full ranking, in %). First stage: global cosine of `{args.global_}`; re-rankers re-order its top {top_m}. Local descriptors: 64
 PCA-whitened 128-d vectors per image (`load_corel1k_local()`); "64/16" keeps 16 database
 descriptors (AMES-style asymmetry). "bytes" counts the stored local descriptors of one database
 image (float16 unless stated; the global descriptor adds {global_bytes} bytes as float16). Model:
 `LocalMatcher(128, hidden=32, heads=2, num_layers=2, ffn=64, k_intra=4, k_cross=4,
-global_dim=1280, design=...)` (a global node per image; the design of `--design`, default
-"late"), 2 positives and 6 hard negatives per query and
-epoch (list-wise: one window of 16 consecutive shortlist entries per query and epoch; at test
-time windows of 16 with stride 8 over the top-M, logits averaged), AdamW 1e-3, early stopping
-on the validation mAP of the top-30 (patience 3), one seed.
+global_dim={"None" if args.no_global_node else 1280}, dropout={args.dropout:g}, design="{args.design}")`, {args.positives} positives and {args.negatives} hard negatives
+(of the first {args.hard_pool}) per query and epoch (list-wise: one window of 16 consecutive shortlist
+entries per query and epoch; at test time windows of 16 with stride 8 over the top-M, logits
+averaged), loss "{args.loss}" (`train_matcher(loss=...)`), AdamW {args.lr:g} (weight decay
+{args.weight_decay:g}), at most {args.epochs}
+epochs with early stopping on the validation mAP of the top-{top_m if args.val_top_m is None else args.val_top_m} (patience {args.patience}), one seed.
 
 Global cosine: {100 * base:.2f}. Best training-free number on the same 128-d descriptors
 (any similarity, full ranking or re-ranking the top-{top_m}, unfused or fused):

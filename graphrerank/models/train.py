@@ -128,9 +128,40 @@ def _sample(pool: Tensor, count: int, gen: torch.Generator) -> Tensor:
     return pool[torch.randint(pool.numel(), (count,), generator=gen)]
 
 
+def _ranking_loss(logits: Tensor, target: Tensor, group: Tensor) -> Tensor:
+    r"""Softmax ranking loss of every positive against the negatives of its list.
+
+    For a positive :math:`p` of list :math:`g` with negatives :math:`N_g`,
+    :math:`-\log \frac{e^{\ell_p}}{e^{\ell_p} + \sum_{n \in N_g} e^{\ell_n}}
+    = \operatorname{softplus}(\operatorname{LSE}_{n \in N_g} \ell_n - \ell_p)`, averaged
+    over the positives of lists with at least one negative (0 when there is none).
+
+    Args:
+        logits: :math:`(P,)` float logits.
+        target: :math:`(P,)` 1 for a positive, 0 for a negative.
+        group: :math:`(P,)` int64 list id of each entry.
+
+    Returns:
+        The scalar loss.
+    """
+    neg = target < 0.5
+    n_groups = int(group.max()) + 1 if group.numel() else 1
+    # per-list log-sum-exp of the negatives, shifted by their (detached) maximum
+    big = torch.full((n_groups,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    big = big.scatter_reduce(0, group[neg], logits[neg].detach(), "amax")
+    shift = torch.where(torch.isfinite(big), big, torch.zeros_like(big))
+    sums = torch.zeros_like(big).index_add(0, group[neg], (logits[neg] - shift[group[neg]]).exp())
+    pos = ~neg & torch.isfinite(big[group])
+    if not bool(pos.any()):
+        return logits.sum() * 0.0
+    lse = shift[group[pos]] + sums[group[pos]].log()
+    return torch.nn.functional.softplus(lse - logits[pos]).mean()
+
+
 def _pairs(short, labels, train, positives, negatives, hard_pool, gen):
-    """(query, candidate, target) triples for one pairwise epoch (CPU tensors)."""
-    q_out, c_out, t_out = [], [], []
+    """(query, candidate, target, group) of one pairwise epoch (CPU tensors); ``group`` is
+    the row of the query in ``short``."""
+    q_out, c_out, t_out, g_out = [], [], [], []
     for r in range(short.shape[0]):
         q = int(train[r])
         row = short[r]
@@ -149,7 +180,8 @@ def _pairs(short, labels, train, positives, negatives, hard_pool, gen):
             q_out.append(torch.full((cand.numel(),), q, dtype=torch.long))
             c_out.append(cand)
             t_out.append(torch.full((cand.numel(),), target))
-    return torch.cat(q_out), torch.cat(c_out), torch.cat(t_out)
+            g_out.append(torch.full((cand.numel(),), r, dtype=torch.long))
+    return torch.cat(q_out), torch.cat(c_out), torch.cat(t_out), torch.cat(g_out)
 
 
 def _validate(model, mode, window, g, qloc, dloc, labels, index, top_m, batch_size, pos, dpos):
@@ -189,6 +221,7 @@ def train_matcher(
     train_index: Tensor | None = None,
     val_index: Tensor | None = None,
     mode: Literal["pairwise", "listwise"] = "pairwise",
+    loss: Literal["bce", "softmax"] = "bce",
     shortlist: int = 100,
     positives: int = 4,
     negatives: int = 12,
@@ -222,9 +255,14 @@ def train_matcher(
       shortlist entries from a random start; one graph per list, ``batch_size // window``
       lists per step.
 
-    **Loss.** Binary cross-entropy on every (query, candidate) logit :math:`\ell`,
-    :math:`-y \log\sigma(\ell) - (1 - y)\log(1 - \sigma(\ell))`, :math:`y = 1` for the same class;
-    AdamW.
+    **Loss.** ``loss="bce"``: binary cross-entropy on every (query, candidate) logit
+    :math:`\ell`, :math:`-y \log\sigma(\ell) - (1 - y)\log(1 - \sigma(\ell))`, :math:`y = 1`
+    for the same class. ``loss="softmax"``: that binary cross-entropy plus a list-wise softmax
+    term in which every positive of a query's list (its sampled
+    candidates in pairwise mode, its window in list-wise mode) is ranked against that list's
+    negatives, :math:`\operatorname{softplus}(\operatorname{LSE}_n \ell_n - \ell_p)`; the
+    binary term keeps the logits calibrated for the fusion. In pairwise mode each step then
+    takes whole queries' lists (``batch_size // (positives + negatives)`` queries). AdamW.
 
     **Asymmetry and memory.** The candidate side is stored as the re-ranker will store it
     (``db_descriptors`` first descriptors in ``db_storage``, see
@@ -257,6 +295,7 @@ def train_matcher(
         train_index: Images to train on (default: all not in ``val_index``).
         val_index: Held-out images for validation (default: none).
         mode: ``"pairwise"`` or ``"listwise"``.
+        loss: ``"bce"`` or ``"softmax"`` (binary cross-entropy plus the list-wise term).
         shortlist: Shortlist length for mining.
         positives: Pairwise: positives per query and epoch.
         negatives: Pairwise: negatives per query and epoch.
@@ -329,6 +368,7 @@ def train_matcher(
     if model.config["use_positions"] and positions is None:
         raise ValueError("the model uses descriptor positions: pass positions")
     check_in(mode, "mode", ("pairwise", "listwise"))
+    check_in(loss, "loss", ("bce", "softmax"))
     check_in(db_storage, "db_storage", STORAGES)
     epochs = check_int(epochs, "epochs", low=1)
     batch_size = check_int(batch_size, "batch_size", low=1)
@@ -372,11 +412,12 @@ def train_matcher(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     lists_per_step = max(1, batch_size // window)
     win = min(window, short.shape[1])
-    steps = (
-        -(-train.numel() * (positives + negatives) // batch_size)
-        if mode == "pairwise"
-        else -(-train.numel() // lists_per_step)
-    )
+    if mode == "listwise":
+        steps = -(-train.numel() // lists_per_step)
+    elif loss == "bce":
+        steps = -(-train.numel() * (positives + negatives) // batch_size)
+    else:
+        steps = -(-train.numel() // max(1, batch_size // (positives + negatives)))
     ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
     model.metadata.update(
         mode=mode,
@@ -384,6 +425,7 @@ def train_matcher(
         db_descriptors=db_descriptors,
         db_storage=db_storage,
         window=window,
+        loss=loss,
     )
     history: list[dict[str, Any]] = []
     best_map, best_epoch, best_state, stale = None, 0, None, 0
@@ -398,15 +440,31 @@ def train_matcher(
                 model.train()
                 total, count = 0.0, 0
                 if mode == "pairwise":
-                    qi, ci, yi = _pairs(
+                    qi, ci, yi, gi = _pairs(
                         short, labels_cpu, train, positives, negatives, hard_pool, gen
                     )
-                    perm = torch.randperm(qi.numel(), generator=gen)
-                    qi, ci, yi = qi[perm].to(dev), ci[perm].to(dev), yi[perm].to(dev)
-                    batches = [
-                        (qi[s : s + batch_size], ci[s : s + batch_size, None], yi[s : s + batch_size, None])
-                        for s in range(0, qi.numel(), batch_size)
-                    ]  # fmt: skip
+                    if loss == "bce":
+                        perm = torch.randperm(qi.numel(), generator=gen)
+                        qi, ci, yi = qi[perm].to(dev), ci[perm].to(dev), yi[perm].to(dev)
+                        batches = [
+                            (qi[s : s + batch_size], ci[s : s + batch_size, None], yi[s : s + batch_size, None], None)
+                            for s in range(0, qi.numel(), batch_size)
+                        ]  # fmt: skip
+                    else:
+                        # whole lists per step: shuffle the queries, keep each list together
+                        rank = torch.randperm(short.shape[0], generator=gen)[gi]
+                        perm = torch.argsort(rank, stable=True)
+                        qi, ci, yi, gi = qi[perm], ci[perm], yi[perm], rank[perm]
+                        per_step = max(1, batch_size // max(1, positives + negatives))
+                        step_of = gi // per_step
+                        bounds = torch.cumsum(torch.bincount(step_of), 0).tolist()
+                        batches, lo = [], 0
+                        for hi in bounds:
+                            if hi > lo:
+                                q, c, y, grp = qi[lo:hi], ci[lo:hi], yi[lo:hi], gi[lo:hi]
+                                grp = torch.unique(grp, return_inverse=True)[1]
+                                batches.append((q.to(dev), c[:, None].to(dev), y[:, None].to(dev), grp.to(dev)))  # fmt: skip
+                            lo = hi
                 else:
                     starts = torch.randint(
                         short.shape[1] - win + 1, (train.numel(),), generator=gen
@@ -417,10 +475,10 @@ def train_matcher(
                     perm = torch.randperm(train.numel(), generator=gen)
                     qi, ci, yi = train[perm].to(dev), cand[perm].to(dev), target[perm].to(dev)
                     batches = [
-                        (qi[s : s + lists_per_step], ci[s : s + lists_per_step], yi[s : s + lists_per_step])
+                        (qi[s : s + lists_per_step], ci[s : s + lists_per_step], yi[s : s + lists_per_step], None)
                         for s in range(0, qi.numel(), lists_per_step)
                     ]  # fmt: skip
-                for q, c, y in batches:
+                for q, c, y, grp in batches:
                     logits = model.score(
                         qloc[q],
                         dloc[c],
@@ -429,12 +487,19 @@ def train_matcher(
                         g[q],
                         g[c],
                     )
-                    loss = bce(logits, y.to(logits.dtype))
+                    y = y.to(logits.dtype)
+                    value = bce(logits, y)
+                    if loss == "softmax":
+                        if grp is None:  # one list per row
+                            grp = torch.arange(y.shape[0], device=dev)[:, None].expand_as(y)
+                        value = value + _ranking_loss(
+                            logits.reshape(-1), y.reshape(-1), grp.reshape(-1)
+                        )
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    value.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                     opt.step()
-                    total += float(loss.detach()) * y.numel()
+                    total += float(value.detach()) * y.numel()
                     count += y.numel()
                     bar.update(1)
                 record: dict[str, Any] = {
