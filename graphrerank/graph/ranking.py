@@ -345,6 +345,7 @@ def select_topk(
     min_overlap: Callable[[Tensor, Tensor], Tensor],
     *,
     higher_base_is_better: bool,
+    score_uses_base: bool = True,
 ) -> tuple[Tensor, Tensor]:
     r"""Exact top-``k`` per row of ``score(overlap, base)``, ties broken by the base.
 
@@ -357,6 +358,10 @@ def select_topk(
     base (``base_of(rows, cols)``) only when its bound reaches the row's ``k``-th best
     shortlist score, that is when its overlap is at least ``min_overlap(kth, bound)`` (a
     per-row threshold; it may err low, never high).
+
+    With ``score_uses_base=False`` (a score of the overlap alone, such as GNN re-ranking's
+    at :math:`\lambda = 0`), ``base_of`` is asked only for the items outside the shortlists
+    whose score equals another candidate's of the same row: the base only orders ties.
 
     Returns:
         ``(scores, indices)`` :math:`(R, k)`, best first; equal scores are ordered by the
@@ -381,13 +386,19 @@ def select_topk(
     key = torch.full((r, width), float("-inf"), dtype=dt, device=dev)
     base = torch.full((r, width), worst, dtype=dt, device=dev)
     idx[:, :s], key[:, :s], base[:, :s] = short_idx, s_short, short_base
+    unknown = None
     if sr.numel():
-        b = base_of(sr, sc)
         first = torch.cumsum(counts, 0) - counts
         pos = s + torch.arange(sr.numel(), device=dev) - first[sr]
         idx[sr, pos] = sc
-        key[sr, pos] = score(p, b)
-        base[sr, pos] = b
+        if score_uses_base:
+            b = base_of(sr, sc)
+            key[sr, pos] = score(p, b)
+            base[sr, pos] = b
+        else:  # the base of these only where a tie needs it (below)
+            key[sr, pos] = score(p, short_base[sr, -1])
+            unknown = torch.zeros((r, width), dtype=torch.bool, device=dev)
+            unknown[sr, pos] = True
     # the k best by score; every item tied with the k-th comes along, then the base orders
     # equal scores (better first)
     if 4 * k <= width:  # narrow the field first
@@ -395,5 +406,19 @@ def select_topk(
         take = int((key >= kth).sum(1).max())
         key, pos = topk(key, take)
         idx, base = idx.gather(1, pos), base.gather(1, pos)
+        if unknown is not None:
+            unknown = unknown.gather(1, pos)
+    if unknown is not None and key.shape[1] > 1:
+        # items whose score equals another's in their row: their base orders them
+        sk, so = key.sort(dim=1, descending=True, stable=True)
+        eq = sk[:, 1:] == sk[:, :-1]
+        tied_sorted = torch.zeros_like(unknown)
+        tied_sorted[:, 1:] |= eq
+        tied_sorted[:, :-1] |= eq
+        tied = torch.zeros_like(unknown).scatter_(1, so, tied_sorted)
+        need = unknown & tied & (idx >= 0)
+        if bool(need.any()):
+            nr, npos = need.nonzero(as_tuple=True)
+            base[nr, npos] = base_of(nr, idx[nr, npos]).to(dt)
     order = lexsort_desc(key, base if higher_base_is_better else -base)[:, :k]
     return key.gather(1, order), idx.gather(1, order)

@@ -158,7 +158,7 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
 
         s, i = select_topk(
             buf, short_idx[r0:r1], short_s[r0:r1], k, score, base_of, min_overlap,
-            higher_base_is_better=True,
+            higher_base_is_better=True, score_uses_base=bool(lam),
         )  # fmt: skip
         scores[r0:r1], indices[r0:r1] = s, i
         if bar is not None:

@@ -262,14 +262,27 @@ def test_select_topk_gnn_score_equals_dense(seed, k, s, lam, device):
         return p - 1e-6 * p.abs() - 1e-12
 
     base_t = to_t(base, device)
-    sc, ix = select_topk(
-        to_t(overlap.copy(), device), to_t(short_idx, device), to_t(short_base, device), k,
-        score, lambda rr, cc: base_t[rr, cc], min_overlap, higher_base_is_better=True,
-    )  # fmt: skip
     full = (1 - lam) * overlap + lam * base if lam else overlap
     ev, ei = ranked(full, base, k)
-    np.testing.assert_array_equal(ix.cpu().numpy(), ei)
-    np.testing.assert_allclose(sc.cpu().numpy(), ev, rtol=1e-14, atol=1e-15)
+    for uses_base in (True, False) if lam == 0 else (True,):
+        asked = []
+
+        def base_of(rr, cc, asked=asked):
+            asked.append(torch.stack([rr, cc], 1).cpu())
+            return base_t[rr, cc]
+
+        sc, ix = select_topk(
+            to_t(overlap.copy(), device), to_t(short_idx, device), to_t(short_base, device), k,
+            score, base_of, min_overlap, higher_base_is_better=True, score_uses_base=uses_base,
+        )  # fmt: skip
+        np.testing.assert_array_equal(ix.cpu().numpy(), ei)
+        np.testing.assert_allclose(sc.cpu().numpy(), ev, rtol=1e-14, atol=1e-15)
+        if not uses_base:
+            # only items outside the shortlist whose score another candidate of the row shares
+            for rr, cc in torch.cat(asked).tolist() if asked else []:
+                assert cc not in short_idx[rr]
+                others = np.delete(full[rr], cc)
+                assert np.any(others == full[rr, cc])
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
