@@ -15,6 +15,7 @@ operator solved by one batched conjugate-gradient iteration (one system per row)
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -338,7 +339,20 @@ def _solve_block(
     out = np.empty(ids.shape, dtype=vals.dtype)
     tol_eff = max(float(tol), float(np.finfo(vals.dtype).eps))  # as in _cg_rows
     mark = table.numpy()[: rows.n + 1]
-    if kernel(cols, vals, ids, nodes.numpy(), mark, tol_eff, max_iter, out) >= 0:
+    try:
+        status = kernel(cols, vals, ids, nodes.numpy(), mark, tol_eff, max_iter, out)
+    except Exception as err:
+        # numba could not compile or load the kernel here (no writable cache location, an
+        # unsupported CPU): warn, then the NumPy / SciPy path from now on (the same systems)
+        _KERNEL[:] = [None]
+        warnings.warn(
+            f"the numba offline-diffusion kernel failed ({type(err).__name__}: {err}); "
+            "using the NumPy / SciPy solver",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _solve_block_cpu(cols, vals, table.numpy(), nodes.numpy(), lst, tol, max_iter)
+    if status >= 0:
         raise _not_spd("laplacian")
     return torch.from_numpy(ids), torch.from_numpy(out)
 

@@ -229,3 +229,17 @@ def test_online_ranking_shortcut_with_float_ties():
         ref = rank_csr(F.to_sparse_csr(), 2, q, x, index, ties)
         assert torch.equal(fast.indices, ref.indices), ties
         assert torch.equal(fast.scores, ref.scores)
+
+
+def test_a_kernel_that_fails_warns_and_falls_back(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    x, L, lists = _system(n=40, kd=5, T=12, seed=9)
+    monkeypatch.setattr(offline, "_KERNEL", [broken])
+    with pytest.warns(RuntimeWarning, match="numba offline-diffusion kernel failed"):
+        C = late_truncation(L, lists, block_size=7)
+    assert offline._KERNEL == [None]  # the NumPy / SciPy path from now on
+    np.testing.assert_allclose(
+        C.to_dense().double().numpy(), _dense_rows(L, lists), rtol=2e-4, atol=2e-6
+    )
