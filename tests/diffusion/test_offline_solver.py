@@ -243,3 +243,33 @@ def test_a_kernel_that_fails_warns_and_falls_back(monkeypatch):
     np.testing.assert_allclose(
         C.to_dense().double().numpy(), _dense_rows(L, lists), rtol=2e-4, atol=2e-6
     )
+
+
+@pytest.mark.parametrize("k", [3, 6, 8])
+def test_short_rows_with_negative_and_stored_zero_scores_equal_rank_csr(k):
+    # rows with fewer than k positive scores, stored zeros (-0.0 too) and negatives inside
+    # the k best: one packed (score, similarity) top-k must rank them as rank_csr does
+    F = torch.tensor(
+        [
+            [0.5, 0.0, -0.2, 0.0, 0.0, 0.3, -0.0, 0.0],
+            [0.0, -0.1, 0.0, 0.0, -0.3, 0.0, 0.0, 0.2],
+            [-0.5, -0.1, -0.2, -0.4, -0.3, -0.6, -0.7, -0.8],
+        ]
+    )
+    g = torch.Generator().manual_seed(21)
+    q = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(8, 4, generator=g), dim=1)
+    index = database_index(x, "exact", "torch")
+    # every entry stored, the zeros (and -0.0) included
+    crow = torch.arange(0, 25, 8)
+    csr = torch.sparse_csr_tensor(crow, torch.arange(8).repeat(3), F.reshape(-1), (3, 8))
+    assert bool((csr.values() == 0).any())
+    fast = _rank_rows(csr, k, q, x, index, "similarity")
+    ref = rank_csr(csr, k, q, x, index, "similarity")
+    assert torch.equal(fast.indices, ref.indices)
+    assert torch.equal(fast.scores, ref.scores)
+    # and by hand for the first row: positives by score, then the rest by similarity
+    sim = (q @ x.T)[0]
+    rest = [j for j in range(8) if F[0, j] <= 0]
+    rest.sort(key=lambda j: (-float(F[0, j] + 0.0), -float(sim[j])))
+    assert fast.indices[0].tolist() == [0, 5, *rest][:k]
