@@ -58,107 +58,69 @@ class Part:
         return [python, str(HERE / self.script), *self.args]
 
 
+def _args(line: str) -> tuple[str, ...]:
+    """A script's command-line arguments, written as one line."""
+    return tuple(line.split())
+
+
 PARTS: tuple[Part, ...] = (
     Part(
         "k-reciprocal, digits (all-vs-all)",
         "bench_kreciprocal.py",
-        ("--queries", "0", "--methods", "kr", "--repeats", "1", "--threads", "2"),
+        _args("--queries 0 --methods kr --repeats 1 --threads 2"),
         1.5,
     ),
     Part(
         "k-reciprocal, 729 + 4,271",
         "bench_kreciprocal.py",
-        (
-            "--queries",
-            "729",
-            "--gallery",
-            "4271",
-            "--methods",
-            "kr",
-            "--repeats",
-            "1",
-            "--threads",
-            "2",
-        ),
+        _args("--queries 729 --gallery 4271 --methods kr --repeats 1 --threads 2"),
         2.0,
     ),
     Part(
         "GNN re-ranking, digits and 729 + 4,271",
         "bench_gnn.py",
-        ("--sizes", "digits", "729+4271", "--rounds", "1", "--repeats", "1"),
+        _args("--sizes digits 729+4271 --rounds 1 --repeats 1"),
         3.0,
     ),
     Part(
         "offline diffusion, 10,000 + 1,000",
         "bench_offline_diffusion.py",
-        ("--sizes", "10000:1000", "--repeats", "1"),
+        _args("--sizes 10000:1000 --repeats 1"),
         3.0,
     ),
     Part(
         "SuperGlobal, digits and Corel-1k",
         "bench_neighbourhood.py",
-        (
-            "--sizes",
-            "digits",
-            "corel",
-            "--methods",
-            "SuperGlobal",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--ref-queries",
-            "200",
+        _args(
+            "--sizes digits corel --methods SuperGlobal --repeats 1 --warmup 0 --ref-queries 200"
         ),
         3.0,
     ),
     Part(
         "k-reciprocal, Market size",
         "bench_kreciprocal.py",
-        (
-            "--queries",
-            "3368",
-            "--gallery",
-            "19732",
-            "--methods",
-            "kr",
-            "--repeats",
-            "1",
-            "--threads",
-            "2",
-        ),
+        _args("--queries 3368 --gallery 19732 --methods kr --repeats 1 --threads 2"),
         6.0,
         market=True,
     ),
     Part(
         "offline diffusion, Market size",
         "bench_offline_diffusion.py",
-        ("--sizes", "19732:3368", "--repeats", "1"),
+        _args("--sizes 19732:3368 --repeats 1"),
         4.0,
         market=True,
     ),
     Part(
         "SuperGlobal, 700 x 19,732",
         "bench_neighbourhood.py",
-        (
-            "--sizes",
-            "700x19732",
-            "--methods",
-            "SuperGlobal",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--ref-queries",
-            "100",
-        ),
+        _args("--sizes 700x19732 --methods SuperGlobal --repeats 1 --warmup 0 --ref-queries 100"),
         4.0,
         market=True,
     ),
     Part(
         "GNN re-ranking, Market size",
         "bench_gnn.py",
-        ("--sizes", "3368+19732", "--rounds", "1", "--repeats", "1", "--warmup", "0"),
+        _args("--sizes 3368+19732 --rounds 1 --repeats 1 --warmup 0"),
         12.0,
         market=True,
     ),
