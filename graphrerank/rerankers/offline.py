@@ -940,10 +940,7 @@ def _rank_rows(
         indices = torch.zeros(b, k, dtype=torch.long, device=val.device)
         rows = torch.arange(b, device=val.device)
         bad = _rank_short_rows(idx, val, rows, k, q, x, scores, indices, sims)
-        if bad.numel():
-            r = _rank_subset(idx, val, bad, k, q, x, index, ties, F)
-            scores[bad] = r.scores.to(scores.dtype)
-            indices[bad] = r.indices.to(indices.dtype)
+        _rank_subset_into(idx, val, bad, k, q, x, index, ties, F, scores, indices)
         return RerankResult(scores, indices)
     if val.shape[1] <= k:
         pad = k + 1 - val.shape[1]
@@ -987,15 +984,15 @@ def _rank_rows(
     bad = (~ok).nonzero().squeeze(1)
     if bad.numel() and short:
         bad = _rank_short_rows(idx, val, bad, k, q, x, scores, indices, sims)
-    if bad.numel():
-        r = _rank_subset(idx, val, bad, k, q, x, index, ties, F)
-        scores[bad] = r.scores.to(scores.dtype)
-        indices[bad] = r.indices.to(indices.dtype)
+    _rank_subset_into(idx, val, bad, k, q, x, index, ties, F, scores, indices)
     return RerankResult(scores, indices)
 
 
-def _rank_subset(idx, val, bad, k, q, x, index, ties, F) -> RerankResult:
-    """:func:`~graphrerank.graph.ranking.rank_csr` of the rows ``bad`` of the padded scores."""
+def _rank_subset_into(idx, val, bad, k, q, x, index, ties, F, scores, indices) -> None:
+    """:func:`~graphrerank.graph.ranking.rank_csr` of the rows ``bad`` of the padded scores,
+    written into their rows of ``scores`` / ``indices``."""
+    if not bad.numel():
+        return
     n = F.shape[1]
     sub_idx, sub_val = idx.index_select(0, bad), val.index_select(0, bad)
     keep = sub_idx >= 0
@@ -1004,7 +1001,9 @@ def _rank_subset(idx, val, bad, k, q, x, index, ties, F) -> RerankResult:
     itype = F.col_indices().dtype
     Fb = csr(crow, sub_idx[keep].to(itype), sub_val[keep], (bad.numel(), n), check=False)
     qb = None if q is None else q.index_select(0, bad)  # a Tensor or a ScoreMatrix
-    return rank_csr(Fb, k, qb, x, index, ties)
+    r = rank_csr(Fb, k, qb, x, index, ties)
+    scores[bad] = r.scores.to(scores.dtype)
+    indices[bad] = r.indices.to(indices.dtype)
 
 
 #: Entries of one dense (rows x N) similarity block of :func:`_rank_short_rows`.
