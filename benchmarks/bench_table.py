@@ -51,7 +51,10 @@ class Part:
     name: str
     script: str
     args: tuple[str, ...]
-    minutes: float  # estimated on a quiet 2-core machine, references included
+    # estimated on a quiet 2-core machine, references included: about 1.5x the times of the
+    # run in results/speed_table.md (load 0.6-2.6, 10.3 min for the first eight parts); the
+    # Market GNN part from gnn_speed.md (its reference alone, ~11 min per lambda under load)
+    minutes: float
     market: bool = False
 
     def command(self, python: str = sys.executable) -> list[str]:
@@ -68,25 +71,25 @@ PARTS: tuple[Part, ...] = (
         "k-reciprocal, digits (all-vs-all)",
         "bench_kreciprocal.py",
         _args("--queries 0 --methods kr --repeats 1 --threads 2"),
-        1.5,
+        1.0,
     ),
     Part(
         "k-reciprocal, 729 + 4,271",
         "bench_kreciprocal.py",
         _args("--queries 729 --gallery 4271 --methods kr --repeats 1 --threads 2"),
-        2.0,
+        1.0,
     ),
     Part(
         "GNN re-ranking, digits and 729 + 4,271",
         "bench_gnn.py",
         _args("--sizes digits 729+4271 --rounds 1 --repeats 1"),
-        3.0,
+        2.0,
     ),
     Part(
         "offline diffusion, 10,000 + 1,000",
         "bench_offline_diffusion.py",
         _args("--sizes 10000:1000 --repeats 1"),
-        3.0,
+        1.0,
     ),
     Part(
         "SuperGlobal, digits and Corel-1k",
@@ -94,7 +97,7 @@ PARTS: tuple[Part, ...] = (
         _args(
             "--sizes digits corel --methods SuperGlobal --repeats 1 --warmup 0 --ref-queries 200"
         ),
-        3.0,
+        2.0,
     ),
     Part(
         "k-reciprocal, Market size",
@@ -107,21 +110,21 @@ PARTS: tuple[Part, ...] = (
         "offline diffusion, Market size",
         "bench_offline_diffusion.py",
         _args("--sizes 19732:3368 --repeats 1"),
-        4.0,
+        2.0,
         market=True,
     ),
     Part(
         "SuperGlobal, 700 x 19,732",
         "bench_neighbourhood.py",
         _args("--sizes 700x19732 --methods SuperGlobal --repeats 1 --warmup 0 --ref-queries 100"),
-        4.0,
+        2.0,
         market=True,
     ),
     Part(
         "GNN re-ranking, Market size",
         "bench_gnn.py",
         _args("--sizes 3368+19732 --rounds 1 --repeats 1 --warmup 0"),
-        12.0,
+        25.0,
         market=True,
     ),
 )
