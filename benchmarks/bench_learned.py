@@ -43,13 +43,18 @@ dimensions, and checks that each batched form equals the per-pair one:
 (``design="late"``) re-ranking one query's top-M in one dense batched pass for several M (one
 thread), with the database encoded once (as the reranker caches it at fit time) and without,
 interleaved in the same run with: the model's pass alone (``LocalMatcher.match``, without
-``score_shortlist``'s input checks), the top-k without numba, the previous dense pass, a
-smaller ``k_cross=2`` (not the default) and the previous default (``design="joint"``); it
-reports wall and CPU (process) time (median and minimum over the repeats), fits the cost per
-extra candidate (least squares over M), checks the dense pass against PyG's TransformerConv
-on the match graph, and with ``--profile`` prints where the time goes (torch.profiler):
+``score_shortlist``'s input checks), the top-k without numba, the products without oneDNN's
+linear, the previous dense pass, a smaller ``k_cross=2`` (not the default), a model with a
+global node (``global_dim``) and the previous default (``design="joint"``); it reports wall
+and CPU (process) time (median and minimum over the repeats), fits the cost per extra
+candidate (least squares over M), checks the dense pass against PyG's TransformerConv on the
+match graph, and with ``--profile`` prints where the time goes (torch.profiler).
+``--previous FILE`` adds an earlier version's inference pass (``match`` only, the same
+weights) to the interleaved variants:
 
     python benchmarks/bench_learned.py --part speed --repeats 5 --profile
+    git show HEAD:graphrerank/models/matcher.py > /tmp/matcher_previous.py
+    python benchmarks/bench_learned.py --part speed --repeats 5 --previous /tmp/matcher_previous.py
 """
 
 from __future__ import annotations
@@ -266,14 +271,32 @@ VARIANTS = (
     ("late (default), database encoded at fit", "late", True, True, True, False),
     ("same, LocalMatcher.match only (no input checks)", "late", True, True, True, True),
     ("same, torch.topk (without numba)", "late", True, True, False, False),
+    ("same, torch.addmm (without oneDNN's linear)", "late", True, True, "no-onednn", False),
     ("same, previous dense pass (autograd-capable)", "late", True, False, False, False),
     ("late (default), shortlist encoded per call", "late", False, True, True, False),
     ("late, k_cross=2 (not the default), encoded at fit", "late2", True, True, True, False),
+    ("late, global node (global_dim=128), encoded at fit", "lateg", True, True, True, False),
     ('joint (previous default, design="joint")', "joint", False, True, True, False),
 )
+#: With ``--previous FILE`` (an earlier ``graphrerank/models/matcher.py``, e.g. from ``git
+#: show``): its inference pass, ``match`` only, same weights, interleaved with the others.
+PREVIOUS = ("previous version's match only (--previous)", "late", True, True, True, "previous")
 
 
-def speed_times(top_ms: list[int], repeats: int, threads: int, profile: bool) -> dict:
+def _previous_matcher(path: str):
+    """The module of an earlier ``matcher.py`` (its relative imports resolve in the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("graphrerank.models._matcher_previous", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def speed_times(
+    top_ms: list[int], repeats: int, threads: int, profile: bool, previous: str | None = None
+) -> dict:
     import time
 
     import torch
@@ -282,36 +305,53 @@ def speed_times(top_ms: list[int], repeats: int, threads: int, profile: bool) ->
 
     torch.set_num_threads(threads)
     db = _data(max(top_ms) + 1)
+    dbg = torch.randn(db.shape[0], D, generator=torch.Generator().manual_seed(1))
     models, encoded = {}, {}
-    for key, kw in (("late", {}), ("late2", {"k_cross": 2}), ("joint", {"design": "joint"})):
+    kinds = (("late", {}), ("late2", {"k_cross": 2}), ("lateg", {"global_dim": D}),
+             ("joint", {"design": "joint"}))  # fmt: skip
+    for key, kw in kinds:
         torch.manual_seed(0)
         models[key] = LocalMatcher(D, **kw).eval()  # the default sizes
         if key != "joint":
             with torch.no_grad():  # what the reranker caches at fit time
-                encoded[key] = models[key].encode(db, role=1)
+                encoded[key] = models[key].encode(
+                    db, role=1, global_=dbg if key == "lateg" else None
+                )
+    variants = VARIANTS
+    if previous:
+        prev = _previous_matcher(previous).LocalMatcher(D).eval()
+        prev.load_state_dict(models["late"].state_dict())
+        models["previous"] = prev
+        with torch.no_grad():
+            encoded["previous"] = prev.encode(db, role=1)
+        variants = (*VARIANTS[:2], PREVIOUS, *VARIANTS[2:])
 
     def run(variant, m):
         _, key, cached, fast, numba, match_only = variant
+        if match_only == "previous":
+            key = "previous"
         model = models[key]
-        matcher._FAST_INFERENCE, matcher._USE_NUMBA = fast, numba
+        matcher._USE_ONEDNN = numba != "no-onednn"
+        matcher._FAST_INFERENCE, matcher._USE_NUMBA = fast, bool(numba)
         short = torch.arange(1, m + 1).view(1, -1)
+        glob = {"query_global": dbg[:1], "database_global": dbg} if key == "lateg" else {}
         try:
             with torch.no_grad():
                 if match_only:
-                    q = model.encode(db[:1], role=0)
+                    q = model.encode(db[:1], role=0, **({"global_": dbg[:1]} if glob else {}))
                     return model.match(q, encoded[key][short[0]], 1)
                 kw = {"database_encoded": encoded[key]} if cached else {}
-                return score_shortlist(model, db[:1], db, short, batch_size=m, **kw)
+                return score_shortlist(model, db[:1], db, short, batch_size=m, **kw, **glob)
         finally:
-            matcher._FAST_INFERENCE, matcher._USE_NUMBA = True, True
+            matcher._FAST_INFERENCE, matcher._USE_NUMBA, matcher._USE_ONEDNN = True, True, True
 
-    for variant in VARIANTS:  # warm-up (the numba kernel compiles or loads from its cache)
+    for variant in variants:  # warm-up (the numba kernel compiles or loads from its cache)
         run(variant, top_ms[0])
-    times: dict = {(v[0], m): ([], []) for v in VARIANTS for m in top_ms}
+    times: dict = {(v[0], m): ([], []) for v in variants for m in top_ms}
     # interleaved: every variant at each M in turn, repeat after repeat
     for m in top_ms:
         for rep in range(repeats):
-            for variant in VARIANTS:
+            for variant in variants:
                 if variant[1] == "joint" and rep >= 3:
                     continue
                 wall, cpu = times[(variant[0], m)]
@@ -326,7 +366,16 @@ def speed_times(top_ms: list[int], repeats: int, threads: int, profile: bool) ->
     with torch.no_grad():
         graph = model(model.graph(db[:1].expand(m, -1, -1), db[1 : m + 1].unsqueeze(1)))
         out["_err"] = float((run(VARIANTS[0], m)[0] - graph).abs().max())
-        out["_err_prev"] = float((run(VARIANTS[3], m)[0] - graph).abs().max())
+        out["_err_prev"] = float((run(VARIANTS[4], m)[0] - graph).abs().max())
+        if previous:
+            out["_err_previous"] = float((run(PREVIOUS, m).reshape(-1) - graph).abs().max())
+        # the global-node model's pass against the graph path
+        gm = models["lateg"]
+        graph_g = gm(gm.graph(db[:1].expand(m, -1, -1), db[1 : m + 1].unsqueeze(1),
+                              query_global=dbg[:1].expand(m, -1),
+                              candidate_global=dbg[1 : m + 1].unsqueeze(1)))  # fmt: skip
+        out["_err_glob"] = float((run(VARIANTS[7], m)[0] - graph_g).abs().max())
+    out["_variants"] = [v[0] for v in variants]
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as prof
@@ -387,12 +436,12 @@ def main_speed(args, command) -> list[dict]:
     load_before = os.getloadavg()[0]
     res = isolated(
         speed_times, top_ms=top_ms, repeats=args.repeats, threads=args.threads,
-        profile=args.profile,
+        profile=args.profile, previous=args.previous,
     )  # fmt: skip
     load_after = os.getloadavg()[0]
     rows = []
     slopes = {}
-    for name, *_ in VARIANTS:
+    for name in res["_variants"]:
         cpu = [1000 * res[(name, m)][1] for m in top_ms]
         n = len(top_ms)
         mean_m, mean_t = sum(top_ms) / n, sum(cpu) / n
@@ -421,7 +470,9 @@ def main_speed(args, command) -> list[dict]:
         f"M): "
         + "; ".join(f"{k}: {v:.3f} ms" for k, v in slopes.items())
         + f". Max |dense batched pass - PyG TransformerConv on the match graph| (same "
-        f"weights, top-100): {res['_err']:.1e} (previous dense pass: {res['_err_prev']:.1e}).\n"
+        f"weights, top-100): {res['_err']:.1e} (previous dense pass: {res['_err_prev']:.1e}"
+        + (f"; --previous: {res['_err_previous']:.1e}" if "_err_previous" in res else "")
+        + f"; global node model: {res['_err_glob']:.1e}).\n"
     )
     print(
         table(
@@ -463,6 +514,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epoch-pairs", type=int, default=3200, help="pairs per training epoch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="speed: torch.profiler table")
+    p.add_argument("--previous", help="speed: an earlier matcher.py to time against")
     args = p.parse_args(argv)
     command = "python benchmarks/bench_learned.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

@@ -154,6 +154,67 @@ _FAST_INFERENCE = True
 _USE_NUMBA = True
 
 _TOPK_KERNEL: Any = None  # the compiled kernel, False without numba, None before the first call
+#: Float32 CPU products of the inference pass through oneDNN's linear (``torch.ops.mkldnn``,
+#: where torch has it; ``False``: ``torch.addmm``): 2-2.5x faster than MKL's sgemm on the
+#: AMD EPYC of ``benchmarks/results/learned_speed.md``, the same values to rounding.
+_USE_ONEDNN = True
+#: Rows of a readout block through oneDNN are a multiple of this (it builds a kernel per shape).
+_ONEDNN_ROWS = 1024
+
+
+_ONEDNN_CHECKED = False  # whether the op was checked against torch.addmm in this process
+
+
+def _onednn_ok(x: Tensor) -> bool:
+    global _ONEDNN_CHECKED, _USE_ONEDNN
+    ok = (
+        _USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )  # fmt: skip
+    if ok and not _ONEDNN_CHECKED:
+        # the op is private to torch: check once per process that it still computes what
+        # this module expects (linear, then the exact GELU) before trusting it
+        _ONEDNN_CHECKED = True
+        g = torch.Generator().manual_seed(0)
+        a, w, b = (torch.randn(*s, generator=g) for s in ((8, 5), (3, 5), (3,)))
+        want = torch.nn.functional.gelu(torch.addmm(b, a, w.T))
+        try:
+            got = torch.ops.mkldnn._linear_pointwise(a, w, b, "gelu", [], "none")
+            same = tuple(got.shape) == (8, 3) and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+        except Exception:  # a torch build whose oneDNN lacks the op
+            same = False
+        if not same:
+            _USE_ONEDNN = ok = False
+            warnings.warn(
+                "oneDNN's fused linear does not match torch.addmm + GELU in this torch "
+                "build; the matcher uses torch.addmm",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return ok
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, gelu: bool = False) -> Tensor:
+    r""":math:`x W^\top + b` for ``x`` :math:`(N, K)` and ``weight`` :math:`(M, K)`, followed by
+    the exact (erf) GELU with ``gelu``: oneDNN's fused linear for float32 CPU tensors
+    (``_USE_ONEDNN``), else ``torch.addmm``. A oneDNN failure warns once and falls back."""
+    global _USE_ONEDNN
+    if _onednn_ok(x):
+        if not (weight.is_contiguous() or weight.T.is_contiguous()):
+            weight = weight.contiguous()  # a strided slice takes a very slow path there
+        try:
+            return torch.ops.mkldnn._linear_pointwise(
+                x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else ""
+            )
+        except Exception as err:  # a torch build whose oneDNN lacks the op or the shape
+            _USE_ONEDNN = False
+            warnings.warn(
+                f"oneDNN's linear failed ({type(err).__name__}: {err}); using torch.addmm",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    out = torch.mm(x, weight.T) if bias is None else torch.addmm(bias, x, weight.T)
+    return torch.nn.functional.gelu(out) if gelu else out
 
 
 def _topk_both_py(x, s1, i1, s2, i2):  # pragma: no cover - compiled by numba
@@ -279,6 +340,25 @@ def _block_diag_keys(x: Tensor, heads: int) -> Tensor:
     return out.view(g, width, length * heads)
 
 
+def _head_products(x: Tensor, y: Tensor, heads: int, shared: bool) -> Tensor:
+    r"""Each head's products of every row of ``x`` :math:`(B, n, H C)` with every row of ``y``
+    :math:`(G, m, H C)` (:math:`G = 1`: ``shared`` by all :math:`B`), as a :math:`(B, n, m,
+    H)` view: one batched product per head (no block-diagonal zeros)."""
+    b, n, width = x.shape
+    g, m = y.shape[0], y.shape[1]
+    c = width // heads
+    yt = y.reshape(g, m, heads, c).permute(0, 2, 3, 1)  # (G, H, C, m)
+    if shared and _onednn_ok(x):  # one product with the block-diagonal keys: faster there
+        return _linear(x.reshape(b * n, width), _block_diag_keys(y, heads)[0].T).view(
+            b, n, m, heads
+        )
+    if shared:
+        xs = x.reshape(b * n, heads, c).transpose(0, 1)  # (H, B n, C)
+        return torch.bmm(xs, yt[0]).view(heads, b, n, m).permute(1, 2, 3, 0)
+    xs = x.reshape(b, n, heads, c).transpose(1, 2)  # (B, H, n, C)
+    return torch.matmul(xs, yt).permute(0, 2, 3, 1)
+
+
 def _rows_of(x: Tensor, index: Tensor) -> Tensor:
     """Rows ``x[g, index[g, ...]]`` of ``x`` (G, m, d) for ``index`` (G, ...), flattened to
     (G * index[g].numel(), d)."""
@@ -334,47 +414,45 @@ class EncodedLocal(NamedTuple):
         return int(self.unit.shape[0])
 
 
-class _EncoderBlock(nn.Module):
-    """Pre-norm residual block of one image: intra-image attention, feed-forward."""
+def _conv(hidden: int, heads: int, dropout: float, edge_dim: int) -> TransformerConv:
+    """The attention layer of every block and of the late design's cross layer."""
+    return TransformerConv(
+        hidden, hidden // heads, heads=heads, dropout=dropout, edge_dim=edge_dim,
+        root_weight=False,
+    )  # fmt: skip
 
-    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, edge_dim: int) -> None:
+
+class _EncoderBlock(nn.Module):
+    """Pre-norm residual block of one image: intra-image attention, feed-forward (with
+    ``cross``: cross-image attention between the two, :class:`_Block`)."""
+
+    def __init__(
+        self, hidden: int, heads: int, ffn: int, dropout: float, edge_dim: int, *,
+        cross: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
-        c = hidden // heads
+        # the layers in this order (their initialisation draws from the generator in turn)
         self.norm_intra = nn.LayerNorm(hidden)
-        self.intra = TransformerConv(
-            hidden, c, heads=heads, dropout=dropout, edge_dim=edge_dim, root_weight=False
-        )
+        self.intra = _conv(hidden, heads, dropout, edge_dim)
+        if cross:
+            self.norm_cross = nn.LayerNorm(hidden)
+            self.cross = _conv(hidden, heads, dropout, edge_dim)
         self.norm_ffn = nn.LayerNorm(hidden)
         self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h, intra_index, intra_attr):
+    def forward(self, h, intra_index, intra_attr, cross_index=None, cross_attr=None):
         h = h + self.drop(self.intra(self.norm_intra(h), intra_index, intra_attr))
+        if cross_index is not None:
+            h = h + self.drop(self.cross(self.norm_cross(h), cross_index, cross_attr))
         return h + self.drop(self.ffn(self.norm_ffn(h)))
 
 
-class _Block(nn.Module):
+class _Block(_EncoderBlock):
     """Pre-norm residual block: intra-image attention, cross-image attention, feed-forward."""
 
     def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, edge_dim: int) -> None:
-        super().__init__()
-        c = hidden // heads
-        self.norm_intra = nn.LayerNorm(hidden)
-        self.intra = TransformerConv(
-            hidden, c, heads=heads, dropout=dropout, edge_dim=edge_dim, root_weight=False
-        )
-        self.norm_cross = nn.LayerNorm(hidden)
-        self.cross = TransformerConv(
-            hidden, c, heads=heads, dropout=dropout, edge_dim=edge_dim, root_weight=False
-        )
-        self.norm_ffn = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, h, intra_index, intra_attr, cross_index, cross_attr):
-        h = h + self.drop(self.intra(self.norm_intra(h), intra_index, intra_attr))
-        h = h + self.drop(self.cross(self.norm_cross(h), cross_index, cross_attr))
-        return h + self.drop(self.ffn(self.norm_ffn(h)))
+        super().__init__(hidden, heads, ffn, dropout, edge_dim, cross=True)
 
 
 class LocalMatcher(nn.Module):
@@ -564,14 +642,7 @@ class LocalMatcher(nn.Module):
         )
         if design == "late":
             self.norm_cross = nn.LayerNorm(hidden)
-            self.cross = TransformerConv(
-                hidden,
-                hidden // heads,
-                heads=heads,
-                dropout=dropout,
-                edge_dim=edge_dim,
-                root_weight=False,
-            )
+            self.cross = _conv(hidden, heads, dropout, edge_dim)
             self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden)
         self.readout = nn.Sequential(
@@ -642,9 +713,11 @@ class LocalMatcher(nn.Module):
         return torch.exp(-(((s.unsqueeze(-1) - self.rbf_centers) / self.rbf_width) ** 2))
 
     def _rbf_(self, s: Tensor) -> Tensor:
-        """:meth:`_rbf` with one temporary, computed in place (no autograd)."""
-        inv = 1.0 / self.rbf_width
-        return torch.sub(s.unsqueeze(-1) * inv, self.rbf_centers * inv).square_().neg_().exp_()
+        r""":meth:`_rbf` with one temporary, computed in place (no autograd), as
+        :math:`2^{-(\sqrt{\log_2 e}\,(s - c) / w)^2}`: ``exp2`` is several times faster
+        than ``exp`` on a CPU (the same values to a few units of the last place)."""
+        inv = math.sqrt(math.log2(math.e)) / self.rbf_width
+        return torch.sub(s.unsqueeze(-1) * inv, self.rbf_centers * inv).square_().neg_().exp2_()
 
     def graph(
         self,
@@ -847,8 +920,8 @@ class LocalMatcher(nn.Module):
         the match graph of the same images.
 
         Without autograd (``torch.no_grad``, as in
-        :func:`~graphrerank.models.score_shortlist`), without dropout and for a model without
-        global nodes, a faster pass computes the same logits in fewer operations; with numba
+        :func:`~graphrerank.models.score_shortlist`) and without dropout, a faster pass
+        (with or without global nodes) computes the same logits in fewer operations; with numba
         installed (optional), the correspondences' top-k is one compiled pass over the
         cosines (``benchmarks/results/learned_speed.md``)."""
         if self.config["design"] != "late":
@@ -863,7 +936,7 @@ class LocalMatcher(nn.Module):
         lq, lc = query.unit.shape[1], candidates.unit.shape[1]
         glob = query.unit_global is not None
         if _FAST_INFERENCE and not (
-            glob or torch.is_grad_enabled() or (self.training and self.config["dropout"])
+            torch.is_grad_enabled() or (self.training and self.config["dropout"])
         ):
             if b and lq and lc and w:
                 return self._match_inference(query, candidates, b, w)
@@ -880,15 +953,6 @@ class LocalMatcher(nn.Module):
         s1, i1 = sim.transpose(1, 2).contiguous().topk(kq, dim=2)  # (B, W Lc, kq)
         s2, i2 = sim.contiguous().topk(kc, dim=2)  # (B, Lq, kc)
         rbf1, rbf2 = self._rbf(s1), self._rbf(s2)
-        one = rbf1.new_ones(())
-
-        def attr(rbf, direction, gflag):
-            shape = (*rbf.shape[:-1], 1)
-            return torch.cat(
-                [rbf, (direction * one).expand(shape), (1 - direction * one).expand(shape),
-                 (gflag * one).expand(shape)], dim=-1,
-            )  # fmt: skip
-
         lc1 = lc + int(glob)  # nodes of a candidate image (locals, then the global node)
         q_kv = query.kv  # (B, Lq1, 2d)
         c_kv = candidates.kv.reshape(b, w * lc1, -1)
@@ -906,23 +970,6 @@ class LocalMatcher(nn.Module):
         )
         hc = c_h[:, :, :lc] + self.drop(m_c.view(b, w, lc, hid))
         hq = query.h[:, :lq] + self.drop(m_q)
-        if glob:
-            gsim = (query.unit_global.unsqueeze(1) * candidates.unit_global.view(b, w, -1)).sum(-1)
-            grbf = self._rbf(gsim)  # (B, W, R)
-            # candidate global <- query global: one edge, softmax weight 1
-            g_src = torch.full((b, w, 1), lq, dtype=torch.long, device=sim.device)
-            m_cg = _dense_attention(
-                self.cross, None, q_kv, g_src, attr(grbf, 0, 1).unsqueeze(2),
-                query=c_q[:, :, lc:].reshape(b, w, -1),
-            )  # fmt: skip
-            # query global <- every candidate global
-            gq_src = (torch.arange(w, device=sim.device) * lc1 + lc).expand(b, 1, w)
-            m_qg = _dense_attention(
-                self.cross, None, c_kv, gq_src, attr(grbf, 1, 1).unsqueeze(1),
-                query=query.query[:, lq:],
-            )  # fmt: skip
-            hcg = c_h[:, :, lc] + self.drop(m_cg)  # (B, W, d)
-            hqg = query.h[:, lq] + self.drop(m_qg[:, 0])  # (B, d)
         hq, hc = self.norm(hq), self.norm(hc).view(b, w * lc, hid)
         # readout over the correspondences: q2c edges (query i1 -> candidate node), c2q edges
         hq_1 = _rows_of(hq, i1).view(b, w * lc, kq, hid)
@@ -935,35 +982,74 @@ class LocalMatcher(nn.Module):
             own = (i2 // lc).view(b, 1, lq * kc) == torch.arange(w, device=sim.device).view(1, w, 1)
             gsc[1] = gsc[1].masked_fill(~own, float("-inf"))
         if glob:
-            hqg, hcg = self.norm(hqg), self.norm(hcg)
-            ug = self._edge_features(hqg.unsqueeze(1), hcg, grbf, 1)  # (B, W, F)
-            outg = self.readout(ug)  # both directions carry the same features
+            outg = self._global_readout(query, candidates, b, w)  # (B, W, 2)
+            # both directions of the global correspondence carry the same features
             f += [outg[..., :1], outg[..., :1]]
             gsc += [outg[..., 1:], outg[..., 1:]]
         f_all, g_all = torch.cat(f, dim=-1), torch.cat(gsc, dim=-1)
         beta = torch.softmax(g_all, dim=-1)
         return (beta * f_all).sum(-1) + self.bias
 
+    def _global_readout(
+        self, query: EncodedLocal, candidates: EncodedLocal, b: int, w: int
+    ) -> Tensor:
+        r"""Readout :math:`(f, g)` :math:`(B, W, 2)` of the correspondence joining the query's
+        global node to each candidate's (models with ``global_dim``; both passes of
+        :meth:`match`): the candidate's global node hears the query's (one edge), the query's
+        hears its row's :math:`W` candidates', then the readout of the pair with the global
+        flag set."""
+        lq, lc = query.unit.shape[1], candidates.unit.shape[1]
+        lc1, hid = lc + 1, query.h.shape[-1]
+        dev = query.h.device
+        gsim = (query.unit_global.unsqueeze(1) * candidates.unit_global.view(b, w, -1)).sum(-1)
+        grbf = self._rbf(gsim)  # (B, W, R)
+        shape = (*grbf.shape[:-1], 1)
+
+        def attr(direction):  # [rbf, direction, 1 - direction, global]
+            one = grbf.new_ones(shape)
+            return torch.cat([grbf, direction * one, (1 - direction) * one, one], dim=-1)
+
+        c_kv = candidates.kv.reshape(b, w * lc1, -1)
+        c_q = candidates.query.reshape(b, w, lc1, -1)
+        # candidate global <- query global: one edge, softmax weight 1
+        g_src = torch.full((b, w, 1), lq, dtype=torch.long, device=dev)
+        m_cg = _dense_attention(
+            self.cross, None, query.kv, g_src, attr(0).unsqueeze(2),
+            query=c_q[:, :, lc:].reshape(b, w, -1),
+        )  # fmt: skip
+        # query global <- every candidate global of its row
+        gq_src = (torch.arange(w, device=dev) * lc1 + lc).expand(b, 1, w)
+        m_qg = _dense_attention(
+            self.cross, None, c_kv, gq_src, attr(1).unsqueeze(1), query=query.query[:, lq:]
+        )
+        hcg = candidates.h.reshape(b, w, lc1, hid)[:, :, lc] + self.drop(m_cg)  # (B, W, d)
+        hqg = query.h[:, lq] + self.drop(m_qg[:, 0])  # (B, d)
+        hqg, hcg = self.norm(hqg), self.norm(hcg)
+        return self.readout(self._edge_features(hqg.unsqueeze(1), hcg, grbf, 1))
+
     def _match_inference(
         self, query: EncodedLocal, candidates: EncodedLocal, b: int, w: int
     ) -> Tensor:
-        r""":meth:`match` without autograd, dropout or global nodes, in fewer and larger
-        operations; the same logits to float rounding (``tests/models/test_late.py``).
+        r""":meth:`match` without autograd or dropout, in fewer and larger operations; the same
+        logits to float rounding (``tests/models/test_late.py``,
+        ``tests/models/test_matcher_inference.py``).
 
         * The :math:`n = W L_c` candidate nodes of each of the :math:`B` rows against the
           :math:`L_q` query nodes: one cosine matrix :math:`(B, n, L_q)` (one matrix product
           when the query is shared), read along both axes by one pass
-          (:func:`_topk_both`), with no transposed copy.
-        * Attention: each head's scores of all targets against all sources come from one
-          product with a block-diagonal matrix of the sources' keys (heads side by side) and
-          are read at the :math:`K` edges; softmax over the edge axis, never the innermost
-          one. Candidate nodes: the weights scattered into a dense :math:`(B n, L_q H)` matrix
-          next to their weighted rbf features give the messages in one product with the
-          block-diagonal values and edge weights, the residual (and the message of the
-          constant edge features) as its bias. The constant edge features (the direction
-          flags) add the same score to every edge of a target and drop out of the softmax.
-        * Readout (:meth:`_readout_rows`): a block of rows at a time, so that its (edges,
-          :math:`d`) intermediates stay in cache."""
+          (:func:`_topk_both`), with no transposed copy; the rbf features with ``exp2``.
+        * Attention scores: each head's products of all targets with all sources (one
+          batched product per head for the candidate nodes, one product with a
+          block-diagonal matrix of the query nodes' queries for the query nodes), read at the
+          :math:`K` edges; softmax over the edge axis, never the innermost one. The constant
+          edge features (the direction flags) add the same score to every edge of a target
+          and drop out of the softmax; their message is a constant added to the residual.
+        * Messages: each edge's value gathered, its rbf term :math:`W_e[:, :R]\,
+          \operatorname{rbf}` added by one product, weighted and summed over the :math:`K`
+          edges.
+        * A global node (models with ``global_dim``) is matched by :meth:`_global_readout`,
+          the same code as the autograd pass.
+        * Readout: :meth:`_readout_inference`."""
         cross = self.cross
         heads, c = cross.heads, cross.out_channels
         hid = heads * c
@@ -974,16 +1060,18 @@ class LocalMatcher(nn.Module):
         dim = query.unit.shape[-1]
         dev = query.h.device
         shared = query.num_images == 1
+        glob = query.unit_global is not None
         scale = 1.0 / math.sqrt(c)
         w_e = cross.lin_edge.weight.view(heads, c, r + 3)  # (H, C, E)
         # per head: W_e[:, :R] (C, R) and the constant edge features' message W_e[:, R:] tail
         w_rbf = torch.block_diag(*w_e[:, :, :r])  # (H C, H R): query -> its rbf weights
         tail_c = (w_e[:, :, r:] @ w_e.new_tensor([0.0, 1.0, 0.0])).reshape(hid)  # q -> c
         tail_q = (w_e[:, :, r:] @ w_e.new_tensor([1.0, 0.0, 0.0])).reshape(hid)  # c -> q
+        w_rbf_t = w_e[:, :, :r].reshape(hid, r).T  # (R, H C): rbf -> each head's W_e[:, :R] rbf
 
         cu = candidates.unit.reshape(b, n, dim)
         if shared:
-            sim = torch.mm(cu.reshape(b * n, dim), query.unit[0].T).view(b, n, lq)
+            sim = _linear(cu.reshape(b * n, dim), query.unit[0]).view(b, n, lq)
         else:
             sim = torch.bmm(cu, query.unit.transpose(1, 2))  # (B, n, Lq)
         # (B, n, kq): best query nodes of each candidate node; (B, kc, Lq): best candidate
@@ -992,45 +1080,37 @@ class LocalMatcher(nn.Module):
         rbf1, rbf2 = self._rbf_(s1), self._rbf_(s2)  # (B, n, kq, R), (B, kc, Lq, R)
 
         gq = query.num_images
-        q_h = query.h  # (Gq, Lq, d)
-        q_q = query.query  # (Gq, Lq, d)
-        q_k, q_v = query.kv[..., :hid], query.kv[..., hid:]
-        c_q = candidates.query.reshape(b * n, hid)
-        c_kv = candidates.kv.reshape(b, n, 2 * hid)
+        # the local nodes' states (a global node, last, is matched by _global_readout)
+        q_h, q_q, q_kv = (t[:, :lq] for t in (query.h, query.query, query.kv))  # (Gq, Lq, .)
+        q_k, q_v = q_kv[..., :hid], q_kv[..., hid:]
+        c_h, c_q, c_kv = (
+            t[:, :lc].reshape(b, n, -1) for t in (candidates.h, candidates.query, candidates.kv)
+        )
+        c_q = c_q.reshape(b * n, hid)
 
         # ---- candidate nodes <- their kq best query nodes
-        # scores of every candidate node against every query node, (B n, Lq, H)
-        kbd = _block_diag_keys(q_k, heads)  # (Gq, H C, Lq H)
-        if shared:
-            full = torch.mm(c_q, kbd[0])
-        else:
-            full = torch.bmm(c_q.view(b, n, hid), kbd)
-        idx1 = i1.view(b * n, kq, 1).expand(b * n, kq, heads)
-        score = full.view(b * n, lq, heads).gather(1, idx1)  # (B n, kq, H)
+        # scores of every candidate node against every query node, read at the kq edges
+        full = _head_products(c_q.view(b, n, hid), q_k, heads, shared)  # (B, n, Lq, H)
+        score = full.gather(2, i1.unsqueeze(-1).expand(b, n, kq, heads)).view(b * n, kq, heads)
+        i1q = i1 if shared else i1 + (torch.arange(b, device=dev) * lq).view(b, 1, 1)
         qe = torch.mm(c_q, w_rbf).view(b * n, heads, r)  # W_e[:, :R]^T q per head
         rbf1f = rbf1.view(b * n, kq, r)
         score.baddbmm_(rbf1f, qe.transpose(1, 2))
         alpha = torch.softmax(score.mul_(scale), dim=1)
-        # the weights scattered into (B n, Lq H), next to their weighted rbf features
-        # (B n, H R), times [values; W_e[:, :R]] (block-diagonal over the heads)
-        z = alpha.new_zeros(b * n, lq * heads + heads * r)
-        z[:, : lq * heads].view(b * n, lq, heads).scatter_(1, idx1, alpha)
-        z[:, lq * heads :] = torch.bmm(alpha.transpose(1, 2), rbf1f).view(b * n, heads * r)
-        vbd = torch.cat(
-            [_block_diag_keys(q_v, heads).transpose(1, 2), w_rbf.T.expand(gq, -1, -1)], 1
-        )
-        c_h = candidates.h.reshape(b, n, hid) + tail_c
-        if shared:
-            hc = torch.addmm(c_h.view(b * n, hid), z, vbd[0])
-        else:
-            hc = torch.baddbmm(c_h, z.view(b, n, -1), vbd)
+        # messages v_j + W_e[:, :R] rbf_ij of the edges (the values gathered, the rbf term
+        # added by one product), weighted by alpha and summed over the kq edges
+        msg = q_v.reshape(gq * lq, hid).index_select(0, i1q.view(-1))
+        msg.addmm_(rbf1f.view(-1, r), w_rbf_t)
+        msg = msg.view(b * n, kq, heads, c)
+        msg.mul_(alpha.unsqueeze(-1))
+        hc = torch.sum(msg, 1).view(b, n, hid).add_(c_h).add_(tail_c)
         hc = self.norm(hc.view(b, n, hid))
 
         # ---- query nodes <- their kc best candidate nodes (of the row's W candidates)
         qbd = _block_diag_keys(q_q, heads)  # (Gq, H C, Lq H)
         c_k = c_kv[..., :hid]
         if shared:
-            full = torch.mm(c_k.reshape(b * n, hid), qbd[0])
+            full = _linear(c_k.reshape(b * n, hid), qbd[0].T)
         else:
             full = torch.bmm(c_k, qbd)
         full = full.view(b, n, lq, heads)
@@ -1044,85 +1124,131 @@ class LocalMatcher(nn.Module):
             score += (rbf2.unsqueeze(3) * uq.unsqueeze(1)).sum(-1)
         alpha = torch.softmax(score.mul_(scale), dim=1)  # (B, kc, Lq, H)
         base = (torch.arange(b, device=dev) * n).view(b, 1, 1)
-        v = c_kv[..., hid:].reshape(b * n, hid).index_select(0, (i2 + base).view(-1))
-        v = v.view(b, kc, lq, heads, c)
-        msg = v[:, 0] * alpha[:, 0].unsqueeze(-1)  # (B, Lq, H, C)
-        ae = alpha[:, 0].unsqueeze(-1) * rbf2[:, 0].unsqueeze(2)  # (B, Lq, H, R)
-        for t in range(1, kc):
-            msg.addcmul_(v[:, t], alpha[:, t].unsqueeze(-1))
-            ae.addcmul_(alpha[:, t].unsqueeze(-1), rbf2[:, t].unsqueeze(2))
-        hq = torch.addmm(
-            (q_h + tail_q).expand(b, lq, hid).reshape(b * lq, hid) + msg.view(b * lq, hid),
-            ae.view(b * lq, heads * r),
-            w_rbf.T,
-        )
+        msg = c_kv[..., hid:].reshape(b * n, hid).index_select(0, (i2 + base).view(-1))
+        msg.addmm_(rbf2.view(-1, r), w_rbf_t)
+        msg = msg.view(b, kc, lq, heads, c)
+        msg.mul_(alpha.unsqueeze(-1))
+        hq = torch.sum(msg, 1).view(b, lq, hid).add_(q_h).add_(tail_q)
         hq = self.norm(hq.view(b, lq, hid))
 
-        # ---- readout, a few rows at a time (its (edges, d) blocks then stay in cache)
-        step = max(1, _READOUT_EDGES // (n * kq + kc * lq))
-        if step >= b:
-            return self._readout_rows(hq, hc, i1, i2, rbf1, rbf2, w)
-        return torch.cat(
-            [
-                self._readout_rows(
-                    hq[s : s + step], hc[s : s + step], i1[s : s + step], i2[s : s + step],
-                    rbf1[s : s + step], rbf2[s : s + step], w,
-                )
-                for s in range(0, b, step)
-            ]
-        )  # fmt: skip
+        # ---- readout
+        extra = self._global_readout(query, candidates, b, w) if glob else None
+        return self._readout_inference(hq, hc, i1, i2, rbf1, rbf2, w, extra)
 
-    def _readout_rows(
-        self, hq: Tensor, hc: Tensor, i1: Tensor, i2: Tensor, rbf1: Tensor, rbf2: Tensor, w: int
+    def _readout_inference(
+        self,
+        hq: Tensor,
+        hc: Tensor,
+        i1: Tensor,
+        i2: Tensor,
+        rbf1: Tensor,
+        rbf2: Tensor,
+        w: int,
+        extra: Tensor | None,
     ) -> Tensor:
-        r"""The readout of :meth:`_match_inference` for :math:`B` rows: logits :math:`(B, W)`
-        from the query states ``hq`` :math:`(B, L_q, d)`, the candidate states ``hc``
-        :math:`(B, n, d)`, the correspondences ``i1`` :math:`(B, n, k_q)` and ``i2``
-        :math:`(B, k_c, L_q)` and their rbf features. The q2c correspondences (candidate
-        node, its :math:`k_q` query nodes; :math:`B n k_q` rows) then the c2q ones (query
-        node, its :math:`k_c` candidate nodes; :math:`B k_c L_q` rows): the first layer as
-        products of contiguous :math:`[h_i \odot h_j]`, :math:`[|h_i - h_j|]`,
-        :math:`[\operatorname{rbf}]` blocks with slices of its weight (no concatenation)."""
+        r"""The readout of :meth:`_match_inference`: logits :math:`(B, W)` from the query
+        states ``hq`` :math:`(B, L_q, d)`, the candidate states ``hc`` :math:`(B, n, d)`, the
+        correspondences ``i1`` :math:`(B, n, k_q)` (q2c: each candidate node's query nodes)
+        and ``i2`` :math:`(B, k_c, L_q)` (c2q: each query node's candidate nodes), their rbf
+        features, and ``extra`` :math:`(B, W, 2)`, the global correspondence's :math:`(f, g)`
+        (counted twice, once per direction) or ``None``.
+
+        * A mutual correspondence (:math:`i` among the :math:`k_q` best of :math:`j` and
+          :math:`j` among the :math:`k_c` best of :math:`i`) is an edge of both lists with
+          the same features, hence the same :math:`(f, g)`: the MLP runs once on it (its c2q
+          copy is dropped) and its q2c copy enters the attention pooling with weight 2
+          (:math:`g + \log 2`); the logits are unchanged, to rounding.
+        * The first layer as one product of :math:`[h_i \odot h_j,\, |h_i - h_j|,\,
+          \operatorname{rbf}]`, written in place into one buffer (the global flag is 0 on
+          local edges), then GELU: one fused oneDNN pass for float32 CPU tensors
+          (:func:`_linear`), else ``addmm`` and GELU in place; a block of rows at a time
+          (``_READOUT_EDGES`` correspondences) so that the buffers stay in cache."""
         b, lq, hid = hq.shape
         n, kq, kc, r = hc.shape[1], i1.shape[2], i2.shape[1], rbf1.shape[-1]
         lc = n // w
-        dev = hq.device
+        dev, dtype = hq.device, hq.dtype
         e1, e2 = n * kq, kc * lq
-        prod = torch.empty(b * (e1 + e2), hid, dtype=hq.dtype, device=dev)
-        diff = torch.empty_like(prod)
-        a = (
-            hq.reshape(b * lq, hid)
-            .index_select(0, (i1 + (torch.arange(b, device=dev) * lq).view(b, 1, 1)).view(-1))
-            .view(b, n, kq, hid)
-        )
-        cc = hc.unsqueeze(2)
-        torch.mul(a, cc, out=prod[: b * e1].view(b, n, kq, hid))
-        torch.sub(a, cc, out=diff[: b * e1].view(b, n, kq, hid))
-        a = hq.unsqueeze(1)
-        base = (torch.arange(b, device=dev) * n).view(b, 1, 1)
-        cc = hc.reshape(b * n, hid).index_select(0, (i2 + base).view(-1)).view(b, kc, lq, hid)
-        torch.mul(a, cc, out=prod[b * e1 :].view(b, kc, lq, hid))
-        torch.sub(a, cc, out=diff[b * e1 :].view(b, kc, lq, hid))
+        f_in = 2 * hid + r
+        # c2q edges that are also q2c edges: (b, kc, Lq); q2c edges that are also c2q edges
+        q2c = torch.zeros(b, n, lq, dtype=torch.bool, device=dev).scatter_(2, i1, True)
+        keep = ~q2c.gather(1, i2).view(-1)
+        c2q = torch.zeros(b, n, lq, dtype=torch.bool, device=dev).scatter_(1, i2, True)
+        mutual = c2q.gather(2, i1).view(b, e1)
+        kept = keep.nonzero().squeeze(1)  # (m,) flat c2q edges kept, row-major
+        ptr = torch.zeros(b + 1, dtype=torch.long, device=dev)
+        torch.cumsum(keep.view(b, e2).sum(1), 0, out=ptr[1:])
+        row2 = torch.div(kept, e2, rounding_mode="floor")
+        a2 = row2 * lq + kept % lq  # query node rows (of hq flattened)
+        c2 = row2 * n + i2.reshape(-1).index_select(0, kept)  # candidate node rows
+        a1 = (i1 + (torch.arange(b, device=dev) * lq).view(b, 1, 1)).view(-1)
+        hqf, hcf = hq.reshape(b * lq, hid), hc.reshape(b * n, hid)
+        rbf2k = rbf2.reshape(-1, r).index_select(0, kept)
         lin1, act, _, lin2 = self.readout
-        wt = lin1.weight
-        x = torch.addmm(lin1.bias, prod, wt[:, :hid].T)
-        x.addmm_(diff.abs_(), wt[:, hid : 2 * hid].T)
-        x[: b * e1].addmm_(rbf1.reshape(b * e1, r), wt[:, 2 * hid : -1].T)
-        x[b * e1 :].addmm_(rbf2.reshape(b * e2, r), wt[:, 2 * hid : -1].T)
-        out = torch.addmm(lin2.bias.unsqueeze(1), lin2.weight, act(x).T)  # (2, E): f, g
-        f1, f2 = out[0, : b * e1].view(b, e1), out[0, b * e1 :].view(b, e2)
-        g1, g2 = out[1, : b * e1].view(b, e1), out[1, b * e1 :].view(b, e2)
-        if w == 1:
-            beta = torch.softmax(torch.cat([g1, g2], dim=1), dim=-1)
-            return (beta * torch.cat([f1, f2], dim=1)).sum(-1, keepdim=True) + self.bias
-        # each candidate: its q2c correspondences and the c2q ones that reach it
-        f1, g1 = f1.view(b, w, lc * kq), g1.view(b, w, lc * kq)
-        own = (i2 // lc).view(b, 1, e2) == torch.arange(w, device=dev).view(1, w, 1)
-        g2 = g2.unsqueeze(1).masked_fill(~own, float("-inf"))
-        beta = torch.softmax(torch.cat([g1, g2], dim=-1), dim=-1)
-        return (beta * torch.cat([f1, f2.unsqueeze(1).expand(b, w, e2)], dim=-1)).sum(
-            -1
-        ) + self.bias
+        w1 = lin1.weight[:, :f_in]  # the global flag's column is 0 here
+        f1 = torch.empty(2, b * e1, dtype=dtype, device=dev)  # (f, g) of the q2c edges
+        f2 = torch.empty(2, kept.numel(), dtype=dtype, device=dev)  # of the kept c2q edges
+        step = max(1, _READOUT_EDGES // (e1 + e2))
+        bounds = ptr.tolist()
+        rows = min(b, step) * e1 + max(bounds[s + min(step, b - s)] - bounds[s]
+                                       for s in range(0, b, step))  # fmt: skip
+        fused = _onednn_ok(hq) and act.approximate == "none"
+        if fused:
+            # oneDNN builds a kernel per shape: pad the rows of a block to a multiple of
+            # _ONEDNN_ROWS (a few shapes per model, reused from call to call); the padding's
+            # rows are zeros and their outputs are not read
+            rows = -(-rows // _ONEDNN_ROWS) * _ONEDNN_ROWS
+            w1 = w1.contiguous()
+        u_buf = torch.empty(rows, f_in, dtype=dtype, device=dev)
+        x_buf = None if fused else torch.empty(rows, hid, dtype=dtype, device=dev)
+        for s in range(0, b, step):
+            t = min(step, b - s)
+            p0, p1 = bounds[s], bounds[s + t]
+            m1, m2 = t * e1, p1 - p0
+            u = u_buf[: m1 + m2]
+            # q2c: candidate node j with each of its kq query nodes
+            u1 = u[:m1].view(t, n, kq, f_in)
+            a = hqf.index_select(0, a1[s * e1 : (s + t) * e1]).view(t, n, kq, hid)
+            cc = hc[s : s + t].unsqueeze(2)
+            torch.mul(a, cc, out=u1[..., :hid])
+            torch.sub(a, cc, out=u1[..., hid : 2 * hid])
+            u1[..., 2 * hid :] = rbf1[s : s + t]
+            # c2q edges that are not mutual
+            u2 = u[m1:]
+            a = hqf.index_select(0, a2[p0:p1])
+            cc = hcf.index_select(0, c2[p0:p1])
+            torch.mul(a, cc, out=u2[:, :hid])
+            torch.sub(a, cc, out=u2[:, hid : 2 * hid])
+            u2[:, 2 * hid :] = rbf2k[p0:p1]
+            u[:, hid : 2 * hid].abs_()
+            if fused:  # one fused pass
+                padded = u_buf[: -(-(m1 + m2) // _ONEDNN_ROWS) * _ONEDNN_ROWS]
+                padded[m1 + m2 :].zero_()
+                x = _linear(padded, w1, lin1.bias, gelu=True)[: m1 + m2]
+            else:
+                x = x_buf[: m1 + m2]
+                torch.addmm(lin1.bias, u, w1.T, out=x)
+                torch._C._nn.gelu(x, approximate=act.approximate, out=x)  # act, in place
+            y = torch.addmm(lin2.bias.unsqueeze(1), lin2.weight, x.T)  # (2, rows): f, g
+            f1[:, s * e1 : (s + t) * e1] = y[:, :m1]
+            f2[:, p0:p1] = y[:, m1:]
+        # pooling: softmax of g over each candidate's correspondences, f weighted by it
+        g1 = f1[1].view(b, e1) + mutual.to(dtype) * math.log(2.0)
+        fo1 = f1[0].view(b, e1)
+        g2 = torch.full((b * e2,), float("-inf"), dtype=dtype, device=dev)
+        g2[kept] = f2[1]
+        fo2 = torch.zeros(b * e2, dtype=dtype, device=dev)
+        fo2[kept] = f2[0]
+        g2, fo2 = g2.view(b, 1, e2), fo2.view(b, 1, e2)
+        f_all = [fo1.view(b, w, lc * kq), fo2.expand(b, w, e2)]
+        g_all = [g1.view(b, w, lc * kq), g2.expand(b, w, e2)]
+        if w > 1:  # each candidate: its q2c correspondences and the c2q ones that reach it
+            own = (i2 // lc).view(b, 1, e2) == torch.arange(w, device=dev).view(1, w, 1)
+            g_all[1] = g_all[1].masked_fill(~own, float("-inf"))
+        if extra is not None:  # the global correspondence, once per direction
+            f_all.append(extra[..., :1])
+            g_all.append(extra[..., 1:] + math.log(2.0))
+        beta = torch.softmax(torch.cat(g_all, dim=-1), dim=-1)
+        return (beta * torch.cat(f_all, dim=-1)).sum(-1) + self.bias
 
     def _readout(self, a: Tensor, c: Tensor, rbf: Tensor, gflag: int) -> Tensor:
         """``readout([a * c, |a - c|, rbf, gflag])`` without building the concatenation:
