@@ -15,7 +15,9 @@ Rows, each measured in fresh processes, alternating (reference, step, end to end
 * ``step``: graphrerank's re-ranking step given the fitted database: in the dense form
   (graphs with :math:`M^2 \\le` ``gnn.DENSE_ELEMENTS``) everything from the features,
   the similarity product included; in the sparse form the propagation and the exact top-k
-  given the neighbour lists of the kNN layer;
+  given the neighbour lists of the kNN layer (with numba importable, the score product by
+  the compiled row-wise kernel; ``--torch-products`` adds the step with torch's products,
+  the code path without numba, as its own row);
 * ``end to end``: ``GNNRerank(...).fit(database).rerank(queries, k)`` from the features.
 
 ``ref / ours``: reference time over ours (higher is better for us); ``e2e / kNN``: end to end
@@ -97,6 +99,9 @@ def ours(size, dim, k, lam, repeats, part, save, dense_elements=None, warmup=1):
 
     if dense_elements is not None:  # force a form (--crossover)
         gnn.DENSE_ELEMENTS = dense_elements
+    if part.endswith(TORCH_PRODUCTS):  # the score product without the compiled kernel
+        gnn._KERNEL[:] = [None]
+        part = part.removesuffix(TORCH_PRODUCTS)
     q, g = _data(size, dim)
     r = GNNRerank(lambda_value=lam)
     out = {}
@@ -140,6 +145,10 @@ def ours(size, dim, k, lam, repeats, part, save, dense_elements=None, warmup=1):
     return {"times": ts, "peak_mb": rss_mb(), "base_mb": base, "form": form}
 
 
+#: The suffix of the parts run as without numba (``--torch-products``).
+TORCH_PRODUCTS = ", torch products"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,7 +167,13 @@ def main(argv=None):
         action="store_true",
         help="time the step in the dense and in the sparse form at each size instead",
     )
+    p.add_argument(
+        "--torch-products",
+        action="store_true",
+        help="also time the step with torch's score products (the code path without numba)",
+    )
     args = p.parse_args(argv)
+    parts = ["step"] + (["step" + TORCH_PRODUCTS] if args.torch_products else []) + ["end to end"]
     for var in ("BENCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
@@ -179,7 +194,7 @@ def main(argv=None):
         print(f"done {size} faiss", file=sys.stderr, flush=True)
         for lam in args.lambdas:
             ref_file = tmp / f"ref_{size}_{lam}.npy"
-            times = {"ref": [], "step": [], "end to end": []}
+            times = {"ref": [], **{part: [] for part in parts}}
             peaks = {key: 0.0 for key in times}
             form = ""
             for _ in range(args.rounds):
@@ -187,8 +202,8 @@ def main(argv=None):
                 got = isolated(reference, repeats=args.repeats, save=str(ref_file), **kw)
                 times["ref"] += got["times"]
                 peaks["ref"] = max(peaks["ref"], got["peak_mb"] - got["base_mb"])
-                for part in ("step", "end to end"):
-                    f = tmp / f"ours_{size}_{lam}_{part.replace(' ', '')}.npy"
+                for part in parts:
+                    f = tmp / f"ours_{size}_{lam}_{part.replace(' ', '').replace(',', '')}.npy"
                     got = isolated(
                         ours, repeats=args.repeats, part=part, save=str(f), warmup=args.warmup,
                         **kw,
@@ -202,12 +217,14 @@ def main(argv=None):
             b = np.load(ref_file)
             rows.append({"size": size, "lambda": lam, "part": "reference (dense torch)",
                          "median_s": ref_s, "peak_mb": peaks["ref"]})  # fmt: skip
-            for part in ("step", "end to end"):
-                a = np.load(tmp / f"ours_{size}_{lam}_{part.replace(' ', '')}.npy")
+            for part in parts:
+                a = np.load(tmp / f"ours_{size}_{lam}_{part.replace(' ', '').replace(',', '')}.npy")
                 row = {
                     "size": size,
                     "lambda": lam,
-                    "part": f"graphrerank {part} ({form})",
+                    "part": f"graphrerank {part} ({form})".replace(
+                        f"{TORCH_PRODUCTS} ({form})", f" ({form}{TORCH_PRODUCTS})"
+                    ),
                     "median_s": median(times[part]),
                     "peak_mb": peaks[part],
                     "speedup": ref_s / median(times[part]),

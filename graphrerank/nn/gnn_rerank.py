@@ -316,3 +316,22 @@ def _propagate_scipy(
     with quiet_sparse_warnings():
         out = pt @ s
     return out.div_(torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_(min=float(tiny)))
+
+
+def _gnn_propagate_scipy(neighbors: Tensor, similarities: Tensor, k1: int, k2: int, layers: int):
+    """:func:`gnn_propagate` (exact, unchecked CPU float32 / float64 inputs) as a SciPy CSR
+    matrix, every layer sparse (:func:`_scipy_layer`): the input of the dense form's
+    compiled score product (``rerankers.gnn``), which accumulates the rows of
+    :math:`\\mathbf{A} \\mathbf{A}^\\top` from the non-zeros alone. No repeated entries
+    (columns not sorted: sorting them would cost as much as the layer)."""
+    m = neighbors.shape[0]
+    n1 = min(k1, m)
+    n2 = min(k2, n1)
+    npdt = np.dtype(str(similarities.dtype).removeprefix("torch."))
+    a = _scipy_rows(neighbors[:, :n1], np.ones((), dtype=npdt), m)
+    if k2 != 1:
+        w = similarities[:, :n2].numpy().astype(npdt, copy=False)
+        p = _scipy_rows(neighbors[:, :n2], w * w, m)
+        for _ in range(layers):
+            a = _scipy_layer(a, p)
+    return a

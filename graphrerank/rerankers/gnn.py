@@ -2,8 +2,12 @@ r"""GNN re-ranking (Zhang et al. 2020) as sparse message passing."""
 
 from __future__ import annotations
 
+import itertools
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,7 +27,7 @@ from ..graph.sparse import (
     row_chunks,
 )
 from ..nn import gnn_propagate
-from ..nn.gnn_rerank import _gnn_propagate_dense
+from ..nn.gnn_rerank import _gnn_propagate_dense, _gnn_propagate_scipy
 from ..typing import RerankResult, TensorLike
 from .base import Reranker
 from .kreciprocal import _score_nodes
@@ -54,6 +58,18 @@ _GRAM_BLOCKS = 4
 _GRAM_MIN_WORK = 2**30
 
 
+#: The dense form's score product accumulates the rows of :math:`\mathbf{A} \mathbf{A}^\top`
+#: from the non-zeros (compiled kernel) where this many times its multiply-adds is below
+#: the dense GEMM's; else the GEMM (one scattered multiply-add costs about as much as this
+#: many of a GEMM's: the break-even measured at about 50 on digits subsets of 150 to 1,797
+#: items, ``benchmarks/results/gnn_speed.md``).
+_SPARSE_GRAM_COST = 48
+
+#: The compiled score-product kernels (numba, optional): ``[]`` before the first call,
+#: ``[None]`` without numba or once they failed, else ``[(gram, mirror, rows)]``.
+_KERNEL: list = []
+
+
 def _use_dense(nodes, max_nonzeros) -> bool:
     return isinstance(nodes, FeatureNodes) and max_nonzeros is None and nodes.m**2 <= DENSE_ELEMENTS
 
@@ -76,6 +92,197 @@ def _gram_mix(a: Tensor, c: Tensor, lam: float) -> Tensor:
     return c
 
 
+def _gram_upper_py(ptr, idx, val, cptr, cidx, cval, r0, r1, alpha, lam, out):  # pragma: no cover
+    """Rows ``r0:r1`` of the upper triangle (``j >= i``) of ``lam * out + alpha * A A^T``,
+    written over ``out`` (square, dense), from ``A`` as CSR (``ptr, idx, val``) and as CSC
+    (``cptr, cidx, cval``, rows sorted within each column): row ``i`` is the sum over its
+    non-zeros ``A[i, k]`` of ``A[i, k]`` times column ``k``'s entries of rows ``j >= i``,
+    accumulated into the dense row (Gustavson's product, half of it). Row ``i`` sits at
+    position ``pos[k]`` of each of its columns, as the rows are visited in order."""
+    ncol = cptr.shape[0] - 1
+    pos = np.empty(ncol, np.int64)
+    for k in range(ncol):  # the first entry of each column in a row >= r0
+        lo, hi = cptr[k], cptr[k + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cidx[mid] < r0:
+                lo = mid + 1
+            else:
+                hi = mid
+        pos[k] = lo
+    m = out.shape[1]
+    for i in range(r0, r1):
+        row = out[i]
+        if lam == 0.0:
+            for j in range(i, m):
+                row[j] = 0.0
+        else:
+            for j in range(i, m):
+                row[j] *= lam
+        for p in range(ptr[i], ptr[i + 1]):
+            k = idx[p]
+            v = alpha * val[p]
+            s = pos[k]
+            for q in range(s, cptr[k + 1]):
+                row[cidx[q]] += v * cval[q]
+            pos[k] = s + 1
+
+
+def _mirror_py(out, r0, r1):  # pragma: no cover - compiled by numba
+    """``out[j, i] = out[i, j]`` for the rows ``i`` in ``r0:r1`` and ``j > i``, in tiles."""
+    m = out.shape[0]
+    t = 64
+    for i0 in range(r0, r1, t):
+        i1 = min(r1, i0 + t)
+        for j0 in range(i0, m, t):
+            for j in range(j0, min(m, j0 + t)):
+                for i in range(i0, min(i1, j)):
+                    out[j, i] = out[i, j]
+
+
+def _rows_py(ptr, idx, val, bptr, bidx, bval, r0, r1, alpha, out):  # pragma: no cover
+    """``out[i - r0] += alpha * A[i] B`` for the rows ``r0:r1`` of ``A`` (CSR ``ptr, idx,
+    val``) and ``B`` (CSR ``bptr, bidx, bval``), each row accumulated into its dense row."""
+    for i in range(r0, r1):
+        row = out[i - r0]
+        for p in range(ptr[i], ptr[i + 1]):
+            k = idx[p]
+            v = alpha * val[p]
+            for q in range(bptr[k], bptr[k + 1]):
+                row[bidx[q]] += v * bval[q]
+
+
+def _numba_kernels():
+    """The compiled kernels of the score product (:func:`_gram_upper_py`,
+    :func:`_mirror_py`, :func:`_rows_py`; numba, ``cache=True``: later processes load them
+    from disk), or ``None`` when numba is not importable (the torch products then run)."""
+    if not _KERNEL:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is an optional speed-up
+            _KERNEL.append(None)
+        else:
+            jit = numba.njit(nogil=True, boundscheck=False, cache=True)
+            _KERNEL.append(tuple(jit(f) for f in (_gram_upper_py, _mirror_py, _rows_py)))
+    return _KERNEL[0]
+
+
+def _kernel_failed(err: Exception) -> None:
+    # numba could not compile or load a kernel here (no writable cache location, an
+    # unsupported CPU): warn, then torch's products from now on. A compilation error comes
+    # before the kernel writes anything, so the caller's buffers are intact.
+    _KERNEL[:] = [None]
+    warnings.warn(
+        f"the numba GNN score-product kernel failed ({type(err).__name__}: {err}); using "
+        "torch's products",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _kernel_for(t: Tensor):
+    """The kernels when they apply to ``t`` (CPU, float32 / float64), else ``None``."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return None
+    return _numba_kernels()
+
+
+def _ranges(work: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` consecutive row ranges of about equal total ``work``."""
+    n = work.shape[0]
+    cs = np.cumsum(work, dtype=np.float64)
+    cuts = np.searchsorted(cs, cs[-1] * np.arange(1, parts) / parts) if n and cs[-1] > 0 else []
+    bounds = np.unique(np.concatenate([[0], np.asarray(cuts, dtype=np.int64), [n]]))
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def _on_threads(fn, ranges: list[tuple[int, int]]) -> None:
+    """``fn(r0, r1)`` for each range, on ``torch.get_num_threads()`` threads (the kernels
+    release the GIL): one stream of rows per core."""
+    workers = max(1, min(torch.get_num_threads(), len(ranges)))
+    if workers == 1:
+        for r0, r1 in ranges:
+            fn(r0, r1)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="graphrerank-gnn") as pool:
+        for _ in pool.map(lambda r: fn(*r), ranges):
+            pass
+
+
+def _blocks_per_thread() -> int:
+    return 4 * max(1, torch.get_num_threads())
+
+
+def _sparse_gram_mix(a, c: Tensor, lam: float, kernels) -> Tensor | None:
+    r""":func:`_gram_mix` from ``A`` as a SciPy CSR matrix (no repeated entries) by the compiled
+    row-wise accumulation (:func:`_gram_upper_py`: the upper triangle, row blocks of equal
+    work on a thread pool, then mirrored); ``None`` where the dense GEMM is cheaper (see
+    :data:`_SPARSE_GRAM_COST`) or the kernel failed (``c`` is then unchanged)."""
+    m = a.shape[0]
+    at = a.tocsc()
+    at.sort_indices()
+    cnt = np.diff(at.indptr)
+    # the multiply-adds of row i: over its columns k, the entries of rows >= i in column k
+    after = np.repeat(at.indptr[1:], cnt) - np.arange(at.nnz)
+    work = np.bincount(at.indices, weights=after, minlength=m)
+    dense = m * m * a.shape[1]  # the GEMM's multiply-adds in _gram_mix
+    if dense >= _GRAM_MIN_WORK:
+        dense *= (_GRAM_BLOCKS + 1) / (2 * _GRAM_BLOCKS)
+    if _SPARSE_GRAM_COST * work.sum() >= dense:
+        return None
+    gram, mirror, _ = kernels
+    out = c.numpy()
+    alpha = 1.0 - lam
+    try:
+        mirror(out, m, m)  # nothing to do: compiles it (a failure comes before any write)
+        _on_threads(
+            lambda r0, r1: gram(a.indptr, a.indices, a.data, at.indptr, at.indices, at.data,
+                                r0, r1, alpha, lam, out),
+            _ranges(work + 1, _blocks_per_thread()),
+        )  # fmt: skip
+        _on_threads(
+            lambda r0, r1: mirror(out, r0, r1), _ranges(m - np.arange(m), _blocks_per_thread())
+        )
+    except Exception as err:
+        _kernel_failed(err)
+        return None
+    return c
+
+
+def _sparse_rows_product(ptr, idx, val, b, out: np.ndarray, r0: int, r1: int, alpha: float, rows):
+    """``out += alpha * A[r0:r1] B`` (``out`` dense, ``(r1 - r0, B.shape[1])``) by the
+    compiled row-wise accumulation, row ranges of equal work on a thread pool; ``A`` as CSR
+    arrays, ``b`` = ``(bptr, bidx, bval)``; ``rows`` the kernel."""
+    bptr, bidx, bval = b
+    cs = np.concatenate([[0.0], np.cumsum(np.diff(bptr)[idx[ptr[r0] : ptr[r1]]], dtype=np.float64)])
+    ends = ptr[r0 : r1 + 1] - ptr[r0]
+    per_row = np.diff(cs[ends])  # the multiply-adds of each row
+    _on_threads(
+        lambda s0, s1: rows(ptr, idx, val, bptr, bidx, bval, r0 + s0, r0 + s1, alpha, out[s0:]),
+        _ranges(per_row + 1.0, _blocks_per_thread()),
+    )
+
+
+def _sparse_cross_mix(a, s: Tensor, nq: int, lam: float, kernels) -> Tensor | None:
+    r""":math:`(1 - \lambda)\, \mathbf{A}_q \mathbf{A}_d^\top + \lambda\, \mathbf{S}_{qd}`
+    (queries ``:nq`` against the database) from ``A`` as a SciPy CSR matrix (no repeated entries) by
+    the compiled row-wise accumulation; ``None`` where the dense GEMM is cheaper or the
+    kernel failed."""
+    m = a.shape[0]
+    bt = a[nq:].tocsc()  # A_d^T as CSR: row k holds the database items of column k
+    colq = np.bincount(a.indices[: a.indptr[nq]], minlength=m)
+    if _SPARSE_GRAM_COST * float(colq @ np.diff(bt.indptr)) >= nq * (m - nq) * m:
+        return None
+    out = s[:nq, nq:].mul(lam) if lam else s.new_zeros(nq, m - nq)
+    try:
+        _sparse_rows_product(a.indptr, a.indices, a.data, (bt.indptr, bt.indices, bt.data),
+                             out.numpy(), 0, nq, 1.0 - lam, kernels[2])  # fmt: skip
+    except Exception as err:
+        _kernel_failed(err)
+        return None
+    return out
+
+
 def _dense_topk(score: Tensor, base_rows, k: int) -> RerankResult:
     """Top-``k`` per row of a dense score matrix, equal scores ordered by the base similarity
     (higher first; ``base_rows(rows)`` gives those rows of it): one ``topk`` of ``k + 1`` (an
@@ -92,17 +299,38 @@ def _dense_topk(score: Tensor, base_rows, k: int) -> RerankResult:
 
 
 def _dense_run(nodes, k: int, k1: int, k2: int, layers: int, lam: float) -> RerankResult:
-    """The whole re-ranking in dense form (see :data:`DENSE_ELEMENTS`): exactly the formula
+    r"""The whole re-ranking in dense form (see :data:`DENSE_ELEMENTS`): exactly the formula
     of :class:`GNNRerank`, as the sparse form computes it, but in a few large operations: one
-    similarity product and its ``topk``, the propagation (sparse on the CPU, made dense at
-    the end), one score product with the mixing fused in (all-vs-all: written over the
-    similarities), one ``topk``. The base similarities of the few rows with tied scores are recomputed."""
+    similarity product and its ``topk``, the propagation (sparse on the CPU), one score
+    product with the mixing fused in (all-vs-all: written over the similarities), one
+    ``topk``. On the CPU with numba importable, the score product accumulates the rows of
+    :math:`\mathbf{A} \mathbf{A}^\top` from the non-zeros of the sparse :math:`\mathbf{A}`
+    (compiled, :func:`_sparse_gram_mix`) where that is cheaper than the dense GEMM
+    (:data:`_SPARSE_GRAM_COST`); else :math:`\mathbf{A}` is made dense and the GEMM runs.
+    The base similarities of the few rows with tied scores are recomputed."""
     nq = nodes.nq
     x = nodes.db if nq == 0 else torch.cat([nodes.q, nodes.db])
     s = _gram_mix(x, torch.empty(nodes.m, nodes.m, dtype=x.dtype, device=x.device), 0.0)
     vals, idx = s.topk(min(k1, nodes.m), dim=1)
-    a = _gnn_propagate_dense(idx, vals, k1, k2, layers)
-    del idx, vals
+    kernels = _kernel_for(s)
+    if kernels is not None:
+        # A stays sparse (SciPy CSR); the score product accumulates its rows from the
+        # non-zeros, where that is cheaper than the dense GEMM
+        a = _gnn_propagate_scipy(idx, vals, k1, k2, layers)
+        del idx, vals
+        if nq == 0:
+            p = _sparse_gram_mix(a, s, lam, kernels)
+            xq, xd = x, x
+        else:
+            p = _sparse_cross_mix(a, s, nq, lam, kernels)
+            xq, xd = nodes.q, nodes.db
+        if p is not None:
+            del a, s
+            return _dense_topk(p, lambda rows: xq[rows] @ xd.T, k)
+        a = torch.from_numpy(a.toarray())
+    else:
+        a = _gnn_propagate_dense(idx, vals, k1, k2, layers)
+        del idx, vals
     if nq == 0:
         p = _gram_mix(a, s, lam)
         xq, xd = x, x
@@ -124,6 +352,30 @@ def _to_dense(c: Tensor) -> Tensor:
     return out.view(r, n)
 
 
+def _csr_arrays(c: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CPU CSR tensor's arrays for the kernels, indices as int32 where they fit (a fifth
+    faster than int64 at Market size)."""
+    idx = np.int32 if max(c.shape[1], c.values().numel()) < 2**31 - 1 else np.int64
+    return (c.crow_indices().numpy().astype(idx), c.col_indices().numpy().astype(idx),
+            c.values().numpy())  # fmt: skip
+
+
+def _block_product(aq: Tensor, ad_t: Tensor, r0: int, r1: int, kernel_args) -> Tensor:
+    """Rows ``r0:r1`` of ``aq @ ad_t`` (both CSR), dense: by the compiled row-wise
+    accumulation (``kernel_args``: the CSR arrays of both and the kernel; 3x torch's CSR x
+    CSR product and its scatter at Market size), else torch's product made dense."""
+    if kernel_args is not None and _KERNEL and _KERNEL[0] is not None:
+        (ptr, idx, val), b, rows = kernel_args
+        out = np.zeros((r1 - r0, ad_t.shape[1]), dtype=val.dtype)
+        try:
+            _sparse_rows_product(ptr, idx, val, b, out, r0, r1, 1.0, rows)
+        except Exception as err:
+            _kernel_failed(err)
+        else:
+            return torch.from_numpy(out)
+    return _to_dense(csr_rows(aq, r0, r1) @ ad_t)
+
+
 def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, budget: int, bar=None):
     """Top-``k`` database items of each query row by the GNN score (see :class:`GNNRerank`)."""
     m = a.shape[0]
@@ -142,12 +394,16 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
 
     # rows of about equal work: each row's share of the sparse product
     cost = overlap_cost(aq, ad_t)
+    kernels = _kernel_for(a)
+    kernel_args = None
+    if kernels is not None:
+        kernel_args = (_csr_arrays(aq), _csr_arrays(ad_t), kernels[2])
     nrows = aq.shape[0]
     scores = torch.empty(nrows, k, dtype=a.dtype, device=a.device)
     indices = torch.empty(nrows, k, dtype=torch.long, device=a.device)
     for r0, r1 in row_chunks(cost, 4 * budget, max(1, budget // nd)):
         # A_q A_g^T for these rows: one sparse x sparse product, then a dense block
-        buf = _to_dense(csr_rows(aq, r0, r1) @ ad_t)
+        buf = _block_product(aq, ad_t, r0, r1, kernel_args)
 
         def base_of(r: Tensor, c: Tensor, r0=r0, r1=r1) -> Tensor:
             if isinstance(nodes, FeatureNodes) and r.numel() * _PAIRS_PER_BLOCK >= (r1 - r0) * nd:
@@ -224,8 +480,9 @@ class GNNRerank(Reranker):
     graph's size :math:`M` (queries and database together), give the same top-``k`` (up to
     float rounding): where :math:`M^2` is at most :data:`DENSE_ELEMENTS` (about 8,000 nodes;
     descriptors, ``max_nonzeros=None``), a few large dense operations (one similarity
-    product, a sparse x dense product per layer, one product for the scores, one ``topk``),
-    as the reference computes it; above, the adjacency stays sparse (its rows grow with each
+    product, the layers, one product for the scores, one ``topk``), as the reference
+    computes it (on the CPU with numba, the score product from the non-zeros of the
+    propagated rows, compiled, where that is cheaper than the dense product); above, the adjacency stays sparse (its rows grow with each
     layer: about :math:`k_1`, then :math:`2 k_2 k_1`, ... non-zeros), the final scores are
     summed over pairs that share a non-zero column only, and the top-``k`` is taken over
     those pairs and each query's nearest items, which is exactly the top-``k`` of the dense

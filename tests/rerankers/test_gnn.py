@@ -74,16 +74,27 @@ SETTINGS = [
     (8, 3, 3, 1.0),
     (6, 1, 2, 0.5),  # k2 = 1: no propagation, no normalisation (overlap counts)
     (5, 5, 1, 0.2),  # k2 = k1
+    (5, 3, 0, 0.3),  # no layers: the score is the overlap of the initial lists
 ]
 
 
-@pytest.fixture(params=["dense", "dense_blocks_torch", "sparse"])
+FORMS = ["dense", "dense_kernel", "dense_blocks_torch", "sparse", "sparse_torch"]
+
+
+@pytest.fixture(params=FORMS)
 def form(request, monkeypatch):
     """Both forms of the re-ranking: dense (small graphs) and sparse (forced here); the dense
-    form also with its symmetric score product in row blocks and the propagation of the
-    devices other than the CPU (dense torch rows instead of SciPy CSR), both forced."""
-    if request.param == "sparse":
+    form also with its score product by the compiled row-wise kernel (forced: small graphs
+    take the GEMM), and with its symmetric score product in row blocks and the propagation
+    of the devices other than the CPU (dense torch rows instead of SciPy CSR), both forced;
+    the sparse form with the compiled kernel (numba importable) and with torch's products."""
+    if request.param.startswith("sparse"):
         monkeypatch.setattr(gnn, "DENSE_ELEMENTS", 0)
+    if request.param == "dense_kernel":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(gnn, "_SPARSE_GRAM_COST", 0)
+    if request.param in ("dense_blocks_torch", "sparse_torch"):
+        monkeypatch.setattr(gnn, "_KERNEL", [None])  # as without numba
     if request.param == "dense_blocks_torch":
         from graphrerank.nn import gnn_rerank
 
@@ -269,3 +280,83 @@ def test_csr_product_made_dense_by_one_scatter():
     out = gnn._to_dense(prod)
     assert out.shape == (7, 11) and out.dtype == torch.float64
     np.testing.assert_allclose(out.numpy(), a @ b, rtol=1e-12, atol=0)
+
+
+def _random_csr(rng, m, n, density, dtype):
+    import scipy.sparse as sp
+
+    a = rng.random((m, n)) * (rng.random((m, n)) < density)
+    a[1] = 0  # a row without entries
+    a[:, 2] = 0  # a column without entries
+    return a, sp.csr_matrix(a.astype(dtype))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_compiled_score_products_against_dense(monkeypatch, threads, dtype, lam):
+    # the kernels directly: the symmetric product with the mixing written over C, and the
+    # rows of a rectangular product, in row ranges on one or two threads
+    pytest.importorskip("numba")
+    monkeypatch.setattr(gnn, "_SPARSE_GRAM_COST", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(3)
+        a, a_csr = _random_csr(rng, 37, 37, 0.2, dtype)
+        c = rng.random((37, 37))
+        c = c + c.T
+        out = gnn._sparse_gram_mix(a_csr, torch.from_numpy(c.astype(dtype)), lam,
+                                   gnn._numba_kernels())  # fmt: skip
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out.numpy(), (1 - lam) * a @ a.T + lam * c, rtol=tol, atol=tol)
+        s = torch.from_numpy(c.astype(dtype))
+        cross = gnn._sparse_cross_mix(a_csr, s, 5, lam, gnn._numba_kernels())
+        expected = (1 - lam) * a[:5] @ a[5:].T + lam * c[:5, 5:]
+        np.testing.assert_allclose(cross.numpy(), expected, rtol=tol, atol=tol)
+        b, b_csr = _random_csr(rng, 37, 23, 0.3, dtype)
+        rows = np.zeros((30, 23), dtype=dtype)
+        gnn._sparse_rows_product(a_csr.indptr, a_csr.indices, a_csr.data,
+                                 (b_csr.indptr, b_csr.indices, b_csr.data), rows, 1, 31, 2.0,
+                                 gnn._numba_kernels()[2])  # fmt: skip
+        np.testing.assert_allclose(rows, 2 * a[1:31] @ b, rtol=tol, atol=tol)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_dense_form_takes_the_gemm_where_it_is_cheaper(monkeypatch):
+    # a small graph's propagated rows are almost full: the sparse kernel is not used
+    pytest.importorskip("numba")
+    x = torch.from_numpy(_sphere(60, 5, seed=1))
+    calls = []
+    real = gnn._sparse_gram_mix
+    monkeypatch.setattr(gnn, "_sparse_gram_mix", lambda *a: calls.append(real(*a)) or calls[-1])
+    GNNRerank(k1=8, k2=3).fit(x).rerank(None, k=5)
+    assert calls == [None]
+    monkeypatch.setattr(gnn, "_SPARSE_GRAM_COST", 0)
+    GNNRerank(k1=8, k2=3).fit(x).rerank(None, k=5)
+    assert calls[-1] is not None
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("nq", [0, 6])
+def test_kernel_failure_warns_and_falls_back(monkeypatch, dense, nq):
+    # numba that cannot compile or load (no writable cache, an unsupported CPU): a warning,
+    # then torch's products, the same ranking; later calls do not try again
+    def boom(*args):
+        raise RuntimeError("cannot cache (test)")
+
+    kernels = [(boom, boom, boom)]
+    monkeypatch.setattr(gnn, "_KERNEL", kernels)
+    if dense:
+        monkeypatch.setattr(gnn, "_SPARSE_GRAM_COST", 0)
+    else:
+        monkeypatch.setattr(gnn, "DENSE_ELEMENTS", 0)
+    x = _sphere(nq + 40, 6, seed=8)
+    scores, cos = reference_gnn(x[:nq] if nq else None, x[nq:], 8, 3, 2, 0.3)
+    r = GNNRerank(k1=8, k2=3, lambda_value=0.3).fit(torch.from_numpy(x[nq:]))
+    q = torch.from_numpy(x[:nq]) if nq else None
+    with pytest.warns(RuntimeWarning, match="numba GNN score-product kernel failed.*cannot cache"):
+        out = r.rerank(q, k=10)
+    assert kernels == [None]
+    assert_same_ranking(out, scores, reference_order(scores, cos), 10, cos)
