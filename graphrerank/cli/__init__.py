@@ -32,8 +32,16 @@ options and :func:`main`). The command line is the top layer: nothing else in gr
 imports it.
 """
 
-from .base import CLIError
-from .parser import build_parser, main
-from .specs import parse_reranker
+from .._imports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "base": ("CLIError",),
+        "parser": ("build_parser", "main"),
+        "specs": ("parse_reranker",),
+    },
+    submodules=("commands", "report", "tasks", "tune"),
+)
 
 __all__ = ["CLIError", "build_parser", "main", "parse_reranker"]

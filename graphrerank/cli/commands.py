@@ -27,7 +27,7 @@ from .. import plot, rerankers
 from .._imports import has_faiss
 from ..datasets import make_retrieval_dataset
 from ..metrics import class_map
-from .base import PROG, CLIError
+from .base import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROW_FAILED, PROG, CLIError
 from .report import (
     Step,
     bench_table,
@@ -53,13 +53,6 @@ __all__ = [
     "load",
     "save",
 ]
-
-#: Exit status: every row has its result.
-EXIT_OK = 0
-#: Exit status: at least one re-ranker failed or was skipped; the other rows are complete.
-EXIT_ROW_FAILED = 1
-#: Exit status: bad options, files or settings (nothing was run); also argparse's usage errors.
-EXIT_BAD_INPUT = 2
 
 
 # --------------------------------------------------------------------------- running

@@ -1,18 +1,20 @@
-"""The ``graphrerank`` argument parser and the entry point that runs a sub-command."""
+"""The ``graphrerank`` argument parser and the entry point that runs a sub-command.
+
+The sub-commands' modules (which import torch and the re-rankers) are imported only when one
+runs: ``graphrerank --help`` and ``--version`` read this module and :mod:`.base` only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._version import __version__
-from ..datasets import UnsafePickleError
-from . import commands
-from . import tune as tune_command
-from .base import PROG, CLIError
+from .base import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROW_FAILED, PROG, CLIError
 
 __all__ = ["build_parser", "main"]
 
@@ -31,11 +33,21 @@ class _RerankerAction(argparse.Action):
         namespace.rerankers = entries
 
 
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The sub-command ``name`` of ``graphrerank.cli.<module>``, imported when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(args)
+
+    run.__name__ = run.__qualname__ = name
+    return run
+
+
 _EXIT_CODES = f"""exit status:
-  {commands.EXIT_OK}  every row has its result
-  {commands.EXIT_ROW_FAILED}  a re-ranker failed or was skipped (its row and the JSON say why); the
+  {EXIT_OK}  every row has its result
+  {EXIT_ROW_FAILED}  a re-ranker failed or was skipped (its row and the JSON say why); the
      other rows are complete
-  {commands.EXIT_BAD_INPUT}  bad options, files or settings: nothing was run"""
+  {EXIT_BAD_INPUT}  bad options, files or settings: nothing was run"""
 
 
 def _add_reranker_options(p: argparse.ArgumentParser) -> None:
@@ -150,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write each row's top-k lists (indices and scores) to DIR/NN-NAME.npz "
         "(pickle-free, numpy.load); the JSON names each file",
     )
-    ev.set_defaults(func=commands.evaluate)
+    ev.set_defaults(func=_command("commands", "evaluate"))
 
     be = sub.add_parser(
         "bench",
@@ -173,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     _add_reranker_options(be)
     be.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    be.set_defaults(func=commands.bench)
+    be.set_defaults(func=_command("commands", "bench"))
 
     de = sub.add_parser(
         "demo",
@@ -185,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--fast", action="store_true", help="first 600 items only")
     de.add_argument("--plot", metavar="PNG", help="write precision-recall curves here")
     de.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    de.set_defaults(func=commands.demo)
+    de.set_defaults(func=_command("commands", "demo"))
 
     sv = sub.add_parser(
         "save",
@@ -205,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not store the database in the file (load then needs --database)",
     )
-    sv.set_defaults(func=commands.save)
+    sv.set_defaults(func=_command("commands", "save"))
 
     lo = sub.add_parser(
         "load",
@@ -230,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--k", type=int, default=100, help="ranking length (default 100)")
     lo.add_argument("--output", "-o", metavar="NPZ", help="write the rankings here")
     lo.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    lo.set_defaults(func=commands.load)
+    lo.set_defaults(func=_command("commands", "load"))
 
     tu = sub.add_parser(
         "tune",
@@ -289,10 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--k", type=int, help="ranking length (default min(N, 1000))")
     tu.add_argument("--top", type=int, help="print only the TOP best rows of the table")
     tu.add_argument("--json", metavar="PATH", help="also write every setting's score as JSON")
-    tu.set_defaults(func=tune_command.tune)
+    tu.set_defaults(func=_command("tune", "tune"))
 
     li = sub.add_parser("list", help="list the re-rankers and their settings")
-    li.set_defaults(func=commands.list_rerankers)
+    li.set_defaults(func=_command("commands", "list_rerankers"))
     return parser
 
 
@@ -311,12 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return commands.EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT
     args.argv = None if argv is None else list(argv)
     if not hasattr(args, "rerankers") or args.rerankers is None:
         args.rerankers = []
     if args.command == "bench" and args.k is None:
         args.k = min(100, args.size)
+    from ..datasets import UnsafePickleError
+
     if os.environ.get("GRAPHRERANK_DEBUG"):
         return args.func(args)
     try:
@@ -328,4 +342,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError, ImportError, OSError) as err:
         msg = str(err)
     print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
-    return commands.EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT

@@ -10,13 +10,26 @@ spectral ranking (:func:`spectral_embedding`) and offline diffusion with late tr
 :mod:`graphrerank.rerankers`.
 """
 
-from .cg import CGResult, conjugate_gradient
-from .offline import late_truncation, offline_diffusion, offline_diffusion_scores, self_first
-from .online import diffuse, query_entries, query_vector
-from .operators import diffusion_operator, laplacian_alpha, shifted_identity
-from .regional import gmp_weights, pool_regions
-from .spectral import DENSE_EIGEN_LIMIT, spectral_embedding, spectral_filter
-from .truncation import truncated_diffuse, truncated_normalized, truncated_operator
+from .._imports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cg": ("CGResult", "conjugate_gradient"),
+        "offline": (
+            "late_truncation",
+            "offline_diffusion",
+            "offline_diffusion_scores",
+            "self_first",
+        ),
+        "online": ("diffuse", "query_entries", "query_vector"),
+        "operators": ("diffusion_operator", "laplacian_alpha", "shifted_identity"),
+        "regional": ("gmp_weights", "pool_regions"),
+        "spectral": ("DENSE_EIGEN_LIMIT", "spectral_embedding", "spectral_filter"),
+        "truncation": ("truncated_diffuse", "truncated_normalized", "truncated_operator"),
+    },
+    submodules=("distributed", "store"),
+)
 
 __all__ = [
     "DENSE_EIGEN_LIMIT",

@@ -8,21 +8,35 @@ Modules: :mod:`~graphrerank.graph.knn` (search), :mod:`~graphrerank.graph.index`
 :mod:`~graphrerank.graph.convert` (``torch.sparse`` / ``scipy.sparse``).
 """
 
-from . import lists, ranking, sparse
-from .build import (
-    EdgeRescorer,
-    edge_weights,
-    knn_graph,
-    mutual_knn_graph,
-    normalize_adjacency,
-    symmetrize,
+from .._imports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "lists": (
+            "DistanceNodes",
+            "FeatureNodes",
+            "graph_lists",
+            "scan",
+            "self_first",
+            "truncation_lists",
+        ),
+        "ranking": ("rank_candidates", "rank_csr", "rank_dense", "select_topk", "top_k_with_ties"),
+        "sparse": (),
+        "build": (
+            "EdgeRescorer",
+            "edge_weights",
+            "knn_graph",
+            "mutual_knn_graph",
+            "normalize_adjacency",
+            "symmetrize",
+        ),
+        "convert": ("from_scipy", "to_scipy", "to_torch_csr"),
+        "index": ("KNNIndex", "database_index"),
+        "knn": ("FAISS_GPU_MAX_K", "knn_search", "resolve_backend"),
+        "scores": ("ScoreIndex", "ScoreMatrix"),
+    },
 )
-from .convert import from_scipy, to_scipy, to_torch_csr
-from .index import KNNIndex, database_index
-from .knn import FAISS_GPU_MAX_K, knn_search, resolve_backend
-from .lists import DistanceNodes, FeatureNodes, graph_lists, scan, self_first, truncation_lists
-from .ranking import rank_candidates, rank_csr, rank_dense, select_topk, top_k_with_ties
-from .scores import ScoreIndex, ScoreMatrix
 
 __all__ = [
     "FAISS_GPU_MAX_K",

@@ -6,16 +6,23 @@ numpy arrays or torch tensors on any device (numpy inputs follow the device of t
 they are scored with; tensors on two different devices are refused).
 """
 
-from .ap import INTERPOLATIONS, average_precision, hits_from_relevance, rank_by_scores
-from .classes import class_average_precision, class_map, recall_at_k
-from .reid import ReIDResult, reid_metrics
-from .revisited import (
-    PROTOCOLS,
-    ProtocolResult,
-    RevisitedResult,
-    ranks_from_cirtorch,
-    relevance_from_gnd,
-    revisited_map,
+from .._imports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ap": ("INTERPOLATIONS", "average_precision", "hits_from_relevance", "rank_by_scores"),
+        "classes": ("class_average_precision", "class_map", "recall_at_k"),
+        "reid": ("ReIDResult", "reid_metrics"),
+        "revisited": (
+            "PROTOCOLS",
+            "ProtocolResult",
+            "RevisitedResult",
+            "ranks_from_cirtorch",
+            "relevance_from_gnd",
+            "revisited_map",
+        ),
+    },
 )
 
 __all__ = [

@@ -1,24 +1,31 @@
 """Graph models over local descriptors: match graphs, the learned matcher, scoring, fusion,
 compact storage and training (learned shortlist re-ranking as in RRT, AMES and LOCORE)."""
 
-from .baselines import SIMILARITIES, local_similarity, shortlist_similarity
-from .fusion import FusionResult, fuse_scores, rerank_shortlist, tune_fusion
-from .graph import EDGE_C2Q, EDGE_GLOBAL, EDGE_INTRA, EDGE_Q2C, match_graph
-from .matcher import EncodedLocal, LocalMatcher
-from .presets import MATCHER_PRESETS, MatcherPreset, matcher_preset
-from .scoring import chamfer_similarity, score_shortlist, sliding_windows
-from .splits import ClassSplit, class_disjoint_split
-from .storage import (
-    STORAGES,
-    ITQResult,
-    StoredLocal,
-    bytes_per_image,
-    compress_local,
-    decode_local,
-    itq_rotation,
-    itq_whitening,
+from .._imports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "baselines": ("SIMILARITIES", "local_similarity", "shortlist_similarity"),
+        "fusion": ("FusionResult", "fuse_scores", "rerank_shortlist", "tune_fusion"),
+        "graph": ("EDGE_C2Q", "EDGE_GLOBAL", "EDGE_INTRA", "EDGE_Q2C", "match_graph"),
+        "matcher": ("EncodedLocal", "LocalMatcher"),
+        "presets": ("MATCHER_PRESETS", "MatcherPreset", "matcher_preset"),
+        "scoring": ("chamfer_similarity", "score_shortlist", "sliding_windows"),
+        "splits": ("ClassSplit", "class_disjoint_split"),
+        "storage": (
+            "STORAGES",
+            "ITQResult",
+            "StoredLocal",
+            "bytes_per_image",
+            "compress_local",
+            "decode_local",
+            "itq_rotation",
+            "itq_whitening",
+        ),
+        "train": ("TrainResult", "mine_shortlists", "train_matcher"),
+    },
 )
-from .train import TrainResult, mine_shortlists, train_matcher
 
 __all__ = [
     "EDGE_C2Q",

@@ -2,12 +2,19 @@
 the layer-level functions of the neighbourhood re-rankers (k-reciprocal encoding, GNN
 re-ranking propagation)."""
 
-from .diffusion import DiffusionPropagation
-from .expansion import ExpansionPropagation, bipartite_adjacency
-from .gnn_rerank import GNNRerankConv, gnn_propagate, gnn_rerank_graph
-from .kreciprocal import kreciprocal_encoding, reciprocal_mask
-from .propagate import WeightedPropagation, adjacency
-from .whitening import PCAWhitening
+from .._imports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "diffusion": ("DiffusionPropagation",),
+        "expansion": ("ExpansionPropagation", "bipartite_adjacency"),
+        "gnn_rerank": ("GNNRerankConv", "gnn_propagate", "gnn_rerank_graph"),
+        "kreciprocal": ("kreciprocal_encoding", "reciprocal_mask"),
+        "propagate": ("WeightedPropagation", "adjacency"),
+        "whitening": ("PCAWhitening",),
+    },
+)
 
 __all__ = [
     "DiffusionPropagation",
