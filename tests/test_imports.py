@@ -247,6 +247,22 @@ def test_first_use_loads_only_the_modules_it_needs():
     ]
 
 
+def test_a_knn_ranking_runs_without_importing_pyg():
+    # the plain kNN ranking (torch backend) needs neither PyTorch Geometric nor SciPy's
+    # sparse module: its first call does not pay their import
+    out = _run(
+        """
+        import sys
+        import torch
+        from graphrerank.rerankers import KNN
+        x = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+        r = KNN(backend="torch").fit(x).rerank(x[:3], 5)
+        print(r.indices.shape[1], r.indices[0, 0].item(), "torch_geometric" in sys.modules)
+        """
+    )
+    assert out == "5 0 False"
+
+
 def test_eager_switch_imports_every_module():
     out = _run(
         """

@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import lexsort
 
 from .._checks import CSR, Array, Index, Int, OneOf, Ref, check_features, check_index, checked
 from ..typing import TIES, RerankResult
@@ -66,6 +65,8 @@ def lexsort_desc(primary: Tensor, secondary: Tensor) -> Tensor:
         >>> lexsort_desc(torch.tensor([[1.0, 2.0, 1.0]]), torch.tensor([[0.0, 0.0, 5.0]]))
         tensor([[1, 2, 0]])
     """
+    from torch_geometric.utils import lexsort  # here: KNN's ranking need not import PyG
+
     return lexsort([secondary, primary], dim=1, descending=True)
 
 

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import cumsum
 
 from .._checks import (
     CSR,
@@ -53,6 +52,13 @@ __all__ = [
     "quiet_sparse_warnings",
     "row_chunks",
 ]
+
+
+def _cumsum0(x: Tensor) -> Tensor:
+    """``[0, x[0], x[0] + x[1], ...]``: the row pointers of a CSR from its row counts."""
+    out = x.new_zeros(x.numel() + 1)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
 
 
 @contextmanager
@@ -147,7 +153,7 @@ def csr_from_rows(cols: Tensor, vals: Tensor, n_cols: int) -> Tensor:
     if cols.numel() and int(cols.min()) < -1:
         raise ValueError(f"cols holds the id {int(cols.min())}; padding is -1 or >= n_cols")
     keep = (cols >= 0) & (cols < n_cols)
-    crow = cumsum(keep.sum(1))
+    crow = _cumsum0(keep.sum(1))
     return csr(crow, cols[keep], vals[keep], (cols.shape[0], n_cols), sorted=True, name="cols")
 
 
@@ -239,7 +245,7 @@ def csr_transpose(a: Tensor) -> Tensor:
     col = a.col_indices()
     itype = a.crow_indices().dtype
     order = torch.sort(col, stable=True).indices
-    crow = cumsum(torch.bincount(col, minlength=a.shape[1]))
+    crow = _cumsum0(torch.bincount(col, minlength=a.shape[1]))
     rows = csr_row_ids(a)[order]
     return csr(
         crow.to(itype), rows.to(itype), a.values()[order], (a.shape[1], a.shape[0]), check=False
@@ -287,7 +293,7 @@ def csr_keep_largest(a: Tensor, p: int) -> Tensor:
     order = by_value[torch.sort(rows[by_value], stable=True).indices]  # row, then value
     rank = torch.arange(rows.numel(), device=rows.device) - crow[rows]  # rows are sorted
     kept = order[rank < p].sort().values  # back to CSR order
-    new_crow = cumsum(counts.clamp(max=p)).to(crow.dtype)
+    new_crow = _cumsum0(counts.clamp(max=p)).to(crow.dtype)
     return csr(new_crow, a.col_indices()[kept], val[kept], a.shape, check=False)
 
 
