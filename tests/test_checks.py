@@ -48,6 +48,38 @@ def test_check_normalized():
         check_normalized(x, "x")
 
 
+def test_check_features_whose_sum_overflows_are_checked_entry_by_entry():
+    # the sum of these finite float32 values is inf: the check looks at every entry
+    big = torch.full((4, 3), 3e38)
+    assert check_features(big, "db") is big
+    big[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"1 row\(s\), first row 3"):
+        check_features(big, "db")
+    x = torch.zeros(3, 2)
+    x[1, 0], x[1, 1] = float("inf"), float("-inf")  # inf - inf: a NaN sum
+    with pytest.raises(ValueError, match="first row 1"):
+        check_features(x, "db")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_check_normalized_at_the_tolerance(dtype):
+    # float32 norms decide the rows clearly inside atol; the rest are decided in float64,
+    # and the row named is the row of x
+    x = torch.nn.functional.normalize(torch.randn(50, 64, dtype=torch.float64), dim=1)
+    x[7] *= 1 + 0.9e-3  # inside atol = 1e-3
+    x[11] *= 1 - 0.7e-3
+    x = x.to(dtype)
+    assert check_normalized(x, "x") is x
+    x[31] *= 1 + 1.2e-3  # outside (1.0012, and float32 rounding is ~1e-7)
+    with pytest.raises(ValueError, match="row 31 has norm 1.0012"):
+        check_normalized(x, "x")
+    y = x.clone()
+    y[31] /= 1 + 1.2e-3
+    y[40] *= 3.0
+    with pytest.raises(ValueError, match="row 40 has norm 3"):
+        check_normalized(y, "y")
+
+
 def test_scalar_checks():
     assert check_int(np.int64(3), "k", low=1) == 3
     with pytest.raises(TypeError, match="k must be an integer, got 2.5"):
