@@ -171,6 +171,7 @@ PACKAGES = (
     "graphrerank.cli",
     "graphrerank.datasets",
     "graphrerank.diffusion",
+    "graphrerank.diffusion.offline",  # a module: only for its forwarded names
     "graphrerank.graph",
     "graphrerank.metrics",
     "graphrerank.models",
@@ -186,6 +187,7 @@ LEGACY = {
         "rdip_rerank",
     ),
     "graphrerank.models": ("local_descriptor_rerank",),
+    "graphrerank.diffusion.offline": ("offline_diffusion_rerank", "rdip_rerank"),
 }
 
 _SURFACE = f"""
@@ -221,6 +223,9 @@ def test_lazy_names_are_the_eager_ones():
     assert all(surface["(dir has __all__)"] for surface in lazy.values())
     assert lazy["graphrerank"]["KNN"] == "class graphrerank.rerankers.knn.KNN"
     assert lazy["graphrerank.diffusion"]["rdip_rerank"] == (
+        "function graphrerank.rerankers.offline.rdip_rerank"
+    )
+    assert lazy["graphrerank.diffusion.offline"]["rdip_rerank"] == (
         "function graphrerank.rerankers.offline.rdip_rerank"
     )
     assert lazy["graphrerank.rerankers"]["RERANKERS"][0] == "class graphrerank.rerankers.knn.KNN"

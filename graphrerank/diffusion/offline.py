@@ -60,8 +60,6 @@ _BLOCK_ENTRIES = 2**21
 _TABLE_ENTRIES = 2**26
 #: Rows checked at once (bounds temporaries of size rows x T).
 _CHECK_ROWS = 2**14
-#: Rows searched at once for the truncation lists (bounds faiss' output to rows x T).
-_SEARCH_ROWS = 2**14
 
 
 def _flatnonzero(x: Tensor) -> Tensor:
@@ -514,52 +512,6 @@ def late_truncation(
     return csr(crow_c, out_col, out_val, (n, n))
 
 
-def _flat_faiss_lists(
-    x: Tensor | ScoreMatrix, index: KNNIndex, truncation: int, num_candidates: int
-) -> tuple[Tensor, KNNResult] | None:
-    """:func:`~graphrerank.graph.lists.truncation_lists` of checked, L2-normalised CPU
-    descriptors held by a flat faiss inner-product :class:`KNNIndex`, straight from faiss'
-    output (the same search, without the per-chunk finiteness checks of ``KNNIndex.search``
-    and torch round trips; similarities of unit vectors cannot overflow); ``None`` where
-    this does not apply (then the general path runs)."""
-    faiss_index = getattr(index, "_index", None)
-    if (
-        not isinstance(x, Tensor)
-        or x.device.type != "cpu"
-        or not isinstance(index, KNNIndex)
-        or getattr(index, "_backend", None) != "faiss"
-        or index.kind != "flat"
-        or index.metric != "ip"
-        or faiss_index is None
-        or index.ntotal != x.shape[0]
-        or x.dtype != torch.float32
-    ):
-        return None
-    n = x.shape[0]
-    t, kc = min(truncation, n), min(num_candidates, n)
-    m = max(t, kc)
-    itype = np.int32 if n < 2**31 - 1 else np.int64
-    xn = np.ascontiguousarray(x.numpy())
-    lists = np.empty((n, t), dtype=itype)
-    cs = np.empty((n, kc), dtype=np.float32)
-    ci = np.empty((n, kc), dtype=np.int64)
-    for s in range(0, n, _SEARCH_ROWS):
-        d, i = faiss_index.search(xn[s : s + _SEARCH_ROWS], m)
-        e = s + i.shape[0]
-        cs[s:e], ci[s:e] = d[:, :kc], i[:, :kc]
-        rows = np.arange(s, e)
-        if bool((i < 0).any()):  # cannot happen for an exact search; be safe
-            return None
-        first = i[:, 0] == rows
-        lists[s:e] = i[:, :t]
-        for r in np.flatnonzero(~first):  # self not ranked first (exact duplicates): rare
-            row = i[r]
-            rest = row[row != s + r]
-            lists[s + r, 0] = s + r
-            lists[s + r, 1:] = rest[: t - 1]
-    return torch.from_numpy(lists), KNNResult(torch.from_numpy(cs), torch.from_numpy(ci))
-
-
 def offline_diffusion(
     x: TensorLike | ScoreMatrix,
     *,
@@ -661,8 +613,8 @@ def offline_diffusion(
                 f"Data, got {type(graph).__name__}"
             )
         index = database_index(x, search, backend) if index is None else index
-        fast = _flat_faiss_lists(x, index, truncation, num_candidates or kd)
-        lst, cand = fast or truncation_lists(x, index, truncation, num_candidates or kd)
+        # with an exact index on a CPU: one all-vs-all self_knn (half the products)
+        lst, cand = truncation_lists(x, index, truncation, num_candidates or kd)
         if graph is None:
             graph = mutual_knn_graph(x, kd, gamma=gamma, candidates=cand)
         elif not isinstance(graph, Data):
@@ -719,9 +671,14 @@ def offline_diffusion_scores(
     return _query_rows(C, scores, idx, gamma)
 
 
-def _query_rows(C: Tensor, scores: Tensor, idx: Tensor, gamma: float) -> Tensor:
+def _query_rows(
+    C: Tensor, scores: Tensor, idx: Tensor, gamma: float, dense: bool = False
+) -> Tensor:
     """:func:`offline_diffusion_scores` on checked inputs (the online step of a fitted
-    re-ranker, whose ``C`` is known valid: no pass over all of ``C`` per call)."""
+    re-ranker, whose ``C`` is known valid: no pass over all of ``C`` per call).
+
+    With ``dense=True`` the same scores come back as a dense ``(Q, N)`` tensor (the same
+    sparse product, its entries written into zeros: the same values bit for bit)."""
     q, kq = idx.shape
     n = C.shape[0]
     w = scores.clamp(min=0).pow(gamma).to(C.values().dtype)
@@ -742,6 +699,8 @@ def _query_rows(C: Tensor, scores: Tensor, idx: Tensor, gamma: float) -> Tensor:
         )
         Ys = sp.csr_matrix((vals.numpy(), cols.numpy(), crow.numpy()), shape=(q, n))
         F = Ys @ Cs
+        if dense:
+            return torch.from_numpy(F.toarray())
         F.sort_indices()
         return csr(
             torch.from_numpy(F.indptr),
@@ -751,4 +710,13 @@ def _query_rows(C: Tensor, scores: Tensor, idx: Tensor, gamma: float) -> Tensor:
             check=False,
             sorted=True,
         )
-    return csr(crow, cols, vals, (q, n)) @ C
+    F = csr(crow, cols, vals, (q, n)) @ C
+    return F.to_dense() if dense else F
+
+
+def __getattr__(name: str):
+    """Names of earlier releases, registered by the package root (``rdip_rerank``,
+    ``offline_diffusion_rerank``: they moved up to :mod:`graphrerank.rerankers`)."""
+    from .._imports import forwarded
+
+    return forwarded(__name__, name)

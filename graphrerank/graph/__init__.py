@@ -33,7 +33,7 @@ __getattr__, __dir__ = lazy_exports(
         ),
         "convert": ("from_scipy", "to_scipy", "to_torch_csr"),
         "index": ("KNNIndex", "database_index"),
-        "knn": ("FAISS_GPU_MAX_K", "knn_search", "resolve_backend"),
+        "knn": ("FAISS_GPU_MAX_K", "knn_search", "resolve_backend", "self_knn"),
         "scores": ("ScoreIndex", "ScoreMatrix"),
     },
 )
@@ -63,6 +63,7 @@ __all__ = [
     "scan",
     "select_topk",
     "self_first",
+    "self_knn",
     "sparse",
     "symmetrize",
     "to_scipy",

@@ -42,6 +42,7 @@ from .._checks import (
 )
 from ..typing import KNNResult
 from .index import KNNIndex
+from .knn import _matmul_t, check_overflow, self_knn
 from .ranking import topk
 from .scores import ScoreMatrix
 
@@ -67,6 +68,13 @@ SHORTLIST_MARGIN = 400
 
 #: :func:`scan` reads whole rows when this many of them fit in one block.
 _FULL_WIDTH_ROWS = 32
+
+#: Smallest database whose truncation lists come from one all-vs-all
+#: :func:`~graphrerank.graph.knn.self_knn` (with an exact index on a CPU), and the smallest
+#: descriptor dimension (``benchmarks/results/self_knn.md``, d = 2048: 0.75-0.9x faiss'
+#: search at N = 10,000 on a quiet machine, 1.17x in the fit at N = 19,732, k = 1000).
+_SELF_SEARCH_ROWS = 16384
+_SELF_SEARCH_DIM = 1024
 
 #: Rows searched at once by :func:`truncation_lists` (bounds temporaries of size rows x T).
 _SEARCH_ROWS = 2**14
@@ -276,15 +284,6 @@ def graph_lists(
 
 
 # ----------------------------------------------------------------------------- graph nodes
-def _matmul_t(a: Tensor, b: Tensor) -> Tensor:
-    r""":math:`a b^\top`. On a CPU, through NumPy's BLAS: on the 2-core benchmark machine it
-    multiplies these blocks in 0.65x the time of torch's (measured with d = 2048, about the
-    speed of faiss' own search)."""
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not a.requires_grad:
-        return torch.from_numpy(a.numpy() @ b.numpy().T)
-    return a @ b.T
-
-
 class FeatureNodes:
     """The nodes of one transductive graph: ``queries`` (node ids ``0..Q-1``, none in the
     all-vs-all case) then ``database`` (ids ``Q..Q+N-1``), and their pairwise scores.
@@ -547,9 +546,13 @@ def truncation_lists(
     x: Tensor, index: KNNIndex, truncation: int, num_candidates: int
 ) -> tuple[Tensor, KNNResult]:
     """One kNN search of the nodes ``x`` :math:`(N, D)` in themselves (``index`` holds ``x``),
-    in chunks of rows, giving the truncation lists of offline diffusion (:func:`self_first`:
-    :math:`(N, T)`, int32 when the ids fit, node first) and the ``num_candidates`` best
-    neighbours of each node for its graph; memory stays ``N x (T + num_candidates)`` numbers.
+    giving the truncation lists of offline diffusion (:func:`self_first`: :math:`(N, T)`,
+    int32 when the ids fit, node first) and the ``num_candidates`` best neighbours of each
+    node for its graph; memory stays ``N x (T + num_candidates)`` numbers.
+
+    With an exact (flat) index on a CPU, from ``_SELF_SEARCH_ROWS`` nodes, the search is
+    :func:`~graphrerank.graph.knn.self_knn` (the all-vs-all search in half the products;
+    the same neighbours up to float ties); otherwise ``index.search`` in chunks of rows.
 
     Example:
         >>> from graphrerank.graph import KNNIndex
@@ -577,15 +580,60 @@ def truncation_lists(
     kc = min(num_candidates, n)
     m = max(t, kc)
     itype = torch.int32 if n < 2**31 - 1 else torch.int64
+    dtype = _self_search_dtype(x, index)
+    if dtype is not None:
+        knn = self_knn(x.to(dtype), m, metric=index.metric, check_input=False)
+        check_overflow(knn.scores, "x", "x")
+        idx = knn.indices
+        lists = _self_first_exact(idx, torch.arange(n)[:, None], t).to(itype)
+        cs, ci = knn.scores[:, :kc].to(x.dtype), idx[:, :kc]
+        if kc < m:  # give back the rest of the search
+            cs, ci = cs.contiguous(), ci.contiguous()
+        return lists, KNNResult(cs, ci)
     lists = torch.empty(n, t, dtype=itype, device=x.device)
     cs = torch.empty(n, kc, dtype=x.dtype, device=x.device)
     ci = torch.empty(n, kc, dtype=torch.long, device=x.device)
+    # an exact search returns distinct ids and no padding: only the rows not headed by their
+    # node need the general rule (which sorts every row)
+    first = _self_first_exact if type(index) is KNNIndex and index.kind == "flat" else None
     for s in range(0, n, _SEARCH_ROWS):
         knn = index.search(x[s : s + _SEARCH_ROWS], m)
         idx = knn.indices
         # self_first needs the node ids of these rows
         rows = torch.arange(s, s + idx.shape[0], device=idx.device)[:, None]
-        lists[s : s + idx.shape[0]] = _self_first_rows(idx, rows, t).to(itype)
+        lists[s : s + idx.shape[0]] = (first or _self_first_rows)(idx, rows, t).to(itype)
         cs[s : s + idx.shape[0]] = knn.scores[:, :kc]
         ci[s : s + idx.shape[0]] = idx[:, :kc]
     return lists, KNNResult(cs, ci)
+
+
+def _self_search_dtype(x, index) -> torch.dtype | None:
+    """The dtype :func:`truncation_lists` searches ``x`` in with
+    :func:`~graphrerank.graph.knn.self_knn` (float32 for faiss, which searches so; the
+    stored dtype for the torch backend), or ``None`` where the index's own search runs: not
+    an exact :class:`KNNIndex` on a CPU, or fewer than ``_SELF_SEARCH_ROWS`` nodes."""
+    if (
+        not isinstance(x, Tensor)
+        or x.device.type != "cpu"
+        or type(index) is not KNNIndex
+        or index.kind != "flat"
+        or x.shape[0] < _SELF_SEARCH_ROWS
+        or x.shape[1] < _SELF_SEARCH_DIM
+    ):
+        return None
+    if index._backend == "faiss":
+        return torch.float32
+    if index._backend == "torch" and index._vectors is not None:
+        return index._vectors.dtype
+    return None
+
+
+def _self_first_exact(indices: Tensor, rows: Tensor, truncation: int) -> Tensor:
+    """:func:`self_first` of an exact search's lists (distinct ids, no padding): the rows
+    already headed by their node are only cut; the others (exact duplicates ranked first,
+    or the node missing) go through the general rule."""
+    out = indices[:, :truncation].clone()
+    bad = (indices[:, 0] != rows[:, 0]).nonzero().flatten()
+    if bad.numel():
+        out[bad] = _self_first_rows(indices[bad], rows[bad], truncation)
+    return out

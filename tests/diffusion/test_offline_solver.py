@@ -157,20 +157,32 @@ def test_indefinite_sub_block_is_refused(solver):
         late_truncation(L, torch.tensor([[0, 1], [1, 0]]), max_iter=5)
 
 
-def test_flat_faiss_lists_equal_truncation_lists():
-    pytest.importorskip("faiss")
-    g = torch.Generator().manual_seed(7)
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_fit_lists_from_self_knn_equal_the_index_search(backend, monkeypatch):
+    # the fit's truncation lists and graph from one all-vs-all self_knn (exact index on a
+    # CPU) against the index's own search: the same lists, candidates and C (exact
+    # duplicates, where the two may break a tie differently, are in tests/graph/test_lists.py)
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    import graphrerank.graph.lists as lists_module
+
+    g = torch.Generator().manual_seed(6)
     x = torch.nn.functional.normalize(torch.randn(80, 8, generator=g), dim=1)
-    x[5] = x[9]  # an exact duplicate: the node is not always ranked first by the search
-    index = database_index(x, "exact", "faiss")
-    for t, kc in ((20, 6), (5, 12), (80, 80)):
-        fast = offline._flat_faiss_lists(x, index, t, kc)
-        ref = truncation_lists(x, index, t, kc)
-        assert fast is not None
-        assert torch.equal(fast[0], ref[0])
-        assert torch.equal(fast[1].indices, ref[1].indices)
-        assert torch.equal(fast[1].scores, ref[1].scores)
-    assert offline._flat_faiss_lists(x, database_index(x, "exact", "torch"), 20, 6) is None
+    s = (x.double() @ x.double().T).sort(dim=1, descending=True).values
+    assert float((s[:, :-1] - s[:, 1:]).min()) > 5e-6  # no float32 ties anywhere
+    index = database_index(x, "exact", backend)
+    monkeypatch.setattr(lists_module, "_SELF_SEARCH_DIM", 0)
+    out = {}
+    for rows in (1, 10**9):
+        monkeypatch.setattr(lists_module, "_SELF_SEARCH_ROWS", rows)
+        lists, cand = truncation_lists(x, index, 20, 6)
+        C = offline.offline_diffusion(x, kd=6, truncation=20, index=index)
+        out[rows] = lists, cand, C.to_dense()
+    (la, ca, Ca), (lb, cb, Cb) = out[1], out[10**9]
+    assert torch.equal(la, lb) and torch.equal(ca.indices, cb.indices)
+    assert torch.equal(la[:, 0].long(), torch.arange(80))
+    torch.testing.assert_close(ca.scores, cb.scores, rtol=0, atol=1e-6)
+    torch.testing.assert_close(Ca, Cb, rtol=1e-5, atol=1e-7)
 
 
 def test_cg_rows_matches_conjugate_gradient_per_column():

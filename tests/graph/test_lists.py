@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from graphrerank.graph import KNNIndex
+from graphrerank.graph import KNNIndex, database_index
+from graphrerank.graph import lists as lists_module
 from graphrerank.graph.lists import (
     SHORTLIST_MARGIN,
     DistanceNodes,
@@ -14,6 +15,7 @@ from graphrerank.graph.lists import (
     self_first,
     truncation_lists,
 )
+from graphrerank.testing import requires_faiss
 
 DTYPES = [torch.float32, torch.float64]
 NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -119,7 +121,6 @@ def test_scan_keeps_dtype(dtype, device):
     np.testing.assert_array_equal(out["row_extreme"].cpu().numpy(), [0, 4, 8])
 
 
-# ----------------------------------------------------------------------------- nodes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 @pytest.mark.parametrize("nq", [0, 1, 5])
@@ -306,7 +307,13 @@ def test_self_first_rejects_bad_truncation():
 
 @pytest.mark.parametrize(("t", "kc"), [(1, 1), (3, 5), (8, 2), (20, 20)])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_truncation_lists_equal_self_first_of_exact_knn(t, kc, metric, device):
+@pytest.mark.parametrize("self_search", [False, True])
+def test_truncation_lists_equal_self_first_of_exact_knn(
+    t, kc, metric, self_search, device, monkeypatch
+):
+    # self_search: one self_knn of all nodes in place of the index's search by chunks
+    monkeypatch.setattr(lists_module, "_SELF_SEARCH_ROWS", 1 if self_search else 10**9)
+    monkeypatch.setattr(lists_module, "_SELF_SEARCH_DIM", 0)
     rng = np.random.default_rng(t * 31 + kc)
     n = 15
     x = rng.normal(size=(n, 5))
@@ -338,3 +345,35 @@ def test_self_first_refuses_huge_truncation():
     np.testing.assert_array_equal(self_first(idx, 3).numpy(), [[0, 1, -1], [1, 0, -1], [2, 0, -1]])
     # longer than N: -1 padding beyond the N nodes
     np.testing.assert_array_equal(self_first(idx, 4).numpy()[:, 3], [-1, -1, -1])
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=requires_faiss)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_truncation_lists_self_search_with_duplicates(backend, dtype, monkeypatch):
+    # exact duplicates: a node's copies tie with it, so the search may rank one of them first
+    # (then the node is moved first); the same lists as the index's own search, int32 lists
+    # and int64 candidates, scores in x's dtype
+    g = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(90, 6, generator=g, dtype=torch.float64), dim=1)
+    x[10:16] = x[3]
+    x[40] = x[41]
+    x = x.to(dtype)
+    index = database_index(x, "exact", backend)
+    monkeypatch.setattr(lists_module, "_SELF_SEARCH_DIM", 0)
+    for t, kc in ((1, 1), (4, 9), (12, 3), (90, 90), (200, 7)):
+        monkeypatch.setattr(lists_module, "_SELF_SEARCH_ROWS", 1)
+        lists, cand = truncation_lists(x, index, t, kc)
+        monkeypatch.setattr(lists_module, "_SELF_SEARCH_ROWS", 10**9)
+        ref_lists, ref_cand = truncation_lists(x, index, t, kc)
+        assert lists.dtype == torch.int32 and cand.indices.dtype == torch.int64
+        assert cand.scores.dtype == dtype
+        np.testing.assert_array_equal(lists[:, 0].numpy(), np.arange(90))
+        tol = 1e-6 if backend == "faiss" or dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(cand.scores, ref_cand.scores, rtol=0, atol=tol)
+        # the ids agree except in the order of tied copies: equal once each copy is named
+        # by its group
+        canon = torch.arange(90)
+        canon[[3, *range(10, 16)]] = 3
+        canon[[40, 41]] = 40
+        assert torch.equal(canon[lists[:, 1:].long()], canon[ref_lists[:, 1:].long()])
+        assert torch.equal(canon[cand.indices], canon[ref_cand.indices])
