@@ -11,7 +11,9 @@ d = 2048 by default, and Q new queries), fresh processes alternate between
   ``y @ C`` made dense and argsorted),
 
 ``--repeats`` times each (ours, reference, ours, reference, ...), with the same thread count
-(torch, faiss and joblib workers). Printed: the median fit, fit + rerank of the Q queries,
+(torch, faiss and joblib workers). With ``--baseline DIR`` a third process per repeat runs
+ours from the graphrerank tree at ``DIR`` (a snapshot of an earlier version: ``git archive``
+of a commit), interleaved with the other two, for before / after ratios from one run. Printed: the median fit, fit + rerank of the Q queries,
 online ms per query in one batch of Q and for single queries (median of ``--single``), the
 peak resident memory of the process, the ratio reference / ours (higher is better), the
 load average during the runs, and the agreement of the rankings (top-10 and top-100 lists
@@ -24,6 +26,16 @@ Full run (the table in ``benchmarks/results/offline_diffusion.md``):
 Quick check:
 
     python benchmarks/bench_offline_diffusion.py --sizes 2000:200 --repeats 1 --dim 256
+
+The online batch step alone, the three alternating in one process (ours, ours through the
+sparse ranking it replaced, the reference; median of 5 calls each):
+
+    python benchmarks/bench_offline_diffusion.py --sizes 10000:1000 --repeats 5 --in-process
+
+Before / after (the committed tree against the working tree):
+
+    d=$(mktemp -d) && git archive HEAD | tar -x -C $d
+    python benchmarks/bench_offline_diffusion.py --sizes 10000:1000 --repeats 2 --baseline $d
 """
 
 from __future__ import annotations
@@ -49,8 +61,13 @@ def _data(n, q, dim):
     return ds.database.float().contiguous(), ds.queries.float().contiguous()
 
 
-def run_one(which, n, q, dim, k, threads, single):
-    """One fit + rerank of ``which`` ("ours" or "reference") in this fresh process."""
+def run_one(which, n, q, dim, k, threads, single, tree=None):
+    """One fit + rerank of ``which`` ("ours" or "reference") in this fresh process (ours
+    imported from the graphrerank tree at ``tree`` when given)."""
+    if tree is not None:
+        if "graphrerank" in sys.modules:
+            raise RuntimeError("graphrerank was imported before the baseline tree was set")
+        sys.path.insert(0, str(tree))
     import faiss
     import numpy as np
     import torch
@@ -106,6 +123,60 @@ def run_one(which, n, q, dim, k, threads, single):
     return out
 
 
+def online_in_process(n, q, dim, k, threads, repeats):
+    """The online batch step only, in one process: ours (dense lexicographic ranking), ours
+    through the sparse ranking path it replaced (``_rank_rows``) and the reference, each
+    fitted once, then called in turn ``repeats`` times (the same load for all three)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    from _reference_fyang93 import Fyang93
+
+    import graphrerank.rerankers.offline as mod
+    from graphrerank.rerankers import OfflineDiffusion
+
+    x, queries = _data(n, q, dim)
+    model = OfflineDiffusion(kd=50, kq=10, truncation=1000, progress=False).fit(x)
+    ref = Fyang93(kd=50, kq=10, truncation=1000, n_jobs=threads).fit(x.numpy())
+    qn = queries.numpy()
+    dense = mod._ranks_densely
+    times = {"ours": [], "sparse path": [], "reference": []}
+    loads, out = [], {}
+    try:
+        for _ in range(repeats):
+            for which in times:
+                mod._ranks_densely = dense if which == "ours" else (lambda *a: False)
+                loads.append(os.getloadavg()[0])
+                t = time.perf_counter()
+                r = ref.search(qn, k) if which == "reference" else model.rerank(queries, k)
+                times[which].append(1000 * (time.perf_counter() - t) / q)
+                out.setdefault(which, r)
+    finally:
+        mod._ranks_densely = dense
+    a, b = out["ours"], out["sparse path"]
+    diff = a.indices != b.indices
+    sims = queries @ x.T
+    swaps = all(  # the lists differ only by items of equal score 0 and equal similarity
+        bool((a.scores[i][diff[i]] == 0).all())
+        and torch.equal(
+            sims[i, a.indices[i][diff[i]]].sort().values,
+            sims[i, b.indices[i][diff[i]]].sort().values,
+        )
+        for i in diff.any(1).nonzero().flatten().tolist()
+    )
+    row = {"size": f"{n} + {q}", "load": f"{min(loads):.1f}-{max(loads):.1f}"}
+    for which, v in times.items():
+        row[which] = median(v)
+    row["x"] = row["reference"] / row["ours"]
+    row["x_sparse"] = row["reference"] / row["sparse path"]
+    row["same_scores"] = bool(torch.equal(a.scores, b.scores))
+    row["rows_equal"] = float((~diff).all(1).float().mean())
+    row["only_ties"] = swaps
+    return row
+
+
 def agreement(a, b, k):
     import numpy as np
 
@@ -126,17 +197,61 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--single", type=int, default=30, help="single queries timed")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="time only the online batch step, ours / ours' sparse ranking / the reference "
+        "alternating in one process (median of --repeats)",
+    )
+    p.add_argument(
+        "--baseline", default=None, help="a graphrerank tree (an earlier version) run as 'before'"
+    )
     args = p.parse_args(argv)
+    kinds = ("ours", "reference") + (("before",) if args.baseline else ())
+    if args.in_process:
+        rows = [
+            isolated(
+                online_in_process,
+                n=int(spec.split(":")[0]),
+                q=int(spec.split(":")[1]),
+                dim=args.dim,
+                k=args.k,
+                threads=args.threads,
+                repeats=args.repeats,
+            )
+            for spec in args.sizes
+        ]
+        print(f"Machine: {machine()}; {args.threads} threads\n")
+        print(
+            "Command: python benchmarks/bench_offline_diffusion.py "
+            + " ".join(sys.argv[1:] if argv is None else argv)
+            + "\n"
+        )
+        cols = [
+            ("size", "N + Q"),
+            ("ours", "ms/query batch (ours)"),
+            ("sparse path", "ms/query batch (ours, sparse ranking)"),
+            ("reference", "ms/query batch (fyang93)"),
+            ("x", "batch x"),
+            ("x_sparse", "batch x (sparse ranking)"),
+            ("same_scores", "scores equal"),
+            ("rows_equal", "lists equal"),
+            ("only_ties", "others differ by ties only"),
+            ("load", "load"),
+        ]
+        print(table(rows, cols))
+        return
 
     rows = []
     for spec in args.sizes:
         n, q = (int(v) for v in spec.split(":"))
-        runs = {"ours": [], "reference": []}
+        runs = {which: [] for which in kinds}
         for r in range(args.repeats):
-            for which in ("ours", "reference"):
+            for which in kinds:
                 out = isolated(
                     run_one,
-                    which=which,
+                    which="ours" if which == "before" else which,
+                    tree=args.baseline if which == "before" else None,
                     n=n,
                     q=q,
                     dim=args.dim,
@@ -154,8 +269,10 @@ def main(argv=None) -> None:
             runs["ours"][0]["ranks"], runs["reference"][0]["ranks"], args.k
         )
         row = {"size": f"{n} + {q}", "top10": top10, "top100": top100, "overlap": overlap}
-        for which, tag in (("ours", "o"), ("reference", "r")):
-            rs = runs[which]
+        for which, tag in (("ours", "o"), ("reference", "r"), ("before", "b")):
+            rs = runs.get(which)
+            if not rs:
+                continue
             row[f"fit_{tag}"] = median([o["fit_s"] for o in rs])
             row[f"all_{tag}"] = median([o["fit_s"] + o["online_s"] for o in rs])
             row[f"qb_{tag}"] = 1000 * median([o["online_s"] for o in rs]) / q
@@ -165,6 +282,9 @@ def main(argv=None) -> None:
         row["all_x"] = row["all_r"] / row["all_o"]
         row["qb_x"] = row["qb_r"] / row["qb_o"]
         row["q1_x"] = row["q1_r"] / row["q1_o"]
+        if args.baseline:
+            row["qb_bx"] = row["qb_r"] / row["qb_b"]
+            row["q1_bx"] = row["q1_r"] / row["q1_b"]
         loads = [o["load"] for rs in runs.values() for o in rs]
         row["load"] = f"{min(loads):.1f}-{max(loads):.1f}"
         rows.append(row)
@@ -193,6 +313,14 @@ def main(argv=None) -> None:
         )
     )
     print()
+    before = [
+        ("size", "N + Q"),
+        ("qb_b", "ms/query batch (before)"),
+        ("qb_bx", "batch x (before)"),
+        ("q1_b", "ms single query (before)"),
+        ("q1_bx", "single x (before)"),
+        ("fit_b", "fit s (before)"),
+    ]
     print(
         table(
             rows,
@@ -210,6 +338,10 @@ def main(argv=None) -> None:
             ],
         )
     )
+
+    if args.baseline:
+        print(f"\nBefore: ours from {args.baseline}, interleaved with the runs above\n")
+        print(table(rows, before))
 
 
 if __name__ == "__main__":

@@ -226,18 +226,40 @@ class _OfflineBase(Reranker):
         out_s, out_i = [], []
         bs = self._batch(min(self.kq, self.n_database_) * min(self.truncation, self.n_database_))
         shared = self._shares_similarities(q, bs)
-        for s in range(0, q.shape[0], bs):
+        x, nq = self.x_, q.shape[0]
+        res = None
+        if shared and _ranks_densely(self._matrix(), x.dtype, k, self.n_database_):
+            # the batches' lists are written straight into the result
+            res = RerankResult(
+                torch.empty(nq, k, dtype=torch.float32, device=x.device),
+                torch.empty(nq, k, dtype=torch.long, device=x.device),
+            )
+        buf = None
+        for s in range(0, nq, bs):
             qb = q[s : s + bs]
             sims = None
             if shared:  # one product serves the kNN search and the zero-score ties
-                sims = qb.to(self.x_.dtype) @ self.x_.T
+                if buf is None:  # one block for every batch (no fresh pages per batch)
+                    buf = torch.empty(qb.shape[0], x.shape[0], dtype=x.dtype, device=x.device)
+                sims = torch.mm(qb.to(x.dtype), x.T, out=buf[: qb.shape[0]])
                 top = sims.topk(min(self.kq, self.n_database_), dim=1)
                 knn = KNNResult(top.values, top.indices)
             else:
                 knn = self._query_knn(qb, queries is None)
+            if res is not None:
+                out = RerankResult(res.scores[s : s + bs], res.indices[s : s + bs])
+                r = self._online(knn, k, qb, sims, out=out)  # (overwrites sims)
+                if r is not out:  # (ranked another way after all)
+                    out.scores.copy_(r.scores)
+                    out.indices.copy_(r.indices)
+                continue
             r = self._online(knn, k, qb, sims)
             out_s.append(r.scores)
             out_i.append(r.indices)
+        if res is not None:
+            return res
+        if len(out_s) == 1:
+            return RerankResult(out_s[0], out_i[0])
         return RerankResult(torch.cat(out_s), torch.cat(out_i))
 
     def _shares_similarities(self, q: Tensor | ScoreMatrix, batch: int) -> bool:
@@ -259,13 +281,25 @@ class _OfflineBase(Reranker):
         )
 
     def _online(
-        self, knn: KNNResult, k: int, q: Tensor, sims: Tensor | None = None
+        self,
+        knn: KNNResult,
+        k: int,
+        q: Tensor,
+        sims: Tensor | None = None,
+        out: RerankResult | None = None,
     ) -> RerankResult:
+        """The ``k``-lists of a batch: ``F`` from the kNN result, ranked by
+        :func:`_rank_lexicographic` where the batch's dense similarities ``sims`` are given
+        (and float32; ``out``: where to write its lists), else by :func:`_rank_rows`."""
         C = self._matrix()
+        dense = sims is not None and _ranks_densely(C, sims.dtype, k, sims.shape[1])
         if isinstance(C, OfflineStore):
             F = C.scores(knn, self.gamma)
+            F = F.to_dense() if dense else F
         else:
-            F = _query_rows(C, knn.scores, knn.indices, self.gamma)
+            F = _query_rows(C, knn.scores, knn.indices, self.gamma, dense=dense)
+        if dense:
+            return _rank_lexicographic(F, sims, k, out)
         return _rank_rows(F, k, q, self.x_, self.index_, self.ties, sims)
 
     def _rerank(
@@ -916,6 +950,104 @@ def load_legacy(
         (n, n),
     )
     return r
+
+
+#: Entries of one (rows x N) block of packed keys in :func:`_rank_lexicographic` (a block
+#: that stays in a core's cache while its keys are built and selected).
+_KEY_ENTRIES = 2**17
+
+
+def _ranks_densely(C, sims_dtype: torch.dtype, k: int, n: int) -> bool:
+    """Whether the online step ranks a batch whose dense first-stage similarities it has
+    (:meth:`_OfflineBase._shares_similarities`) by :func:`_rank_lexicographic`: scores and
+    similarities are float32 (two of them fit one int64 key), ``k <= n``."""
+    if sims_dtype != torch.float32 or not 0 < k <= n:
+        return False
+    if isinstance(C, OfflineStore):
+        return C.value_dtype == np.float32
+    return C.values().dtype == torch.float32
+
+
+def _ordered_bits(a: Tensor) -> Tensor:
+    """The int32 bit patterns of float32 ``a`` made to sort as the floats do (negative
+    floats have their magnitude bits flipped; ``-0.0`` sorts just below ``+0.0``). The map is
+    its own inverse."""
+    i = a.view(torch.int32)
+    return i ^ ((i >> 31) & 0x7FFFFFFF)
+
+
+def _rank_lexicographic(
+    F: Tensor, sims: Tensor, k: int, out: RerankResult | None = None
+) -> RerankResult:
+    """The ``k`` best items of each row of the dense float32 scores ``F`` :math:`(B, N)`, by
+    score, equal scores by first-stage similarity ``sims`` :math:`(B, N)`, best first: the
+    ranking of :func:`~graphrerank.graph.ranking.rank_csr` with ``ties="similarity"`` (every
+    zero-scored item, stored or not, ``-0.0`` included, by similarity; negative scores
+    after them), up to float ties (equal score and equal similarity).
+
+    Each (score, similarity) pair is packed into one int64 whose order is the
+    lexicographic order of the pair (the order-preserving bits of the score above those of
+    the similarity), so one selection and one sort of ``k`` keys per row rank it: on a CPU
+    NumPy's vectorised ``argpartition`` and ``argsort`` (:func:`_lex_top_numpy`; a torch
+    ``topk`` of the same keys is several times slower there), elsewhere torch's ``topk``
+    (:func:`_lex_top_torch`). ``F`` and ``sims`` are overwritten; ``out``: float32 scores
+    and int64 indices :math:`(B, k)` to write the lists into (returned)."""
+    if out is None:
+        b = F.shape[0]
+        out = RerankResult(
+            torch.empty(b, k, dtype=torch.float32, device=F.device),
+            torch.empty(b, k, dtype=torch.long, device=F.device),
+        )
+    if F.device.type == "cpu":
+        _lex_top_numpy(F, sims, k, out)
+    else:
+        _lex_top_torch(F, sims, k, out)
+    return out
+
+
+def _lex_top_torch(F: Tensor, sims: Tensor, k: int, out: RerankResult) -> None:
+    """:func:`_rank_lexicographic` in torch ops (any device)."""
+    key = _ordered_bits(F.add_(0.0)).to(torch.int64).bitwise_left_shift_(32)  # -0.0 -> +0.0
+    key += _ordered_bits(sims).to(torch.int64) + 2**31  # the low half, in [0, 2**32)
+    kv, idx = key.topk(k, dim=1)
+    hi = _ordered_bits(kv.bitwise_right_shift(32).to(torch.int32))
+    out.scores.copy_(hi.view(torch.float32))
+    out.indices.copy_(idx)
+
+
+def _lex_top_numpy(F: Tensor, sims: Tensor, k: int, out: RerankResult) -> None:
+    """:func:`_rank_lexicographic` in NumPy (CPU tensors), a block of rows at a time (its
+    keys stay in cache while they are built in place and selected)."""
+    b, n = F.shape
+    f32, s32 = F.numpy(), sims.numpy()
+    out_s, out_i = out.scores.numpy().view(np.int32), out.indices.numpy()
+    step = max(1, _KEY_ENTRIES // max(1, n))
+    key = np.empty((min(step, b), n), dtype=np.int64)
+    tmp = np.empty((min(step, b), n), dtype=np.int32)
+    for s in range(0, b, step):
+        e = min(b, s + step)
+        kk, tt = key[: e - s], tmp[: e - s]
+        f, si = f32[s:e], s32[s:e].view(np.int32)
+        np.add(f, np.float32(0), out=f)  # -0.0 + 0 = +0.0: a stored -0.0 is a zero too
+        fi = f.view(np.int32)
+        for v in (fi, si):  # order-preserving bits (_ordered_bits), in place
+            np.right_shift(v, 31, out=tt)
+            np.bitwise_and(tt, 0x7FFFFFFF, out=tt)
+            np.bitwise_xor(v, tt, out=v)
+        kk[...] = fi
+        np.left_shift(kk, 32, out=kk)
+        np.bitwise_xor(si, np.int32(-(2**31)), out=si)  # as uint32: the same order
+        np.bitwise_or(kk, si.view(np.uint32), out=kk)
+        if k < n:
+            part = np.argpartition(kk, n - k, axis=1)[:, n - k :]
+            kv = np.take_along_axis(kk, part, axis=1)
+        else:
+            part, kv = None, kk
+        o = np.argsort(~kv, axis=1)  # ~v = -v - 1: descending
+        hi = out_s[s:e]  # the scores: the ordered bits of the keys' top halves, undone
+        hi[...] = np.right_shift(np.take_along_axis(kv, o, axis=1), 32)
+        hi ^= (hi >> 31) & 0x7FFFFFFF
+        out_i[s:e] = o if part is None else np.take_along_axis(part, o, axis=1)
 
 
 def _rank_rows(
