@@ -196,6 +196,11 @@ def _solve_block_cpu(
 
 
 _KERNEL: list = []
+#: Systems of fewer nodes take the NumPy / SciPy solver until the compiled kernel has run
+#: once in this process: loading it from numba's cache costs about 0.47 s, which the
+#: kernel's speed repays from about 1,800 nodes (``benchmarks/results/startup.md``).
+_KERNEL_MIN_NODES = 2048
+_KERNEL_RAN: list = []  # [True] once the kernel has solved a block in this process
 
 
 def _numba_kernel() -> Callable | None:
@@ -323,14 +328,15 @@ def _solve_block(
     max_iter: int,
 ) -> tuple[Tensor, Tensor]:
     """Solve ``L[T_i, T_i] c = e_i`` for the nodes of one block; return (sorted ids, c):
-    on a CPU by the compiled per-node kernel (numba) when it is importable, else by NumPy /
-    SciPy (:func:`_solve_block_cpu`); elsewhere by torch (:func:`_solve_block_torch`).
+    on a CPU by the compiled per-node kernel (numba) when it is importable and the system
+    has ``_KERNEL_MIN_NODES`` nodes (or the kernel has run before), else by NumPy / SciPy
+    (:func:`_solve_block_cpu`); elsewhere by torch (:func:`_solve_block_torch`).
     ``table`` holds at least ``N + 1`` int32 zeros (restored on return)."""
     if lists.device.type != "cpu":
         return _solve_block_torch(rows, table, nodes, lists, tol, max_iter)
     cols, vals = rows.cols.numpy(), rows.vals.numpy()
     lst = lists.numpy().astype(np.int64, copy=False)
-    kernel = _numba_kernel()
+    kernel = _numba_kernel() if rows.n >= _KERNEL_MIN_NODES or _KERNEL_RAN else None
     if kernel is None:
         return _solve_block_cpu(cols, vals, table.numpy(), nodes.numpy(), lst, tol, max_iter)
     ids = np.sort(lst, axis=1)
@@ -350,6 +356,7 @@ def _solve_block(
             stacklevel=2,
         )
         return _solve_block_cpu(cols, vals, table.numpy(), nodes.numpy(), lst, tol, max_iter)
+    _KERNEL_RAN[:] = [True]
     if status >= 0:
         raise _not_spd("laplacian")
     return torch.from_numpy(ids), torch.from_numpy(out)

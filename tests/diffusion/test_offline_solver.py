@@ -41,6 +41,38 @@ def _dense_cg(M, b, max_iter, tol=1e-6):
     return x
 
 
+@pytest.fixture(autouse=True)
+def _kernel_at_every_size(monkeypatch):
+    """These systems are small: let the kernel solve them (the size gate is tested below)."""
+    monkeypatch.setattr(offline, "_KERNEL_MIN_NODES", 0)
+
+
+def test_small_systems_take_the_fallback_until_the_kernel_has_run(monkeypatch):
+    pytest.importorskip("numba")
+    x, L, lists = _system(n=40, kd=5, T=12, seed=8)
+    ref = late_truncation(L, lists).to_dense()  # the kernel (gate at 0)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    kernel = offline._numba_kernel()
+    monkeypatch.setattr(offline, "_KERNEL", [counted])
+    monkeypatch.setattr(offline, "_KERNEL_MIN_NODES", 41)
+    monkeypatch.setattr(offline, "_KERNEL_RAN", [])
+    C = late_truncation(L, lists).to_dense()
+    assert not calls  # 40 < 41 nodes, kernel not yet run: NumPy / SciPy
+    torch.testing.assert_close(C, ref, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(offline, "_KERNEL_MIN_NODES", 40)
+    late_truncation(L, lists)
+    assert calls and offline._KERNEL_RAN == [True]
+    calls.clear()
+    monkeypatch.setattr(offline, "_KERNEL_MIN_NODES", 41)
+    late_truncation(L, lists)
+    assert calls  # once it has run, the kernel serves every size
+
+
 @pytest.fixture(params=["compiled", "numpy"])
 def solver(request, monkeypatch):
     """Run a test through the numba kernel and through its NumPy / SciPy fallback."""
