@@ -15,7 +15,6 @@ operator solved by one batched conjugate-gradient iteration (one system per row)
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +33,7 @@ from .._checks import (
     check_real,
     check_tensor,
 )
+from .._numba import compile_kernels, warn_kernel_failed
 from .._progress import Progress, ProgressCallback, progress_options
 from ..graph.build import mutual_knn_graph
 from ..graph.index import KNNIndex, database_index
@@ -207,12 +207,8 @@ def _numba_kernel() -> Callable | None:
     """The compiled per-node gather + CG of :func:`_solve_nodes_numba`, or ``None`` when
     numba is not importable (the NumPy / SciPy path then runs)."""
     if not _KERNEL:
-        try:
-            import numba
-        except ImportError:
-            _KERNEL.append(None)
-        else:
-            _KERNEL.append(numba.njit(cache=True, nogil=True)(_solve_nodes_numba))
+        compiled = compile_kernels(_solve_nodes_numba)
+        _KERNEL.append(compiled and compiled[0])
     return _KERNEL[0]
 
 
@@ -349,12 +345,7 @@ def _solve_block(
         # numba could not compile or load the kernel here (no writable cache location, an
         # unsupported CPU): warn, then the NumPy / SciPy path from now on (the same systems)
         _KERNEL[:] = [None]
-        warnings.warn(
-            f"the numba offline-diffusion kernel failed ({type(err).__name__}: {err}); "
-            "using the NumPy / SciPy solver",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warn_kernel_failed("offline-diffusion", err, "the NumPy / SciPy solver")
         return _solve_block_cpu(cols, vals, table.numpy(), nodes.numpy(), lst, tol, max_iter)
     _KERNEL_RAN[:] = [True]
     if status >= 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from functools import cache
 
@@ -14,6 +13,7 @@ from torch import Tensor
 
 from .._checks import check_features, check_in, check_int, check_same_device
 from .._imports import faiss_num_gpus, has_faiss, require_faiss
+from .._numba import compile_kernels, warn_kernel_failed
 from ..typing import BACKENDS, METRICS, Backend, KNNResult, Metric, TensorLike
 
 __all__ = [
@@ -420,14 +420,10 @@ def _select_kernel():
     importable (the torch selection then runs)."""
     global _reduce_row
     if not _KERNEL:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is an optional speed-up
-            _KERNEL.append(None)
-        else:
-            jit = numba.njit(nogil=True, boundscheck=False, cache=True)
-            _reduce_row = jit(_reduce_row_py)
-            _KERNEL.append(jit(_offer_py))
+        compiled = compile_kernels(_reduce_row_py, _offer_py, boundscheck=False)
+        if compiled is not None:
+            _reduce_row = compiled[0]
+        _KERNEL.append(compiled and compiled[1])
     return _KERNEL[0]
 
 
@@ -519,13 +515,7 @@ def _symmetric_select(
             # numba could not compile or load the kernel here (no writable cache location,
             # an unsupported CPU): warn, then the torch selection from now on
             _KERNEL[:] = [None]
-            cause = err.__cause__
-            warnings.warn(
-                f"the numba top-k selection kernel failed ({type(cause).__name__}: {cause}); "
-                "using torch's selection",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            warn_kernel_failed("top-k selection", err.__cause__, "torch's selection")
     run = _Running(n, k, nb, largest, dtype, device)
     return _symmetric_pass(block, run, n, k, br, per, largest, extreme, dtype, device)
 

@@ -17,6 +17,7 @@ from torch_geometric.utils import softmax
 
 from .._checks import check_int, check_real
 from .._io import CorruptFileError, load_arrays, save_arrays
+from .._numba import compile_kernels, warn_kernel_failed
 from ..nn.whitening import PCAWhitening
 from .graph import (
     EDGE_C2Q,
@@ -281,12 +282,8 @@ def _topk_kernel():
     processes load it from disk); ``False`` when numba is not importable."""
     global _TOPK_KERNEL
     if _TOPK_KERNEL is None:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is an optional speed-up
-            _TOPK_KERNEL = False
-        else:
-            _TOPK_KERNEL = numba.njit(nogil=True, boundscheck=False, cache=True)(_topk_both_py)
+        compiled = compile_kernels(_topk_both_py, boundscheck=False)
+        _TOPK_KERNEL = compiled[0] if compiled else False
     return _TOPK_KERNEL
 
 
@@ -320,11 +317,7 @@ def _topk_both(
         # unsupported CPU): warn once, then torch.topk from now on (the same result)
         global _TOPK_KERNEL
         _TOPK_KERNEL = False
-        warnings.warn(
-            f"the numba top-k kernel failed ({type(err).__name__}: {err}); using torch.topk",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warn_kernel_failed("top-k", err, "torch.topk")
         return _topk_both(sim, kq, kc, use_numba=False)
     return s1, i1, s2, i2
 

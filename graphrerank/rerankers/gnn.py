@@ -3,7 +3,6 @@ r"""GNN re-ranking (Zhang et al. 2020) as sparse message passing."""
 from __future__ import annotations
 
 import itertools
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_normalized, check_same_device
+from .._numba import compile_kernels, warn_kernel_failed
 from .._params import MAX_ROUNDS, PROGRESS, Int, Real, setting
 from .._progress import ProgressCallback
 from ..graph import lists as _lists
@@ -157,13 +157,7 @@ def _numba_kernels():
     :func:`_mirror_py`, :func:`_rows_py`; numba, ``cache=True``: later processes load them
     from disk), or ``None`` when numba is not importable (the torch products then run)."""
     if not _KERNEL:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is an optional speed-up
-            _KERNEL.append(None)
-        else:
-            jit = numba.njit(nogil=True, boundscheck=False, cache=True)
-            _KERNEL.append(tuple(jit(f) for f in (_gram_upper_py, _mirror_py, _rows_py)))
+        _KERNEL.append(compile_kernels(_gram_upper_py, _mirror_py, _rows_py, boundscheck=False))
     return _KERNEL[0]
 
 
@@ -172,12 +166,7 @@ def _kernel_failed(err: Exception) -> None:
     # unsupported CPU): warn, then torch's products from now on. A compilation error comes
     # before the kernel writes anything, so the caller's buffers are intact.
     _KERNEL[:] = [None]
-    warnings.warn(
-        f"the numba GNN score-product kernel failed ({type(err).__name__}: {err}); using "
-        "torch's products",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+    warn_kernel_failed("GNN score-product", err, "torch's products", stacklevel=4)
 
 
 def _kernel_for(t: Tensor):
