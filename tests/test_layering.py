@@ -24,7 +24,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "graphrerank"
 
 #: Modules below every layer: they import nothing of graphrerank but each other.
-BASE = {"_checks", "_imports", "_io", "_numba", "_params", "_progress", "_version", "typing", "testing"}
+BASE = {
+    "_checks",
+    "_imports",
+    "_io",
+    "_numba",
+    "_params",
+    "_progress",
+    "_version",
+    "typing",
+    "testing",
+}
 
 #: What each layer may import (besides itself and the base helpers).
 ALLOWED = {
