@@ -15,7 +15,13 @@ from .._checks import as_tensor, check_k, check_same_device
 from .._params import PROGRESS, Int, Real, check_params, setting
 from .._progress import ProgressCallback
 from ..graph import lists as _lists
-from ..graph.lists import DistanceNodes, FeatureNodes, ScoreNodes, graph_lists, scan
+from ..graph.lists import (
+    DistanceNodes,
+    FeatureNodes,
+    ScoreNodes,
+    _database_scan,
+    graph_lists,
+)
 from ..graph.ranking import select_topk
 from ..graph.scores import ScoreMatrix
 from ..graph.sparse import (
@@ -248,7 +254,10 @@ class KReciprocal(Reranker):
     Transductive: queries and database form one graph (queries are neighbours of the database
     items too), so the result of a query depends on the other queries. ``rerank(None)`` builds
     one graph over the :math:`N` database items. Computed sparsely: one blocked pass gives
-    each item's nearest neighbours and its row maximum; the encodings are sparse rows; the
+    each item's nearest neighbours and its row maximum (from features, the database against
+    itself in half the products: each piece on and above the diagonal serves its rows and
+    its columns; the query-database block once for both directions); the encodings are
+    sparse rows; the
     Jaccard sums run over pairs that share an encoded item only (an inverted index); and since
     pairs that share nothing have :math:`d_J = 1`, the top-``k`` is taken over the pairs with
     an overlap and each query's ``k`` nearest items, which is exactly the top-``k`` of the
@@ -337,16 +346,7 @@ class KReciprocal(Reranker):
             self.feature_scale_ = _feature_scale(_amax(database), database)
         nodes = self._nodes(None, database)
         length = _list_length(self.k1, self.k2, n)
-        g = scan(
-            nodes.block_fn("d", "d"),
-            n,
-            n,
-            length,
-            largest=False,
-            extreme=True,
-            device=database.device,
-            dtype=database.dtype,
-        )
+        g = _database_scan(nodes, length, largest=False, extreme=True)
         self.neighbors_ = g["row_indices"]
         self.neighbor_distances_ = g["row_values"]
         self.row_max_ = g["row_extreme"]

@@ -196,6 +196,63 @@ def test_distance_nodes_read_columns_and_square(nq, device):
             np.testing.assert_allclose(blk.cpu().numpy(), sub, rtol=1e-14)
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_feature_nodes_negative_blocks_and_nan_free_flag(metric):
+    x = torch.from_numpy(points(3, 9, d=5))
+    q = torch.from_numpy(points(4, 4, d=5))
+    nodes = FeatureNodes(q, x, metric)
+    for a, b in (("q", "q"), ("q", "d"), ("d", "d")):
+        pos = nodes.block_fn(a, b)(0, 4, 1, 4)
+        neg = nodes.block_fn(a, b, negative=True)(0, 4, 1, 4)
+        # l2: exactly the negated distances (rounded alike); ip: the products as they are
+        want = 0.0 - pos if metric == "l2" else pos
+        assert torch.equal(neg, want)
+        assert nodes.block_fn(a, b)._no_nan
+    # squared norms past a quarter of the range: the blocks are searched for NaN again
+    big = torch.zeros(2, 3, dtype=torch.float32)
+    big[0, 0] = 1.5e19  # squared norm 2.25e38 (finite, > max / 4)
+    assert not FeatureNodes(None, big, metric).block_fn("d", "d")._no_nan
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize(("ka", "kb", "length"), [(1, 1, 1), (5, 3, 8), (7, 21, 7), (4, 9, 2)])
+def test_merge_sorted_equals_a_sort_of_both(ka, kb, length, largest):
+    rng = np.random.default_rng(ka * 10 + kb)
+    r = 6
+    # integer values: many ties within and across the lists
+    va = np.sort(rng.integers(0, 6, (r, ka)).astype(np.float64), axis=1)
+    vb = np.sort(rng.integers(0, 6, (r, kb)).astype(np.float64), axis=1)
+    if largest:
+        va, vb = va[:, ::-1].copy(), vb[:, ::-1].copy()
+    ia = np.arange(r * ka).reshape(r, ka)
+    ib = r * ka + np.arange(r * kb).reshape(r, kb)
+    lookup = np.empty(r * (ka + kb))
+    lookup[ia.ravel()], lookup[ib.ravel()] = va.ravel(), vb.ravel()
+    i, v = lists_module._merge_sorted(
+        torch.from_numpy(ia), torch.from_numpy(va), torch.from_numpy(ib), torch.from_numpy(vb),
+        length, largest,
+    )  # fmt: skip
+    both = np.concatenate([va, vb], 1)
+    srt = -np.sort(-both, axis=1) if largest else np.sort(both, axis=1)
+    np.testing.assert_array_equal(v.numpy(), srt[:, :length])
+    np.testing.assert_array_equal(lookup[i.numpy()], v.numpy())
+    for row in i.numpy():
+        assert len(set(row.tolist())) == row.size
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def selection(request, monkeypatch):
+    """The running top-k of the symmetric and query-database scans: the numba kernel (where
+    numba is installed) or the torch fallback."""
+    import graphrerank.graph.knn as knn_module
+
+    if request.param == "torch":
+        monkeypatch.setattr(knn_module, "_KERNEL", [None])
+    else:
+        pytest.importorskip("numba")
+    return request.param
+
+
 # ----------------------------------------------------------------------------- graph_lists
 @pytest.mark.parametrize("budget", [5, 40, None])
 @pytest.mark.parametrize(("metric", "largest"), [("l2", False), ("ip", True)])
@@ -203,7 +260,9 @@ def test_distance_nodes_read_columns_and_square(nq, device):
     ("nq", "nd", "graph_k", "length"),
     [(3, 12, 4, 7), (1, 10, 3, 10), (6, 8, 5, 5), (0, 11, 4, 6), (4, 9, 7, 13)],
 )
-def test_graph_lists_equal_dense_graph(nq, nd, graph_k, length, metric, largest, budget, device):
+def test_graph_lists_equal_dense_graph(
+    nq, nd, graph_k, length, metric, largest, budget, device, selection
+):
     q = points(10 + nq, nq) if nq else None
     x = points(20 + nd, nd)
     allx = x if q is None else np.concatenate([q, x])
@@ -377,3 +436,23 @@ def test_truncation_lists_self_search_with_duplicates(backend, dtype, monkeypatc
         canon[[40, 41]] = 40
         assert torch.equal(canon[lists[:, 1:].long()], canon[ref_lists[:, 1:].long()])
         assert torch.equal(canon[cand.indices], canon[ref_cand.indices])
+
+
+def test_graph_lists_with_a_failing_kernel_warn_and_fall_back(monkeypatch):
+    import graphrerank.graph.knn as knn_module
+
+    q, x = torch.from_numpy(points(5, 4)), torch.from_numpy(points(6, 15))
+    nodes = FeatureNodes(q, x, "l2")
+    kw = {"graph_k": 3, "length": 6, "k": 2, "largest": False, "extreme": True, "budget": 20}
+    monkeypatch.setattr(knn_module, "_KERNEL", [None])
+    want = graph_lists(nodes, **kw)
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(knn_module, "_KERNEL", [broken])
+    with pytest.warns(RuntimeWarning, match="numba top-k selection kernel failed .*no compiler"):
+        got = graph_lists(nodes, **kw)
+    assert knn_module._KERNEL == [None]
+    for key in want:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-14)
