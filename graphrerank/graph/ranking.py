@@ -70,6 +70,12 @@ def lexsort_desc(primary: Tensor, secondary: Tensor) -> Tensor:
     return lexsort([secondary, primary], dim=1, descending=True)
 
 
+# The unchecked bodies, for the calls inside this module whose inputs are already checked
+# or built here (the checks read every element once more).
+_topk = topk.__wrapped__
+_lexsort_desc = lexsort_desc.__wrapped__
+
+
 @checked(scores=Array(ndim=2, nan=False, posinf=False), k=Int(low=1, high=Ref("scores", dim=1)))
 def top_k_with_ties(
     scores: Tensor, k: int, secondary: Callable[[Tensor], Tensor] | None
@@ -372,7 +378,7 @@ def select_topk(
     dev, dt = overlap.device, overlap.dtype
     s = short_idx.shape[1]
     s_short = score(overlap.gather(1, short_idx), short_base)
-    kth = topk(s_short, k)[0][:, -1]
+    kth = _topk(s_short, k)[0][:, -1]
     overlap.scatter_(1, short_idx, 0)  # what is left: overlaps outside the shortlists
     floor = min_overlap(kth, short_base[:, -1])
     floor = torch.where(floor > 0, floor, torch.finfo(dt).tiny)  # and an overlap at all
@@ -403,9 +409,9 @@ def select_topk(
     # the k best by score; every item tied with the k-th comes along, then the base orders
     # equal scores (better first)
     if 4 * k <= width:  # narrow the field first
-        kth = topk(key, k)[0][:, -1:]
+        kth = _topk(key, k)[0][:, -1:]
         take = int((key >= kth).sum(1).max())
-        key, pos = topk(key, take)
+        key, pos = _topk(key, take)
         idx, base = idx.gather(1, pos), base.gather(1, pos)
         if unknown is not None:
             unknown = unknown.gather(1, pos)
@@ -421,5 +427,5 @@ def select_topk(
         if bool(need.any()):
             nr, npos = need.nonzero(as_tuple=True)
             base[nr, npos] = base_of(nr, idx[nr, npos]).to(dt)
-    order = lexsort_desc(key, base if higher_base_is_better else -base)[:, :k]
+    order = _lexsort_desc(key, base if higher_base_is_better else -base)[:, :k]
     return key.gather(1, order), idx.gather(1, order)

@@ -281,7 +281,7 @@ def _dense_topk(score: Tensor, base_rows, k: int) -> RerankResult:
     rows = (v[:, 1:] == v[:, :-1]).any(1).nonzero().flatten()
     v, i = v[:, :k], i[:, :k]
     if rows.numel():
-        o = lexsort_desc(score[rows], base_rows(rows))[:, :k]
+        o = lexsort_desc.__wrapped__(score[rows], base_rows(rows))[:, :k]
         i[rows] = o
         v[rows] = score[rows].gather(1, o)
     return RerankResult(v.contiguous(), i.contiguous())
@@ -401,7 +401,9 @@ def _rank(a: Tensor, nq: int, short_idx, short_s, k: int, lam: float, nodes, bud
                 return block[r, c]
             return nodes.pairs(r + r0, c + nq)
 
-        s, i = select_topk(
+        # unchecked: the block and the shortlists are built here (the checks of the public
+        # function read each block's every element)
+        s, i = select_topk.__wrapped__(
             buf, short_idx[r0:r1], short_s[r0:r1], k, score, base_of, min_overlap,
             higher_base_is_better=True, score_uses_base=bool(lam),
         )  # fmt: skip
