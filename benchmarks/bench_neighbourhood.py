@@ -5,7 +5,9 @@ For each size and each method it measures
 * ``search``: the bare first-stage kNN search the method needs (faiss, exact), for scale;
 * ``step``: the re-ranking step alone, given that search's result (alpha-QE: expanding the
   queries; DBA: augmenting the database given its kNN graph; SuperGlobal: refining the
-  top-M shortlist of every query, on a fitted re-ranker);
+  top-M shortlist of every query, on a fitted re-ranker; all-vs-all with the first 64
+  entries of the database items' lists at hand, ``database_neighbors=64``, as ``rerank(None)``
+  reads them from its own first-stage search);
 * ``end to end``: ``fit(database)`` then ``rerank(queries, k=100)`` from scratch;
 
 for graphrerank and for the reference. For alpha-QE and DBA that is a straightforward dense
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import isolated, machine, median, rss_mb, table, timed
 
 QE_K, ALPHA, DBA_K, TOP = 5, 3.0, 5, 100
+_ALL_VS_ALL_DEPTH = 64  # as graphrerank.rerankers.superglobal: the first-stage lists it reads
 M, K, BETA = 400, 9, 0.15
 
 
@@ -217,7 +220,13 @@ def measure(method, impl, stage, size, dim, repeats, sg_batch, threads, warmup, 
         elif stage == "step":
             first = knn_search(q, x, M)
             if impl == "graphrerank":
-                sg = SuperGlobal(M=M, K=K, beta=BETA, database_neighbors=lists).fit(x)
+                # All-vs-all, rerank(None) reads the database items' neighbours from its own
+                # exact first-stage lists; a given ``initial`` might be approximate, so the
+                # step gets the same lists as database_neighbors=64 (built at fit, untimed):
+                # the work that end to end does after its search (without them the step
+                # would time each query's own M x M product: 2.5-4x slower on digits).
+                own = _ALL_VS_ALL_DEPTH if all_vs_all and lists is None else lists
+                sg = SuperGlobal(M=M, K=K, beta=BETA, database_neighbors=own).fit(x)
                 fn = lambda: sg.rerank(ours_q, TOP, initial=first).indices  # noqa: E731
             else:
                 scale = q.shape[0] / nref

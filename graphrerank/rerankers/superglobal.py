@@ -28,6 +28,10 @@ _GATHER_RATIO = 8
 # on CPU (2 threads, every query's shortlist of 400 from the 1,797 digits): the product read
 # was 1.33x slower than the per-query products at D = 64 and 1.26x faster at D = 512.
 _GRAM_READ_COST = 300
+# Each query's own similarities are formed a block of this many rows at a time (using their
+# symmetry) for descriptors of at least this dimension (_dense_neighbours).
+_ROW_BLOCK = 100
+_TRIANGLE_MIN_DIM = 256
 
 
 class SuperGlobal(Reranker):
@@ -68,7 +72,8 @@ class SuperGlobal(Reranker):
     call picks the cheapest of three exact ways (same results up to float ties):
 
     - each query's own :math:`M \times M` product (:math:`M^2 D` per query, what the
-      reference computes), for few queries over a large database;
+      reference computes; for :math:`D \ge 256` formed by blocks of 100 rows, each only with
+      itself and the later rows, by symmetry), for few queries over a large database;
     - one product of the :math:`U` distinct shortlisted items with each other
       (:math:`U^2 D` for the whole call, :math:`U \le N`), each shortlist's entries read from
       it: chosen when :math:`U^2 D + Q M^2 c < Q M^2 D` (:math:`c \approx 300`, the measured cost of
@@ -179,12 +184,40 @@ class SuperGlobal(Reranker):
     @staticmethod
     def _dense_neighbours(xm: Tensor, valid: Tensor, kk: int) -> tuple[Tensor, Tensor]:
         r"""Each shortlisted item's ``kk`` nearest within the shortlist (itself first) from the
-        :math:`B \times M \times M` similarities."""
-        g = torch.bmm(xm, xm.transpose(1, 2))
-        if not bool(valid.all()):
-            g.masked_fill_(~valid[:, None, :], float("-inf"))
-        g.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-        return g.topk(kk, dim=2)
+        :math:`B \times M \times M` similarities.
+
+        For long descriptors the symmetric product is formed a block of rows at a time, each
+        block only against itself and the later rows (the earlier columns copied, transposed,
+        from the earlier blocks): :math:`(n_b + 1) / (2 n_b)` of the multiply-adds for
+        :math:`n_b` blocks. Measured (2 threads, shortlists of 400, blocks of 100 against the
+        whole product, neighbours included): 1.30x faster at D = 2048, 1.25x at 1280, 1.15x at
+        512, 1.05x at 64 (there the copies cost about what the symmetry saves)."""
+        b, m, d = xm.shape
+        masked = not bool(valid.all())
+        nb = m // _ROW_BLOCK if d >= _TRIANGLE_MIN_DIM else 1
+        if nb < 2:
+            g = torch.bmm(xm, xm.transpose(1, 2))
+            if masked:
+                g.masked_fill_(~valid[:, None, :], float("-inf"))
+            g.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+            return g.topk(kk, dim=2)
+        bounds = [round(i * m / nb) for i in range(nb + 1)]
+        xt = xm.transpose(1, 2)
+        top_s = torch.empty(b, m, kk, dtype=xm.dtype, device=xm.device)
+        top_j = torch.empty(b, m, kk, dtype=torch.long, device=xm.device)
+        rows: list[Tensor] = []
+        for r in range(nb):
+            r0, r1 = bounds[r], bounds[r + 1]
+            g = torch.empty(b, r1 - r0, m, dtype=xm.dtype, device=xm.device)
+            g[:, :, r0:] = torch.bmm(xm[:, r0:r1], xt[:, :, r0:])  # (out= a slice: 10x slower)
+            for c in range(r):  # earlier columns: the transposed block of the earlier rows
+                g[:, :, bounds[c] : bounds[c + 1]] = rows[c][:, :, r0:r1].transpose(1, 2)
+            rows.append(g)
+            if masked:  # later blocks read -inf in rows of padding only: never used
+                g.masked_fill_(~valid[:, None, :], float("-inf"))
+            g.diagonal(offset=r0, dim1=1, dim2=2).fill_(float("inf"))
+            torch.topk(g, kk, dim=2, out=(top_s[:, r0:r1], top_j[:, r0:r1]))
+        return top_s, top_j
 
     def _plan(self, rows: int, m: int, idx: Tensor, lists: tuple[Tensor, Tensor] | None) -> str:
         r"""How a call finds the within-shortlist neighbours of ``rows`` shortlists of ``m``.
@@ -467,7 +500,9 @@ class SuperGlobal(Reranker):
             if xm is None:
                 s = (v @ x.T).gather(1, safe)
             else:
-                s = torch.bmm(xm, v[:, :, None]).squeeze(2)
+                # As row vector times matrix: 4x faster than the matrix-vector form
+                # (B, m, D) x (B, D, 1) (measured, 42 x 400 x 2048: 8.1 ms against 32 ms).
+                s = torch.bmm(v[:, None, :], xm.transpose(1, 2)).squeeze(1)
             return (w * s.gather(1, flat_j).view(bsz, m, kk)).sum(-1)
 
         a = propagate(q).masked_fill_(~valid, float("-inf"))

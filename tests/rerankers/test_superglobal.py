@@ -199,14 +199,19 @@ def test_bad_inputs():
         sg.rerank(q, k=5, initial=(s, first))
 
 
-@pytest.mark.parametrize("plan", ["gram", "dense"])
+@pytest.mark.parametrize("plan", ["gram", "dense", "dense-blocks"])
 @pytest.mark.parametrize("block_bytes", [1, 4096, 256 * 2**20])
 def test_every_neighbour_plan_equals_the_reference(plan, block_bytes, monkeypatch):
     """The product of the distinct shortlisted items with each other (whole, or item-major in
-    blocks) and the per-query products give the same ranking as the reference."""
+    blocks) and the per-query products (whole, or by blocks of rows using the symmetry: 30
+    rows in 4 blocks of 7 or 8) give the same ranking as the reference."""
     import graphrerank.rerankers.superglobal as module
 
     monkeypatch.setattr(module, "_GRAM_READ_COST", -(10**9) if plan == "gram" else 10**9)
+    if plan == "dense-blocks":
+        monkeypatch.setattr(module, "_TRIANGLE_MIN_DIM", 1)
+        monkeypatch.setattr(module, "_ROW_BLOCK", 7)
+        plan = "dense"
     q, x = _data(seed=10)
     sg = SuperGlobal(M=30, K=4, backend="torch", block_bytes=block_bytes).fit(x)
     assert sg._plan(10, 30, knn_search(q, x, 30, backend="torch")[1], None) == plan
@@ -242,7 +247,7 @@ def test_the_plan_follows_the_cost():
     assert sg._plan(2000, 100, many, None) == "dense"
 
 
-@pytest.mark.parametrize("plan", ["gram", "dense", "lists"])
+@pytest.mark.parametrize("plan", ["gram", "dense", "dense-blocks", "lists"])
 def test_buffers_reused_across_uneven_blocks_with_ties_and_short_lists(plan, monkeypatch):
     """The per-block buffers (kept from block to block, the last block smaller) leave nothing
     of an earlier block behind: exact duplicates of database items (tied neighbours and tied
@@ -251,6 +256,10 @@ def test_buffers_reused_across_uneven_blocks_with_ties_and_short_lists(plan, mon
     import graphrerank.rerankers.superglobal as module
 
     monkeypatch.setattr(module, "_GRAM_READ_COST", -(10**9) if plan == "gram" else 10**9)
+    if plan == "dense-blocks":  # the symmetric product in 4 blocks of 6 rows
+        monkeypatch.setattr(module, "_TRIANGLE_MIN_DIM", 1)
+        monkeypatch.setattr(module, "_ROW_BLOCK", 5)
+        plan = "dense"
     q, x = _data(n=60, d=12, nq=7, seed=12)
     x = torch.cat([x, x[:20]])  # items 60..79 duplicate items 0..19
     lists = 30 if plan == "lists" else None
